@@ -1,0 +1,8 @@
+//! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
+pub mod handoff;
+pub mod logging;
+pub mod notify;
+pub mod options;
+pub mod pidfile;
+pub mod runtime_dir;
+pub mod supervisor;

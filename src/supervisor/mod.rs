@@ -1,0 +1,1 @@
+//! Worker lifecycle: pure state machine, spawning, and the event loop that drives them.
