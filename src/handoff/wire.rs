@@ -151,6 +151,22 @@ pub fn decode_records(buf: &[u8], count: usize) -> Result<Vec<Record>, WireError
     Ok(records)
 }
 
+/// How many complete records the front of `buf` holds, and how many bytes they span.
+///
+/// A receiver needs this because the kernel may split one large batch into several reads: the
+/// fds arrive with the first part and the rest of the records follow without fds.
+pub fn complete_prefix(buf: &[u8]) -> (usize, usize) {
+    let mut cursor = Cursor { buf, offset: 0 };
+    let mut records = 0;
+    loop {
+        let start = cursor.offset;
+        if cursor.record(records).is_err() {
+            return (records, start);
+        }
+        records += 1;
+    }
+}
+
 struct Cursor<'a> {
     buf: &'a [u8],
     offset: usize,
