@@ -428,7 +428,7 @@ unsafe fn take_fds(msg: &libc::msghdr) -> (Vec<OwnedFd>, Option<(i32, i32)>) {
     while !cmsg.is_null() {
         let header = std::ptr::read_unaligned(cmsg);
         if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-            let payload = header.cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            let payload = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
             let first = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
             for i in 0..payload / std::mem::size_of::<libc::c_int>() {
                 let raw = std::ptr::read_unaligned(first.add(i));
