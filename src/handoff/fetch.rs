@@ -1,1 +1,707 @@
-//! (to be written)
+//! Client side of `_getsocks`: take the listening sockets of a haproxy (or a hapmaster).
+//!
+//! The peer is a `stats socket ... expose-fd listeners` of an old worker. That worker answers on
+//! its traffic thread and blocks up to 1 s per ack, so this side reads and acks without delay.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
+use super::wire::{
+    complete_prefix, decode_records, Record, WireError, MAX_FDS_ACCEPTED_PER_MESSAGE,
+    MAX_RECORD_LEN,
+};
+
+/// The command line a client sends, in one write.
+pub const GETSOCKS_COMMAND: &[u8] = b"_getsocks\n";
+
+/// Counts above this are taken for garbage rather than a configuration: haproxy itself is bound
+/// by its fd limit, and accepting any `int` would let a broken peer make us wait for 2^31 fds.
+pub const MAX_ANNOUNCED_FDS: usize = 1_000_000;
+
+/// Both sides of the protocol use a 1 s socket timeout per operation, as haproxy does.
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A socket received from the peer, with the metadata record that came with it.
+#[derive(Debug)]
+pub struct ReceivedSocket {
+    pub fd: OwnedFd,
+    pub record: Record,
+}
+
+/// A human-readable name of one end of a unix stream socket, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    pub fn path(path: &Path) -> Endpoint {
+        Endpoint(path.display().to_string())
+    }
+
+    /// The peer's bound name: for a connection to a listener, the listener's path.
+    pub fn peer_of(stream: &UnixStream) -> Endpoint {
+        Endpoint::from_addr(stream.peer_addr())
+    }
+
+    pub fn local_of(stream: &UnixStream) -> Endpoint {
+        Endpoint::from_addr(stream.local_addr())
+    }
+
+    fn from_addr(addr: io::Result<std::os::unix::net::SocketAddr>) -> Endpoint {
+        let Ok(addr) = addr else {
+            return Endpoint("unix socket of unknown name".to_string());
+        };
+        if let Some(path) = addr.as_pathname() {
+            Endpoint::path(path)
+        } else if let Some(name) = addr.as_abstract_name() {
+            Endpoint(format!("@{}", name.escape_ascii()))
+        } else {
+            Endpoint("unnamed unix socket".to_string())
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The step of the conversation an error happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchStage {
+    SendCommand,
+    ReadCount,
+    ReceiveBatch,
+    SendAck,
+}
+
+impl fmt::Display for FetchStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FetchStage::SendCommand => "sending _getsocks",
+            FetchStage::ReadCount => "reading the socket count",
+            FetchStage::ReceiveBatch => "receiving sockets",
+            FetchStage::SendAck => "acknowledging received sockets",
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum FetchError {
+    Connect {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// EOF before the count: the socket lacks `expose-fd listeners`, or nothing to export.
+    NothingExported {
+        peer: Endpoint,
+    },
+    Io {
+        peer: Endpoint,
+        stage: FetchStage,
+        source: io::Error,
+    },
+    Timeout {
+        peer: Endpoint,
+        stage: FetchStage,
+        timeout: Duration,
+    },
+    /// EOF after 1 – 3 bytes of the count.
+    TruncatedCount {
+        peer: Endpoint,
+        bytes: usize,
+    },
+    BadCount {
+        peer: Endpoint,
+        count: i32,
+    },
+    /// Fds arrived with the count, which haproxy always sends alone.
+    FdsWithCount {
+        peer: Endpoint,
+        fds: usize,
+    },
+    TooManyFds {
+        peer: Endpoint,
+        announced: usize,
+        received: usize,
+    },
+    MissingFds {
+        peer: Endpoint,
+        announced: usize,
+        received: usize,
+    },
+    /// Data arrived without fds where no batch's records were still incomplete.
+    DataWithoutFds {
+        peer: Endpoint,
+        received: usize,
+        bytes: usize,
+    },
+    /// The kernel dropped fds (MSG_CTRUNC), typically because our fd limit was reached.
+    ControlTruncated {
+        peer: Endpoint,
+        received: usize,
+    },
+    ForeignControlMessage {
+        peer: Endpoint,
+        level: i32,
+        kind: i32,
+    },
+    Records {
+        peer: Endpoint,
+        source: WireError,
+    },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Connect { path, source } => write!(
+                f,
+                "cannot connect to {}: {source}; check that haproxy runs and that this is the \
+                 path of its `stats socket ... expose-fd listeners`",
+                path.display()
+            ),
+            FetchError::NothingExported { peer } => write!(
+                f,
+                "{peer} closed the connection without announcing any socket: add \
+                 `expose-fd listeners` to that `stats socket` line, or the process has no \
+                 listener to hand over"
+            ),
+            FetchError::Io {
+                peer,
+                stage,
+                source,
+            } => write!(
+                f,
+                "{stage} on {peer} failed: {source}; the process behind it may have exited \
+                 during the transfer, retry the reload"
+            ),
+            FetchError::Timeout {
+                peer,
+                stage,
+                timeout,
+            } => write!(
+                f,
+                "{stage} on {peer}: no progress within {timeout:?}; the process behind it is \
+                 stuck or overloaded, retry the reload"
+            ),
+            FetchError::TruncatedCount { peer, bytes } => write!(
+                f,
+                "{peer} closed after {bytes} of the 4 bytes of the socket count; it does not \
+                 speak haproxy's _getsocks protocol"
+            ),
+            FetchError::BadCount { peer, count } => write!(
+                f,
+                "{peer} announced {count} sockets, outside 0..={MAX_ANNOUNCED_FDS}; it does not \
+                 speak haproxy's _getsocks protocol"
+            ),
+            FetchError::FdsWithCount { peer, fds } => write!(
+                f,
+                "{peer} sent {fds} fds along with the socket count; it does not speak haproxy's \
+                 _getsocks protocol"
+            ),
+            FetchError::TooManyFds {
+                peer,
+                announced,
+                received,
+            } => write!(
+                f,
+                "{peer} announced {announced} sockets but sent at least {received}; all were \
+                 closed, retry the reload"
+            ),
+            FetchError::MissingFds {
+                peer,
+                announced,
+                received,
+            } => write!(
+                f,
+                "{peer} announced {announced} sockets but closed after {received}; all were \
+                 closed, retry the reload"
+            ),
+            FetchError::DataWithoutFds {
+                peer,
+                received,
+                bytes,
+            } => write!(
+                f,
+                "{peer} sent {bytes} bytes without fds after {received} sockets; it does not \
+                 speak haproxy's _getsocks protocol"
+            ),
+            FetchError::ControlTruncated { peer, received } => write!(
+                f,
+                "the kernel dropped sockets sent by {peer} after {received} (MSG_CTRUNC), most \
+                 likely because hapmaster reached its open file limit; raise LimitNOFILE / \
+                 ulimit -n"
+            ),
+            FetchError::ForeignControlMessage { peer, level, kind } => write!(
+                f,
+                "{peer} sent an unexpected control message (level {level}, type {kind}); it \
+                 does not speak haproxy's _getsocks protocol"
+            ),
+            FetchError::Records { peer, source } => {
+                write!(f, "bad socket metadata from {peer}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FetchError::Connect { source, .. } | FetchError::Io { source, .. } => Some(source),
+            FetchError::Records { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Connects to `path` and takes every socket the process behind it exports.
+///
+/// `timeout` bounds the whole conversation, connect included.
+pub fn fetch_sockets(path: &Path, timeout: Duration) -> Result<Vec<ReceivedSocket>, FetchError> {
+    let deadline = Deadline::after(timeout);
+    let stream = connect(path, &deadline).map_err(|source| FetchError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Fetch {
+        stream: &stream,
+        peer: Endpoint::path(path),
+        deadline,
+    }
+    .run()
+}
+
+/// Runs the client side of `_getsocks` on an already connected stream.
+///
+/// Changes the stream's read and write timeouts.
+pub fn fetch_from_stream(
+    stream: &UnixStream,
+    timeout: Duration,
+) -> Result<Vec<ReceivedSocket>, FetchError> {
+    Fetch {
+        stream,
+        peer: Endpoint::peer_of(stream),
+        deadline: Deadline::after(timeout),
+    }
+    .run()
+}
+
+fn connect(path: &Path, deadline: &Deadline) -> io::Result<UnixStream> {
+    let addr = UnixAddr::new(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let stream = UnixStream::from(fd);
+    // Linux bounds a unix connect() that waits for backlog room by SO_SNDTIMEO.
+    stream.set_write_timeout(Some(deadline.operation_timeout().ok_or_else(timed_out)?))?;
+    loop {
+        match socket::connect(stream.as_raw_fd(), &addr) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+            Ok(()) => return Ok(stream),
+        }
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::from(io::ErrorKind::TimedOut)
+}
+
+/// The overall deadline of one conversation; each operation waits at most 1 s of it.
+pub(crate) struct Deadline {
+    end: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(total: Duration) -> Deadline {
+        Deadline {
+            end: Instant::now() + total,
+            total,
+        }
+    }
+
+    pub(crate) fn total(&self) -> Duration {
+        self.total
+    }
+
+    /// `None` once the deadline has passed.
+    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
+        let left = self.end.checked_duration_since(Instant::now())?;
+        // A zero socket timeout means "forever": never let rounding produce one.
+        Some(left.min(OPERATION_TIMEOUT).max(Duration::from_millis(1)))
+    }
+
+    /// Applies the next operation's timeout to both directions of `stream`.
+    pub(crate) fn arm(&self, stream: &UnixStream) -> io::Result<bool> {
+        let Some(t) = self.operation_timeout() else {
+            return Ok(false);
+        };
+        stream.set_read_timeout(Some(t))?;
+        stream.set_write_timeout(Some(t))?;
+        Ok(true)
+    }
+}
+
+/// What one `recvmsg` brought. The fds are owned from the moment the call returned.
+pub(crate) struct Received {
+    pub(crate) bytes: usize,
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) truncated: bool,
+    pub(crate) foreign: Option<(i32, i32)>,
+}
+
+/// A control buffer aligned for `cmsghdr` and large enough for the biggest batch any haproxy
+/// sends, so that MSG_CTRUNC only happens when the kernel itself drops fds.
+pub(crate) struct ControlBuffer(Vec<u64>);
+
+impl ControlBuffer {
+    pub(crate) fn new() -> ControlBuffer {
+        let fd_bytes = (MAX_FDS_ACCEPTED_PER_MESSAGE * std::mem::size_of::<libc::c_int>()) as u32;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+        ControlBuffer(vec![0u64; space.div_ceil(8)])
+    }
+
+    fn len(&self) -> usize {
+        self.0.len() * 8
+    }
+}
+
+/// `recvmsg` with MSG_CMSG_CLOEXEC, retrying EINTR; every fd received is wrapped at once.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &mut [u8],
+    control: &mut ControlBuffer,
+) -> io::Result<Received> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    let bytes = loop {
+        // SAFETY: msg describes buffers we own for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    // SAFETY: the kernel filled msg's control area; it is parsed before anything else happens.
+    let (fds, foreign) = unsafe { take_fds(&msg) };
+    Ok(Received {
+        bytes,
+        fds,
+        // Linux also reports MSG_CMSG_CLOEXEC in msg_flags: test only the truncation bit.
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        foreign,
+    })
+}
+
+/// Takes ownership of every fd in every SCM_RIGHTS message of `msg`.
+///
+/// # Safety
+/// `msg` must be the header of a `recvmsg` that just returned successfully.
+unsafe fn take_fds(msg: &libc::msghdr) -> (Vec<OwnedFd>, Option<(i32, i32)>) {
+    let mut fds = Vec::new();
+    let mut foreign = None;
+    let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+    while !cmsg.is_null() {
+        let header = std::ptr::read_unaligned(cmsg);
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            let payload = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            let first = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+            for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                let raw = std::ptr::read_unaligned(first.add(i));
+                fds.push(OwnedFd::from_raw_fd(raw));
+            }
+        } else {
+            foreign = Some((header.cmsg_level, header.cmsg_type));
+        }
+        cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+    }
+    (fds, foreign)
+}
+
+/// `send` with MSG_NOSIGNAL so that a vanished peer is an EPIPE, not a SIGPIPE.
+pub(crate) fn send_nosignal(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match socket::send(sock.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+pub(crate) fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+pub(crate) fn is_disconnect(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+struct Fetch<'a> {
+    stream: &'a UnixStream,
+    peer: Endpoint,
+    deadline: Deadline,
+}
+
+/// What has arrived so far of the batches.
+struct Progress {
+    announced: usize,
+    fds: Vec<OwnedFd>,
+    data: Vec<u8>,
+    /// Complete records at the front of `data`, and the bytes they span.
+    records: usize,
+    record_bytes: usize,
+}
+
+impl Progress {
+    fn complete(&self) -> bool {
+        self.fds.len() == self.announced && self.records >= self.announced
+    }
+
+    fn add_data(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+        let (records, len) = complete_prefix(&self.data[self.record_bytes..]);
+        self.records += records;
+        self.record_bytes += len;
+    }
+}
+
+impl Fetch<'_> {
+    fn run(self) -> Result<Vec<ReceivedSocket>, FetchError> {
+        self.send_command()?;
+        let announced = self.read_count()?;
+        if announced == 0 {
+            // haproxy's own client takes a count of 0 as success with nothing to adopt.
+            return Ok(Vec::new());
+        }
+        let progress = self.receive_batches(announced)?;
+        let records =
+            decode_records(&progress.data, announced).map_err(|source| FetchError::Records {
+                peer: self.peer.clone(),
+                source,
+            })?;
+        Ok(progress
+            .fds
+            .into_iter()
+            .zip(records)
+            .map(|(fd, record)| ReceivedSocket { fd, record })
+            .collect())
+    }
+
+    fn sock(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn arm(&self, stage: FetchStage) -> Result<(), FetchError> {
+        match self.deadline.arm(self.stream) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.timeout(stage)),
+            Err(source) => Err(self.io(stage, source)),
+        }
+    }
+
+    fn timeout(&self, stage: FetchStage) -> FetchError {
+        FetchError::Timeout {
+            peer: self.peer.clone(),
+            stage,
+            timeout: self.deadline.total(),
+        }
+    }
+
+    fn io(&self, stage: FetchStage, source: io::Error) -> FetchError {
+        if is_timeout(&source) {
+            return self.timeout(stage);
+        }
+        FetchError::Io {
+            peer: self.peer.clone(),
+            stage,
+            source,
+        }
+    }
+
+    fn send_command(&self) -> Result<(), FetchError> {
+        let stage = FetchStage::SendCommand;
+        self.arm(stage)?;
+        let sent = send_nosignal(self.sock(), GETSOCKS_COMMAND).map_err(|e| self.io(stage, e))?;
+        if sent != GETSOCKS_COMMAND.len() {
+            let short = io::Error::new(io::ErrorKind::WriteZero, "short write of the command");
+            return Err(self.io(stage, short));
+        }
+        Ok(())
+    }
+
+    fn read_count(&self) -> Result<usize, FetchError> {
+        let stage = FetchStage::ReadCount;
+        let mut count = [0u8; 4];
+        let mut got = 0;
+        let mut control = ControlBuffer::new();
+        while got < count.len() {
+            self.arm(stage)?;
+            // A 4-byte buffer keeps the first batch, which may follow at once, out of this read.
+            let received = recv_with_fds(self.sock(), &mut count[got..], &mut control)
+                .map_err(|e| self.io(stage, e))?;
+            self.check_control(&received, 0)?;
+            if !received.fds.is_empty() {
+                return Err(FetchError::FdsWithCount {
+                    peer: self.peer.clone(),
+                    fds: received.fds.len(),
+                });
+            }
+            if received.bytes == 0 {
+                return Err(self.eof_in_count(got));
+            }
+            got += received.bytes;
+        }
+        let count = i32::from_ne_bytes(count);
+        match usize::try_from(count) {
+            Ok(n) if n <= MAX_ANNOUNCED_FDS => Ok(n),
+            _ => Err(FetchError::BadCount {
+                peer: self.peer.clone(),
+                count,
+            }),
+        }
+    }
+
+    fn eof_in_count(&self, bytes: usize) -> FetchError {
+        let peer = self.peer.clone();
+        if bytes == 0 {
+            FetchError::NothingExported { peer }
+        } else {
+            FetchError::TruncatedCount { peer, bytes }
+        }
+    }
+
+    fn check_control(&self, received: &Received, before: usize) -> Result<(), FetchError> {
+        if received.truncated {
+            return Err(FetchError::ControlTruncated {
+                peer: self.peer.clone(),
+                received: before + received.fds.len(),
+            });
+        }
+        if let Some((level, kind)) = received.foreign {
+            return Err(FetchError::ForeignControlMessage {
+                peer: self.peer.clone(),
+                level,
+                kind,
+            });
+        }
+        Ok(())
+    }
+
+    fn receive_batches(&self, announced: usize) -> Result<Progress, FetchError> {
+        let mut progress = Progress {
+            announced,
+            fds: Vec::with_capacity(announced.min(MAX_FDS_ACCEPTED_PER_MESSAGE)),
+            data: Vec::new(),
+            records: 0,
+            record_bytes: 0,
+        };
+        let mut buf = vec![0u8; MAX_FDS_ACCEPTED_PER_MESSAGE * MAX_RECORD_LEN];
+        let mut control = ControlBuffer::new();
+        while !progress.complete() {
+            self.arm(FetchStage::ReceiveBatch)?;
+            let received = recv_with_fds(self.sock(), &mut buf, &mut control)
+                .map_err(|e| self.io(FetchStage::ReceiveBatch, e))?;
+            if received.bytes == 0 && received.fds.is_empty() {
+                return self.eof_in_batches(progress);
+            }
+            let before = progress.fds.len();
+            self.accept_message(&mut progress, received, &buf)?;
+            self.send_ack(before, progress.complete())?;
+        }
+        Ok(progress)
+    }
+
+    fn accept_message(
+        &self,
+        progress: &mut Progress,
+        received: Received,
+        buf: &[u8],
+    ) -> Result<(), FetchError> {
+        let before = progress.fds.len();
+        self.check_control(&received, before)?;
+        // Data without fds is only the tail of a large batch the kernel split into several skbs.
+        if received.fds.is_empty() && progress.records >= before {
+            return Err(FetchError::DataWithoutFds {
+                peer: self.peer.clone(),
+                received: before,
+                bytes: received.bytes,
+            });
+        }
+        progress.fds.extend(received.fds);
+        if progress.fds.len() > progress.announced {
+            return Err(FetchError::TooManyFds {
+                peer: self.peer.clone(),
+                announced: progress.announced,
+                received: progress.fds.len(),
+            });
+        }
+        progress.add_data(&buf[..received.bytes]);
+        Ok(())
+    }
+
+    fn eof_in_batches(&self, progress: Progress) -> Result<Progress, FetchError> {
+        if progress.fds.len() < progress.announced {
+            return Err(FetchError::MissingFds {
+                peer: self.peer.clone(),
+                announced: progress.announced,
+                received: progress.fds.len(),
+            });
+        }
+        // All fds are here but their records are not: let the decoder say where they stop.
+        match decode_records(&progress.data, progress.announced) {
+            Err(source) => Err(FetchError::Records {
+                peer: self.peer.clone(),
+                source,
+            }),
+            Ok(_) => Ok(progress),
+        }
+    }
+
+    /// haproxy's client acks every read with the number of fds it had before that read.
+    fn send_ack(&self, before: usize, last: bool) -> Result<(), FetchError> {
+        let stage = FetchStage::SendAck;
+        self.arm(stage)?;
+        let ack = i32::try_from(before).unwrap_or(i32::MAX).to_ne_bytes();
+        match send_nosignal(self.sock(), &ack) {
+            Ok(4) => Ok(()),
+            // 1.8, 2.0 and 2.6 close right after the last batch without reading this ack.
+            Err(e) if last && is_disconnect(&e) => Ok(()),
+            Err(e) => Err(self.io(stage, e)),
+            Ok(_) => Err(self.io(
+                stage,
+                io::Error::new(io::ErrorKind::WriteZero, "short write of the ack"),
+            )),
+        }
+    }
+}

@@ -1,1 +1,402 @@
-//! (to be written)
+//! The held set: one owned copy of every listening socket of the current worker.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::sys::stat::{fstat, SFlag};
+
+use super::fetch::ReceivedSocket;
+use super::wire::Record;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Inet,
+    Inet6,
+    Unix,
+    Other(i32),
+}
+
+/// What a socket is, read from the socket itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub family: Family,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, ...
+    pub sock_type: i32,
+    /// `127.0.0.1:8080`, `[::1]:8080`, a unix path, or `@name` for an abstract name. haproxy's
+    /// unix listeners report the name they were bound under, `<path>.<pid>.tmp`.
+    pub local: String,
+    /// Set for unix sockets bound to a filesystem path.
+    pub unix_path: Option<PathBuf>,
+    pub dev: u64,
+    pub inode: u64,
+}
+
+impl SocketInfo {
+    /// Describes `fd`, which must be a socket.
+    pub fn of(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
+        let raw = fd.as_raw_fd();
+        let stat = fstat(fd).map_err(|e| annotate(raw, "fstat", e.into()))?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {raw} is not a socket (st_mode {:o})", stat.st_mode),
+            ));
+        }
+        let (storage, len) = local_address(fd).map_err(|e| annotate(raw, "getsockname", e))?;
+        let (family, local, unix_path) = describe(&storage, len);
+        Ok(SocketInfo {
+            family,
+            sock_type: sock_type(fd).map_err(|e| annotate(raw, "getsockopt(SO_TYPE)", e))?,
+            local,
+            unix_path,
+            dev: stat.st_dev,
+            inode: stat.st_ino,
+        })
+    }
+
+    fn identity(&self) -> (u64, u64) {
+        (self.dev, self.inode)
+    }
+}
+
+impl fmt::Display for SocketInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.sock_type {
+            libc::SOCK_STREAM => "stream",
+            libc::SOCK_DGRAM => "dgram",
+            libc::SOCK_SEQPACKET => "seqpacket",
+            _ => "socket",
+        };
+        write!(f, "{kind} {} (inode {})", self.local, self.inode)
+    }
+}
+
+fn annotate(fd: i32, call: &str, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{call} on fd {fd}: {err}"))
+}
+
+fn sock_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// `getsockname` into a `sockaddr_storage`: nix's typed accessors for inet need its `net`
+/// feature, which the crate does not enable.
+fn local_address(fd: BorrowedFd<'_>) -> io::Result<(libc::sockaddr_storage, usize)> {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((storage, len as usize))
+}
+
+fn describe(storage: &libc::sockaddr_storage, len: usize) -> (Family, String, Option<PathBuf>) {
+    let family = i32::from(storage.ss_family);
+    let base = (storage as *const libc::sockaddr_storage).cast::<u8>();
+    match family {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in; storage is large and aligned enough.
+            let sin = unsafe { &*base.cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            let addr = SocketAddrV4::new(ip, u16::from_be(sin.sin_port));
+            (Family::Inet, addr.to_string(), None)
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6; storage is large and aligned enough.
+            let sin6 = unsafe { &*base.cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            let addr = SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id);
+            (Family::Inet6, addr.to_string(), None)
+        }
+        libc::AF_UNIX => {
+            let offset = std::mem::size_of::<libc::sa_family_t>();
+            // SAFETY: the kernel wrote `len` bytes, at most the size of storage.
+            let all = unsafe { std::slice::from_raw_parts(base, len.min(128)) };
+            describe_unix(all.get(offset..).unwrap_or_default())
+        }
+        other => (Family::Other(other), format!("family {other}"), None),
+    }
+}
+
+fn describe_unix(sun_path: &[u8]) -> (Family, String, Option<PathBuf>) {
+    match sun_path.first() {
+        None => (Family::Unix, String::new(), None),
+        Some(0) => (Family::Unix, abstract_name(&sun_path[1..]), None),
+        Some(_) => {
+            let end = sun_path
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(sun_path.len());
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&sun_path[..end]));
+            (Family::Unix, path.display().to_string(), Some(path))
+        }
+    }
+}
+
+/// haproxy binds `abns@` names with the whole `sun_path`, so they come back NUL-padded.
+fn abstract_name(name: &[u8]) -> String {
+    let end = name.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    format!("@{}", name[..end].escape_ascii())
+}
+
+/// One held socket: the master's copy, what it was received with, and what it is.
+#[derive(Debug)]
+pub struct HeldSocket {
+    pub fd: OwnedFd,
+    pub record: Record,
+    pub info: SocketInfo,
+}
+
+/// The sockets the master holds, at most one copy of each.
+#[derive(Debug, Default)]
+pub struct HeldSet {
+    sockets: Vec<HeldSocket>,
+}
+
+impl HeldSet {
+    /// Builds the set from a fetch, in the order received.
+    ///
+    /// Keeps the first of several copies of one socket (same dev and inode), closes every socket
+    /// for which `drop_if` is true (a worker's private stats socket), and closes with a warning
+    /// fds that are not sockets.
+    pub fn from_received(
+        received: Vec<ReceivedSocket>,
+        drop_if: impl Fn(&SocketInfo) -> bool,
+    ) -> HeldSet {
+        let mut set = HeldSet::default();
+        let mut seen = HashSet::new();
+        for ReceivedSocket { fd, record } in received {
+            let info = match SocketInfo::of(fd.as_fd()) {
+                Ok(info) => info,
+                Err(e) => {
+                    log::warn!("closing received fd {}: {e}", fd.as_raw_fd());
+                    continue;
+                }
+            };
+            if drop_if(&info) {
+                log::debug!("closing received {info}: not held by the master");
+                continue;
+            }
+            if !seen.insert(info.identity()) {
+                log::debug!("closing a second copy of {info}");
+                continue;
+            }
+            set.sockets.push(HeldSocket { fd, record, info });
+        }
+        set
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &HeldSocket> {
+        self.sockets.iter()
+    }
+
+    /// What [`serve_getsocks`](super::serve::serve_getsocks) takes.
+    pub fn as_serve_list(&self) -> Vec<(BorrowedFd<'_>, &Record)> {
+        self.sockets
+            .iter()
+            .map(|s| (s.fd.as_fd(), &s.record))
+            .collect()
+    }
+
+    pub fn inodes(&self) -> Vec<u64> {
+        self.sockets.iter().map(|s| s.info.inode).collect()
+    }
+
+    /// Closes every held socket for which `keep` is false, e.g. those a new worker did not take.
+    pub fn retain(&mut self, keep: impl FnMut(&HeldSocket) -> bool) {
+        self.sockets.retain(keep);
+    }
+
+    pub fn into_sockets(self) -> Vec<HeldSocket> {
+        self.sockets
+    }
+}
+
+/// Whether `info` is a unix socket whose bound name is `path` or haproxy's temporary bind name
+/// for it, `<path>.<pid>.tmp`.
+pub fn is_unix_listener_of(info: &SocketInfo, path: &std::path::Path) -> bool {
+    let Some(bound) = &info.unix_path else {
+        return false;
+    };
+    let bound = bound.as_os_str().as_bytes();
+    let path = path.as_os_str().as_bytes();
+    if bound == path {
+        return true;
+    }
+    let Some(suffix) = bound.strip_prefix(path).and_then(|s| s.strip_prefix(b".")) else {
+        return false;
+    };
+    let Some(pid) = suffix.strip_suffix(b".tmp") else {
+        return false;
+    };
+    !pid.is_empty() && pid.iter().all(u8::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, UdpSocket};
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+
+    fn received(fd: OwnedFd, tag: u8) -> ReceivedSocket {
+        ReceivedSocket {
+            fd,
+            record: Record {
+                options: [tag, 0, 0, 0],
+                ..Record::default()
+            },
+        }
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("hapmaster-listeners-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn describes_inet_sockets() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let info = SocketInfo::of(tcp.as_fd()).unwrap();
+        assert_eq!(info.family, Family::Inet);
+        assert_eq!(info.sock_type, libc::SOCK_STREAM);
+        assert_eq!(info.local, tcp.local_addr().unwrap().to_string());
+        assert_eq!(info.unix_path, None);
+
+        let udp = UdpSocket::bind("[::1]:0").unwrap();
+        let info = SocketInfo::of(udp.as_fd()).unwrap();
+        assert_eq!(info.family, Family::Inet6);
+        assert_eq!(info.sock_type, libc::SOCK_DGRAM);
+        let port = udp.local_addr().unwrap().port();
+        assert_eq!(info.local, format!("[::1]:{port}"));
+    }
+
+    #[test]
+    fn describes_unix_sockets() {
+        let path = temp_path("fe.sock.123.tmp");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let info = SocketInfo::of(listener.as_fd()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(info.family, Family::Unix);
+        assert_eq!(info.unix_path.as_deref(), Some(path.as_path()));
+        assert_eq!(info.local, path.display().to_string());
+        let fe = temp_path("fe.sock");
+        assert!(is_unix_listener_of(&info, &fe));
+        assert!(!is_unix_listener_of(&info, &temp_path("fe")));
+        assert!(!is_unix_listener_of(&info, &temp_path("other.sock")));
+    }
+
+    #[test]
+    fn describes_abstract_and_unnamed_unix_sockets() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("hapmaster-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let abstract_sock = UnixDatagram::bind_addr(&addr).unwrap();
+        let info = SocketInfo::of(abstract_sock.as_fd()).unwrap();
+        assert_eq!(info.local, format!("@{name}"));
+        assert_eq!(info.unix_path, None);
+        assert_eq!(info.sock_type, libc::SOCK_DGRAM);
+
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let info = SocketInfo::of(a.as_fd()).unwrap();
+        assert_eq!((info.family, info.local.as_str()), (Family::Unix, ""));
+    }
+
+    #[test]
+    fn nul_padded_abstract_names_are_trimmed() {
+        assert_eq!(abstract_name(b"name\0\0\0"), "@name");
+        assert_eq!(abstract_name(b"a\0b\0"), "@a\\x00b");
+    }
+
+    #[test]
+    fn non_socket_is_an_error_naming_the_fd() {
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = OwnedFd::from(file);
+        let err = SocketInfo::of(fd.as_fd()).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("fd {}", fd.as_raw_fd())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn held_set_dedups_drops_and_skips_non_sockets() {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let copy = first.try_clone().unwrap();
+        let dropped = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dropped_port = dropped.local_addr().unwrap().to_string();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let file = OwnedFd::from(std::fs::File::open("/proc/self/status").unwrap());
+        let set = HeldSet::from_received(
+            vec![
+                received(first.into(), 1),
+                received(file, 2),
+                received(copy.into(), 3),
+                received(dropped.into(), 4),
+                received(other.into(), 5),
+            ],
+            |info| info.local == dropped_port,
+        );
+        let tags: Vec<u8> = set.iter().map(|s| s.record.options[0]).collect();
+        assert_eq!(tags, vec![1, 5]);
+        assert_eq!(set.len(), 2);
+        assert!(!set.is_empty());
+        let inodes = set.inodes();
+        assert_eq!(inodes.len(), 2);
+        assert_ne!(inodes[0], inodes[1]);
+        let list = set.as_serve_list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].1.options[0], 5);
+    }
+
+    #[test]
+    fn retain_closes_the_rest() {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut set =
+            HeldSet::from_received(vec![received(a.into(), 1), received(b.into(), 2)], |_| {
+                false
+            });
+        let keep = set.inodes()[1];
+        set.retain(|s| s.info.inode == keep);
+        assert_eq!(set.inodes(), vec![keep]);
+        assert!(HeldSet::default().is_empty());
+    }
+}
