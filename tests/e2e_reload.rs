@@ -74,9 +74,11 @@ fn reload_30_times_under_load() {
     let ports = free_ports(2);
     let (p4, p6) = (ports[0], ports[1]);
     let fe = dir.join("fe.sock");
+    // `v6only`: haproxy 2.6.12's `-x` does not reuse a `[::1]:P` socket bound without it (it binds a
+    // fresh one next to it, SO_REUSEPORT), even from a plain haproxy: reproduced without hapmaster.
     let cfg = http_config(&[
         format!("127.0.0.1:{p4}"),
-        format!("[::1]:{p6}"),
+        format!("[::1]:{p6} v6only"),
         format!("unix@{}", fe.display()),
     ]);
     let mut hm = Hapmaster::start_in(dir, cfg, &[]);
