@@ -226,6 +226,31 @@ pub fn zombie_children(ppid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Live processes (not this one) whose command line mentions `path` followed by `/`.
+pub fn pids_with_cmdline_containing(path: &Path) -> Vec<u32> {
+    let mut needle = path.as_os_str().as_bytes().to_vec();
+    needle.push(b'/');
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || !pid_alive(pid) {
+            continue;
+        }
+        if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
+            if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Number of open fds of `pid` (entries of /proc/PID/fd); `None` if it cannot be read.
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
@@ -1295,6 +1320,11 @@ impl Drop for Hapmaster {
             if matches!(proc_stat(*pid), Some(s) if s.starttime == *start && s.state != 'Z') {
                 let _ = kill(*pid, SIGKILL);
             }
+        }
+        // Workers hapmaster never reported (it died first) are orphans by now; they name files in
+        // this test's unique dir on their command line, which identifies them.
+        for pid in pids_with_cmdline_containing(self.dir.path()) {
+            let _ = kill(pid, SIGKILL);
         }
     }
 }
