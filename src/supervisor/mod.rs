@@ -1,1 +1,9 @@
-//! Worker lifecycle: pure state machine, spawning, and the event loop that drives them.
+//! Worker lifecycle: a pure state machine (`state`), and the event loop that observes processes,
+//! signals and sockets and carries out the machine's decisions.
+pub mod event_loop;
+pub mod probe;
+pub mod signals;
+pub mod state;
+pub mod worker;
+
+pub use event_loop::{run, SetupError};

@@ -1,0 +1,220 @@
+//! Readiness of a starting worker: its private stats socket answers `show info` with its own
+//! `Pid:`. Driven by the event loop without blocking it: connect attempts back off while the
+//! socket does not exist yet, and once connected the reply is awaited by poll, not by retries.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::state::Pid;
+
+/// First retry delay; doubled up to `MAX_RETRY`. Short, because haproxy often binds within
+/// milliseconds and the probe's delay adds to every reload.
+const FIRST_RETRY: Duration = Duration::from_millis(1);
+const MAX_RETRY: Duration = Duration::from_millis(10);
+/// `show info` is a few KiB; anything beyond this is not haproxy's answer.
+const MAX_REPLY: usize = 256 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    Waiting,
+    Ready,
+    TimedOut,
+}
+
+pub struct Probe {
+    pub pid: Pid,
+    socket: PathBuf,
+    deadline: Instant,
+    next_attempt: Instant,
+    retry: Duration,
+    conn: Option<(UnixStream, Vec<u8>)>,
+    last_error: Option<String>,
+}
+
+impl Probe {
+    /// The first attempt is due at once.
+    pub fn new(pid: Pid, socket: PathBuf, now: Instant, timeout: Duration) -> Probe {
+        Probe {
+            pid,
+            socket,
+            deadline: now + timeout,
+            next_attempt: now,
+            retry: FIRST_RETRY,
+            conn: None,
+            last_error: None,
+        }
+    }
+
+    /// The fd to poll for readability while a reply is awaited.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.conn.as_ref().map(|(s, _)| s.as_fd())
+    }
+
+    /// When the loop must call `step` again at the latest.
+    pub fn wakeup(&self) -> Instant {
+        if self.conn.is_some() {
+            self.deadline
+        } else {
+            self.next_attempt.min(self.deadline)
+        }
+    }
+
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    pub fn step(&mut self, now: Instant) -> Progress {
+        if self.conn.is_some() {
+            match self.read_reply() {
+                Ok(None) => {}
+                Ok(Some(reply)) => {
+                    if reply_pid(&reply) == Some(self.pid) {
+                        return Progress::Ready;
+                    }
+                    self.last_error = Some(match reply_pid(&reply) {
+                        Some(other) => format!("stats socket answered with Pid: {other}"),
+                        None => "stats socket answered without a Pid: line".to_string(),
+                    });
+                    self.retry_later(now);
+                }
+                Err(e) => {
+                    self.last_error = Some(format!("reading show info: {e}"));
+                    self.retry_later(now);
+                }
+            }
+        } else if now >= self.next_attempt {
+            match self.connect() {
+                Ok(()) => return self.step(now),
+                Err(e) => {
+                    self.last_error = Some(format!("{}: {e}", self.socket.display()));
+                    self.retry_later(now);
+                }
+            }
+        }
+        if now >= self.deadline {
+            return Progress::TimedOut;
+        }
+        Progress::Waiting
+    }
+
+    fn retry_later(&mut self, now: Instant) {
+        self.conn = None;
+        self.next_attempt = now + self.retry;
+        self.retry = (self.retry * 2).min(MAX_RETRY);
+    }
+
+    fn connect(&mut self) -> io::Result<()> {
+        let mut stream = UnixStream::connect(&self.socket)?;
+        // Ten bytes into an empty socket buffer: this write cannot block.
+        stream.write_all(b"show info\n")?;
+        stream.set_nonblocking(true)?;
+        self.conn = Some((stream, Vec::new()));
+        Ok(())
+    }
+
+    /// Some(reply) once haproxy has closed the connection (it does after one command).
+    fn read_reply(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let Some((stream, buf)) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return Ok(self.conn.take().map(|(_, b)| b)),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > MAX_REPLY {
+                        return Err(io::Error::other("reply too large"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The `Pid:` of a `show info` reply.
+pub fn reply_pid(reply: &[u8]) -> Option<Pid> {
+    String::from_utf8_lossy(reply)
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn parses_pid_line() {
+        let reply = b"Name: HAProxy\nVersion: 2.6.12\nPid: 4242\nProcess_num: 1\n";
+        assert_eq!(reply_pid(reply), Some(4242));
+        assert_eq!(reply_pid(b"Unknown command\n"), None);
+    }
+
+    fn temp_sock(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hm-probe-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("s.sock")
+    }
+
+    #[test]
+    fn waits_for_socket_then_matching_pid() {
+        let path = temp_sock("match");
+        let t = Instant::now();
+        let mut p = Probe::new(77, path.clone(), t, Duration::from_secs(5));
+        assert_eq!(p.step(t), Progress::Waiting);
+        assert!(p.poll_fd().is_none());
+        assert!(p.wakeup() > t, "backs off after a failed connect");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut cmd = [0u8; 10];
+            s.read_exact(&mut cmd).unwrap();
+            assert_eq!(&cmd, b"show info\n");
+            s.write_all(b"Name: HAProxy\nPid: 77\n").unwrap();
+        });
+        assert_eq!(p.step(p.wakeup()), Progress::Waiting);
+        server.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match p.step(Instant::now()) {
+                Progress::Ready => break,
+                Progress::Waiting if Instant::now() < deadline => std::thread::yield_now(),
+                other => panic!("probe did not become ready: {other:?} {:?}", p.last_error()),
+            }
+        }
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn wrong_pid_is_not_ready_and_times_out() {
+        let path = temp_sock("wrong");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"Pid: 1\n").unwrap();
+        });
+        let t = Instant::now();
+        let mut p = Probe::new(77, path.clone(), t, Duration::from_millis(300));
+        server.join().unwrap();
+        let mut last = Progress::Waiting;
+        while Instant::now() < t + Duration::from_secs(5) {
+            last = p.step(Instant::now());
+            if last != Progress::Waiting {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(last, Progress::TimedOut);
+        assert!(p.last_error().is_some());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,1029 @@
+//! Workers and generations as a state machine.
+//!
+//! `State::decide` is a pure function of the current state, one event and the time: it returns the
+//! actions for the executor (`event_loop.rs`) to carry out. No syscalls here, so every race the
+//! master can meet ("the new worker dies while the old one drains", "a reload arrives during a
+//! crash replacement") is a plain unit test.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub type Pid = i32;
+pub type Generation = u64;
+
+/// A worker that has lived this long before dying is not part of a crash loop.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Ceiling of the crash-loop backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long workers get to exit after SIGTERM on a hard stop before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a worker is being started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartKind {
+    /// The first worker of this master.
+    Initial,
+    /// A reload requested by a signal or a control command.
+    Reload,
+    /// The current worker died and is being replaced.
+    Replace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Started, not ready yet.
+    Starting,
+    /// The one serving.
+    Current,
+    /// Soft-stopped (SIGUSR1), finishing its connections.
+    Draining,
+    /// Failed to become ready; being stopped.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Worker {
+    pub pid: Pid,
+    pub generation: Generation,
+    pub role: Role,
+    pub started: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGUSR1: haproxy's soft stop.
+    SoftStop,
+    /// SIGTERM: haproxy's hard stop.
+    Terminate,
+    /// SIGKILL.
+    Kill,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The master has just started.
+    Boot,
+    ReloadRequested,
+    /// SIGTERM / SIGINT.
+    StopRequested,
+    /// SIGUSR1.
+    SoftStopRequested,
+    /// The executor started the process asked for by `Action::Spawn`.
+    Spawned {
+        generation: Generation,
+        pid: Pid,
+    },
+    /// The executor could not even start the process (exec failed, fragment not writable, ...).
+    SpawnFailed {
+        generation: Generation,
+        reason: String,
+    },
+    /// The worker answered on its stats socket and its sockets were fetched.
+    WorkerReady {
+        pid: Pid,
+    },
+    /// The worker is alive but did not become ready (timeout, handoff error).
+    WorkerFailed {
+        pid: Pid,
+        reason: String,
+    },
+    /// waitpid reported this child.
+    WorkerExited {
+        pid: Pid,
+        status: String,
+    },
+    /// The crash-loop backoff has elapsed.
+    RespawnDue,
+    /// The hard-stop grace has elapsed.
+    StopDeadline,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Spawn {
+        generation: Generation,
+        kind: StartKind,
+    },
+    /// Make the sockets fetched from this (now current) worker the held set.
+    CommitSockets {
+        pid: Pid,
+    },
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    /// Stop a worker that failed to start: SIGTERM now, SIGKILL after a grace period.
+    Abort {
+        pid: Pid,
+    },
+    /// The worker is reaped: remove its fragment and sockets.
+    Forget {
+        pid: Pid,
+        generation: Generation,
+    },
+    NotifyReady {
+        status: String,
+        first: bool,
+    },
+    NotifyReloading {
+        status: String,
+    },
+    NotifyStatus {
+        status: String,
+    },
+    NotifyStopping {
+        status: String,
+    },
+    /// Feed `Event::RespawnDue` after this delay.
+    ScheduleRespawn {
+        after: Duration,
+    },
+    /// Feed `Event::StopDeadline` after this delay.
+    ArmStopDeadline {
+        after: Duration,
+    },
+    Log {
+        level: log::Level,
+        message: String,
+    },
+    Exit {
+        code: i32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopping {
+    Soft,
+    Hard,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    generation: Generation,
+    kind: StartKind,
+    pid: Option<Pid>,
+}
+
+#[derive(Debug)]
+pub struct State {
+    workers: BTreeMap<Pid, Worker>,
+    current: Option<Pid>,
+    pending: Option<Pending>,
+    reload_queued: bool,
+    stopping: Option<Stopping>,
+    respawn_scheduled: bool,
+    next_generation: Generation,
+    crash_streak: u32,
+    exit_code: i32,
+    exited: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            workers: BTreeMap::new(),
+            current: None,
+            pending: None,
+            reload_queued: false,
+            stopping: None,
+            respawn_scheduled: false,
+            next_generation: 1,
+            crash_streak: 0,
+            exit_code: 0,
+            exited: false,
+        }
+    }
+}
+
+/// Delay before the n-th consecutive replacement: at once, then 100 ms doubling up to the cap.
+pub fn backoff(streak: u32) -> Duration {
+    if streak <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (streak - 2).min(16);
+    Duration::from_millis(100u64 << exp).min(MAX_BACKOFF)
+}
+
+fn log(level: log::Level, message: String) -> Action {
+    Action::Log { level, message }
+}
+
+impl State {
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn worker(&self, pid: Pid) -> Option<&Worker> {
+        self.workers.get(&pid)
+    }
+
+    pub fn current(&self) -> Option<&Worker> {
+        self.current.and_then(|p| self.workers.get(&p))
+    }
+
+    /// The worker being started, once it has a pid.
+    pub fn starting_pid(&self) -> Option<Pid> {
+        self.pending.and_then(|p| p.pid)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    pub fn decide(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        if self.exited {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match event {
+            Event::Boot => self.start(StartKind::Initial, &mut out),
+            Event::ReloadRequested => self.on_reload_requested(&mut out),
+            Event::StopRequested => self.on_stop(Stopping::Hard, &mut out),
+            Event::SoftStopRequested => self.on_stop(Stopping::Soft, &mut out),
+            Event::Spawned { generation, pid } => self.on_spawned(generation, pid, now, &mut out),
+            Event::SpawnFailed { generation, reason } => {
+                if self.pending.is_some_and(|p| p.generation == generation) {
+                    self.on_start_failed(None, reason, &mut out);
+                }
+            }
+            Event::WorkerReady { pid } => self.on_ready(pid, &mut out),
+            Event::WorkerFailed { pid, reason } => {
+                if self.starting_pid() == Some(pid) {
+                    if let Some(w) = self.workers.get_mut(&pid) {
+                        w.role = Role::Failed;
+                    }
+                    out.push(Action::Abort { pid });
+                    self.on_start_failed(Some(pid), reason, &mut out);
+                }
+            }
+            Event::WorkerExited { pid, status } => self.on_exited(pid, status, now, &mut out),
+            Event::RespawnDue => {
+                self.respawn_scheduled = false;
+                if self.stopping.is_none() && self.pending.is_none() && self.current.is_none() {
+                    self.start(StartKind::Replace, &mut out);
+                }
+            }
+            Event::StopDeadline => {
+                for pid in self.workers.keys() {
+                    out.push(Action::Signal {
+                        pid: *pid,
+                        signal: Signal::Kill,
+                    });
+                }
+                if !self.workers.is_empty() {
+                    out.push(log(
+                        log::Level::Warn,
+                        format!(
+                            "workers still running {} s after SIGTERM: sending SIGKILL",
+                            STOP_GRACE.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn start(&mut self, kind: StartKind, out: &mut Vec<Action>) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.pending = Some(Pending {
+            generation,
+            kind,
+            pid: None,
+        });
+        if kind == StartKind::Reload {
+            out.push(Action::NotifyReloading {
+                status: format!("Reloading: starting generation {generation}"),
+            });
+        }
+        out.push(Action::Spawn { generation, kind });
+    }
+
+    fn on_reload_requested(&mut self, out: &mut Vec<Action>) {
+        if self.stopping.is_some() {
+            out.push(log(
+                log::Level::Warn,
+                "reload requested while stopping: ignored".into(),
+            ));
+        } else if self.pending.is_some() {
+            if !self.reload_queued {
+                out.push(log(
+                    log::Level::Info,
+                    "reload requested while a worker is starting: it will run right after".into(),
+                ));
+            }
+            self.reload_queued = true;
+        } else {
+            self.start(StartKind::Reload, out);
+        }
+    }
+
+    fn on_spawned(
+        &mut self,
+        generation: Generation,
+        pid: Pid,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match self.pending.as_mut() {
+            Some(p) if p.generation == generation => p.pid = Some(pid),
+            _ => return,
+        }
+        self.workers.insert(
+            pid,
+            Worker {
+                pid,
+                generation,
+                role: Role::Starting,
+                started: now,
+            },
+        );
+        out.push(log(
+            log::Level::Info,
+            format!("worker pid {pid} (generation {generation}) started"),
+        ));
+    }
+
+    fn serving_status(&self) -> String {
+        match self.current() {
+            Some(w) => format!("worker pid {}, generation {}", w.pid, w.generation),
+            None => "no worker".to_string(),
+        }
+    }
+
+    fn on_ready(&mut self, pid: Pid, out: &mut Vec<Action>) {
+        let Some(pending) = self.pending.filter(|p| p.pid == Some(pid)) else {
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        self.pending = None;
+        let old = self.current.replace(pid);
+        if let Some(w) = self.workers.get_mut(&pid) {
+            w.role = Role::Current;
+        }
+        out.push(Action::CommitSockets { pid });
+        // Every older worker that still serves gets soft-stopped, not only the last current one: a
+        // replacement raced by a reload may have left more than one.
+        for w in self.workers.values_mut() {
+            if w.pid != pid && matches!(w.role, Role::Current) {
+                w.role = Role::Draining;
+                out.push(Action::Signal {
+                    pid: w.pid,
+                    signal: Signal::SoftStop,
+                });
+            }
+        }
+        let status = format!("Serving: {}", self.serving_status());
+        let message = match (pending.kind, old) {
+            (StartKind::Initial, _) => format!("worker pid {pid} ready"),
+            (StartKind::Reload, Some(old)) => {
+                format!(
+                    "reload complete: worker pid {pid} ready, old worker pid {old} soft-stopped"
+                )
+            }
+            (StartKind::Reload, None) | (StartKind::Replace, _) => {
+                format!("worker pid {pid} ready (replacement)")
+            }
+        };
+        out.push(log(log::Level::Info, message));
+        out.push(Action::NotifyReady {
+            status,
+            first: pending.kind == StartKind::Initial,
+        });
+        self.run_queued_reload(out);
+    }
+
+    fn run_queued_reload(&mut self, out: &mut Vec<Action>) {
+        if self.reload_queued && self.stopping.is_none() && self.pending.is_none() {
+            self.reload_queued = false;
+            self.start(StartKind::Reload, out);
+        }
+    }
+
+    fn on_start_failed(&mut self, pid: Option<Pid>, reason: String, out: &mut Vec<Action>) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        let who = match pid {
+            Some(pid) => format!("worker pid {pid} (generation {})", pending.generation),
+            None => format!("worker generation {}", pending.generation),
+        };
+        match pending.kind {
+            StartKind::Initial => {
+                out.push(log(
+                    log::Level::Error,
+                    format!("{who} failed to start: {reason}; exiting"),
+                ));
+                out.push(Action::NotifyStatus {
+                    status: format!("Failed to start: {reason}"),
+                });
+                self.exit_code = 1;
+                self.begin_stop(Stopping::Hard, out);
+            }
+            StartKind::Reload if self.current.is_some() => {
+                out.push(log(
+                    log::Level::Error,
+                    format!(
+                        "reload failed: {who}: {reason}; still serving with {}",
+                        self.serving_status()
+                    ),
+                ));
+                out.push(Action::NotifyReady {
+                    status: format!(
+                        "Reload failed: {reason}; still serving: {}",
+                        self.serving_status()
+                    ),
+                    first: false,
+                });
+                self.run_queued_reload(out);
+            }
+            StartKind::Reload | StartKind::Replace => {
+                out.push(log(
+                    log::Level::Error,
+                    format!("{who} failed to start: {reason}; no worker is serving"),
+                ));
+                out.push(Action::NotifyStatus {
+                    status: format!("Worker failed to start: {reason}; retrying"),
+                });
+                self.reload_queued = false;
+                self.schedule_replacement(out);
+            }
+        }
+    }
+
+    fn schedule_replacement(&mut self, out: &mut Vec<Action>) {
+        self.crash_streak += 1;
+        let after = backoff(self.crash_streak);
+        if after.is_zero() {
+            self.start(StartKind::Replace, out);
+        } else if !self.respawn_scheduled {
+            self.respawn_scheduled = true;
+            out.push(log(
+                log::Level::Warn,
+                format!(
+                    "{} failures in a row: next worker start in {} ms",
+                    self.crash_streak,
+                    after.as_millis()
+                ),
+            ));
+            out.push(Action::ScheduleRespawn { after });
+        }
+    }
+
+    fn on_exited(&mut self, pid: Pid, status: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(worker) = self.workers.remove(&pid) else {
+            // Not ours: an orphan re-parented to us (PID 1 in a container). Reaped; nothing else.
+            return;
+        };
+        out.push(Action::Forget {
+            pid,
+            generation: worker.generation,
+        });
+        if self.starting_pid() == Some(pid) {
+            self.on_start_failed(
+                Some(pid),
+                format!("haproxy exited ({status}) before it was ready"),
+                out,
+            );
+        } else if self.current == Some(pid) {
+            self.current = None;
+            if self.stopping.is_none() {
+                self.on_current_died(&worker, status, now, out);
+            }
+        } else if self.stopping.is_none() {
+            let level = if worker.role == Role::Draining {
+                log::Level::Info
+            } else {
+                log::Level::Debug
+            };
+            out.push(log(
+                level,
+                format!(
+                    "old worker pid {pid} (generation {}) exited ({status})",
+                    worker.generation
+                ),
+            ));
+        }
+        if self.stopping.is_some() && self.workers.is_empty() && !self.exited {
+            self.exited = true;
+            out.push(log(log::Level::Info, "all workers have exited".into()));
+            out.push(Action::Exit {
+                code: self.exit_code,
+            });
+        }
+    }
+
+    fn on_current_died(
+        &mut self,
+        worker: &Worker,
+        status: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if now.duration_since(worker.started) >= STABLE_AFTER {
+            self.crash_streak = 0;
+        }
+        out.push(log(
+            log::Level::Error,
+            format!(
+                "current worker pid {} (generation {}) exited unexpectedly ({status}); \
+                 the listening sockets stay open, starting a replacement",
+                worker.pid, worker.generation
+            ),
+        ));
+        out.push(Action::NotifyStatus {
+            status: format!(
+                "Worker pid {} exited unexpectedly ({status}); starting a replacement",
+                worker.pid
+            ),
+        });
+        // A worker already starting (a reload) will take over when ready; if it fails,
+        // on_start_failed schedules the replacement.
+        if self.pending.is_none() {
+            self.schedule_replacement(out);
+        }
+    }
+
+    fn on_stop(&mut self, how: Stopping, out: &mut Vec<Action>) {
+        match (self.stopping, how) {
+            (Some(Stopping::Hard), _) | (Some(Stopping::Soft), Stopping::Soft) => return,
+            _ => {}
+        }
+        self.pending = None;
+        self.reload_queued = false;
+        self.begin_stop(how, out);
+    }
+
+    fn begin_stop(&mut self, how: Stopping, out: &mut Vec<Action>) {
+        self.stopping = Some(how);
+        let (signal, what) = match how {
+            Stopping::Hard => (Signal::Terminate, "Stopping"),
+            Stopping::Soft => (
+                Signal::SoftStop,
+                "Soft-stopping: waiting for workers to finish",
+            ),
+        };
+        out.push(Action::NotifyStopping {
+            status: what.to_string(),
+        });
+        out.push(log(
+            log::Level::Info,
+            format!("{what}: signalling {} worker(s)", self.workers.len()),
+        ));
+        for w in self.workers.values() {
+            // A worker that is not ready yet has no connections to finish.
+            let signal = if w.role == Role::Starting || w.role == Role::Failed {
+                Signal::Terminate
+            } else {
+                signal
+            };
+            out.push(Action::Signal { pid: w.pid, signal });
+        }
+        if how == Stopping::Hard {
+            out.push(Action::ArmStopDeadline { after: STOP_GRACE });
+        }
+        if self.workers.is_empty() {
+            self.exited = true;
+            out.push(Action::Exit {
+                code: self.exit_code,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(actions: &[Action], pred: impl Fn(&Action) -> bool) -> bool {
+        actions.iter().any(pred)
+    }
+
+    fn spawn_gen(actions: &[Action]) -> Option<Generation> {
+        actions.iter().find_map(|a| match a {
+            Action::Spawn { generation, .. } => Some(*generation),
+            _ => None,
+        })
+    }
+
+    /// Boots and makes worker `pid` current.
+    fn running(pid: Pid, t: Instant) -> State {
+        let mut s = State::default();
+        let a = s.decide(Event::Boot, t);
+        let g = spawn_gen(&a).unwrap();
+        s.decide(Event::Spawned { generation: g, pid }, t);
+        let a = s.decide(Event::WorkerReady { pid }, t);
+        assert!(has(&a, |a| matches!(
+            a,
+            Action::NotifyReady { first: true, .. }
+        )));
+        assert!(has(&a, |a| *a == Action::CommitSockets { pid }));
+        s
+    }
+
+    fn reload_to(s: &mut State, pid: Pid, t: Instant) -> Vec<Action> {
+        let a = s.decide(Event::ReloadRequested, t);
+        assert!(has(&a, |a| matches!(a, Action::NotifyReloading { .. })));
+        let g = spawn_gen(&a).unwrap();
+        s.decide(Event::Spawned { generation: g, pid }, t);
+        s.decide(Event::WorkerReady { pid }, t)
+    }
+
+    #[test]
+    fn reload_soft_stops_old_after_new_is_ready() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let g = spawn_gen(&a).unwrap();
+        assert_eq!(g, 2);
+        let a = s.decide(
+            Event::Spawned {
+                generation: g,
+                pid: 11,
+            },
+            t,
+        );
+        assert!(
+            !has(&a, |a| matches!(a, Action::Signal { .. })),
+            "old worker untouched while new starts"
+        );
+        let a = s.decide(Event::WorkerReady { pid: 11 }, t);
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 10,
+                signal: Signal::SoftStop
+            }));
+        assert!(has(&a, |a| *a == Action::CommitSockets { pid: 11 }));
+        assert_eq!(s.current().unwrap().pid, 11);
+        assert_eq!(s.worker(10).unwrap().role, Role::Draining);
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 10,
+                status: "exit 0".into(),
+            },
+            t,
+        );
+        assert_eq!(
+            a[0],
+            Action::Forget {
+                pid: 10,
+                generation: 1
+            }
+        );
+        assert!(!has(&a, |a| matches!(a, Action::Spawn { .. })));
+    }
+
+    #[test]
+    fn failed_reload_leaves_old_worker_alone() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let g = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation: g,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 11,
+                status: "exit 1".into(),
+            },
+            t,
+        );
+        assert!(!has(&a, |a| matches!(a, Action::Signal { pid: 10, .. })));
+        assert!(has(
+            &a,
+            |a| matches!(a, Action::NotifyReady { status, .. } if status.starts_with("Reload failed: haproxy exited (exit 1)") && status.contains("worker pid 10"))
+        ));
+        assert_eq!(s.current().unwrap().pid, 10);
+    }
+
+    #[test]
+    fn ready_timeout_aborts_new_worker() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let g = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation: g,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(
+            Event::WorkerFailed {
+                pid: 11,
+                reason: "not ready".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a == Action::Abort { pid: 11 }));
+        assert!(has(
+            &a,
+            |a| matches!(a, Action::NotifyReady { status, .. } if status.starts_with("Reload failed"))
+        ));
+        // Its later exit is only forgotten.
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 11,
+                status: "signal 15".into(),
+            },
+            t,
+        );
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(s.current().unwrap().pid, 10);
+    }
+
+    #[test]
+    fn reloads_during_a_reload_coalesce_into_one() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let g = spawn_gen(&a).unwrap();
+        for _ in 0..50 {
+            let a = s.decide(Event::ReloadRequested, t);
+            assert!(spawn_gen(&a).is_none());
+        }
+        s.decide(
+            Event::Spawned {
+                generation: g,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(Event::WorkerReady { pid: 11 }, t);
+        assert_eq!(spawn_gen(&a), Some(3), "exactly one queued reload runs");
+        s.decide(
+            Event::Spawned {
+                generation: 3,
+                pid: 12,
+            },
+            t,
+        );
+        let a = s.decide(Event::WorkerReady { pid: 12 }, t);
+        assert!(spawn_gen(&a).is_none());
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 11,
+                signal: Signal::SoftStop
+            }));
+    }
+
+    #[test]
+    fn crash_is_replaced_at_once_then_backs_off() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 10,
+                status: "signal 9".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| matches!(
+            a,
+            Action::Spawn {
+                kind: StartKind::Replace,
+                ..
+            }
+        )));
+        let g = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation: g,
+                pid: 11,
+            },
+            t,
+        );
+        s.decide(Event::WorkerReady { pid: 11 }, t);
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 11,
+                status: "signal 9".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a
+            == Action::ScheduleRespawn {
+                after: Duration::from_millis(100)
+            }));
+        assert!(spawn_gen(&a).is_none());
+        let a = s.decide(Event::RespawnDue, t);
+        assert!(spawn_gen(&a).is_some());
+    }
+
+    #[test]
+    fn stable_worker_resets_backoff() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        s.crash_streak = 5;
+        let later = t + STABLE_AFTER;
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 10,
+                status: "signal 9".into(),
+            },
+            later,
+        );
+        assert!(spawn_gen(&a).is_some(), "{a:?}");
+    }
+
+    #[test]
+    fn backoff_grows_to_cap() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(200));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn initial_failure_exits_nonzero() {
+        let t = Instant::now();
+        let mut s = State::default();
+        s.decide(Event::Boot, t);
+        s.decide(
+            Event::Spawned {
+                generation: 1,
+                pid: 10,
+            },
+            t,
+        );
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 10,
+                status: "exit 1".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a == Action::Exit { code: 1 }), "{a:?}");
+    }
+
+    #[test]
+    fn initial_exec_failure_exits_nonzero() {
+        let t = Instant::now();
+        let mut s = State::default();
+        s.decide(Event::Boot, t);
+        let a = s.decide(
+            Event::SpawnFailed {
+                generation: 1,
+                reason: "no such file".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a == Action::Exit { code: 1 }), "{a:?}");
+    }
+
+    #[test]
+    fn stop_terminates_all_and_exits_when_reaped() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        reload_to(&mut s, 11, t);
+        let a = s.decide(Event::StopRequested, t);
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 10,
+                signal: Signal::Terminate
+            }));
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 11,
+                signal: Signal::Terminate
+            }));
+        assert!(has(&a, |a| matches!(a, Action::ArmStopDeadline { .. })));
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 11,
+                status: "exit 0".into(),
+            },
+            t,
+        );
+        assert!(!has(&a, |a| matches!(
+            a,
+            Action::Exit { .. } | Action::Spawn { .. }
+        )));
+        let a = s.decide(Event::StopDeadline, t);
+        assert_eq!(
+            a[0],
+            Action::Signal {
+                pid: 10,
+                signal: Signal::Kill
+            }
+        );
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 10,
+                status: "signal 9".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a == Action::Exit { code: 0 }));
+        assert!(s.decide(Event::ReloadRequested, t).is_empty());
+    }
+
+    #[test]
+    fn soft_stop_then_hard_stop_escalates() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::SoftStopRequested, t);
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 10,
+                signal: Signal::SoftStop
+            }));
+        assert!(!has(&a, |a| matches!(a, Action::ArmStopDeadline { .. })));
+        let a = s.decide(Event::StopRequested, t);
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 10,
+                signal: Signal::Terminate
+            }));
+    }
+
+    #[test]
+    fn new_worker_dying_while_old_drains_keeps_serving_state() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        reload_to(&mut s, 11, t);
+        // The new current worker crashes while the old one is still draining.
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 11,
+                status: "signal 11".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| matches!(
+            a,
+            Action::Spawn {
+                kind: StartKind::Replace,
+                ..
+            }
+        )));
+        assert!(!has(&a, |a| matches!(a, Action::Signal { pid: 10, .. })));
+    }
+
+    #[test]
+    fn current_dying_during_reload_waits_for_the_new_worker() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let g = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation: g,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(
+            Event::WorkerExited {
+                pid: 10,
+                status: "signal 9".into(),
+            },
+            t,
+        );
+        assert!(spawn_gen(&a).is_none(), "the starting worker takes over");
+        let a = s.decide(
+            Event::WorkerFailed {
+                pid: 11,
+                reason: "timeout".into(),
+            },
+            t,
+        );
+        assert!(
+            has(&a, |a| matches!(
+                a,
+                Action::Spawn {
+                    kind: StartKind::Replace,
+                    ..
+                }
+            )),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn orphans_are_ignored() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        assert!(s
+            .decide(
+                Event::WorkerExited {
+                    pid: 999,
+                    status: "exit 0".into()
+                },
+                t
+            )
+            .is_empty());
+    }
+}

@@ -1,0 +1,145 @@
+//! Starting a haproxy worker, and describing how it ended.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::state::Pid;
+
+/// What a worker is started with.
+pub struct WorkerSpec<'a> {
+    pub haproxy: &'a Path,
+    /// haproxy flags passed through from the master's command line.
+    pub passthrough: &'a [OsString],
+    /// The user's `-f` files and directories, in order.
+    pub config_files: &'a [OsString],
+    /// The master-written fragment declaring the worker's private stats socket.
+    pub fragment: &'a Path,
+    /// The master's `_getsocks` socket, when it holds sockets to hand over.
+    pub handoff_socket: Option<&'a Path>,
+}
+
+/// haproxy's argv (without argv[0]) for a worker.
+///
+/// `-db` keeps it in the foreground as our child even if the config says `daemon`; the fragment
+/// comes last so the user's files keep their order and meaning. Never `-sf`/`-st`: those make the
+/// new process pause the old one's listeners, which are shared with it (and with us).
+pub fn worker_argv(spec: &WorkerSpec<'_>) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = spec.passthrough.to_vec();
+    argv.push("-db".into());
+    for file in spec.config_files {
+        argv.push("-f".into());
+        argv.push(file.clone());
+    }
+    argv.push("-f".into());
+    argv.push(spec.fragment.into());
+    if let Some(sock) = spec.handoff_socket {
+        argv.push("-x".into());
+        argv.push(sock.into());
+    }
+    argv
+}
+
+/// Starts a worker and returns its pid. The child is reaped by the event loop's
+/// `waitpid(-1)`, never through `Child`, so the handle is dropped at once.
+pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<Pid> {
+    let child = Command::new(spec.haproxy)
+        .args(worker_argv(spec))
+        .stdin(Stdio::null())
+        // A haproxy built with USE_SYSTEMD must not talk to systemd: the master does.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot execute {}: {e} (check --haproxy or $PATH)",
+                    spec.haproxy.display()
+                ),
+            )
+        })?;
+    Pid::try_from(child.id()).map_err(|_| io::Error::other("child pid out of range"))
+}
+
+/// `waitpid` status in words, as logs and STATUS= show it.
+pub fn describe_wait_status(status: &nix::sys::wait::WaitStatus) -> String {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!(
+                "killed by {}{}",
+                sig.as_str(),
+                if *core { ", core dumped" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn argv_keeps_config_order_and_adds_fragment_and_handoff() {
+        let files: Vec<OsString> = vec!["/etc/a.cfg".into(), "/etc/conf.d".into()];
+        let pass: Vec<OsString> = vec!["-q".into(), "-L".into(), "peer1".into()];
+        let frag = PathBuf::from("/run/hm/worker-3.cfg");
+        let sock = PathBuf::from("/run/hm/master.sock");
+        let spec = WorkerSpec {
+            haproxy: Path::new("haproxy"),
+            passthrough: &pass,
+            config_files: &files,
+            fragment: &frag,
+            handoff_socket: Some(&sock),
+        };
+        let argv: Vec<String> = worker_argv(&spec)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            argv,
+            [
+                "-q",
+                "-L",
+                "peer1",
+                "-db",
+                "-f",
+                "/etc/a.cfg",
+                "-f",
+                "/etc/conf.d",
+                "-f",
+                "/run/hm/worker-3.cfg",
+                "-x",
+                "/run/hm/master.sock"
+            ]
+        );
+        let no_handoff = WorkerSpec {
+            handoff_socket: None,
+            ..spec
+        };
+        assert!(!worker_argv(&no_handoff).iter().any(|a| a == "-x"));
+    }
+
+    #[test]
+    fn wait_status_words() {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::WaitStatus;
+        use nix::unistd::Pid as NixPid;
+        let p = NixPid::from_raw(5);
+        assert_eq!(
+            describe_wait_status(&WaitStatus::Exited(p, 1)),
+            "exit status 1"
+        );
+        assert_eq!(
+            describe_wait_status(&WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            "killed by SIGKILL"
+        );
+    }
+}
