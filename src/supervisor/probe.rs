@@ -204,7 +204,6 @@ mod tests {
         });
         let t = Instant::now();
         let mut p = Probe::new(77, path.clone(), t, Duration::from_millis(300));
-        server.join().unwrap();
         let mut last = Progress::Waiting;
         while Instant::now() < t + Duration::from_secs(5) {
             last = p.step(Instant::now());
@@ -213,6 +212,7 @@ mod tests {
             }
             std::thread::yield_now();
         }
+        server.join().unwrap();
         assert_eq!(last, Progress::TimedOut);
         assert!(p.last_error().is_some());
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
