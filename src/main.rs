@@ -1,6 +1,7 @@
 //! `hapmaster`: argv -> options, logging, then the master loop (or a one-shot haproxy command).
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::{Command, ExitCode};
 
 use hapmaster::notify::Notifier;
@@ -19,7 +20,8 @@ fn main() -> ExitCode {
     };
     match command {
         options::Command::Help => {
-            print!("{}", options::usage());
+            // A closed pipe (`hapmaster --help | head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(options::usage().as_bytes());
             ExitCode::SUCCESS
         }
         options::Command::Version {
@@ -28,7 +30,11 @@ fn main() -> ExitCode {
         } => {
             let flag = if build_options { "-vv" } else { "-v" };
             let status = run_haproxy(&haproxy, &[flag.into()]);
-            println!("hapmaster version {}", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(
+                std::io::stdout(),
+                "hapmaster version {}",
+                env!("CARGO_PKG_VERSION")
+            );
             status
         }
         options::Command::Check(opts) => {
@@ -64,6 +70,11 @@ fn run_master(opts: Options) -> ExitCode {
     let notifier = Notifier::from_env();
     for notice in &opts.notices {
         log::info!("{notice}");
+    }
+    for socket in &opts.master_sockets {
+        log::warn!(
+            "-S {socket}: this hapmaster has no master CLI yet; ignored (reload with SIGUSR2 or SIGHUP)"
+        );
     }
     if opts.daemon {
         // Keep the cwd: relative -f paths are read again at every reload.

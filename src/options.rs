@@ -470,7 +470,8 @@ Used by the master:
                      -Ws also means systemd: readiness and reloads are reported with sd_notify
                      (Type=notify or Type=notify-reload) when NOTIFY_SOCKET is set.
   -D                 daemon mode: the master detaches from the terminal
-  -S ADDR[,OPTS]     master CLI socket; repeatable
+  -S ADDR[,OPTS]     master CLI socket; repeatable. Accepted but not served yet: the master
+                     logs a notice and ignores it (reload with SIGUSR2/SIGHUP meanwhile)
   -c                 only check the configuration (runs `haproxy -c`) and exit with its status
   -q                 quiet: the master logs warnings and alerts only; passed to the workers too
   -V                 verbose: the master logs debug messages; passed to the workers too

@@ -437,3 +437,57 @@ fn reload_signals_coalesce() {
     wait_only_child(master, worker, 10 * SEC);
     assert!(hm.stop().success());
 }
+
+/// haproxy (2.3+, seen with 2.6.12) does not take over a `[::1]:P` socket bound without `v6only`:
+/// it binds a new one. The master cannot change that, but must say so, with the fix.
+#[test]
+fn rebound_ipv6_listener_is_reported_with_its_fix() {
+    let port = free_port();
+    let cfg = http_config(&[format!("[::1]:{port}")]);
+    let mut hm = Hapmaster::start_ready(cfg.as_str(), &[]);
+    let old = hm.current_worker_pid().unwrap();
+    hm.signal(SIGUSR2);
+    wait_reload_ok(&mut hm, old, "reload");
+    let wanted = format!("bound a new socket for [::1]:{port}");
+    let stderr = poll_until(5 * SEC, || {
+        let s = hm.stderr();
+        s.contains(&wanted).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no warning {wanted:?} in stderr:\n{}", hm.stderr()));
+    assert!(
+        stderr.contains("v6only"),
+        "the warning should name the fix:\n{stderr}"
+    );
+    assert_eq!(
+        http_get(format!("[::1]:{port}")).unwrap(),
+        HELLO,
+        "still served after the reload"
+    );
+    assert!(hm.stop().success());
+}
+
+/// SIGUSR1 is haproxy's soft stop: workers finish their connections, then the master exits 0.
+#[test]
+fn sigusr1_soft_stops_then_exits() {
+    let port = free_port();
+    let mut hm = Hapmaster::start_ready(http_config(&[format!("127.0.0.1:{port}")]), &[]);
+    let worker = hm.current_worker_pid().unwrap();
+    // An idle keep-alive-less connection that is open when the soft stop starts.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    hm.signal(SIGUSR1);
+    let d = hm.wait_notify(|d| has_line(d, "STOPPING=1"), 10 * SEC);
+    assert!(notify_field(&d, "STATUS").is_some(), "{d:?}");
+    // The connection accepted before the soft stop is still served.
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with(HELLO), "reply after soft stop: {reply:?}");
+    let status = hm
+        .wait_exit(15 * SEC)
+        .expect("master did not exit after SIGUSR1");
+    assert!(status.success(), "exit status after SIGUSR1: {status}");
+    assert!(!pid_alive(worker), "worker {worker} still alive");
+    assert!(!hm.runtime_dir.exists(), "runtime dir left behind");
+    assert!(!hm.pidfile.exists(), "pidfile left behind");
+}

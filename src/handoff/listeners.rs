@@ -248,6 +248,24 @@ impl HeldSet {
     pub fn into_sockets(self) -> Vec<HeldSocket> {
         self.sockets
     }
+
+    /// Sockets of `self` that `newer` holds a *different* socket for, at the same address and
+    /// type: the new process bound afresh instead of taking the one it was handed, so connections
+    /// queued on the old one are lost when the old process closes it.
+    pub fn rebound_in<'a>(&'a self, newer: &HeldSet) -> Vec<&'a SocketInfo> {
+        self.sockets
+            .iter()
+            .map(|s| &s.info)
+            .filter(|old| {
+                let same_socket = |n: &&HeldSocket| n.info.identity() == old.identity();
+                let same_address = |n: &&HeldSocket| {
+                    n.info.local == old.local && n.info.sock_type == old.sock_type
+                };
+                !newer.sockets.iter().any(|n| same_socket(&n))
+                    && newer.sockets.iter().any(|n| same_address(&n))
+            })
+            .collect()
+    }
 }
 
 /// Whether `info` is a unix socket whose bound name is `path` or haproxy's temporary bind name

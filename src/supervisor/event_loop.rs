@@ -353,6 +353,7 @@ impl Master<'_> {
             Action::Spawn { generation, kind } => self.spawn(generation, kind),
             Action::CommitSockets { pid } => match self.fetched.take() {
                 Some((fetched_pid, set)) if fetched_pid == pid => {
+                    warn_rebound(&self.held, &set, pid);
                     log::debug!(
                         "holding {} listening sockets of worker pid {pid}",
                         set.len()
@@ -464,6 +465,25 @@ impl Master<'_> {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => log::warn!("cannot send {} to worker pid {pid}: {e}", sig.as_str()),
         }
+    }
+}
+
+/// A listener the new worker bound afresh instead of taking over is not seamless: say so, with
+/// the one known cause and its fix.
+fn warn_rebound(held: &HeldSet, newer: &HeldSet, pid: Pid) {
+    for info in held.rebound_in(newer) {
+        let hint = if info.family == crate::handoff::listeners::Family::Inet6 {
+            "; haproxy 2.3 and later only take over an IPv6 socket bound to a specific address \
+             when its bind line says `v6only` (the kernel makes such sockets v6-only): \
+             add `v6only` to that bind line"
+        } else {
+            ""
+        };
+        log::warn!(
+            "worker pid {pid} bound a new socket for {} instead of taking over the one it was \
+             handed: connections queued on the old socket are reset when the old worker stops{hint}",
+            info.local
+        );
     }
 }
 
