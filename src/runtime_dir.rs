@@ -858,6 +858,7 @@ mod tests {
         // Needs the haproxy binary; skipped where it is not installed.
         let haproxy = Path::new("/usr/sbin/haproxy");
         if !haproxy.exists() {
+            eprintln!("skipped: {} not installed", haproxy.display());
             return;
         }
         let parent = TempDir::new("hacheck");
@@ -879,6 +880,7 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
+        rd.remove_worker_files(1);
         rd.cleanup();
     }
 
