@@ -33,6 +33,14 @@ pub struct Options {
     pub runtime_dir: Option<PathBuf>,
     pub worker_args: Vec<OsString>,
     pub notices: Vec<String>,
+    /// `--exit-on-failure`: a dying current worker stops the master, exiting with the worker's
+    /// status (haproxy's own master-worker semantics), instead of being replaced.
+    pub exit_on_failure: bool,
+    /// `--max-old-workers N`: beyond N draining workers, the oldest gets SIGTERM.
+    pub max_old_workers: usize,
+    /// `--drain-timeout DUR`: a draining worker still alive this long after its soft stop gets
+    /// SIGTERM, then SIGKILL after a grace period. None: haproxy's `hard-stop-after` applies.
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +104,8 @@ impl fmt::Display for OptionsError {
             Self::UnknownLongOption { option } => write!(
                 f,
                 "unknown option {option}: hapmaster's own options are --haproxy, \
-                 --ready-timeout, --runtime-dir, --help and --version (see --help)"
+                 --ready-timeout, --runtime-dir, --exit-on-failure, --max-old-workers, \
+                 --drain-timeout, --help and --version (see --help)"
             ),
             Self::UnexpectedArgument { arg } => write!(
                 f,
@@ -162,7 +171,13 @@ struct Parsed {
     notices: Vec<String>,
     check: bool,
     version: Option<bool>,
+    exit_on_failure: bool,
+    max_old_workers: Option<usize>,
+    drain_timeout: Option<Duration>,
 }
+
+/// Default of `--max-old-workers`.
+pub const DEFAULT_MAX_OLD_WORKERS: usize = 50;
 
 /// haproxy flags that take the next argument as their value; passed through to workers with it.
 const PASS_THROUGH_WITH_VALUE: &[(&str, &str)] = &[
@@ -239,6 +254,9 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         runtime_dir: p.runtime_dir,
         worker_args: p.worker_args,
         notices: p.notices,
+        exit_on_failure: p.exit_on_failure,
+        max_old_workers: p.max_old_workers.unwrap_or(DEFAULT_MAX_OLD_WORKERS),
+        drain_timeout: p.drain_timeout,
     };
     Ok(if p.check {
         Command::Check(options)
@@ -279,7 +297,30 @@ fn parse_long<I: Iterator<Item = OsString>>(
         }
         b"--ready-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 60s")?;
-            p.ready_timeout = Some(parse_ready_timeout(&name_str, &v)?);
+            p.ready_timeout = Some(parse_positive_duration(&name_str, &v)?);
+        }
+        b"--drain-timeout" => {
+            let v = long_value(&name_str, inline, rest, "a duration such as 5m")?;
+            p.drain_timeout = Some(parse_positive_duration(&name_str, &v)?);
+        }
+        b"--max-old-workers" => {
+            const EXPECTED: &str = "a number of workers, 0 or more";
+            let v = long_value(&name_str, inline, rest, EXPECTED)?;
+            let n = v
+                .to_str()
+                .and_then(|t| t.parse::<usize>().ok())
+                .ok_or_else(|| OptionsError::InvalidValue {
+                    flag: name_str.clone(),
+                    value: lossy(&v),
+                    expected: EXPECTED.to_string(),
+                })?;
+            p.max_old_workers = Some(n);
+        }
+        b"--exit-on-failure" => {
+            if inline.is_some() {
+                return Err(OptionsError::UnexpectedValue { flag: name_str });
+            }
+            p.exit_on_failure = true;
         }
         _ => return Err(OptionsError::UnknownLongOption { option: name_str }),
     }
@@ -309,7 +350,7 @@ fn long_value<I: Iterator<Item = OsString>>(
     Ok(value)
 }
 
-fn parse_ready_timeout(flag: &str, value: &OsStr) -> Result<Duration, OptionsError> {
+fn parse_positive_duration(flag: &str, value: &OsStr) -> Result<Duration, OptionsError> {
     let text = value.to_str().ok_or_else(|| OptionsError::InvalidValue {
         flag: flag.to_string(),
         value: lossy(value),
@@ -486,6 +527,13 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
   --runtime-dir DIR      private directory for the workers' stats sockets and config fragments
                          (default: $RUNTIME_DIRECTORY, else /run/hapmaster as root, else
                          $XDG_RUNTIME_DIR/hapmaster, else /tmp/hapmaster-UID)
+  --exit-on-failure      when the current worker dies, stop everything and exit with its
+                         status (haproxy's own semantics, for systemd's Restart=) instead of
+                         replacing it on the held sockets (the default, with a backoff)
+  --max-old-workers N    at most N old workers draining at once; beyond, the oldest gets
+                         SIGTERM (default 50)
+  --drain-timeout DUR    an old worker still draining DUR after its soft stop gets SIGTERM,
+                         then SIGKILL 5s later (default: none; haproxy's hard-stop-after applies)
   Both `--opt VALUE` and `--opt=VALUE` are accepted.
 
 Accepted and ignored (hapmaster does these itself), with a notice:
@@ -685,6 +733,41 @@ mod tests {
         assert_eq!(o.haproxy, PathBuf::from("/h"));
         assert_eq!(o.ready_timeout, Duration::from_millis(1500));
         assert_eq!(o.runtime_dir, Some(PathBuf::from("d")));
+        assert!(!o.exit_on_failure);
+        assert_eq!(o.max_old_workers, DEFAULT_MAX_OLD_WORKERS);
+        assert_eq!(o.drain_timeout, None);
+    }
+
+    #[test]
+    fn failure_and_draining_options() {
+        let o = run(&[
+            "--exit-on-failure",
+            "--max-old-workers=3",
+            "--drain-timeout",
+            "2m",
+            "-f",
+            "c",
+        ]);
+        assert!(o.exit_on_failure);
+        assert_eq!(o.max_old_workers, 3);
+        assert_eq!(o.drain_timeout, Some(Duration::from_secs(120)));
+        assert!(o.worker_args.is_empty(), "{:?}", o.worker_args);
+        let o = run(&["--max-old-workers", "0", "--drain-timeout=1500", "-f", "c"]);
+        assert_eq!(o.max_old_workers, 0);
+        assert_eq!(o.drain_timeout, Some(Duration::from_millis(1500)));
+        for bad in [
+            &["--max-old-workers", "-1", "-f", "c"][..],
+            &["--max-old-workers=many", "-f", "c"],
+            &["--drain-timeout", "0", "-f", "c"],
+            &["--drain-timeout", "5 parsecs", "-f", "c"],
+            &["--exit-on-failure=yes", "-f", "c"],
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(
+                e.to_string().contains(bad[0].split('=').next().unwrap()),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -703,6 +786,8 @@ mod tests {
             "--haproxy",
             "--ready-timeout",
             "--runtime-dir",
+            "--max-old-workers",
+            "--drain-timeout",
         ] {
             match p(&["-f", "c", flag]) {
                 Err(e @ OptionsError::MissingArgument { .. }) => {
@@ -865,6 +950,9 @@ mod tests {
             "--haproxy",
             "--ready-timeout",
             "--runtime-dir",
+            "--exit-on-failure",
+            "--max-old-workers",
+            "--drain-timeout",
             "-x PATH",
             "-sf",
             "-st",

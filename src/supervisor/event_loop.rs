@@ -19,7 +19,7 @@ use nix::unistd::Pid as NixPid;
 
 use super::probe::{Probe, Progress};
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Signal, State};
+use super::state::{Action, Event, Pid, Policy, Signal, State};
 use super::worker::{self, WorkerSpec};
 use crate::handoff::fetch::fetch_sockets;
 use crate::handoff::listeners::HeldSet;
@@ -74,13 +74,18 @@ pub fn run(
         opts,
         runtime,
         notifier,
-        state: State::default(),
+        state: State::new(Policy {
+            exit_on_failure: opts.exit_on_failure,
+            max_old_workers: opts.max_old_workers,
+            drain_timeout: opts.drain_timeout,
+        }),
         signals,
         handoff,
         held: HeldSet::default(),
         fetched: None,
         probe: None,
         aborts: Vec::new(),
+        drain_deadlines: Vec::new(),
         respawn_at: None,
         stop_deadline: None,
         exit: None,
@@ -118,6 +123,8 @@ struct Master<'a> {
     probe: Option<Probe>,
     /// SIGKILL deadlines of workers that failed to start.
     aborts: Vec<(Pid, Instant)>,
+    /// When draining workers hit `--drain-timeout`.
+    drain_deadlines: Vec<(Pid, Instant)>,
     respawn_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     exit: Option<i32>,
@@ -158,6 +165,7 @@ impl Master<'_> {
         let deadlines = [
             self.probe.as_ref().map(Probe::wakeup),
             self.aborts.iter().map(|(_, d)| *d).min(),
+            self.drain_deadlines.iter().map(|(_, d)| *d).min(),
             self.respawn_at,
             self.stop_deadline,
         ];
@@ -199,10 +207,12 @@ impl Master<'_> {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
+                        let code = worker::exit_code(&status);
                         let status = worker::describe_wait_status(&status);
                         self.feed(Event::WorkerExited {
                             pid: pid.as_raw(),
                             status,
+                            code,
                         });
                     }
                 }
@@ -331,6 +341,16 @@ impl Master<'_> {
             );
             self.send_signal(pid, Signal::Kill);
         }
+        let drained: Vec<Pid> = self
+            .drain_deadlines
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(pid, _)| *pid)
+            .collect();
+        self.drain_deadlines.retain(|(_, at)| *at > now);
+        for pid in drained {
+            self.feed(Event::DrainDeadline { pid });
+        }
         if self.respawn_at.is_some_and(|at| at <= now) {
             self.respawn_at = None;
             self.feed(Event::RespawnDue);
@@ -374,6 +394,7 @@ impl Master<'_> {
             Action::Forget { pid, generation } => {
                 self.runtime.remove_worker_files(generation);
                 self.aborts.retain(|(p, _)| *p != pid);
+                self.drain_deadlines.retain(|(p, _)| *p != pid);
                 if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
                     self.probe = None;
                 }
@@ -389,6 +410,9 @@ impl Master<'_> {
             Action::NotifyStatus { status } => self.notify(|n| n.status(&status)),
             Action::NotifyStopping { status } => self.notify(|n| n.stopping(&status)),
             Action::ScheduleRespawn { after } => self.respawn_at = Some(Instant::now() + after),
+            Action::ArmDrainDeadline { pid, after } => {
+                self.drain_deadlines.push((pid, Instant::now() + after))
+            }
             Action::ArmStopDeadline { after } => self.stop_deadline = Some(Instant::now() + after),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),

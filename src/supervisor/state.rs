@@ -39,6 +39,8 @@ pub enum Role {
     Draining,
     /// Failed to become ready; being stopped.
     Failed,
+    /// Draining too long, or one too many old workers: SIGTERM sent.
+    Terminating,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +49,25 @@ pub struct Worker {
     pub generation: Generation,
     pub role: Role,
     pub started: Instant,
+}
+
+/// What the operator chose for failures and draining (`--exit-on-failure`,
+/// `--max-old-workers`, `--drain-timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub exit_on_failure: bool,
+    pub max_old_workers: usize,
+    pub drain_timeout: Option<Duration>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            exit_on_failure: false,
+            max_old_workers: 50,
+            drain_timeout: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,10 +108,16 @@ pub enum Event {
         pid: Pid,
         reason: String,
     },
-    /// waitpid reported this child.
+    /// waitpid reported this child: `status` in words, `code` as a shell reports it (the exit
+    /// status, or 128 + the signal number).
     WorkerExited {
         pid: Pid,
         status: String,
+        code: i32,
+    },
+    /// `Action::ArmDrainDeadline` has elapsed for this worker.
+    DrainDeadline {
+        pid: Pid,
     },
     /// The crash-loop backoff has elapsed.
     RespawnDue,
@@ -142,6 +169,11 @@ pub enum Action {
     ArmStopDeadline {
         after: Duration,
     },
+    /// Feed `Event::DrainDeadline { pid }` after this delay.
+    ArmDrainDeadline {
+        pid: Pid,
+        after: Duration,
+    },
     Log {
         level: log::Level,
         message: String,
@@ -166,6 +198,7 @@ struct Pending {
 
 #[derive(Debug)]
 pub struct State {
+    policy: Policy,
     workers: BTreeMap<Pid, Worker>,
     current: Option<Pid>,
     pending: Option<Pending>,
@@ -180,7 +213,14 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
+        State::new(Policy::default())
+    }
+}
+
+impl State {
+    pub fn new(policy: Policy) -> Self {
         State {
+            policy,
             workers: BTreeMap::new(),
             current: None,
             pending: None,
@@ -256,7 +296,10 @@ impl State {
                     self.on_start_failed(Some(pid), reason, &mut out);
                 }
             }
-            Event::WorkerExited { pid, status } => self.on_exited(pid, status, now, &mut out),
+            Event::WorkerExited { pid, status, code } => {
+                self.on_exited(pid, status, code, now, &mut out)
+            }
+            Event::DrainDeadline { pid } => self.on_drain_deadline(pid, &mut out),
             Event::RespawnDue => {
                 self.respawn_scheduled = false;
                 if self.stopping.is_none() && self.pending.is_none() && self.current.is_none() {
@@ -374,8 +417,12 @@ impl State {
                     pid: w.pid,
                     signal: Signal::SoftStop,
                 });
+                if let Some(after) = self.policy.drain_timeout {
+                    out.push(Action::ArmDrainDeadline { pid: w.pid, after });
+                }
             }
         }
+        self.limit_old_workers(out);
         let status = format!("Serving: {}", self.serving_status());
         let message = match (pending.kind, old) {
             (StartKind::Initial, _) => format!("worker pid {pid} ready"),
@@ -394,6 +441,56 @@ impl State {
             first: pending.kind == StartKind::Initial,
         });
         self.run_queued_reload(out);
+    }
+
+    /// Beyond `max_old_workers` draining workers, the oldest are stopped: each holds memory and
+    /// connections, and an operator reloading in a loop must not pile them up without bound.
+    fn limit_old_workers(&mut self, out: &mut Vec<Action>) {
+        let mut draining: Vec<(Generation, Pid)> = self
+            .workers
+            .values()
+            .filter(|w| w.role == Role::Draining)
+            .map(|w| (w.generation, w.pid))
+            .collect();
+        draining.sort_unstable();
+        let excess = draining.len().saturating_sub(self.policy.max_old_workers);
+        for (_, pid) in draining.into_iter().take(excess) {
+            let why = format!(
+                "is one of more than {} old workers draining (--max-old-workers)",
+                self.policy.max_old_workers
+            );
+            self.terminate_old(pid, why, out);
+        }
+    }
+
+    fn on_drain_deadline(&mut self, pid: Pid, out: &mut Vec<Action>) {
+        if self
+            .workers
+            .get(&pid)
+            .is_some_and(|w| w.role == Role::Draining)
+        {
+            let after = self.policy.drain_timeout.unwrap_or_default();
+            let why = format!(
+                "is still draining after {} ms (--drain-timeout)",
+                after.as_millis()
+            );
+            self.terminate_old(pid, why, out);
+        }
+    }
+
+    fn terminate_old(&mut self, pid: Pid, why: String, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        w.role = Role::Terminating;
+        out.push(log(
+            log::Level::Warn,
+            format!(
+                "old worker pid {pid} (generation {}) {why}: SIGTERM, then SIGKILL if it lingers",
+                w.generation
+            ),
+        ));
+        out.push(Action::Abort { pid });
     }
 
     fn run_queued_reload(&mut self, out: &mut Vec<Action>) {
@@ -476,7 +573,14 @@ impl State {
         }
     }
 
-    fn on_exited(&mut self, pid: Pid, status: String, now: Instant, out: &mut Vec<Action>) {
+    fn on_exited(
+        &mut self,
+        pid: Pid,
+        status: String,
+        code: i32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let Some(worker) = self.workers.remove(&pid) else {
             // Not ours: an orphan re-parented to us (PID 1 in a container). Reaped; nothing else.
             return;
@@ -493,11 +597,13 @@ impl State {
             );
         } else if self.current == Some(pid) {
             self.current = None;
-            if self.stopping.is_none() {
+            if self.stopping.is_none() && self.policy.exit_on_failure {
+                self.exit_with_worker(&worker, status, code, out);
+            } else if self.stopping.is_none() {
                 self.on_current_died(&worker, status, now, out);
             }
         } else if self.stopping.is_none() {
-            let level = if worker.role == Role::Draining {
+            let level = if matches!(worker.role, Role::Draining | Role::Terminating) {
                 log::Level::Info
             } else {
                 log::Level::Debug
@@ -517,6 +623,33 @@ impl State {
                 code: self.exit_code,
             });
         }
+    }
+
+    /// `--exit-on-failure`: haproxy's own master-worker behaviour, for operators who prefer
+    /// systemd's `Restart=` to an in-place replacement.
+    fn exit_with_worker(
+        &mut self,
+        worker: &Worker,
+        status: String,
+        code: i32,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(log(
+            log::Level::Error,
+            format!(
+                "current worker pid {} (generation {}) exited ({status}); \
+                 --exit-on-failure: stopping with its status",
+                worker.pid, worker.generation
+            ),
+        ));
+        out.push(Action::NotifyStatus {
+            status: format!("Worker pid {} exited ({status}); exiting", worker.pid),
+        });
+        // A worker that exited 0 on its own still ended the service unexpectedly.
+        self.exit_code = if code == 0 { 1 } else { code };
+        self.pending = None;
+        self.reload_queued = false;
+        self.begin_stop(Stopping::Hard, out);
     }
 
     fn on_current_died(
@@ -578,7 +711,7 @@ impl State {
         ));
         for w in self.workers.values() {
             // A worker that is not ready yet has no connections to finish.
-            let signal = if w.role == Role::Starting || w.role == Role::Failed {
+            let signal = if matches!(w.role, Role::Starting | Role::Failed | Role::Terminating) {
                 Signal::Terminate
             } else {
                 signal
@@ -666,6 +799,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 10,
                 status: "exit 0".into(),
+                code: 0,
             },
             t,
         );
@@ -696,6 +830,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 11,
                 status: "exit 1".into(),
+                code: 0,
             },
             t,
         );
@@ -737,6 +872,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 11,
                 status: "signal 15".into(),
+                code: 0,
             },
             t,
         );
@@ -787,6 +923,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 10,
                 status: "signal 9".into(),
+                code: 0,
             },
             t,
         );
@@ -810,6 +947,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 11,
                 status: "signal 9".into(),
+                code: 0,
             },
             t,
         );
@@ -832,6 +970,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 10,
                 status: "signal 9".into(),
+                code: 0,
             },
             later,
         );
@@ -862,6 +1001,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 10,
                 status: "exit 1".into(),
+                code: 0,
             },
             t,
         );
@@ -904,6 +1044,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 11,
                 status: "exit 0".into(),
+                code: 0,
             },
             t,
         );
@@ -923,6 +1064,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 10,
                 status: "signal 9".into(),
+                code: 0,
             },
             t,
         );
@@ -959,6 +1101,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 11,
                 status: "signal 11".into(),
+                code: 0,
             },
             t,
         );
@@ -989,6 +1132,7 @@ mod tests {
             Event::WorkerExited {
                 pid: 10,
                 status: "signal 9".into(),
+                code: 0,
             },
             t,
         );
@@ -1020,10 +1164,115 @@ mod tests {
             .decide(
                 Event::WorkerExited {
                     pid: 999,
-                    status: "exit 0".into()
+                    status: "exit 0".into(),
+                    code: 0,
                 },
                 t
             )
             .is_empty());
+    }
+
+    fn running_with(policy: Policy, pid: Pid, t: Instant) -> State {
+        let mut s = State::new(policy);
+        let a = s.decide(Event::Boot, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(Event::Spawned { generation, pid }, t);
+        s.decide(Event::WorkerReady { pid }, t);
+        s
+    }
+
+    fn exited(pid: Pid, code: i32) -> Event {
+        Event::WorkerExited {
+            pid,
+            status: format!("exit status {code}"),
+            code,
+        }
+    }
+
+    #[test]
+    fn exit_on_failure_stops_with_the_worker_status() {
+        let t = Instant::now();
+        let policy = Policy {
+            exit_on_failure: true,
+            ..Policy::default()
+        };
+        let mut s = running_with(policy, 10, t);
+        reload_to(&mut s, 11, t);
+        let a = s.decide(exited(11, 137), t);
+        assert!(!has(&a, |a| matches!(a, Action::Spawn { .. })), "{a:?}");
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 10,
+                signal: Signal::Terminate
+            }));
+        let a = s.decide(exited(10, 0), t);
+        assert!(has(&a, |a| *a == Action::Exit { code: 137 }), "{a:?}");
+    }
+
+    #[test]
+    fn exit_on_failure_does_not_apply_to_a_failed_reload() {
+        let t = Instant::now();
+        let policy = Policy {
+            exit_on_failure: true,
+            ..Policy::default()
+        };
+        let mut s = running_with(policy, 10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(exited(11, 1), t);
+        assert!(!has(&a, |a| matches!(a, Action::Exit { .. })), "{a:?}");
+        assert_eq!(s.current().unwrap().pid, 10);
+    }
+
+    #[test]
+    fn oldest_draining_workers_beyond_the_limit_are_terminated() {
+        let t = Instant::now();
+        let policy = Policy {
+            max_old_workers: 1,
+            ..Policy::default()
+        };
+        let mut s = running_with(policy, 10, t);
+        let a = reload_to(&mut s, 11, t);
+        assert!(
+            !has(&a, |a| matches!(a, Action::Abort { .. })),
+            "one draining is allowed"
+        );
+        let a = reload_to(&mut s, 12, t);
+        assert!(has(&a, |a| *a == Action::Abort { pid: 10 }), "{a:?}");
+        assert!(!has(&a, |a| *a == Action::Abort { pid: 11 }));
+        assert_eq!(s.worker(10).unwrap().role, Role::Terminating);
+        // A terminating worker no longer counts as draining.
+        let a = reload_to(&mut s, 13, t);
+        assert!(has(&a, |a| *a == Action::Abort { pid: 11 }), "{a:?}");
+        assert!(!has(&a, |a| *a == Action::Abort { pid: 10 }));
+    }
+
+    #[test]
+    fn drain_timeout_terminates_a_lingering_worker() {
+        let t = Instant::now();
+        let policy = Policy {
+            drain_timeout: Some(Duration::from_secs(30)),
+            ..Policy::default()
+        };
+        let mut s = running_with(policy, 10, t);
+        let a = reload_to(&mut s, 11, t);
+        assert!(has(&a, |a| *a
+            == Action::ArmDrainDeadline {
+                pid: 10,
+                after: Duration::from_secs(30)
+            }));
+        let a = s.decide(Event::DrainDeadline { pid: 10 }, t);
+        assert!(has(&a, |a| *a == Action::Abort { pid: 10 }), "{a:?}");
+        // Once gone, its deadline means nothing; nor does one for the current worker.
+        s.decide(exited(10, 0), t);
+        assert!(s.decide(Event::DrainDeadline { pid: 10 }, t).is_empty());
+        assert!(s.decide(Event::DrainDeadline { pid: 11 }, t).is_empty());
     }
 }

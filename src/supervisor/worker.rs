@@ -81,6 +81,16 @@ pub fn describe_wait_status(status: &nix::sys::wait::WaitStatus) -> String {
     }
 }
 
+/// The status a shell would report: the exit status, or 128 + the signal number.
+pub fn exit_code(status: &nix::sys::wait::WaitStatus) -> i32 {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => *code,
+        WaitStatus::Signaled(_, sig, _) => 128 + *sig as i32,
+        _ => 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +150,11 @@ mod tests {
         assert_eq!(
             describe_wait_status(&WaitStatus::Signaled(p, Signal::SIGKILL, false)),
             "killed by SIGKILL"
+        );
+        assert_eq!(exit_code(&WaitStatus::Exited(p, 3)), 3);
+        assert_eq!(
+            exit_code(&WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            137
         );
     }
 }
