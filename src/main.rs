@@ -8,6 +8,7 @@ use hapmaster::notify::Notifier;
 use hapmaster::options::{self, Options};
 use hapmaster::pidfile::PidFile;
 use hapmaster::runtime_dir::RuntimeDir;
+use hapmaster::supervisor::upgrade::{self, Launch, Snapshot};
 use hapmaster::{logging, supervisor};
 
 fn main() -> ExitCode {
@@ -66,6 +67,22 @@ fn run_haproxy(haproxy: &std::path::Path, args: &[OsString]) -> ExitCode {
 
 fn run_master(opts: Options) -> ExitCode {
     logging::init(logging::level_for(opts.quiet, opts.verbose));
+    // Set by a previous image of this very process (upgrade in place); removed before any child.
+    let resume = match Snapshot::take_from_env() {
+        None => None,
+        Some(Ok(snapshot)) => Some(snapshot),
+        Some(Err(e)) => {
+            log::error!("{e}; exiting (the workers keep serving until stopped)");
+            return ExitCode::from(1);
+        }
+    };
+    let launch = match Launch::of_current_process() {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot find this program's own path (needed for upgrades in place): {e}");
+            return ExitCode::from(1);
+        }
+    };
     // Read (and removed from the environment) before any child exists.
     let notifier = Notifier::from_env();
     for notice in &opts.notices {
@@ -76,14 +93,14 @@ fn run_master(opts: Options) -> ExitCode {
             "-S {socket}: this hapmaster has no master CLI yet; ignored (reload with SIGUSR2 or SIGHUP)"
         );
     }
-    if opts.daemon {
+    if opts.daemon && resume.is_none() {
         // Keep the cwd: relative -f paths are read again at every reload.
         if let Err(e) = nix::unistd::daemon(true, true) {
             log::error!("cannot go to the background (-D): {e}");
             return ExitCode::from(1);
         }
     }
-    match master(&opts, notifier.as_ref()) {
+    match master(&opts, notifier.as_ref(), &launch, resume) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             log::error!("{}", error_chain(e.as_ref()));
@@ -92,19 +109,32 @@ fn run_master(opts: Options) -> ExitCode {
     }
 }
 
-fn master(opts: &Options, notifier: Option<&Notifier>) -> Result<i32, Box<dyn std::error::Error>> {
-    let runtime = RuntimeDir::acquire(RuntimeDir::choose(opts.runtime_dir.as_deref()))?;
+fn master(
+    opts: &Options,
+    notifier: Option<&Notifier>,
+    launch: &Launch,
+    resume: Option<Snapshot>,
+) -> Result<i32, Box<dyn std::error::Error>> {
+    let runtime = match &resume {
+        None => RuntimeDir::acquire(RuntimeDir::choose(opts.runtime_dir.as_deref()))?,
+        Some(s) => {
+            let lock = upgrade::adopt_fd(s.lock_fd)?;
+            RuntimeDir::resume(s.runtime_dir.clone(), lock, s.runtime_created)?
+        }
+    };
     let pid = std::process::id();
     let pidfile = match &opts.pidfile {
         Some(path) => Some(PidFile::write(path, pid)?),
         None => None,
     };
-    log::info!(
-        "hapmaster {} (pid {pid}) starting {}; reload: kill -USR2 {pid}; stop: kill -TERM {pid}",
-        env!("CARGO_PKG_VERSION"),
-        opts.haproxy.display()
-    );
-    let result = supervisor::run(opts, &runtime, notifier);
+    if resume.is_none() {
+        log::info!(
+            "hapmaster {} (pid {pid}) starting {}; reload: kill -USR2 {pid}; stop: kill -TERM {pid}",
+            env!("CARGO_PKG_VERSION"),
+            opts.haproxy.display()
+        );
+    }
+    let result = supervisor::run(opts, &runtime, notifier, launch, resume);
     if let Some(p) = pidfile {
         p.remove();
     }

@@ -52,6 +52,8 @@ pub struct Notifier {
     // daemon-reexec, which re-creates its notify socket, does not leave us talking to a dead one.
     socket: UnixDatagram,
     addr: UnixAddr,
+    /// The `NOTIFY_SOCKET` value, handed on across an upgrade in place.
+    value: std::ffi::OsString,
 }
 
 impl Notifier {
@@ -78,7 +80,16 @@ impl Notifier {
         let addr = parse_address(value)?;
         // std creates it with SOCK_CLOEXEC.
         let socket = UnixDatagram::unbound().map_err(NotifyError::Socket)?;
-        Ok(Notifier { socket, addr })
+        Ok(Notifier {
+            socket,
+            addr,
+            value: value.to_os_string(),
+        })
+    }
+
+    /// The `NOTIFY_SOCKET` value this notifier was made from.
+    pub fn address(&self) -> &OsStr {
+        &self.value
     }
 
     /// Sends one datagram.

@@ -550,6 +550,8 @@ Signals to the master:
                      ready, the old one is soft-stopped. If it fails, the old one keeps running.
   SIGUSR1            soft stop: workers finish their connections, then everything exits
   SIGTERM, SIGINT    stop now
+  SIGURG             upgrade in place: re-execute the hapmaster binary found on disk (after a
+                     package upgrade), keeping the pid, the workers and the listening sockets
 ",
         version = env!("CARGO_PKG_VERSION"),
         fallback = FALLBACK_HAPROXY,

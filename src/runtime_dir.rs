@@ -252,6 +252,45 @@ impl RuntimeDir {
         });
     }
 
+    /// The locked lock file, for a master that re-executes itself (upgrade in place) and keeps it.
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
+    }
+
+    /// Whether this master created the directory (and so removes it at exit).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Takes the directory over from this process's previous image after an upgrade in place:
+    /// the lock stays held through the inherited `lock` fd, and the live workers' files stay.
+    pub fn resume(
+        path: PathBuf,
+        lock: std::os::fd::OwnedFd,
+        created: bool,
+    ) -> Result<RuntimeDir, RuntimeDirError> {
+        let systemd_dir = first_runtime_directory(std::env::var_os(RUNTIME_DIRECTORY));
+        let lock_err = |source| RuntimeDirError::Lock {
+            path: path.join(LOCK_FILE),
+            source,
+        };
+        // Re-locking the open file description that already holds the lock succeeds at once.
+        let lock = Flock::lock(File::from(lock), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| lock_err(errno.into()))?;
+        nix::fcntl::fcntl(
+            &*lock,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| lock_err(e.into()))?;
+        Ok(RuntimeDir {
+            systemd_owned: systemd_dir.as_deref() == Some(path.as_path()),
+            path,
+            created,
+            lock,
+        })
+    }
+
     /// Rewrites the pid in the lock file, e.g. after daemonizing changed our pid.
     pub fn record_pid(&self, pid: u32) -> io::Result<()> {
         write_lock_pid(&self.lock, pid)

@@ -4,7 +4,7 @@
 //! supervisor live here or in the modules it calls.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,10 +18,13 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid as NixPid;
 
 use super::probe::{Probe, Progress};
+use super::signals;
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Policy, Signal, State};
+use super::state::{Action, Event, Pid, Policy, Signal, State, Worker};
+use super::upgrade::{self, HeldSnapshot, Launch, Snapshot, WorkerSnapshot};
 use super::worker::{self, WorkerSpec};
 use crate::handoff::fetch::fetch_sockets;
+use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::serve_getsocks;
 use crate::notify::Notifier;
@@ -62,13 +65,18 @@ impl std::error::Error for SetupError {
     }
 }
 
-/// Runs the master until it stops; returns its exit code.
+/// Runs the master until it stops; returns its exit code. `resume` is the state a previous image
+/// of this process handed over in an upgrade in place; `launch` is what such an upgrade executes.
 pub fn run(
     opts: &Options,
     runtime: &RuntimeDir,
     notifier: Option<&Notifier>,
+    launch: &Launch,
+    resume: Option<Snapshot>,
 ) -> Result<i32, SetupError> {
     let signals = Signals::install().map_err(SetupError::Signals)?;
+    // An image started by an upgrade in place inherits the handled signals blocked.
+    signals::unblock_handled().map_err(SetupError::Signals)?;
     let handoff = bind_handoff_socket(&runtime.master_socket())?;
     let mut master = Master {
         opts,
@@ -89,8 +97,13 @@ pub fn run(
         respawn_at: None,
         stop_deadline: None,
         exit: None,
+        launch,
+        upgrade_requested: false,
     };
-    master.feed(Event::Boot);
+    match resume {
+        None => master.feed(Event::Boot),
+        Some(snapshot) => master.resume(snapshot),
+    }
     while master.exit.is_none() {
         master.turn();
     }
@@ -102,6 +115,9 @@ fn bind_handoff_socket(path: &Path) -> Result<UnixListener, SetupError> {
         path: path.to_path_buf(),
         source,
     };
+    // Only a previous image of this very master (upgrade in place) can have left it: the runtime
+    // directory is locked, and a crashed predecessor's files were swept when it was acquired.
+    crate::pidfile::remove_quietly(path, "previous socket handoff socket");
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
@@ -128,6 +144,9 @@ struct Master<'a> {
     respawn_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     exit: Option<i32>,
+    launch: &'a Launch,
+    /// SIGURG came; the upgrade in place runs once no worker is starting.
+    upgrade_requested: bool,
 }
 
 impl Master<'_> {
@@ -157,6 +176,10 @@ impl Master<'_> {
         let now = Instant::now();
         self.step_probe(now);
         self.fire_timers(now);
+        if self.upgrade_requested && self.state.is_settled() {
+            self.upgrade_requested = false;
+            self.upgrade();
+        }
     }
 
     /// The earliest deadline, rounded up to the millisecond so the loop never spins on a
@@ -190,6 +213,14 @@ impl Master<'_> {
                 libc::SIGUSR1 => {
                     log::info!("received SIGUSR1: soft stop");
                     self.feed(Event::SoftStopRequested)
+                }
+                libc::SIGURG => {
+                    if self.state.is_stopping() {
+                        log::warn!("received SIGURG while stopping: no upgrade in place");
+                    } else {
+                        log::info!("received SIGURG: upgrade in place requested");
+                        self.upgrade_requested = true;
+                    }
                 }
                 libc::SIGUSR2 | libc::SIGHUP => {
                     log::info!("received {}: reloading", signal_name(sig));
@@ -417,6 +448,111 @@ impl Master<'_> {
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
         }
+    }
+
+    /// Re-executes the binary on disk, keeping pid, workers and held sockets. Returns only if
+    /// the exec failed; the master then goes on unchanged.
+    fn upgrade(&mut self) {
+        let (workers, current, next_generation, crash_streak) = self.state.snapshot();
+        let snapshot = Snapshot {
+            runtime_dir: self.runtime.path().to_path_buf(),
+            runtime_created: self.runtime.created(),
+            lock_fd: self.runtime.lock_fd().as_raw_fd(),
+            next_generation,
+            current,
+            crash_streak,
+            workers: workers
+                .into_iter()
+                .map(|w| WorkerSnapshot {
+                    pid: w.pid,
+                    generation: w.generation,
+                    role: w.role,
+                })
+                .collect(),
+            held: self
+                .held
+                .iter()
+                .map(|h| HeldSnapshot {
+                    fd: h.fd.as_raw_fd(),
+                    record: h.record.clone(),
+                })
+                .collect(),
+        };
+        let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
+        keep.push(self.runtime.lock_fd());
+        log::info!(
+            "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
+            self.launch.exe.display(),
+            snapshot.workers.len(),
+            snapshot.held.len()
+        );
+        let err = upgrade::exec(
+            self.launch,
+            &snapshot,
+            &keep,
+            self.notifier.map(Notifier::address),
+        );
+        let message = format!(
+            "upgrade in place failed: cannot execute {}: {err}; still running hapmaster {}",
+            self.launch.exe.display(),
+            env!("CARGO_PKG_VERSION")
+        );
+        log::error!("{message}");
+        let status = format!("Serving: {}; {message}", self.state.serving_status());
+        self.notify(|n| n.status(&status));
+    }
+
+    /// Takes over from the previous image after an upgrade in place.
+    fn resume(&mut self, snapshot: Snapshot) {
+        let received = snapshot
+            .held
+            .into_iter()
+            .filter_map(|h| match upgrade::adopt_fd(h.fd) {
+                Ok(fd) => Some(ReceivedSocket {
+                    fd,
+                    record: h.record,
+                }),
+                Err(e) => {
+                    log::warn!("after the upgrade in place: {e}");
+                    None
+                }
+            })
+            .collect();
+        self.held = HeldSet::from_received(received, |_| false);
+        let now = Instant::now();
+        let workers = snapshot
+            .workers
+            .into_iter()
+            .map(|w| Worker {
+                pid: w.pid,
+                generation: w.generation,
+                role: w.role,
+                started: now,
+            })
+            .collect();
+        let (state, actions) = State::resume(
+            self.state.policy(),
+            workers,
+            snapshot.current,
+            snapshot.next_generation,
+            snapshot.crash_streak,
+        );
+        self.state = state;
+        for action in actions {
+            self.apply(action);
+        }
+        log::info!(
+            "hapmaster {} took over after an upgrade in place: {} worker(s), {} listening socket(s)",
+            env!("CARGO_PKG_VERSION"),
+            self.state.workers().count(),
+            self.held.len()
+        );
+        let status = format!(
+            "Serving: {}; upgraded in place to hapmaster {}",
+            self.state.serving_status(),
+            env!("CARGO_PKG_VERSION")
+        );
+        self.notify(|n| n.ready(&status, None));
     }
 
     fn notify(&self, send: impl FnOnce(&Notifier) -> io::Result<()>) {

@@ -4,6 +4,7 @@ pub mod event_loop;
 pub mod probe;
 pub mod signals;
 pub mod state;
+pub mod upgrade;
 pub mod worker;
 
 pub use event_loop::{run, SetupError};

@@ -10,15 +10,39 @@ use std::sync::Arc;
 use libc::c_int;
 
 /// The signals the master acts on, in the order a burst of them is handled: reaping first, so
-/// decisions see which workers are gone; stop requests before reload requests.
-pub const HANDLED: [c_int; 6] = [
+/// decisions see which workers are gone; stop requests before reload requests. SIGURG asks for
+/// an upgrade in place: haproxy gives SIGUSR2 and SIGHUP to reloads, and SIGURG is never sent
+/// by a terminal or by the kernel to a process that did not ask for it (F_SETOWN).
+pub const HANDLED: [c_int; 7] = [
     libc::SIGCHLD,
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGUSR1,
     libc::SIGUSR2,
     libc::SIGHUP,
+    libc::SIGURG,
 ];
+
+fn handled_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for sig in HANDLED {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+            set.add(sig);
+        }
+    }
+    set
+}
+
+/// Blocks the handled signals. The mask survives exec, so a signal that arrives while the new
+/// image has no handler yet stays pending instead of killing the master (SIGTERM's default).
+pub fn block_handled() -> io::Result<()> {
+    handled_set().thread_block().map_err(io::Error::from)
+}
+
+/// Unblocks them once handlers are installed; pending ones are delivered then.
+pub fn unblock_handled() -> io::Result<()> {
+    handled_set().thread_unblock().map_err(io::Error::from)
+}
 
 pub struct Signals {
     rx: UnixStream,

@@ -270,6 +270,59 @@ impl State {
         self.stopping.is_some()
     }
 
+    /// Whether an upgrade in place may run now: not while a worker starts (its probe and
+    /// handoff would be cut), nor while stopping.
+    pub fn is_settled(&self) -> bool {
+        self.pending.is_none() && self.stopping.is_none() && !self.exited
+    }
+
+    /// What an upgrade in place hands to the next image: (workers, current, next generation,
+    /// crash streak).
+    pub fn snapshot(&self) -> (Vec<Worker>, Option<Pid>, Generation, u32) {
+        (
+            self.workers.values().cloned().collect(),
+            self.current,
+            self.next_generation,
+            self.crash_streak,
+        )
+    }
+
+    /// The state of a master re-executed by an upgrade in place, and what to do at once: timers
+    /// did not survive the exec, so workers being stopped are signalled again and draining ones
+    /// get a fresh drain deadline.
+    pub fn resume(
+        policy: Policy,
+        workers: Vec<Worker>,
+        current: Option<Pid>,
+        next_generation: Generation,
+        crash_streak: u32,
+    ) -> (State, Vec<Action>) {
+        let mut state = State::new(policy);
+        state.next_generation = next_generation;
+        state.crash_streak = crash_streak;
+        state.current = current.filter(|pid| workers.iter().any(|w| w.pid == *pid));
+        let mut out = Vec::new();
+        for w in workers {
+            match w.role {
+                Role::Failed | Role::Terminating | Role::Starting => {
+                    out.push(Action::Abort { pid: w.pid })
+                }
+                Role::Draining => {
+                    if let Some(after) = policy.drain_timeout {
+                        out.push(Action::ArmDrainDeadline { pid: w.pid, after });
+                    }
+                }
+                Role::Current => {}
+            }
+            state.workers.insert(w.pid, w);
+        }
+        if state.current.is_none() {
+            // The current worker died in the exec window: replace it like any crash.
+            state.schedule_replacement(&mut out);
+        }
+        (state, out)
+    }
+
     pub fn decide(&mut self, event: Event, now: Instant) -> Vec<Action> {
         if self.exited {
             return Vec::new();
@@ -388,7 +441,12 @@ impl State {
         ));
     }
 
-    fn serving_status(&self) -> String {
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// "worker pid P, generation G" of the current worker, for STATUS= and logs.
+    pub fn serving_status(&self) -> String {
         match self.current() {
             Some(w) => format!("worker pid {}, generation {}", w.pid, w.generation),
             None => "no worker".to_string(),

@@ -31,6 +31,7 @@ pub const SIGKILL: i32 = libc::SIGKILL;
 pub const SIGTERM: i32 = libc::SIGTERM;
 pub const SIGUSR1: i32 = libc::SIGUSR1;
 pub const SIGUSR2: i32 = libc::SIGUSR2;
+pub const SIGURG: i32 = libc::SIGURG;
 
 /// Interval between two looks at something we poll (/proc, a file). Not a synchronisation sleep:
 /// every poll loop also has a deadline.
@@ -1019,6 +1020,21 @@ impl Hapmaster {
 
     /// Like [`Hapmaster::start`] in a dir the caller already made (to put paths in the config).
     pub fn start_in(dir: TestDir, cfg: impl Into<Cfg>, extra_args: &[&str]) -> Hapmaster {
+        Hapmaster::start_binary_in(
+            Path::new(env!("CARGO_BIN_EXE_hapmaster")),
+            dir,
+            cfg,
+            extra_args,
+        )
+    }
+
+    /// `start_in` with another copy of the binary (upgrade-in-place tests replace it on disk).
+    pub fn start_binary_in(
+        binary: &Path,
+        dir: TestDir,
+        cfg: impl Into<Cfg>,
+        extra_args: &[&str],
+    ) -> Hapmaster {
         let cfg_path = match cfg.into() {
             Cfg::Text(t) => {
                 let p = dir.join("haproxy.cfg");
@@ -1036,7 +1052,7 @@ impl Hapmaster {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let stderr = fs::File::create(&stderr_path).expect("creating stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hapmaster"));
+        let mut cmd = Command::new(binary);
         cmd.arg("--haproxy")
             .arg(haproxy_path())
             .arg("--runtime-dir")

@@ -1,0 +1,379 @@
+//! Upgrade in place: after a package upgrade replaced the binary on disk, the master re-executes
+//! it. Same pid, so systemd's MAINPID and the workers' parent stay; the held listening sockets
+//! and the runtime directory's lock cross the exec as inherited fds; everything else the new
+//! image needs travels in one environment variable, written and read here.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+use super::state::{Generation, Pid, Role};
+use crate::handoff::wire::Record;
+
+/// The environment variable that carries a `Snapshot` to the re-executed image.
+pub const STATE_ENV: &str = "HAPMASTER_UPGRADE_STATE";
+/// Bumped when the format changes, so an older binary refuses a newer snapshot.
+const FORMAT: &str = "hapmaster-upgrade 1";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    pub pid: Pid,
+    pub generation: Generation,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldSnapshot {
+    pub fd: RawFd,
+    pub record: Record,
+}
+
+/// What the master knows that the new image cannot rediscover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub runtime_dir: PathBuf,
+    pub runtime_created: bool,
+    pub lock_fd: RawFd,
+    pub next_generation: Generation,
+    pub current: Option<Pid>,
+    pub crash_streak: u32,
+    pub workers: Vec<WorkerSnapshot>,
+    pub held: Vec<HeldSnapshot>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct SnapshotError(String);
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot read the state handed over by the previous hapmaster image ({STATE_ENV}): {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Starting => "starting",
+        Role::Current => "current",
+        Role::Draining => "draining",
+        Role::Failed => "failed",
+        Role::Terminating => "terminating",
+    }
+}
+
+fn parse_role(word: &str) -> Option<Role> {
+    Some(match word {
+        "starting" => Role::Starting,
+        "current" => Role::Current,
+        "draining" => Role::Draining,
+        "failed" => Role::Failed,
+        "terminating" => Role::Terminating,
+        _ => return None,
+    })
+}
+
+/// Hex keeps paths and interface names of any bytes on one space-separated line.
+fn hex(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "-".to_string();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text == "-" {
+        return Some(Vec::new());
+    }
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = format!(
+            "{FORMAT}\nruntime {} {} {}\ngeneration {} {}\n",
+            hex(self.runtime_dir.as_os_str().as_bytes()),
+            u8::from(self.runtime_created),
+            self.lock_fd,
+            self.next_generation,
+            self.crash_streak,
+        );
+        if let Some(pid) = self.current {
+            out.push_str(&format!("current {pid}\n"));
+        }
+        for w in &self.workers {
+            out.push_str(&format!(
+                "worker {} {} {}\n",
+                w.pid,
+                w.generation,
+                role_word(w.role)
+            ));
+        }
+        for h in &self.held {
+            out.push_str(&format!(
+                "held {} {} {} {}\n",
+                h.fd,
+                hex(&h.record.namespace),
+                hex(&h.record.interface),
+                hex(&h.record.options)
+            ));
+        }
+        out
+    }
+
+    pub fn decode(text: &str) -> Result<Snapshot, SnapshotError> {
+        use std::os::unix::ffi::OsStringExt;
+        let mut lines = text.lines();
+        if lines.next() != Some(FORMAT) {
+            return Err(SnapshotError(format!("not in the format {FORMAT:?}")));
+        }
+        let mut snap = Snapshot {
+            runtime_dir: PathBuf::new(),
+            runtime_created: false,
+            lock_fd: -1,
+            next_generation: 0,
+            current: None,
+            crash_streak: 0,
+            workers: Vec::new(),
+            held: Vec::new(),
+        };
+        for (n, line) in lines.enumerate() {
+            let bad = || SnapshotError(format!("line {}: {line:?}", n + 2));
+            let f: Vec<&str> = line.split(' ').collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).ok_or_else(bad);
+            match (f[0], f.len()) {
+                ("runtime", 4) => {
+                    let dir = unhex(f[1]).ok_or_else(bad)?;
+                    snap.runtime_dir = PathBuf::from(OsString::from_vec(dir));
+                    snap.runtime_created = num(2)? == 1;
+                    snap.lock_fd = RawFd::try_from(num(3)?).map_err(|_| bad())?;
+                }
+                ("generation", 3) => {
+                    snap.next_generation = Generation::try_from(num(1)?).map_err(|_| bad())?;
+                    snap.crash_streak = u32::try_from(num(2)?).map_err(|_| bad())?;
+                }
+                ("current", 2) => snap.current = Some(Pid::try_from(num(1)?).map_err(|_| bad())?),
+                ("worker", 4) => snap.workers.push(WorkerSnapshot {
+                    pid: Pid::try_from(num(1)?).map_err(|_| bad())?,
+                    generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
+                    role: parse_role(f[3]).ok_or_else(bad)?,
+                }),
+                ("held", 5) => {
+                    let options: [u8; 4] = unhex(f[4])
+                        .and_then(|o| o.try_into().ok())
+                        .ok_or_else(bad)?;
+                    snap.held.push(HeldSnapshot {
+                        fd: RawFd::try_from(num(1)?).map_err(|_| bad())?,
+                        record: Record {
+                            namespace: unhex(f[2]).ok_or_else(bad)?,
+                            interface: unhex(f[3]).ok_or_else(bad)?,
+                            options,
+                        },
+                    });
+                }
+                _ => return Err(bad()),
+            }
+        }
+        if snap.lock_fd < 0 || snap.runtime_dir.as_os_str().is_empty() {
+            return Err(SnapshotError("no runtime line".into()));
+        }
+        Ok(snap)
+    }
+
+    /// Takes the snapshot a previous image left in the environment, if any, and removes it so
+    /// that no worker inherits it.
+    pub fn take_from_env() -> Option<Result<Snapshot, SnapshotError>> {
+        let text = std::env::var_os(STATE_ENV)?;
+        std::env::remove_var(STATE_ENV);
+        Some(match text.into_string() {
+            Ok(t) => Snapshot::decode(&t),
+            Err(_) => Err(SnapshotError("not UTF-8".into())),
+        })
+    }
+}
+
+/// How this master was started: what an upgrade in place executes again.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The binary's path as resolved at start; after a package upgrade it names the new binary.
+    pub exe: PathBuf,
+    /// The original argv, argv[0] included.
+    pub argv: Vec<OsString>,
+}
+
+impl Launch {
+    pub fn of_current_process() -> io::Result<Launch> {
+        Ok(Launch {
+            exe: std::env::current_exe()?,
+            argv: std::env::args_os().collect(),
+        })
+    }
+}
+
+fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::other("argument with a NUL byte"))
+}
+
+/// Re-executes `launch` with `snapshot` in the environment and the `keep` fds inherited. Returns
+/// only if the exec failed, with CLOEXEC, the signal mask and the environment restored, so the
+/// master goes on as it was.
+pub fn exec(
+    launch: &Launch,
+    snapshot: &Snapshot,
+    keep: &[BorrowedFd<'_>],
+    notify_socket: Option<&OsStr>,
+) -> io::Error {
+    let exe = match cstring(launch.exe.as_os_str()) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let argv: io::Result<Vec<CString>> = launch.argv.iter().map(|a| cstring(a)).collect();
+    let argv = match argv {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    // Only here, right before exec, are these fds made inheritable: no child spawned in between.
+    for fd in keep {
+        if let Err(e) = set_cloexec(*fd, false) {
+            restore(keep);
+            return e;
+        }
+    }
+    std::env::set_var(STATE_ENV, snapshot.encode());
+    if let Some(value) = notify_socket {
+        // from_env removed it at start; the new image reads (and removes) it again.
+        std::env::set_var(crate::notify::NOTIFY_SOCKET, value);
+    }
+    if let Err(e) = super::signals::block_handled() {
+        restore(keep);
+        return e;
+    }
+    // execv returns only on failure; std's Command::exec would reset the signal mask.
+    let err = match nix::unistd::execv(&exe, &argv) {
+        Err(errno) => io::Error::from(errno),
+        Ok(never) => match never {},
+    };
+    restore(keep);
+    let _ = super::signals::unblock_handled();
+    err
+}
+
+fn restore(keep: &[BorrowedFd<'_>]) {
+    for fd in keep {
+        let _ = set_cloexec(*fd, true);
+    }
+    std::env::remove_var(STATE_ENV);
+    std::env::remove_var(crate::notify::NOTIFY_SOCKET);
+}
+
+/// Takes ownership of an fd inherited across the exec, after checking it is open (wrapping a
+/// closed number would later close someone else's fd), and makes it CLOEXEC again.
+pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_GETFD) on an arbitrary number only reads its flags; EBADF means not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("fd {fd} named by the previous image is not open"),
+        ));
+    }
+    // SAFETY: the fd is open, and the previous image handed it to us to own: nothing else in
+    // this new image knows its number.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(std::os::fd::AsFd::as_fd(&owned), true)?;
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            runtime_dir: PathBuf::from("/run/hap master"),
+            runtime_created: true,
+            lock_fd: 4,
+            next_generation: 9,
+            current: Some(120),
+            crash_streak: 2,
+            workers: vec![
+                WorkerSnapshot {
+                    pid: 120,
+                    generation: 8,
+                    role: Role::Current,
+                },
+                WorkerSnapshot {
+                    pid: 110,
+                    generation: 7,
+                    role: Role::Draining,
+                },
+            ],
+            held: vec![
+                HeldSnapshot {
+                    fd: 7,
+                    record: Record::default(),
+                },
+                HeldSnapshot {
+                    fd: 8,
+                    record: Record {
+                        namespace: b"ns1".to_vec(),
+                        interface: b"eth0".to_vec(),
+                        options: [4, 0, 0, 1],
+                    },
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = sample();
+        assert_eq!(Snapshot::decode(&s.encode()), Ok(s));
+        let mut empty = sample();
+        empty.current = None;
+        empty.workers.clear();
+        empty.held.clear();
+        assert_eq!(Snapshot::decode(&empty.encode()), Ok(empty));
+    }
+
+    #[test]
+    fn rejects_other_formats_and_garbage() {
+        let good = sample().encode();
+        assert!(Snapshot::decode("").is_err());
+        assert!(Snapshot::decode(&good.replace(FORMAT, "hapmaster-upgrade 2")).is_err());
+        assert!(Snapshot::decode(&format!("{good}held x - - 00000000\n")).is_err());
+        assert!(Snapshot::decode(&format!("{good}worker 1 2 sleeping\n")).is_err());
+        assert!(Snapshot::decode(&format!("{good}held 3 - - 0000\n")).is_err());
+        assert!(Snapshot::decode(&format!("{good}unknown line\n")).is_err());
+        assert!(Snapshot::decode(&format!("{FORMAT}\ngeneration 1 0\n")).is_err());
+        // Every truncation is an error or a shorter valid snapshot, never a panic.
+        for i in 0..good.len() {
+            let _ = Snapshot::decode(&good[..i]);
+        }
+    }
+}

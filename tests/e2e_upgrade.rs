@@ -1,0 +1,131 @@
+//! Upgrade in place: the hapmaster binary is replaced on disk (as a package upgrade does), and
+//! SIGURG makes the master re-execute it: same pid, same workers, same listening sockets, and
+//! no failed request under load.
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Replaces `binary` the way dpkg does: a new file renamed over the old one (a new inode).
+fn replace_binary(binary: &Path) {
+    let new = binary.with_extension("new");
+    fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &new).unwrap();
+    fs::rename(&new, binary).unwrap();
+}
+
+fn exe_link(pid: u32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn upgrade_in_place_under_load() {
+    let dir = TestDir::new();
+    let binary = dir.join("hapmaster");
+    fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();
+    let port = free_port();
+    let fe = dir.join("fe.sock");
+    let cfg = http_config(&[
+        format!("127.0.0.1:{port}"),
+        format!("unix@{}", fe.display()),
+    ]);
+    let mut hm = Hapmaster::start_binary_in(&binary, dir, cfg, &[]);
+    let worker = hm.wait_serving(15 * SEC);
+    let master = hm.pid();
+    let inodes = || (tcp4_listen_inodes(port), unix_listen_inodes(&fe));
+    let base = inodes();
+    assert_eq!((base.0.len(), base.1.len()), (1, 1), "{base:?}");
+    let targets: Vec<Target> = vec![format!("127.0.0.1:{port}").into(), fe.clone().into()];
+    let load = Load::start(&targets, 20);
+    poll_until(10 * SEC, || (load.ok_so_far() >= 100).then_some(()))
+        .expect("no answers before the upgrade");
+    let fds_before = fd_count(master).unwrap();
+
+    replace_binary(&binary);
+    assert!(
+        exe_link(master).ends_with("(deleted)"),
+        "{}",
+        exe_link(master)
+    );
+    hm.signal(SIGURG);
+    let d = hm.wait_notify(|d| d.contains("upgraded in place"), 15 * SEC);
+    assert!(has_line(&d, "READY=1"), "{d:?}");
+    assert_eq!(
+        worker_pid_in(&d),
+        Some(worker),
+        "the same worker serves: {d:?}"
+    );
+    assert!(pid_alive(master), "master died in the upgrade");
+    assert_eq!(hm.pid(), master);
+    assert!(
+        !exe_link(master).ends_with("(deleted)"),
+        "the master still runs the old binary: {}",
+        exe_link(master)
+    );
+    assert_eq!(inodes(), base, "listening sockets changed in the upgrade");
+    assert_eq!(
+        children_of(master)
+            .iter()
+            .map(|c| c.pid)
+            .collect::<Vec<_>>(),
+        vec![worker],
+        "the worker should still be the master's only child"
+    );
+    assert_eq!(
+        fd_count(master),
+        Some(fds_before),
+        "fd count changed in the upgrade:\n{}",
+        fd_listing(master)
+    );
+
+    // The new image reloads with the sockets it took over.
+    hm.signal(SIGUSR2);
+    hm.wait_notify(is_reloading, 15 * SEC);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    assert!(is_serving(&d), "reload after the upgrade failed: {d:?}");
+    assert_ne!(worker_pid_in(&d), Some(worker));
+    assert_eq!(inodes(), base, "listening sockets changed in the reload");
+
+    let report = load.stop();
+    eprintln!("load during the upgrade in place and a reload: {report}");
+    assert_eq!(report.failed, 0, "requests failed: {report}");
+    assert!(hm.stop().success());
+    assert!(!hm.runtime_dir.exists(), "runtime dir left behind");
+    assert!(!hm.pidfile.exists(), "pidfile left behind");
+}
+
+/// A binary that cannot be executed leaves the master running as it was.
+#[test]
+fn failed_upgrade_keeps_running() {
+    let dir = TestDir::new();
+    let binary = dir.join("hapmaster");
+    fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();
+    let port = free_port();
+    let mut hm = Hapmaster::start_binary_in(
+        &binary,
+        dir,
+        http_config(&[format!("127.0.0.1:{port}")]),
+        &[],
+    );
+    let worker = hm.wait_serving(15 * SEC);
+    let master = hm.pid();
+    let fds_before = fd_count(master).unwrap();
+    fs::remove_file(&binary).unwrap();
+    hm.signal(SIGURG);
+    let d = hm.wait_notify(|d| d.contains("upgrade in place failed"), 15 * SEC);
+    assert_eq!(worker_pid_in(&d), Some(worker), "{d:?}");
+    assert!(pid_alive(master));
+    assert_eq!(fd_count(master), Some(fds_before), "{}", fd_listing(master));
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    // Signals still work after the failed exec restored the mask.
+    hm.signal(SIGUSR2);
+    hm.wait_notify(is_reloading, 15 * SEC);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    assert!(is_serving(&d), "{d:?}");
+    assert!(hm.stop().success());
+}
