@@ -447,6 +447,7 @@ impl Master<'_> {
             Action::ArmStopDeadline { after } => self.stop_deadline = Some(Instant::now() + after),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
+            Action::ReloadDone { .. } => {}
         }
     }
 

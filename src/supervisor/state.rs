@@ -85,6 +85,8 @@ pub enum Event {
     /// The master has just started.
     Boot,
     ReloadRequested,
+    /// A reload whose old workers get SIGTERM instead of a soft stop (`hard-reload`).
+    HardReloadRequested,
     /// SIGTERM / SIGINT.
     StopRequested,
     /// SIGUSR1.
@@ -178,6 +180,12 @@ pub enum Action {
         level: log::Level,
         message: String,
     },
+    /// A reload (generation) finished: it serves, or it failed for `reason`. Synchronous
+    /// `reload` commands wait for this.
+    ReloadDone {
+        generation: Generation,
+        reason: Option<String>,
+    },
     Exit {
         code: i32,
     },
@@ -194,6 +202,8 @@ struct Pending {
     generation: Generation,
     kind: StartKind,
     pid: Option<Pid>,
+    /// Old workers get SIGTERM, not a soft stop, once this one is ready.
+    hard: bool,
 }
 
 #[derive(Debug)]
@@ -203,6 +213,8 @@ pub struct State {
     current: Option<Pid>,
     pending: Option<Pending>,
     reload_queued: bool,
+    /// One of the queued reload requests was a hard one.
+    queued_hard: bool,
     stopping: Option<Stopping>,
     respawn_scheduled: bool,
     next_generation: Generation,
@@ -225,6 +237,7 @@ impl State {
             current: None,
             pending: None,
             reload_queued: false,
+            queued_hard: false,
             stopping: None,
             respawn_scheduled: false,
             next_generation: 1,
@@ -330,7 +343,8 @@ impl State {
         let mut out = Vec::new();
         match event {
             Event::Boot => self.start(StartKind::Initial, &mut out),
-            Event::ReloadRequested => self.on_reload_requested(&mut out),
+            Event::ReloadRequested => self.on_reload_requested(false, &mut out),
+            Event::HardReloadRequested => self.on_reload_requested(true, &mut out),
             Event::StopRequested => self.on_stop(Stopping::Hard, &mut out),
             Event::SoftStopRequested => self.on_stop(Stopping::Soft, &mut out),
             Event::Spawned { generation, pid } => self.on_spawned(generation, pid, now, &mut out),
@@ -381,12 +395,17 @@ impl State {
     }
 
     fn start(&mut self, kind: StartKind, out: &mut Vec<Action>) {
+        self.start_with(kind, false, out)
+    }
+
+    fn start_with(&mut self, kind: StartKind, hard: bool, out: &mut Vec<Action>) {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.pending = Some(Pending {
             generation,
             kind,
             pid: None,
+            hard,
         });
         if kind == StartKind::Reload {
             out.push(Action::NotifyReloading {
@@ -396,7 +415,7 @@ impl State {
         out.push(Action::Spawn { generation, kind });
     }
 
-    fn on_reload_requested(&mut self, out: &mut Vec<Action>) {
+    fn on_reload_requested(&mut self, hard: bool, out: &mut Vec<Action>) {
         if self.stopping.is_some() {
             out.push(log(
                 log::Level::Warn,
@@ -410,8 +429,9 @@ impl State {
                 ));
             }
             self.reload_queued = true;
+            self.queued_hard |= hard;
         } else {
-            self.start(StartKind::Reload, out);
+            self.start_with(StartKind::Reload, hard, out);
         }
     }
 
@@ -439,6 +459,12 @@ impl State {
             log::Level::Info,
             format!("worker pid {pid} (generation {generation}) started"),
         ));
+    }
+
+    /// The generation most recently allocated: a reload requested now is answered by the first
+    /// reload of a later generation (the one it starts, or the queued one after the pending).
+    pub fn last_generation(&self) -> Generation {
+        self.next_generation - 1
     }
 
     pub fn policy(&self) -> Policy {
@@ -469,25 +495,40 @@ impl State {
         // Every older worker that still serves gets soft-stopped, not only the last current one: a
         // replacement raced by a reload may have left more than one.
         for w in self.workers.values_mut() {
-            if w.pid != pid && matches!(w.role, Role::Current) {
-                w.role = Role::Draining;
-                out.push(Action::Signal {
-                    pid: w.pid,
-                    signal: Signal::SoftStop,
-                });
-                if let Some(after) = self.policy.drain_timeout {
-                    out.push(Action::ArmDrainDeadline { pid: w.pid, after });
-                }
+            if w.pid == pid || w.role != Role::Current {
+                continue;
+            }
+            if pending.hard {
+                w.role = Role::Terminating;
+                out.push(Action::Abort { pid: w.pid });
+                continue;
+            }
+            w.role = Role::Draining;
+            out.push(Action::Signal {
+                pid: w.pid,
+                signal: Signal::SoftStop,
+            });
+            if let Some(after) = self.policy.drain_timeout {
+                out.push(Action::ArmDrainDeadline { pid: w.pid, after });
             }
         }
         self.limit_old_workers(out);
+        if pending.kind == StartKind::Reload {
+            out.push(Action::ReloadDone {
+                generation: pending.generation,
+                reason: None,
+            });
+        }
         let status = format!("Serving: {}", self.serving_status());
         let message = match (pending.kind, old) {
             (StartKind::Initial, _) => format!("worker pid {pid} ready"),
             (StartKind::Reload, Some(old)) => {
-                format!(
-                    "reload complete: worker pid {pid} ready, old worker pid {old} soft-stopped"
-                )
+                let how = if pending.hard {
+                    "terminated"
+                } else {
+                    "soft-stopped"
+                };
+                format!("reload complete: worker pid {pid} ready, old worker pid {old} {how}")
             }
             (StartKind::Reload, None) | (StartKind::Replace, _) => {
                 format!("worker pid {pid} ready (replacement)")
@@ -554,7 +595,8 @@ impl State {
     fn run_queued_reload(&mut self, out: &mut Vec<Action>) {
         if self.reload_queued && self.stopping.is_none() && self.pending.is_none() {
             self.reload_queued = false;
-            self.start(StartKind::Reload, out);
+            let hard = std::mem::take(&mut self.queued_hard);
+            self.start_with(StartKind::Reload, hard, out);
         }
     }
 
@@ -562,6 +604,12 @@ impl State {
         let Some(pending) = self.pending.take() else {
             return;
         };
+        if pending.kind == StartKind::Reload {
+            out.push(Action::ReloadDone {
+                generation: pending.generation,
+                reason: Some(reason.clone()),
+            });
+        }
         if self.stopping.is_some() {
             return;
         }
@@ -607,6 +655,7 @@ impl State {
                     status: format!("Worker failed to start: {reason}; retrying"),
                 });
                 self.reload_queued = false;
+                self.queued_hard = false;
                 self.schedule_replacement(out);
             }
         }
@@ -746,7 +795,12 @@ impl State {
             (Some(Stopping::Hard), _) | (Some(Stopping::Soft), Stopping::Soft) => return,
             _ => {}
         }
-        self.pending = None;
+        if let Some(p) = self.pending.take().filter(|p| p.kind == StartKind::Reload) {
+            out.push(Action::ReloadDone {
+                generation: p.generation,
+                reason: Some("the master is stopping".into()),
+            });
+        }
         self.reload_queued = false;
         self.begin_stop(how, out);
     }
@@ -1332,5 +1386,103 @@ mod tests {
         s.decide(exited(10, 0), t);
         assert!(s.decide(Event::DrainDeadline { pid: 10 }, t).is_empty());
         assert!(s.decide(Event::DrainDeadline { pid: 11 }, t).is_empty());
+    }
+
+    fn reload_done(actions: &[Action]) -> Option<(Generation, Option<String>)> {
+        actions.iter().find_map(|a| match a {
+            Action::ReloadDone { generation, reason } => Some((*generation, reason.clone())),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn reload_done_reports_success_and_failure_by_generation() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        assert_eq!(s.last_generation(), 1);
+        let a = reload_to(&mut s, 11, t);
+        assert_eq!(reload_done(&a), Some((2, None)));
+        let a = s.decide(Event::ReloadRequested, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation,
+                pid: 12,
+            },
+            t,
+        );
+        let a = s.decide(exited(12, 1), t);
+        let (g, reason) = reload_done(&a).unwrap();
+        assert_eq!(g, 3);
+        assert!(reason.unwrap().contains("exit status 1"));
+        // A crash replacement is not a reload: nobody waits for it.
+        let a = s.decide(exited(11, 9), t);
+        assert!(reload_done(&a).is_none());
+    }
+
+    #[test]
+    fn stop_during_a_reload_fails_it() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(Event::StopRequested, t);
+        assert_eq!(
+            reload_done(&a),
+            Some((2, Some("the master is stopping".to_string())))
+        );
+    }
+
+    #[test]
+    fn hard_reload_terminates_old_workers() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(Event::HardReloadRequested, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(
+            Event::Spawned {
+                generation,
+                pid: 11,
+            },
+            t,
+        );
+        let a = s.decide(Event::WorkerReady { pid: 11 }, t);
+        assert!(has(&a, |a| *a == Action::Abort { pid: 10 }), "{a:?}");
+        assert!(!has(&a, |a| matches!(a, Action::Signal { pid: 10, .. })));
+        assert_eq!(s.worker(10).unwrap().role, Role::Terminating);
+        // A hard request coalesced into a queued reload keeps it hard.
+        let a = s.decide(Event::ReloadRequested, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(Event::HardReloadRequested, t);
+        s.decide(
+            Event::Spawned {
+                generation,
+                pid: 12,
+            },
+            t,
+        );
+        let a = s.decide(Event::WorkerReady { pid: 12 }, t);
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 11,
+                signal: Signal::SoftStop
+            }));
+        let generation = spawn_gen(&a).expect("the queued reload starts");
+        s.decide(
+            Event::Spawned {
+                generation,
+                pid: 13,
+            },
+            t,
+        );
+        let a = s.decide(Event::WorkerReady { pid: 13 }, t);
+        assert!(has(&a, |a| *a == Action::Abort { pid: 12 }), "{a:?}");
     }
 }
