@@ -266,7 +266,7 @@ fn sockets_survive_a_handoff_between_two_real_haproxies() {
     assert_eq!(received.len(), expected.len(), "duplicates: {infos:?}");
 
     // The master holds the frontends, not the old worker's private stats socket.
-    let held = HeldSet::from_received(received, |info| is_unix_listener_of(info, &stats1));
+    let held = HeldSet::from_received(received, |info| is_unix_listener_of(info, &stats1)).unwrap();
     assert_eq!(held.len(), 3);
     let held_inodes: BTreeSet<u64> = held.inodes().into_iter().collect();
 

@@ -3,6 +3,7 @@
 //! The peer is a `stats socket ... expose-fd listeners` of an old worker. That worker answers on
 //! its traffic thread and blocks up to 1 s per ack, so this side reads and acks without delay.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -322,6 +323,8 @@ fn timed_out() -> io::Error {
 pub(crate) struct Deadline {
     end: Instant,
     total: Duration,
+    /// The timeout `arm` last applied: what a timed-out operation actually waited.
+    armed: Cell<Option<Duration>>,
 }
 
 impl Deadline {
@@ -329,11 +332,17 @@ impl Deadline {
         Deadline {
             end: Instant::now() + total,
             total,
+            armed: Cell::new(None),
         }
     }
 
     pub(crate) fn total(&self) -> Duration {
         self.total
+    }
+
+    /// How long the last armed operation could wait; what a socket timeout error means.
+    pub(crate) fn operation_waited(&self) -> Duration {
+        self.armed.get().unwrap_or(self.total)
     }
 
     /// `None` once the deadline has passed.
@@ -350,6 +359,7 @@ impl Deadline {
         };
         stream.set_read_timeout(Some(t))?;
         stream.set_write_timeout(Some(t))?;
+        self.armed.set(Some(t));
         Ok(true)
     }
 }
@@ -525,22 +535,23 @@ impl Fetch<'_> {
     fn arm(&self, stage: FetchStage) -> Result<(), FetchError> {
         match self.deadline.arm(self.stream) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(self.timeout(stage)),
+            Ok(false) => Err(self.timeout(stage, self.deadline.total())),
             Err(source) => Err(self.io(stage, source)),
         }
     }
 
-    fn timeout(&self, stage: FetchStage) -> FetchError {
+    /// `waited`: the whole conversation's budget when it ran out, else the one operation's.
+    fn timeout(&self, stage: FetchStage, waited: Duration) -> FetchError {
         FetchError::Timeout {
             peer: self.peer.clone(),
             stage,
-            timeout: self.deadline.total(),
+            timeout: waited,
         }
     }
 
     fn io(&self, stage: FetchStage, source: io::Error) -> FetchError {
         if is_timeout(&source) {
-            return self.timeout(stage);
+            return self.timeout(stage, self.deadline.operation_waited());
         }
         FetchError::Io {
             peer: self.peer.clone(),

@@ -186,23 +186,21 @@ pub struct HeldSet {
 impl HeldSet {
     /// Builds the set from a fetch, in the order received.
     ///
-    /// Keeps the first of several copies of one socket (same dev and inode), closes every socket
-    /// for which `drop_if` is true (a worker's private stats socket), and closes with a warning
-    /// fds that are not sockets.
+    /// Keeps the first of several copies of one socket (same dev and inode) and closes every
+    /// socket for which `drop_if` is true (a worker's private stats socket).
+    ///
+    /// Fails, closing everything received, if an fd is not a socket or cannot be described: a
+    /// peer that sends such a thing is broken, and a set built from the rest would silently miss
+    /// listeners (committing it would close the master's copies of them).
     pub fn from_received(
         received: Vec<ReceivedSocket>,
         drop_if: impl Fn(&SocketInfo) -> bool,
-    ) -> HeldSet {
+    ) -> io::Result<HeldSet> {
         let mut set = HeldSet::default();
         let mut seen = HashSet::new();
-        for ReceivedSocket { fd, record } in received {
-            let info = match SocketInfo::of(fd.as_fd()) {
-                Ok(info) => info,
-                Err(e) => {
-                    log::warn!("closing received fd {}: {e}", fd.as_raw_fd());
-                    continue;
-                }
-            };
+        for (index, ReceivedSocket { fd, record }) in received.into_iter().enumerate() {
+            let info = SocketInfo::of(fd.as_fd())
+                .map_err(|e| io::Error::new(e.kind(), format!("received socket {index}: {e}")))?;
             if drop_if(&info) {
                 log::debug!("closing received {info}: not held by the master");
                 continue;
@@ -213,7 +211,7 @@ impl HeldSet {
             }
             set.sockets.push(HeldSocket { fd, record, info });
         }
-        set
+        Ok(set)
     }
 
     pub fn len(&self) -> usize {
@@ -375,23 +373,22 @@ mod tests {
     }
 
     #[test]
-    fn held_set_dedups_drops_and_skips_non_sockets() {
+    fn held_set_dedups_and_drops() {
         let first = TcpListener::bind("127.0.0.1:0").unwrap();
         let copy = first.try_clone().unwrap();
         let dropped = UdpSocket::bind("127.0.0.1:0").unwrap();
         let dropped_port = dropped.local_addr().unwrap().to_string();
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let file = OwnedFd::from(std::fs::File::open("/proc/self/status").unwrap());
         let set = HeldSet::from_received(
             vec![
                 received(first.into(), 1),
-                received(file, 2),
                 received(copy.into(), 3),
                 received(dropped.into(), 4),
                 received(other.into(), 5),
             ],
             |info| info.local == dropped_port,
-        );
+        )
+        .unwrap();
         let tags: Vec<u8> = set.iter().map(|s| s.record.options[0]).collect();
         assert_eq!(tags, vec![1, 5]);
         assert_eq!(set.len(), 2);
@@ -405,13 +402,28 @@ mod tests {
     }
 
     #[test]
+    fn held_set_refuses_a_non_socket() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let file = OwnedFd::from(std::fs::File::open("/proc/self/status").unwrap());
+        let err =
+            HeldSet::from_received(vec![received(tcp.into(), 1), received(file, 2)], |_| false)
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("received socket 1") && text.contains("not a socket"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn retain_closes_the_rest() {
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
         let b = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut set =
             HeldSet::from_received(vec![received(a.into(), 1), received(b.into(), 2)], |_| {
                 false
-            });
+            })
+            .unwrap();
         let keep = set.inodes()[1];
         set.retain(|s| s.info.inode == keep);
         assert_eq!(set.inodes(), vec![keep]);

@@ -218,17 +218,18 @@ impl Serve<'_> {
     fn arm(&self, stage: ServeStage) -> Result<(), ServeError> {
         match self.deadline.arm(self.stream) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(self.timeout(stage)),
+            Ok(false) => Err(self.timeout(stage, self.deadline.total())),
             Err(source) => Err(self.io(stage, source)),
         }
     }
 
-    fn timeout(&self, stage: ServeStage) -> ServeError {
+    /// `waited`: the whole conversation's budget when it ran out, else the one operation's.
+    fn timeout(&self, stage: ServeStage, waited: Duration) -> ServeError {
         ServeError::Timeout {
             at: self.at.clone(),
             stage,
             sent: self.sent,
-            timeout: self.deadline.total(),
+            timeout: waited,
         }
     }
 
@@ -242,7 +243,7 @@ impl Serve<'_> {
 
     fn io(&self, stage: ServeStage, source: io::Error) -> ServeError {
         if is_timeout(&source) {
-            return self.timeout(stage);
+            return self.timeout(stage, self.deadline.operation_waited());
         }
         if is_disconnect(&source) {
             return self.closed(stage);

@@ -334,16 +334,21 @@ impl Master<'_> {
             return;
         };
         let path = self.runtime.worker_socket(generation);
-        match fetch_sockets(&path, HANDOFF_TIMEOUT) {
-            Ok(received) => {
-                let runtime = self.runtime;
-                // The worker-private stats sockets die with their worker; holding a copy would
-                // keep a socket alive that nobody answers on.
-                let set = HeldSet::from_received(received, |info| {
+        let runtime = self.runtime;
+        // The worker-private stats sockets die with their worker; holding a copy would keep a
+        // socket alive that nobody answers on.
+        let fetched = fetch_sockets(&path, HANDOFF_TIMEOUT)
+            .map_err(|e| e.to_string())
+            .and_then(|received| {
+                HeldSet::from_received(received, |info| {
                     info.unix_path
                         .as_deref()
                         .is_some_and(|p| runtime.is_worker_socket_name(p))
-                });
+                })
+                .map_err(|e| format!("{e}; the worker does not speak haproxy's _getsocks protocol"))
+            });
+        match fetched {
+            Ok(set) => {
                 self.fetched = Some((pid, set));
                 self.feed(Event::WorkerReady { pid });
             }
