@@ -9,6 +9,8 @@
 //! `CLOCK_MONOTONIC`, and for a unix-socket `connect` bounded by `SO_SNDTIMEO`.
 #![allow(dead_code)]
 
+pub mod soak;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
