@@ -524,7 +524,13 @@ impl Master<'_> {
                 }
             })
             .collect();
-        self.held = HeldSet::from_received(received, |_| false);
+        self.held = HeldSet::from_received(received, |_| false).unwrap_or_else(|e| {
+            log::error!(
+                "after the upgrade in place: {e}; holding no listening sockets (the next \
+                 reload binds them afresh)"
+            );
+            HeldSet::default()
+        });
         let now = Instant::now();
         let workers = snapshot
             .workers
