@@ -306,3 +306,40 @@ fn reload_against_something_that_is_not_a_master() {
         "{out:?}"
     );
 }
+
+#[test]
+fn permission_denied_as_nobody() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root (to run the client as nobody)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join("master.sock");
+    // The master's default: 0600, owned by root.
+    let spec = hapmaster::control::spec::ControlSpec::new(path.clone());
+    let _listener = hapmaster::control::spec::bind(&spec).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+        .args([
+            "reload",
+            "-S",
+            &path.display().to_string(),
+            "--timeout",
+            "2s",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running hapmaster as nobody");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "hapmaster: permission denied on {}: run as root or as the master's user\n",
+            path.display()
+        )
+    );
+}

@@ -708,9 +708,9 @@ mod tests {
     }
 
     #[test]
-    fn permission_denied_as_nobody() {
-        // connect(2) needs write permission on the socket file; root bypasses it, so this needs
-        // a non-root uid. Classified from the errno alone.
+    fn eacces_is_permission_denied() {
+        // connect(2) needs write permission on the socket file (tests/cli_getsocks.rs checks it
+        // for real as nobody); here the classification of the errno alone.
         let e = connect_error(
             Path::new("/run/hm/master.sock"),
             io::Error::from_raw_os_error(libc::EACCES),

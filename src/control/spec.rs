@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
@@ -423,8 +423,8 @@ fn remove_stale(path: &Path) -> Result<(), SpecError> {
             path: path.to_path_buf(),
         });
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(SpecError::InUse {
+    match probe_connect(path) {
+        Ok(()) => Err(SpecError::InUse {
             path: path.to_path_buf(),
         }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
@@ -440,6 +440,27 @@ fn remove_stale(path: &Path) -> Result<(), SpecError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// A nonblocking connect: `Ok` when something listens (a full backlog, EAGAIN, counts as
+/// listening rather than making us wait), ECONNREFUSED when the socket file is stale.
+fn probe_connect(path: &Path) -> io::Result<()> {
+    let addr = UnixAddr::new(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    loop {
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINPROGRESS) => {
+                return Ok(())
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
     }
 }
 
@@ -499,6 +520,7 @@ fn finish(spec: &ControlSpec, fd: &OwnedFd) -> Result<(), SpecError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixStream;
 
     fn no_lookup(_: &str) -> Result<Option<u32>, io::Error> {
         Ok(None)
