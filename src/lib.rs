@@ -1,4 +1,5 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
+pub mod control;
 pub mod handoff;
 pub mod logging;
 pub mod notify;

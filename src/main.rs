@@ -4,6 +4,10 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::{Command, ExitCode};
 
+use hapmaster::control::client::{self, ClientCommand, ClientError};
+use hapmaster::control::format::{getsocks_json, getsocks_table, SocketRow};
+use hapmaster::handoff::fetch::{fetch_sockets, FetchError};
+use hapmaster::handoff::listeners::SocketInfo;
 use hapmaster::notify::Notifier;
 use hapmaster::options::{self, Options};
 use hapmaster::pidfile::PidFile;
@@ -12,7 +16,15 @@ use hapmaster::supervisor::upgrade::{self, Launch, Snapshot};
 use hapmaster::{logging, supervisor};
 
 fn main() -> ExitCode {
-    let command = match options::parse(std::env::args_os().skip(1)) {
+    // Client subcommands come first: `hapmaster reload`, `cli`, `getsocks`. haproxy-style
+    // invocations always start with an option, so they never collide.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(first) = args.first() {
+        if client::is_subcommand(first) {
+            return run_client(first.to_string_lossy().as_ref(), &args[1..]);
+        }
+    }
+    let command = match options::parse(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hapmaster: {e}\nTry 'hapmaster --help'.");
@@ -49,6 +61,101 @@ fn main() -> ExitCode {
         }
         options::Command::Run(opts) => run_master(opts),
     }
+}
+
+/// `hapmaster reload|cli|getsocks ...`: exit 0 on success, 1 on a failure the answer reports,
+/// 2 on usage, connection and protocol errors.
+fn run_client(subcommand: &str, args: &[OsString]) -> ExitCode {
+    let command = match client::parse_client_args(subcommand, args, client::default_socket()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hapmaster {e}\nTry 'hapmaster {subcommand} --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        ClientCommand::Help => {
+            let _ = std::io::stdout().write_all(client::client_usage().as_bytes());
+            ExitCode::SUCCESS
+        }
+        ClientCommand::Reload { socket, timeout } => {
+            let answer = match client::exchange(&socket, "reload", timeout) {
+                Ok(a) => a,
+                Err(e) => return client_failure(&e),
+            };
+            let _ = std::io::stdout().write_all(answer.as_bytes());
+            let outcome = client::reload_outcome(&answer);
+            if outcome == client::ReloadOutcome::Unrecognised {
+                eprintln!(
+                    "hapmaster reload: {} answered without Success=1 or Success=0; is it a \
+                     hapmaster control socket?",
+                    socket.display()
+                );
+            }
+            ExitCode::from(outcome.exit_code())
+        }
+        ClientCommand::Cli {
+            socket,
+            timeout,
+            line,
+        } => match client::exchange(&socket, &line, timeout) {
+            Ok(answer) => {
+                let _ = std::io::stdout().write_all(answer.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => client_failure(&e),
+        },
+        ClientCommand::Getsocks {
+            path,
+            json,
+            timeout,
+        } => getsocks(&path, json, timeout),
+    }
+}
+
+fn client_failure(e: &ClientError) -> ExitCode {
+    eprintln!("hapmaster: {e}");
+    ExitCode::from(2)
+}
+
+/// Takes the sockets, describes them, prints them, and closes them (dropping them).
+fn getsocks(path: &std::path::Path, json: bool, timeout: std::time::Duration) -> ExitCode {
+    let sockets = match fetch_sockets(path, timeout) {
+        Ok(s) => s,
+        Err(e @ FetchError::NothingExported { .. }) => {
+            eprintln!(
+                "hapmaster getsocks: {e}\n(a haproxy `stats socket` hands sockets out only with \
+                 `expose-fd listeners`; a hapmaster control socket only to allowed users)"
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("hapmaster getsocks: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rows = Vec::with_capacity(sockets.len());
+    for (index, socket) in sockets.iter().enumerate() {
+        use std::os::fd::AsFd;
+        match SocketInfo::of(socket.fd.as_fd()) {
+            Ok(info) => rows.push(SocketRow::new(index, &info, &socket.record)),
+            Err(e) => {
+                eprintln!(
+                    "hapmaster getsocks: cannot describe socket {index} from {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    drop(sockets);
+    let text = if json {
+        getsocks_json(&rows)
+    } else {
+        getsocks_table(&rows)
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
 }
 
 /// Runs haproxy in the foreground for a one-shot command and exits with its status.

@@ -11,7 +11,9 @@ use std::thread;
 use std::time::Duration;
 
 use hapmaster::handoff::fetch::{fetch_from_stream, fetch_sockets, FetchError, ReceivedSocket};
-use hapmaster::handoff::serve::{serve_getsocks, ServeError, ServeOutcome, ServeStage};
+use hapmaster::handoff::serve::{
+    serve_getsocks, serve_getsocks_after_command, ServeError, ServeOutcome, ServeStage,
+};
 use hapmaster::handoff::wire::{encode_record, Record};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
@@ -204,6 +206,36 @@ fn fetch_sockets_connects_to_a_path() {
         received.unwrap()
     });
     assert_eq!(received.len(), 3);
+}
+
+/// A CLI session reads the `_getsocks` line itself (to know it is that command), then hands the
+/// sockets over without reading a command again.
+#[test]
+fn serve_after_the_caller_read_the_command() {
+    let _serial = serial();
+    let fds = make_sockets(3);
+    let records = make_records(3);
+    let (server, client) = UnixStream::pair().unwrap();
+    let received = thread::scope(|s| {
+        let list = serve_list(&fds, &records);
+        let server_side = s.spawn(move || {
+            let mut line = [0u8; 10];
+            (&server).read_exact(&mut line).unwrap();
+            assert_eq!(&line, b"_getsocks\n");
+            serve_getsocks_after_command(&server, &list, TIMEOUT)
+        });
+        let received = fetch_from_stream(&client, TIMEOUT);
+        assert_eq!(
+            server_side.join().unwrap().unwrap(),
+            ServeOutcome { sent: 3 }
+        );
+        received.unwrap()
+    });
+    assert_eq!(received.len(), 3);
+    for (i, got) in received.iter().enumerate() {
+        assert_eq!(inode(got.fd.as_fd()), inode(fds[i].as_fd()), "socket {i}");
+        assert_eq!(got.record, records[i]);
+    }
 }
 
 #[test]

@@ -265,7 +265,29 @@ impl std::error::Error for FetchError {
 
 /// Connects to `path` and takes every socket the process behind it exports.
 ///
-/// `timeout` bounds the whole conversation, connect included.
+/// `path` is a haproxy `stats socket ... expose-fd listeners` or a hapmaster control socket.
+/// `timeout` bounds the whole conversation, connect included. Each socket comes back as an
+/// [`OwnedFd`] (close-on-exec) with the metadata record sent with it, in the sender's order;
+/// dropping it closes this copy and leaves the sender's listener untouched.
+///
+/// [`FetchError::NothingExported`] means the peer closed without a count: the stats socket
+/// lacks `expose-fd listeners`, or the process has nothing to hand over.
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use std::path::Path;
+/// use std::time::Duration;
+///
+/// use hapmaster::handoff::fetch::fetch_sockets;
+/// use hapmaster::handoff::listeners::SocketInfo;
+///
+/// let sockets = fetch_sockets(Path::new("/run/haproxy/admin.sock"), Duration::from_secs(5))?;
+/// for socket in &sockets {
+///     let info = SocketInfo::of(socket.fd.as_fd())?;
+///     println!("{info}, options {:#x}", socket.record.options_u32());
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn fetch_sockets(path: &Path, timeout: Duration) -> Result<Vec<ReceivedSocket>, FetchError> {
     let deadline = Deadline::after(timeout);
     let stream = connect(path, &deadline).map_err(|source| FetchError::Connect {

@@ -150,12 +150,60 @@ impl std::error::Error for ServeError {
 
 /// Answers one `_getsocks` on `stream` with `sockets`, in order.
 ///
+/// `stream` is an accepted connection whose client (a haproxy started with `-x`, or
+/// [`fetch_sockets`](super::fetch::fetch_sockets)) is about to send `_getsocks\n`: this reads
+/// that command, sends the count, then the sockets in batches with their records, waiting for
+/// the client's acks. The caller keeps its own copies of the sockets. An empty list is refused
+/// ([`ServeError::NothingToServe`]): some haproxy versions fail on a count of 0.
+///
 /// `timeout` bounds the whole conversation; each operation waits at most 1 s of it. Changes the
 /// stream's read and write timeouts.
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixListener;
+/// use std::path::Path;
+/// use std::time::Duration;
+///
+/// use hapmaster::handoff::fetch::fetch_sockets;
+/// use hapmaster::handoff::serve::serve_getsocks;
+///
+/// // Take the sockets of a running haproxy, then hand them to a new one started with
+/// // `haproxy -x /tmp/handoff.sock ...`.
+/// let held = fetch_sockets(Path::new("/run/haproxy/admin.sock"), Duration::from_secs(5))?;
+/// let listener = UnixListener::bind("/tmp/handoff.sock")?;
+/// let (stream, _) = listener.accept()?;
+/// let list: Vec<_> = held.iter().map(|s| (s.fd.as_fd(), &s.record)).collect();
+/// let outcome = serve_getsocks(&stream, &list, Duration::from_secs(5))?;
+/// println!("handed over {} sockets", outcome.sent);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn serve_getsocks(
     stream: &UnixStream,
     sockets: &[(BorrowedFd<'_>, &Record)],
     timeout: Duration,
+) -> Result<ServeOutcome, ServeError> {
+    serve(stream, sockets, timeout, true)
+}
+
+/// Like [`serve_getsocks`], for a caller that has already read the `_getsocks` line itself (a
+/// CLI session that parses commands): starts with the count.
+///
+/// Nothing of the client's may remain unread on `stream` but what follows the command line
+/// (haproxy's clients send nothing more until the first ack).
+pub fn serve_getsocks_after_command(
+    stream: &UnixStream,
+    sockets: &[(BorrowedFd<'_>, &Record)],
+    timeout: Duration,
+) -> Result<ServeOutcome, ServeError> {
+    serve(stream, sockets, timeout, false)
+}
+
+fn serve(
+    stream: &UnixStream,
+    sockets: &[(BorrowedFd<'_>, &Record)],
+    timeout: Duration,
+    read_command: bool,
 ) -> Result<ServeOutcome, ServeError> {
     if sockets.is_empty() {
         return Err(ServeError::NothingToServe);
@@ -171,7 +219,7 @@ pub fn serve_getsocks(
         deadline: Deadline::after(timeout),
         sent: 0,
     };
-    serve.run(count, &batches)
+    serve.run(count, &batches, read_command)
 }
 
 struct Batch<'a> {
@@ -205,8 +253,15 @@ struct Serve<'a> {
 }
 
 impl Serve<'_> {
-    fn run(mut self, count: i32, batches: &[Batch<'_>]) -> Result<ServeOutcome, ServeError> {
-        self.read_command()?;
+    fn run(
+        mut self,
+        count: i32,
+        batches: &[Batch<'_>],
+        read_command: bool,
+    ) -> Result<ServeOutcome, ServeError> {
+        if read_command {
+            self.read_command()?;
+        }
         self.send_count(count)?;
         for (i, batch) in batches.iter().enumerate() {
             self.send_batch(batch)?;

@@ -1,0 +1,345 @@
+//! The client subcommands against real processes: `hapmaster getsocks` takes the listeners of a
+//! running haproxy (and leaves it serving), `hapmaster cli` talks to its stats socket, and
+//! `hapmaster reload` / `getsocks` say clearly when nothing listens.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{free_port, haproxy_path, poll_until, TestDir};
+
+const STARTUP: Duration = Duration::from_secs(10);
+
+/// A haproxy this test started: SIGTERMed, then SIGKILLed if need be, and reaped, by its pid.
+struct Haproxy {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Haproxy {
+    fn start(cfg: &Path, log: PathBuf) -> Haproxy {
+        let out = File::create(&log).unwrap();
+        let child = Command::new(haproxy_path())
+            .arg("-db")
+            .arg("-f")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawning haproxy");
+        Haproxy { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self, stats: &Path) {
+        let want = format!("Pid: {}\n", self.pid());
+        let ready = poll_until(STARTUP, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "haproxy exited ({status}) before it was ready:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            show_info(stats).filter(|i| i.contains(&want))
+        });
+        assert!(
+            ready.is_some(),
+            "haproxy {} did not answer on {} within {STARTUP:?}:\n{}",
+            self.pid(),
+            stats.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = common::kill(self.pid(), common::SIGTERM);
+        let exited = poll_until(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn show_info(stats: &Path) -> Option<String> {
+    let mut conn = UnixStream::connect(stats).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.write_all(b"show info\n").ok()?;
+    let mut info = String::new();
+    conn.read_to_string(&mut info).ok()?;
+    Some(info)
+}
+
+fn hapmaster(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running hapmaster")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One haproxy with a TCP frontend, a unix-socket frontend, a stats socket that exposes its
+/// listeners and one that does not.
+struct Setup {
+    dir: TestDir,
+    port: u16,
+    haproxy: Haproxy,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let dir = TestDir::new();
+        let port = free_port();
+        let cfg = dir.join("h.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global
+    stats socket {d}/admin.sock mode 600 level admin expose-fd listeners
+    stats socket {d}/plain.sock mode 600 level admin
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 2s
+    timeout server 2s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    bind unix@{d}/fe.sock
+    http-request return status 200 content-type text/plain string ok
+",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut haproxy = Haproxy::start(&cfg, dir.join("haproxy.log"));
+        haproxy.wait_ready(&dir.join("admin.sock"));
+        Setup { dir, port, haproxy }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn serves(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = String::new();
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+            && conn.read_to_string(&mut answer).is_ok()
+            && answer.ends_with("ok")
+    }
+}
+
+#[test]
+fn getsocks_table_json_and_refusals() {
+    let s = Setup::start();
+    let admin = s.path("admin.sock");
+    let tcp = format!("127.0.0.1:{}", s.port);
+
+    // The table: a header, then both frontends and the stats sockets (haproxy reports its unix
+    // listeners under their temporary bind name, <path>.<pid>.tmp).
+    let out = hapmaster(&["getsocks", &admin]);
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("#index"), "{table}");
+    let unix_name = |name: &str| format!("{}.{}.tmp", s.path(name), s.haproxy.pid());
+    for want in [
+        tcp.clone(),
+        unix_name("fe.sock"),
+        unix_name("admin.sock"),
+        unix_name("plain.sock"),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.split_whitespace().nth(3) == Some(&want)),
+            "{want} missing from:\n{table}"
+        );
+    }
+    assert_eq!(lines.len(), 1 + 4, "{table}");
+    for (i, line) in lines[1..].iter().enumerate() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 8, "{line}");
+        assert_eq!(cols[0], i.to_string());
+        assert_eq!(cols[2], "stream");
+        assert_eq!((cols[4], cols[5], cols[6]), ("-", "-", "0x00000000"));
+    }
+    let tcp_line = lines.iter().find(|l| l.contains(&tcp)).unwrap();
+    assert!(
+        tcp_line.split_whitespace().nth(1) == Some("inet"),
+        "{tcp_line}"
+    );
+
+    // Taking (and closing) the sockets did not disturb haproxy.
+    assert!(s.serves(), "haproxy stopped serving after getsocks");
+
+    // JSON: same sockets.
+    let out = hapmaster(&["getsocks", "--json", &admin]);
+    assert!(out.status.success(), "{out:?}");
+    let json = text(&out.stdout);
+    assert!(json.starts_with("{\"sockets\": [\n"), "{json}");
+    assert!(json.ends_with("\n]}\n"), "{json}");
+    assert_eq!(json.matches("\"index\": ").count(), 4, "{json}");
+    assert!(
+        json.contains(&format!("\"family\": \"inet\", \"type\": \"stream\", \"address\": \"{tcp}\", \"namespace\": null, \"interface\": null, \"options\": 0")),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("\"address\": \"{}\"", unix_name("fe.sock"))),
+        "{json}"
+    );
+    assert_eq!(json.matches("\"family\": \"unix\"").count(), 3, "{json}");
+
+    // A stats socket without expose-fd: exit 1 and what to add.
+    let out = hapmaster(&["getsocks", &s.path("plain.sock")]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err.contains("expose-fd listeners"), "{err}");
+    assert!(err.contains(&s.path("plain.sock")), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // A path where nothing is: exit 2 and a clear error naming it.
+    let missing = s.path("missing.sock");
+    let out = hapmaster(&["getsocks", &missing]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        err.contains(&format!("cannot connect to {missing}")),
+        "{err}"
+    );
+
+    assert!(s.serves(), "haproxy stopped serving");
+}
+
+#[test]
+fn cli_talks_to_a_real_stats_socket() {
+    let s = Setup::start();
+    let out = hapmaster(&["cli", "-S", &s.path("admin.sock"), "show", "info"]);
+    assert!(out.status.success(), "{out:?}");
+    let info = text(&out.stdout);
+    assert!(
+        info.contains(&format!("Pid: {}\n", s.haproxy.pid())),
+        "{info}"
+    );
+    // haproxy's own `;` separation goes through untouched.
+    let out = hapmaster(&[
+        "cli",
+        "-S",
+        &s.path("admin.sock"),
+        "show version; show info",
+    ]);
+    let both = text(&out.stdout);
+    assert!(both.contains("Pid: "), "{both}");
+}
+
+#[test]
+fn reload_and_cli_without_a_master() {
+    let dir = TestDir::new();
+    let missing = dir.join("master.sock").display().to_string();
+    for args in [
+        vec!["reload", "-S", &missing],
+        vec!["reload", "-S", &missing, "--timeout", "2s"],
+        vec!["cli", "-S", &missing, "show", "proc"],
+    ] {
+        let out = hapmaster(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            err.contains(&format!(
+                "no hapmaster is listening on {missing}: is it running (with -S {missing})?"
+            )),
+            "{err}"
+        );
+    }
+
+    // A socket file whose listener is gone: the same message.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = hapmaster(&["reload", "-S", &stale.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("no hapmaster is listening on"));
+
+    // Usage errors: exit 2, and where to find help.
+    let out = hapmaster(&["reload", "--timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("hapmaster reload --help"));
+    let out = hapmaster(&["getsocks", "--help"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("hapmaster getsocks PATH [--json]"));
+}
+
+#[test]
+fn reload_against_something_that_is_not_a_master() {
+    // A haproxy stats socket answers `reload` with an error, not Success=: exit 2.
+    let s = Setup::start();
+    let out = hapmaster(&["reload", "-S", &s.path("admin.sock"), "--timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("without Success=1 or Success=0"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn permission_denied_as_nobody() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root (to run the client as nobody)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join("master.sock");
+    // The master's default: 0600, owned by root.
+    let spec = hapmaster::control::spec::ControlSpec::new(path.clone());
+    let _listener = hapmaster::control::spec::bind(&spec).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+        .args([
+            "reload",
+            "-S",
+            &path.display().to_string(),
+            "--timeout",
+            "2s",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running hapmaster as nobody");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "hapmaster: permission denied on {}: run as root or as the master's user\n",
+            path.display()
+        )
+    );
+}
