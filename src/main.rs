@@ -195,11 +195,6 @@ fn run_master(opts: Options) -> ExitCode {
     for notice in &opts.notices {
         log::info!("{notice}");
     }
-    for socket in &opts.master_sockets {
-        log::warn!(
-            "-S {socket}: this hapmaster has no master CLI yet; ignored (reload with SIGUSR2 or SIGHUP)"
-        );
-    }
     if opts.daemon && resume.is_none() {
         // Keep the cwd: relative -f paths are read again at every reload.
         if let Err(e) = nix::unistd::daemon(true, true) {

@@ -126,7 +126,9 @@ impl Notifier {
             self.socket.as_raw_fd(),
             &iov,
             cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
+            // Never block the master's loop on a receiver that stopped reading (a full queue
+            // gives EAGAIN, reported to the caller, which logs it).
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             Some(&self.addr),
         )?;
         if sent != msg.len() {

@@ -41,6 +41,9 @@ pub struct Options {
     /// `--drain-timeout DUR`: a draining worker still alive this long after its soft stop gets
     /// SIGTERM, then SIGKILL after a grace period. None: haproxy's `hard-stop-after` applies.
     pub drain_timeout: Option<Duration>,
+    /// `--cli-timeout DUR`: a master CLI client idle this long is disconnected (haproxy's
+    /// `stats timeout`, 10 s by default).
+    pub cli_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +108,7 @@ impl fmt::Display for OptionsError {
                 f,
                 "unknown option {option}: hapmaster's own options are --haproxy, \
                  --ready-timeout, --runtime-dir, --exit-on-failure, --max-old-workers, \
-                 --drain-timeout, --help and --version (see --help)"
+                 --drain-timeout, --cli-timeout, --help and --version (see --help)"
             ),
             Self::UnexpectedArgument { arg } => write!(
                 f,
@@ -174,7 +177,11 @@ struct Parsed {
     exit_on_failure: bool,
     max_old_workers: Option<usize>,
     drain_timeout: Option<Duration>,
+    cli_timeout: Option<Duration>,
 }
+
+/// Default of `--cli-timeout`, as haproxy's `stats timeout`.
+pub const DEFAULT_CLI_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default of `--max-old-workers`.
 pub const DEFAULT_MAX_OLD_WORKERS: usize = 50;
@@ -257,6 +264,7 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         exit_on_failure: p.exit_on_failure,
         max_old_workers: p.max_old_workers.unwrap_or(DEFAULT_MAX_OLD_WORKERS),
         drain_timeout: p.drain_timeout,
+        cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
     };
     Ok(if p.check {
         Command::Check(options)
@@ -298,6 +306,10 @@ fn parse_long<I: Iterator<Item = OsString>>(
         b"--ready-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 60s")?;
             p.ready_timeout = Some(parse_positive_duration(&name_str, &v)?);
+        }
+        b"--cli-timeout" => {
+            let v = long_value(&name_str, inline, rest, "a duration such as 10s")?;
+            p.cli_timeout = Some(parse_positive_duration(&name_str, &v)?);
         }
         b"--drain-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 5m")?;
@@ -511,8 +523,10 @@ Used by the master:
                      -Ws also means systemd: readiness and reloads are reported with sd_notify
                      (Type=notify or Type=notify-reload) when NOTIFY_SOCKET is set.
   -D                 daemon mode: the master detaches from the terminal
-  -S ADDR[,OPTS]     master CLI socket; repeatable. Accepted but not served yet: the master
-                     logs a notice and ignores it (reload with SIGUSR2/SIGHUP meanwhile)
+  -S PATH[,OPTS]     an extra master CLI socket (unix only; OPTS: mode,OCTAL uid,N gid,N
+                     user,NAME group,NAME; default mode 600); repeatable. Its clients run
+                     read-only commands; reload, @-forwarding and _getsocks need root or the
+                     master's uid. <runtime dir>/master.sock always serves the CLI too.
   -c                 only check the configuration (runs `haproxy -c`) and exit with its status
   -q                 quiet: the master logs warnings and alerts only; passed to the workers too
   -V                 verbose: the master logs debug messages; passed to the workers too
@@ -532,6 +546,7 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
                          replacing it on the held sockets (the default, with a backoff)
   --max-old-workers N    at most N old workers draining at once; beyond, the oldest gets
                          SIGTERM (default 50)
+  --cli-timeout DUR      a master CLI client idle this long is disconnected (default 10s)
   --drain-timeout DUR    an old worker still draining DUR after its soft stop gets SIGTERM,
                          then SIGKILL 5s later (default: none; haproxy's hard-stop-after applies)
   Both `--opt VALUE` and `--opt=VALUE` are accepted.
@@ -943,7 +958,7 @@ mod tests {
             "-p FILE",
             "-Ws",
             "-D",
-            "-S ADDR",
+            "-S PATH",
             "-c",
             "-q",
             "-V",
@@ -955,6 +970,7 @@ mod tests {
             "--exit-on-failure",
             "--max-old-workers",
             "--drain-timeout",
+            "--cli-timeout",
             "-x PATH",
             "-sf",
             "-st",

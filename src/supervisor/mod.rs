@@ -1,7 +1,9 @@
 //! Worker lifecycle: a pure state machine (`state`), and the event loop that observes processes,
 //! signals and sockets and carries out the machine's decisions.
 pub mod event_loop;
+pub mod output;
 pub mod probe;
+pub mod sessions;
 pub mod signals;
 pub mod state;
 pub mod upgrade;

@@ -32,6 +32,8 @@ pub struct Probe {
     retry: Duration,
     conn: Option<(UnixStream, Vec<u8>)>,
     last_error: Option<String>,
+    /// haproxy's `Version:` from the answer that made the worker ready.
+    version: Option<String>,
 }
 
 impl Probe {
@@ -45,6 +47,7 @@ impl Probe {
             retry: FIRST_RETRY,
             conn: None,
             last_error: None,
+            version: None,
         }
     }
 
@@ -62,6 +65,10 @@ impl Probe {
         }
     }
 
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
@@ -72,6 +79,7 @@ impl Probe {
                 Ok(None) => {}
                 Ok(Some(reply)) => {
                     if reply_pid(&reply) == Some(self.pid) {
+                        self.version = reply_field(&reply, "Version");
                         return Progress::Ready;
                     }
                     self.last_error = Some(match reply_pid(&reply) {
@@ -140,10 +148,16 @@ impl Probe {
 
 /// The `Pid:` of a `show info` reply.
 pub fn reply_pid(reply: &[u8]) -> Option<Pid> {
-    String::from_utf8_lossy(reply)
-        .lines()
-        .find_map(|l| l.strip_prefix("Pid:"))
-        .and_then(|v| v.trim().parse().ok())
+    reply_field(reply, "Pid").and_then(|v| v.parse().ok())
+}
+
+/// The value of a `Name: value` line of a `show info` reply.
+pub fn reply_field(reply: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(reply).lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
 }
 
 #[cfg(test)]
@@ -155,6 +169,8 @@ mod tests {
     fn parses_pid_line() {
         let reply = b"Name: HAProxy\nVersion: 2.6.12\nPid: 4242\nProcess_num: 1\n";
         assert_eq!(reply_pid(reply), Some(4242));
+        assert_eq!(reply_field(reply, "Version").as_deref(), Some("2.6.12"));
+        assert_eq!(reply_field(reply, "Pi"), None);
         assert_eq!(reply_pid(b"Unknown command\n"), None);
     }
 

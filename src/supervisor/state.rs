@@ -692,10 +692,6 @@ impl State {
             // Not ours: an orphan re-parented to us (PID 1 in a container). Reaped; nothing else.
             return;
         };
-        out.push(Action::Forget {
-            pid,
-            generation: worker.generation,
-        });
         if self.starting_pid() == Some(pid) {
             self.on_start_failed(
                 Some(pid),
@@ -723,6 +719,11 @@ impl State {
                 ),
             ));
         }
+        // After the failure report: the executor still reads the worker's last output for it.
+        out.push(Action::Forget {
+            pid,
+            generation: worker.generation,
+        });
         if self.stopping.is_some() && self.workers.is_empty() && !self.exited {
             self.exited = true;
             out.push(log(log::Level::Info, "all workers have exited".into()));
@@ -915,13 +916,11 @@ mod tests {
             },
             t,
         );
-        assert_eq!(
-            a[0],
-            Action::Forget {
+        assert!(has(&a, |a| *a
+            == Action::Forget {
                 pid: 10,
                 generation: 1
-            }
-        );
+            }));
         assert!(!has(&a, |a| matches!(a, Action::Spawn { .. })));
     }
 

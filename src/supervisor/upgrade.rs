@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub crash_streak: u32,
     pub workers: Vec<WorkerSnapshot>,
     pub held: Vec<HeldSnapshot>,
+    /// The read ends of the workers' stderr pipes.
+    pub outputs: Vec<(Pid, RawFd)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -124,6 +126,9 @@ impl Snapshot {
                 role_word(w.role)
             ));
         }
+        for (pid, fd) in &self.outputs {
+            out.push_str(&format!("output {pid} {fd}\n"));
+        }
         for h in &self.held {
             out.push_str(&format!(
                 "held {} {} {} {}\n",
@@ -151,6 +156,7 @@ impl Snapshot {
             crash_streak: 0,
             workers: Vec::new(),
             held: Vec::new(),
+            outputs: Vec::new(),
         };
         for (n, line) in lines.enumerate() {
             let bad = || SnapshotError(format!("line {}: {line:?}", n + 2));
@@ -173,6 +179,10 @@ impl Snapshot {
                     generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
                     role: parse_role(f[3]).ok_or_else(bad)?,
                 }),
+                ("output", 3) => snap.outputs.push((
+                    Pid::try_from(num(1)?).map_err(|_| bad())?,
+                    RawFd::try_from(num(2)?).map_err(|_| bad())?,
+                )),
                 ("held", 5) => {
                     let options: [u8; 4] = unhex(f[4])
                         .and_then(|o| o.try_into().ok())
@@ -347,6 +357,7 @@ mod tests {
                     },
                 },
             ],
+            outputs: vec![(120, 9), (110, 10)],
         }
     }
 
@@ -358,6 +369,7 @@ mod tests {
         empty.current = None;
         empty.workers.clear();
         empty.held.clear();
+        empty.outputs.clear();
         assert_eq!(Snapshot::decode(&empty.encode()), Ok(empty));
     }
 

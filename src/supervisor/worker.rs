@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -41,12 +42,23 @@ pub fn worker_argv(spec: &WorkerSpec<'_>) -> Vec<OsString> {
     argv
 }
 
-/// Starts a worker and returns its pid. The child is reaped by the event loop's
-/// `waitpid(-1)`, never through `Child`, so the handle is dropped at once.
-pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<Pid> {
+/// Starts a worker; returns its pid and the read end of its stderr. The child is reaped by the
+/// event loop's `waitpid(-1)`, never through `Child`, so the handle is dropped at once.
+///
+/// stderr goes through the master (which forwards every line to its own stderr) so that a
+/// `reload` command can answer with the new worker's start-up messages. haproxy ignores SIGPIPE,
+/// so a worker outliving its master is not killed by the broken pipe. stdout stays shared:
+/// `log stdout` traffic logs in containers never pass through the master.
+pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &reader,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
     let child = Command::new(spec.haproxy)
         .args(worker_argv(spec))
         .stdin(Stdio::null())
+        .stderr(Stdio::from(writer))
         // A haproxy built with USE_SYSTEMD must not talk to systemd: the master does.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
@@ -62,7 +74,8 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<Pid> {
                 ),
             )
         })?;
-    Pid::try_from(child.id()).map_err(|_| io::Error::other("child pid out of range"))
+    let pid = Pid::try_from(child.id()).map_err(|_| io::Error::other("child pid out of range"))?;
+    Ok((pid, reader))
 }
 
 /// `waitpid` status in words, as logs and STATUS= show it.

@@ -1,23 +1,25 @@
-//! The executor: one poll loop over the signal pipe, the master's `_getsocks` socket and the
-//! readiness probe, with the earliest deadline as its timeout. It turns what it observes into
+//! The executor: one poll loop over the signal pipe, the control sockets and their clients, the
+//! readiness probe and the workers' stderr, with the earliest deadline as its timeout. It turns what it observes into
 //! `Event`s for `State::decide` and carries out the `Action`s that come back. All syscalls of the
 //! supervisor live here or in the modules it calls.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal as NixSignal};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid as NixPid;
 
+use super::output::Outputs;
 use super::probe::{Probe, Progress};
+use super::sessions::Session;
 use super::signals;
 use super::signals::Signals;
 use super::state::{Action, Event, Pid, Policy, Signal, State, Worker};
@@ -26,7 +28,6 @@ use super::worker::{self, WorkerSpec};
 use crate::handoff::fetch::fetch_sockets;
 use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::HeldSet;
-use crate::handoff::serve::serve_getsocks;
 use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
@@ -36,11 +37,16 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// Bound on one `_getsocks` exchange with a worker, either direction.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
+mod control;
+
+use control::ControlListener;
+
 /// What can keep the master from starting its loop at all.
 #[derive(Debug)]
 pub enum SetupError {
     Signals(io::Error),
     HandoffSocket { path: PathBuf, source: io::Error },
+    ControlSocket(crate::control::spec::SpecError),
 }
 
 impl std::fmt::Display for SetupError {
@@ -53,6 +59,7 @@ impl std::fmt::Display for SetupError {
                  (is the runtime directory writable? see --runtime-dir)",
                 path.display()
             ),
+            SetupError::ControlSocket(e) => write!(f, "-S: {e}"),
         }
     }
 }
@@ -61,6 +68,7 @@ impl std::error::Error for SetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SetupError::Signals(e) | SetupError::HandoffSocket { source: e, .. } => Some(e),
+            SetupError::ControlSocket(e) => Some(e),
         }
     }
 }
@@ -77,7 +85,21 @@ pub fn run(
     let signals = Signals::install().map_err(SetupError::Signals)?;
     // An image started by an upgrade in place inherits the handled signals blocked.
     signals::unblock_handled().map_err(SetupError::Signals)?;
-    let handoff = bind_handoff_socket(&runtime.master_socket())?;
+    let mut listeners = vec![ControlListener {
+        listener: bind_handoff_socket(&runtime.master_socket())?,
+        path: runtime.master_socket(),
+        internal: true,
+    }];
+    for arg in &opts.master_sockets {
+        let spec = crate::control::spec::parse_spec(arg).map_err(SetupError::ControlSocket)?;
+        let listener = crate::control::spec::bind(&spec).map_err(SetupError::ControlSocket)?;
+        log::info!("master CLI on {}", spec.path.display());
+        listeners.push(ControlListener {
+            listener,
+            path: spec.path,
+            internal: false,
+        });
+    }
     let mut master = Master {
         opts,
         runtime,
@@ -88,7 +110,9 @@ pub fn run(
             drain_timeout: opts.drain_timeout,
         }),
         signals,
-        handoff,
+        listeners,
+        sessions: HashMap::new(),
+        next_session: 0,
         held: HeldSet::default(),
         fetched: None,
         probe: None,
@@ -97,6 +121,13 @@ pub fn run(
         respawn_at: None,
         stop_deadline: None,
         exit: None,
+        outputs: Outputs::default(),
+        last_startup: None,
+        generations: HashMap::new(),
+        worker_extra: HashMap::new(),
+        reloads: 0,
+        failed_reloads: 0,
+        started: Instant::now(),
         launch,
         upgrade_requested: false,
     };
@@ -106,6 +137,10 @@ pub fn run(
     }
     while master.exit.is_none() {
         master.turn();
+    }
+    master.abandon_reloads();
+    for l in master.listeners.iter().filter(|l| !l.internal) {
+        crate::pidfile::remove_quietly(&l.path, "master CLI socket");
     }
     Ok(master.exit.unwrap_or(1))
 }
@@ -130,8 +165,10 @@ struct Master<'a> {
     notifier: Option<&'a Notifier>,
     state: State,
     signals: Signals,
-    /// `-x` target of new workers: serves `held`.
-    handoff: UnixListener,
+    /// The master CLI: `master.sock` (also the `-x` target of new workers), then each `-S`.
+    listeners: Vec<ControlListener>,
+    sessions: HashMap<u64, Session>,
+    next_session: u64,
     /// One copy of each listening socket of the current worker.
     held: HeldSet,
     /// Sockets fetched from a worker that just became ready, until the state commits them.
@@ -144,38 +181,100 @@ struct Master<'a> {
     respawn_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     exit: Option<i32>,
+    /// Workers' stderr pipes.
+    outputs: Outputs,
+    /// Start-up output of the worker that became ready last, until a reload answer takes it.
+    last_startup: Option<(Pid, Vec<u8>)>,
+    /// The pid of each live worker's generation.
+    generations: HashMap<u64, Pid>,
+    /// What `show proc` tells of each worker beyond the state.
+    worker_extra: HashMap<Pid, WorkerExtra>,
+    /// Successful and failed reloads, as `show proc` counts them.
+    reloads: u64,
+    failed_reloads: u64,
+    started: Instant,
     launch: &'a Launch,
     /// SIGURG came; the upgrade in place runs once no worker is starting.
     upgrade_requested: bool,
 }
 
+struct WorkerExtra {
+    version: Option<String>,
+    reloads_at_spawn: u64,
+}
+
+/// What a polled fd belongs to.
+#[derive(Clone, Copy)]
+enum Token {
+    Signals,
+    Listener(usize),
+    Probe,
+    Output(Pid),
+    Session(u64),
+}
+
 impl Master<'_> {
+    /// Polls every fd the master watches; returns those with events.
+    fn wait(&self, timeout: PollTimeout) -> Vec<(Token, PollFlags)> {
+        let mut tokens = vec![Token::Signals];
+        let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+        // At a socket's client limit, its new clients wait in the listen backlog. The limit is
+        // per socket so that idle `-S` clients never keep a new worker's `-x` from master.sock.
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.clients_of(i) < crate::supervisor::sessions::MAX_SESSIONS {
+                tokens.push(Token::Listener(i));
+                fds.push(PollFd::new(l.listener.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        if let Some(fd) = self.probe.as_ref().and_then(|p| p.poll_fd()) {
+            tokens.push(Token::Probe);
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        for (pid, fd) in self.outputs.fds() {
+            tokens.push(Token::Output(pid));
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        for (id, s) in &self.sessions {
+            let mut flags = PollFlags::empty();
+            if !s.closing {
+                flags |= PollFlags::POLLIN;
+            }
+            if s.wants_output() {
+                flags |= PollFlags::POLLOUT;
+            }
+            tokens.push(Token::Session(*id));
+            fds.push(PollFd::new(s.fd(), flags));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => log::error!("poll failed: {e}"),
+        }
+        tokens
+            .into_iter()
+            .zip(
+                fds.iter()
+                    .map(|fd| fd.revents().unwrap_or(PollFlags::empty())),
+            )
+            .filter(|(_, revents)| !revents.is_empty())
+            .collect()
+    }
+
     fn turn(&mut self) {
         let timeout = self.poll_timeout(Instant::now());
-        let (sig_ready, handoff_ready) = {
-            let mut fds = vec![
-                PollFd::new(self.signals.fd(), PollFlags::POLLIN),
-                PollFd::new(self.handoff.as_fd(), PollFlags::POLLIN),
-            ];
-            if let Some(fd) = self.probe.as_ref().and_then(|p| p.poll_fd()) {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        for (token, revents) in self.wait(timeout) {
+            match token {
+                Token::Signals => self.handle_signals(),
+                Token::Listener(i) => self.accept_clients(i),
+                // Stepped below in any case.
+                Token::Probe => {}
+                Token::Output(pid) => self.outputs.drain(pid),
+                Token::Session(id) => self.on_session(id, revents),
             }
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => log::error!("poll failed: {e}"),
-            }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
-        };
-        if sig_ready {
-            self.handle_signals();
-        }
-        if handoff_ready {
-            self.serve_handoff_clients();
         }
         let now = Instant::now();
         self.step_probe(now);
         self.fire_timers(now);
+        self.expire_sessions(now);
         if self.upgrade_requested && self.state.is_settled() {
             self.upgrade_requested = false;
             self.upgrade();
@@ -191,6 +290,11 @@ impl Master<'_> {
             self.drain_deadlines.iter().map(|(_, d)| *d).min(),
             self.respawn_at,
             self.stop_deadline,
+            self.sessions
+                .values()
+                .filter(|s| s.awaiting_reload.is_none())
+                .map(|s| s.deadline)
+                .min(),
         ];
         match deadlines.into_iter().flatten().min() {
             None => PollTimeout::NONE,
@@ -256,53 +360,6 @@ impl Master<'_> {
         }
     }
 
-    fn serve_handoff_clients(&mut self) {
-        loop {
-            match self.handoff.accept() {
-                Ok((stream, _)) => self.serve_one(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::warn!(
-                        "accept on {} failed: {e}",
-                        self.runtime.master_socket().display()
-                    );
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Serves the held sockets to one client, normally a new worker started with `-x`. Blocking
-    /// but bounded by HANDOFF_TIMEOUT: the client is our own child in the middle of its start.
-    fn serve_one(&mut self, stream: UnixStream) {
-        let (peer_pid, peer_uid) = match getsockopt(&stream, PeerCredentials) {
-            Ok(c) => (c.pid(), c.uid()),
-            Err(e) => {
-                log::warn!("handoff socket: cannot read peer credentials: {e}");
-                return;
-            }
-        };
-        let own_uid = nix::unistd::geteuid().as_raw();
-        if peer_uid != 0 && peer_uid != own_uid {
-            log::warn!(
-                "handoff socket: refused pid {peer_pid} (uid {peer_uid}): only root and uid {own_uid} may take sockets"
-            );
-            return;
-        }
-        if let Err(e) = stream.set_nonblocking(false) {
-            log::warn!("handoff socket: {e}");
-            return;
-        }
-        match serve_getsocks(&stream, &self.held.as_serve_list(), HANDOFF_TIMEOUT) {
-            Ok(outcome) => log::debug!(
-                "handed {} listening sockets to pid {peer_pid}",
-                outcome.sent
-            ),
-            Err(e) => log::warn!("handing the listening sockets to pid {peer_pid} failed: {e}"),
-        }
-    }
-
     fn step_probe(&mut self, now: Instant) {
         let Some(probe) = self.probe.as_mut() else {
             return;
@@ -311,6 +368,9 @@ impl Master<'_> {
         match probe.step(now) {
             Progress::Waiting => {}
             Progress::Ready => {
+                if let (Some(v), Some(extra)) = (probe.version(), self.worker_extra.get_mut(&pid)) {
+                    extra.version = Some(v.to_string());
+                }
                 self.probe = None;
                 self.take_sockets_of(pid);
             }
@@ -416,6 +476,8 @@ impl Master<'_> {
                     );
                     // Dropping the previous set closes the copies the new worker did not take.
                     self.held = set;
+                    // Ready: what it said while starting is kept for a waiting `reload` only.
+                    self.last_startup = Some((pid, self.outputs.take_startup(pid)));
                 }
                 other => self.fetched = other,
             },
@@ -429,6 +491,12 @@ impl Master<'_> {
             }
             Action::Forget { pid, generation } => {
                 self.runtime.remove_worker_files(generation);
+                self.outputs.forget(pid);
+                self.worker_extra.remove(&pid);
+                self.generations.remove(&generation);
+                if self.last_startup.as_ref().is_some_and(|(p, _)| *p == pid) {
+                    self.last_startup = None;
+                }
                 self.aborts.retain(|(p, _)| *p != pid);
                 self.drain_deadlines.retain(|(p, _)| *p != pid);
                 if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
@@ -452,7 +520,14 @@ impl Master<'_> {
             Action::ArmStopDeadline { after } => self.stop_deadline = Some(Instant::now() + after),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
-            Action::ReloadDone { .. } => {}
+            Action::ReloadDone { generation, reason } => {
+                if reason.is_none() {
+                    self.reloads += 1;
+                } else {
+                    self.failed_reloads += 1;
+                }
+                self.answer_reloads(generation, reason.as_deref());
+            }
         }
     }
 
@@ -483,8 +558,14 @@ impl Master<'_> {
                     record: h.record.clone(),
                 })
                 .collect(),
+            outputs: self
+                .outputs
+                .fds()
+                .map(|(pid, fd)| (pid, fd.as_raw_fd()))
+                .collect(),
         };
         let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
+        keep.extend(self.outputs.fds().map(|(_, fd)| fd));
         keep.push(self.runtime.lock_fd());
         log::info!(
             "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
@@ -531,6 +612,12 @@ impl Master<'_> {
             );
             HeldSet::default()
         });
+        for (pid, fd) in snapshot.outputs {
+            match upgrade::adopt_fd(fd) {
+                Ok(fd) => self.outputs.adopt(pid, fd),
+                Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
+            }
+        }
         let now = Instant::now();
         let workers = snapshot
             .workers
@@ -603,7 +690,16 @@ impl Master<'_> {
             }
         );
         match worker::spawn(&spec) {
-            Ok(pid) => {
+            Ok((pid, stderr)) => {
+                self.outputs.add(pid, stderr);
+                self.worker_extra.insert(
+                    pid,
+                    WorkerExtra {
+                        version: None,
+                        reloads_at_spawn: self.reloads,
+                    },
+                );
+                self.generations.insert(generation, pid);
                 self.probe = Some(Probe::new(
                     pid,
                     self.runtime.worker_socket(generation),

@@ -1,0 +1,387 @@
+//! The master CLI on the executor's side: accepting clients on the control sockets, running
+//! their commands against the master's state, and answering synchronous reloads when they end.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use super::{Master, HANDOFF_TIMEOUT};
+use crate::control::client::exchange;
+use crate::control::command::{
+    help_text, no_such_worker_text, parse_request, split_line, Request, Target,
+};
+use crate::control::format::{show_listeners, show_proc, ListenerRow, ProcRow};
+use crate::handoff::serve::serve_getsocks_after_command;
+use crate::supervisor::sessions::{Input, Session};
+use crate::supervisor::state::{Event, Generation, Role};
+
+/// Bound on a command forwarded to a worker's stats socket (`@1 show stat`, ...).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+const PROMPT: &str = "master> ";
+
+/// A socket the master CLI is served on.
+pub(super) struct ControlListener {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    /// The runtime directory's `master.sock`: only root and the master's uid may even connect
+    /// (it also serves `_getsocks` to new workers); `-S` sockets let others run read-only
+    /// commands.
+    pub internal: bool,
+}
+
+/// What running one command leaves the session doing.
+enum Step {
+    Answer(String),
+    /// A reload runs; the answer comes when it ends.
+    Wait,
+    /// The connection is over (quit, or the socket handoff consumed it).
+    Close,
+}
+
+fn may_change_state(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+impl Master<'_> {
+    pub(super) fn accept_clients(&mut self, index: usize) {
+        loop {
+            let Some(l) = self.listeners.get(index) else {
+                return;
+            };
+            let (stream, internal) = match l.listener.accept() {
+                Ok((stream, _)) => (stream, l.internal),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("accept on {} failed: {e}", l.path.display());
+                    return;
+                }
+            };
+            let (pid, uid) = match getsockopt(&stream, PeerCredentials) {
+                Ok(c) => (c.pid(), c.uid()),
+                Err(e) => {
+                    log::warn!("control socket: cannot read the peer's credentials: {e}");
+                    continue;
+                }
+            };
+            let privileged = may_change_state(uid);
+            if internal && !privileged {
+                log::warn!(
+                    "{}: refused pid {pid} (uid {uid}): only root and the master's uid may use it",
+                    self.runtime.master_socket().display()
+                );
+                continue;
+            }
+            match Session::new(stream, pid, uid, privileged, index, self.opts.cli_timeout) {
+                Ok(session) => {
+                    self.next_session += 1;
+                    self.sessions.insert(self.next_session, session);
+                }
+                Err(e) => log::warn!("control socket: {e}"),
+            }
+            if self.clients_of(index) >= crate::supervisor::sessions::MAX_SESSIONS {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn clients_of(&self, listener: usize) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.listener == listener)
+            .count()
+    }
+
+    pub(super) fn on_session(&mut self, id: u64, flags: PollFlags) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            match s.read() {
+                Input::Lines => {}
+                // A half-closed client (`echo reload | socat`) still gets its answers.
+                Input::Closed => s.closing = true,
+                Input::Broken(why) => {
+                    s.queued.clear();
+                    s.write(format!("{why}\n").as_bytes());
+                    s.closing = true;
+                }
+            }
+            self.run_session(id);
+        }
+        self.flush_session(id);
+    }
+
+    pub(super) fn flush_session(&mut self, id: u64) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.flush().is_err() || s.finished() {
+            self.sessions.remove(&id);
+        }
+    }
+
+    /// Runs queued commands until one waits for a reload or none is left.
+    fn run_session(&mut self, id: u64) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return;
+            };
+            if s.awaiting_reload.is_some() {
+                return;
+            }
+            let Some(command) = s.commands.pop_front() else {
+                let Some(line) = s.queued.pop_front() else {
+                    return;
+                };
+                s.commands.extend(split_line(&line).into_iter().map(Some));
+                s.commands.push_back(None);
+                continue;
+            };
+            let Some(command) = command else {
+                // End of a line: haproxy's CLI answers one line per connection unless `prompt`.
+                if s.interactive {
+                    s.write(PROMPT.as_bytes());
+                } else {
+                    s.closing = true;
+                    s.queued.clear();
+                    s.commands.clear();
+                }
+                continue;
+            };
+            match self.execute(id, &command) {
+                Step::Answer(text) => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.write(text.as_bytes());
+                        // haproxy's CLI ends every answer with an empty line.
+                        s.write(b"\n");
+                    }
+                }
+                Step::Wait => {}
+                Step::Close => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.closing = true;
+                        s.queued.clear();
+                        s.commands.clear();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, id: u64, command: &str) -> Step {
+        let Some(s) = self.sessions.get(&id) else {
+            return Step::Close;
+        };
+        let privileged = s.privileged;
+        let request = parse_request(command);
+        if request.changes_state() && !privileged {
+            return Step::Answer(format!(
+                "Permission denied: '{command}' needs root or the master's uid.\n"
+            ));
+        }
+        match request {
+            Request::Help => Step::Answer(help_text()),
+            Request::ShowProc => Step::Answer(self.show_proc()),
+            Request::ShowListeners => Step::Answer(self.show_listeners()),
+            Request::Reload => self.start_reload(id, false),
+            Request::HardReload => self.start_reload(id, true),
+            Request::Getsocks => self.hand_over(id),
+            Request::Prompt => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.interactive = !s.interactive;
+                }
+                Step::Answer(String::new())
+            }
+            Request::Quit => Step::Close,
+            Request::Forward {
+                target: Target::Master,
+                command,
+            } => self.execute(id, &command),
+            Request::Forward { target, command } => Step::Answer(self.forward(target, &command)),
+            Request::Unknown(text) => Step::Answer(text),
+        }
+    }
+
+    fn start_reload(&mut self, id: u64, hard: bool) -> Step {
+        if self.state.is_stopping() {
+            return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
+        }
+        // Registered before the request: a reload that fails at once answers within `feed`.
+        let after = self.state.last_generation();
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.awaiting_reload = Some(after);
+        }
+        self.feed(if hard {
+            Event::HardReloadRequested
+        } else {
+            Event::ReloadRequested
+        });
+        Step::Wait
+    }
+
+    /// A reload ended: every session waiting for one at or after this generation gets the answer.
+    pub(super) fn answer_reloads(&mut self, generation: Generation, reason: Option<&str>) {
+        let waiting: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.awaiting_reload.is_some_and(|after| after < generation))
+            .map(|(id, _)| *id)
+            .collect();
+        let startup = self.startup_output(generation, reason.is_none());
+        let text = match reason {
+            None => format!("Success=1\n--\n{startup}"),
+            Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
+        };
+        for id in waiting {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.awaiting_reload = None;
+                s.write(text.as_bytes());
+            }
+            self.run_session(id);
+            self.flush_session(id);
+        }
+    }
+
+    fn startup_output(&mut self, generation: Generation, ready: bool) -> String {
+        let Some(pid) = self.generations.get(&generation).copied() else {
+            return String::new();
+        };
+        let bytes = if ready {
+            match self.last_startup.take() {
+                Some((p, out)) if p == pid => out,
+                other => {
+                    self.last_startup = other;
+                    Vec::new()
+                }
+            }
+        } else {
+            self.outputs.take_startup(pid)
+        };
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    }
+
+    /// A master stopping answers the reloads it will not run.
+    pub(super) fn abandon_reloads(&mut self) {
+        let ids: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.awaiting_reload.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.awaiting_reload = None;
+                s.write(b"Success=0\n--\nthe master is stopping\n");
+                s.closing = true;
+                let _ = s.flush();
+            }
+        }
+    }
+
+    /// `_getsocks`: the held sockets, with haproxy's protocol. Blocking but bounded: the client
+    /// is normally our own new worker in the middle of its start (`-x`).
+    fn hand_over(&mut self, id: u64) -> Step {
+        let Some(s) = self.sessions.get(&id) else {
+            return Step::Close;
+        };
+        let peer = s.peer_pid;
+        let result = s
+            .stream
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                serve_getsocks_after_command(&s.stream, &self.held.as_serve_list(), HANDOFF_TIMEOUT)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(outcome) => log::debug!("handed {} listening sockets to pid {peer}", outcome.sent),
+            Err(e) => log::warn!("handing the listening sockets to pid {peer} failed: {e}"),
+        }
+        // The protocol leaves nothing else to say on this connection.
+        self.sessions.remove(&id);
+        Step::Close
+    }
+
+    fn forward(&self, target: Target, command: &str) -> String {
+        let worker = match target {
+            Target::Current => self.state.current(),
+            Target::Pid(pid) => self.state.worker(pid),
+            Target::Master => None,
+        };
+        let Some(w) = worker else {
+            return no_such_worker_text(target);
+        };
+        let path = self.runtime.worker_socket(w.generation);
+        match exchange(&path, command, FORWARD_TIMEOUT) {
+            Ok(answer) => answer,
+            Err(e) => format!("Cannot reach worker pid {}: {e}\n", w.pid),
+        }
+    }
+
+    fn show_proc(&self) -> String {
+        let now = Instant::now();
+        let row =
+            |pid: i32, kind: &'static str, reloads: u64, since: Instant, version: String| ProcRow {
+                pid,
+                kind,
+                reloads,
+                failed_reloads: self.failed_reloads,
+                uptime: now.saturating_duration_since(since),
+                version,
+            };
+        let master = row(
+            std::process::id() as i32,
+            "master",
+            self.reloads,
+            self.started,
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        let mut current = Vec::new();
+        let mut old = Vec::new();
+        for w in self.state.workers() {
+            let extra = self.worker_extra.get(&w.pid);
+            let r = row(
+                w.pid,
+                "worker",
+                self.reloads
+                    .saturating_sub(extra.map_or(self.reloads, |e| e.reloads_at_spawn)),
+                w.started,
+                extra.and_then(|e| e.version.clone()).unwrap_or_default(),
+            );
+            match w.role {
+                Role::Current => current.push(r),
+                Role::Starting => {}
+                _ => old.push(r),
+            }
+        }
+        show_proc(&master, &current, &old)
+    }
+
+    fn show_listeners(&self) -> String {
+        let used_by = self
+            .state
+            .current()
+            .map_or_else(|| "-".to_string(), |w| w.pid.to_string());
+        let rows: Vec<ListenerRow> = self
+            .held
+            .iter()
+            .map(|h| ListenerRow::new(&h.info, &h.record, used_by.clone()))
+            .collect();
+        show_listeners(&rows)
+    }
+
+    /// Drops clients idle past their deadline (not those awaiting a reload).
+    pub(super) fn expire_sessions(&mut self, now: Instant) {
+        self.sessions
+            .retain(|_, s| s.awaiting_reload.is_some() || s.deadline > now);
+    }
+}

@@ -1,0 +1,165 @@
+//! Control-socket clients as the event loop sees them: a non-blocking stream, bounded input
+//! split into lines, buffered output, a deadline, and who is on the other end.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::state::Generation;
+
+/// Longest command line accepted; a client sending more without a newline is cut off.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Control clients served at once; beyond, the listeners are not polled until one leaves.
+pub const MAX_SESSIONS: usize = 16;
+/// Output a client has not read beyond this is dropped with the client.
+const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+
+pub enum Input {
+    /// Complete lines were queued (maybe none yet).
+    Lines,
+    /// The client closed its side; queued lines are still answered.
+    Closed,
+    /// A line exceeded MAX_LINE, or the stream failed.
+    Broken(String),
+}
+
+pub struct Session {
+    pub stream: UnixStream,
+    pub peer_pid: i32,
+    pub peer_uid: u32,
+    /// May run commands that change state or hand out sockets.
+    pub privileged: bool,
+    /// Which listener it came through (index into the loop's listeners).
+    pub listener: usize,
+    /// `prompt` mode: answers are followed by a prompt and the connection stays open.
+    pub interactive: bool,
+    /// Waiting for the first reload of a generation above this one to finish.
+    pub awaiting_reload: Option<Generation>,
+    /// Lines received but not yet run (those behind a reload wait for it).
+    pub queued: VecDeque<String>,
+    /// The commands of the line being run; None marks the end of that line.
+    pub commands: VecDeque<Option<String>>,
+    /// Nothing more will be read; close once the output is written.
+    pub closing: bool,
+    pub deadline: Instant,
+    /// A client idle this long is disconnected (not while it awaits a reload): `--cli-timeout`.
+    idle_timeout: Duration,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+}
+
+impl Session {
+    pub fn new(
+        stream: UnixStream,
+        peer_pid: i32,
+        peer_uid: u32,
+        privileged: bool,
+        listener: usize,
+        idle_timeout: Duration,
+    ) -> io::Result<Session> {
+        stream.set_nonblocking(true)?;
+        Ok(Session {
+            stream,
+            peer_pid,
+            peer_uid,
+            privileged,
+            listener,
+            interactive: false,
+            awaiting_reload: None,
+            queued: VecDeque::new(),
+            commands: VecDeque::new(),
+            closing: false,
+            deadline: Instant::now() + idle_timeout,
+            idle_timeout,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    pub fn wants_output(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
+    /// Whether the session is done: closing with everything written.
+    pub fn finished(&self) -> bool {
+        self.closing
+            && self.outbuf.is_empty()
+            && self.awaiting_reload.is_none()
+            && self.queued.is_empty()
+            && self.commands.is_empty()
+    }
+
+    /// Reads what is available and queues complete lines.
+    pub fn read(&mut self) -> Input {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => {
+                    self.split_lines(true);
+                    return Input::Closed;
+                }
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&buf[..n]);
+                    self.deadline = Instant::now() + self.idle_timeout;
+                    self.split_lines(false);
+                    let too_long = self.queued.iter().any(|l| l.len() > MAX_LINE);
+                    if too_long || self.inbuf.len() > MAX_LINE {
+                        return Input::Broken(format!("command line longer than {MAX_LINE} bytes"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Input::Lines,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Input::Broken(e.to_string()),
+            }
+        }
+    }
+
+    fn split_lines(&mut self, eof: bool) {
+        while let Some(i) = self.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=i).collect();
+            self.queued.push_back(line_text(&line));
+        }
+        // A last command without its newline still counts when the client closes after it.
+        if eof && !self.inbuf.is_empty() {
+            let line = std::mem::take(&mut self.inbuf);
+            self.queued.push_back(line_text(&line));
+        }
+    }
+
+    pub fn write(&mut self, text: &[u8]) {
+        if self.outbuf.len() + text.len() > MAX_OUTPUT {
+            self.closing = true;
+            return;
+        }
+        self.outbuf.extend_from_slice(text);
+    }
+
+    /// Writes what the socket takes now. Err: the client is gone.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.outbuf.is_empty() {
+            match (&self.stream).write(&self.outbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                    self.deadline = Instant::now() + self.idle_timeout;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_text(line: &[u8]) -> String {
+    String::from_utf8_lossy(line)
+        .trim_end_matches(['\n', '\r'])
+        .to_string()
+}

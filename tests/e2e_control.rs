@@ -1,0 +1,243 @@
+//! The master CLI (control sockets) against a running master with real haproxy workers, through
+//! the `hapmaster` client subcommands and raw connections.
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn client(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+        .args(args)
+        .output()
+        .expect("running the hapmaster client")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One command line over a raw connection, answer read to EOF.
+fn raw(path: &Path, line: &[u8]) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(30 * SEC)).unwrap();
+    s.write_all(line).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn start(extra: &[&str]) -> (Hapmaster, u16, PathBuf) {
+    let port = free_port();
+    let dir = TestDir::new();
+    let cli = dir.join("cli.sock");
+    let spec = format!("{},mode,666", cli.display());
+    let mut args = vec!["-S", spec.as_str()];
+    args.extend_from_slice(extra);
+    let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
+    hm.wait_serving(15 * SEC);
+    (hm, port, cli)
+}
+
+#[test]
+fn show_proc_help_and_forwarding() {
+    let (mut hm, port, cli) = start(&[]);
+    let worker = hm.current_worker_pid().unwrap();
+    let master = hm.pid();
+    let cli_s = cli.to_str().unwrap();
+    let out = client(&["cli", "-S", cli_s, "show", "proc"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.starts_with("#<PID>"), "{t}");
+    assert!(
+        t.contains(&format!("{master}")) && t.contains("master"),
+        "{t}"
+    );
+    let workers = t.split("# workers").nth(1).unwrap_or_default();
+    assert!(workers.contains(&worker.to_string()), "{t}");
+    assert!(t.contains("# programs"), "{t}");
+
+    let t = raw(&cli, b"help\n");
+    assert!(t.contains("reload") && t.contains("show proc"), "{t}");
+    let t = raw(&cli, b"no such thing\n");
+    assert!(
+        t.contains("Unknown command") && t.contains("show proc"),
+        "{t}"
+    );
+
+    let t = raw(&cli, b"@1 show info\n");
+    assert!(t.contains(&format!("Pid: {worker}")), "{t}");
+    let t = raw(&cli, format!("@!{worker} show info\n").as_bytes());
+    assert!(t.contains(&format!("Pid: {worker}")), "{t}");
+    // Two commands on one line, `;`-separated.
+    let t = raw(&cli, b"show listeners; @1 show info\n");
+    assert!(t.contains(&format!("127.0.0.1:{port}")), "{t}");
+    assert!(t.contains("Pid:"), "{t}");
+    // Interactive mode: a prompt after each answer, the connection kept until `quit`.
+    let t = raw(&cli, b"prompt\nshow proc\nhelp\nquit\n");
+    assert!(t.matches("master> ").count() >= 2, "{t}");
+    assert!(t.contains("# workers") && t.contains("hard-reload"), "{t}");
+    assert!(hm.stop().success());
+    assert!(!cli.exists(), "-S socket left behind");
+}
+
+#[test]
+fn synchronous_reload_success_and_failure() {
+    let (mut hm, port, cli) = start(&[]);
+    let cli_s = cli.to_str().unwrap();
+    let old = hm.current_worker_pid().unwrap();
+    let out = client(&["reload", "-S", cli_s]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.starts_with("Success=1\n--\n"), "{t}");
+    // The answer comes after the new worker serves: the notify READY for it is already sent.
+    let d = hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), 5 * SEC);
+    let new = worker_pid_in(&d).unwrap();
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+
+    let good = fs_read(&hm.cfg_path);
+    hm.write_config(&format!("{good}    this_is_not_a_keyword 42\n"));
+    let out = client(&["reload", "-S", cli_s]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.starts_with("Success=0\n--\n"), "{t}");
+    assert!(
+        t.contains("[ALERT]"),
+        "haproxy's own error lines belong in the answer: {t}"
+    );
+    assert!(t.contains("this_is_not_a_keyword"), "{t}");
+    assert!(pid_alive(new));
+    assert_eq!(hm.current_worker_pid(), Some(new));
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+
+    // hard-reload: the old worker is terminated, not drained.
+    hm.write_config(&good);
+    let t = raw(&cli, b"hard-reload\n");
+    assert!(t.starts_with("Success=1"), "{t}");
+    assert!(
+        poll_until(10 * SEC, || (!pid_alive(new)).then_some(())).is_some(),
+        "old worker {new} survived a hard-reload"
+    );
+    assert!(hm.stop().success());
+}
+
+#[test]
+fn reload_client_reports_a_missing_master() {
+    let dir = TestDir::new();
+    let missing = dir.join("nobody-here.sock");
+    let out = client(&["reload", "-S", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no hapmaster is listening"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn getsocks_from_the_master_and_refusal_for_other_users() {
+    let (mut hm, port, cli) = start(&[]);
+    let cli_s = cli.to_str().unwrap();
+    let out = client(&["getsocks", cli_s]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&format!("127.0.0.1:{port}")), "{t}");
+    // The handover does not disturb the master.
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+
+    if unsafe { libc::geteuid() } == 0 {
+        // `nobody` may read (the socket is mode 666) but not take sockets or reload.
+        let as_nobody = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+                .args(args)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap()
+        };
+        let out = as_nobody(&["cli", "-S", cli_s, "show", "proc"]);
+        assert!(text(&out).contains("master"), "{}", text(&out));
+        let out = as_nobody(&["getsocks", cli_s]);
+        assert!(
+            !out.status.success(),
+            "nobody got the sockets: {}",
+            text(&out)
+        );
+        let out = as_nobody(&["reload", "-S", cli_s]);
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+        // The runtime directory's master.sock is not even reachable for nobody.
+        let out = as_nobody(&[
+            "cli",
+            "-S",
+            hm.runtime_dir.join("master.sock").to_str().unwrap(),
+            "show proc",
+        ]);
+        assert!(!out.status.success(), "{}", text(&out));
+    } else {
+        eprintln!("skipped the `nobody` part: needs root");
+    }
+    assert!(hm.stop().success());
+}
+
+#[test]
+fn hostile_clients_do_not_hurt_the_master() {
+    let (mut hm, port, cli) = start(&[]);
+    let master = hm.pid();
+    let fds = fd_count(master).unwrap();
+    // An oversized line: answered with an error and closed.
+    let mut big = vec![b'a'; 70 * 1024];
+    big.push(b'\n');
+    let t = raw(&cli, &big);
+    assert!(t.contains("longer than"), "{t}");
+    // Garbage bytes.
+    let t = raw(&cli, &[0xff, 0x00, 0xfe, b'\n']);
+    assert!(t.contains("Unknown command"), "{t}");
+    // Many idle clients, beyond the limit: the master keeps working for signals and for a
+    // client that is let in once the idle ones leave.
+    let idle: Vec<UnixStream> = (0..24)
+        .map(|_| UnixStream::connect(&cli).unwrap())
+        .collect();
+    let old = hm.current_worker_pid().unwrap();
+    hm.signal(SIGUSR2);
+    hm.wait_notify(is_reloading, 15 * SEC);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    assert!(is_serving(&d) && worker_pid_in(&d) != Some(old), "{d:?}");
+    drop(idle);
+    let t = raw(&cli, b"show proc\n");
+    assert!(t.contains("master"), "{t}");
+    // A client that asks for a reload and leaves at once: the reload still happens.
+    let before = hm.current_worker_pid().unwrap();
+    {
+        let mut s = UnixStream::connect(&cli).unwrap();
+        s.write_all(b"reload\n").unwrap();
+    }
+    let d = hm.wait_notify(
+        |d| is_serving(d) && worker_pid_in(d) != Some(before),
+        30 * SEC,
+    );
+    assert!(is_serving(&d));
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    let settled = poll_until(10 * SEC, || (fd_count(master)? == fds).then_some(()));
+    assert!(
+        settled.is_some(),
+        "fd count {:?}, was {fds}",
+        fd_count(master)
+    );
+    assert!(hm.stop().success());
+}
+
+fn fs_read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
