@@ -7,12 +7,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::options::parse_duration;
 use crate::runtime_dir::{RuntimeDir, MASTER_SOCKET};
@@ -373,7 +369,8 @@ impl std::error::Error for ClientError {
 /// haproxy's) answers every command of the line, then closes.
 pub fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect(path, timeout).map_err(|e| connect_error(path, e))?;
+    let mut stream =
+        crate::handoff::fetch::connect_unix(path, timeout).map_err(|e| connect_error(path, e))?;
     let mut request = line.trim_end_matches(['\r', '\n']).to_string();
     request.push('\n');
     let send_error = |source| ClientError::Send {
@@ -461,28 +458,6 @@ fn connect_error(path: &Path, source: io::Error) -> ClientError {
         }
         Some(libc::EACCES) | Some(libc::EPERM) => ClientError::PermissionDenied { path },
         _ => ClientError::Connect { path, source },
-    }
-}
-
-/// A unix stream connect bounded by `timeout` (Linux bounds a connect that waits for backlog
-/// room by SO_SNDTIMEO).
-fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    let addr = UnixAddr::new(path)?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let stream = UnixStream::from(fd);
-    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-    loop {
-        match socket::connect(stream.as_raw_fd(), &addr) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => return Err(io::Error::from(io::ErrorKind::TimedOut)),
-            Err(errno) => return Err(errno.into()),
-            Ok(()) => return Ok(stream),
-        }
     }
 }
 

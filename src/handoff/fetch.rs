@@ -318,6 +318,12 @@ pub fn fetch_from_stream(
 }
 
 fn connect(path: &Path, deadline: &Deadline) -> io::Result<UnixStream> {
+    connect_unix(path, deadline.operation_timeout().ok_or_else(timed_out)?)
+}
+
+/// A unix stream connect bounded by `timeout`: Linux bounds a connect() that waits for backlog
+/// room by SO_SNDTIMEO (and reports EAGAIN when it runs out).
+pub(crate) fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
     let addr = UnixAddr::new(path)?;
     let fd = socket::socket(
         AddressFamily::Unix,
@@ -326,11 +332,11 @@ fn connect(path: &Path, deadline: &Deadline) -> io::Result<UnixStream> {
         None,
     )?;
     let stream = UnixStream::from(fd);
-    // Linux bounds a unix connect() that waits for backlog room by SO_SNDTIMEO.
-    stream.set_write_timeout(Some(deadline.operation_timeout().ok_or_else(timed_out)?))?;
+    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     loop {
         match socket::connect(stream.as_raw_fd(), &addr) {
             Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Err(timed_out()),
             Err(errno) => return Err(errno.into()),
             Ok(()) => return Ok(stream),
         }

@@ -423,28 +423,14 @@ impl Master<'_> {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        let due: Vec<Pid> = self
-            .aborts
-            .iter()
-            .filter(|(_, at)| *at <= now)
-            .map(|(pid, _)| *pid)
-            .collect();
-        self.aborts.retain(|(_, at)| *at > now);
-        for pid in due {
+        for pid in take_due(&mut self.aborts, now) {
             log::warn!(
                 "worker pid {pid} did not exit {} s after SIGTERM: SIGKILL",
                 ABORT_GRACE.as_secs()
             );
             self.send_signal(pid, Signal::Kill);
         }
-        let drained: Vec<Pid> = self
-            .drain_deadlines
-            .iter()
-            .filter(|(_, at)| *at <= now)
-            .map(|(pid, _)| *pid)
-            .collect();
-        self.drain_deadlines.retain(|(_, at)| *at > now);
-        for pid in drained {
+        for pid in take_due(&mut self.drain_deadlines, now) {
             self.feed(Event::DrainDeadline { pid });
         }
         if self.respawn_at.is_some_and(|at| at <= now) {
@@ -734,6 +720,17 @@ impl Master<'_> {
             Err(e) => log::warn!("cannot send {} to worker pid {pid}: {e}", sig.as_str()),
         }
     }
+}
+
+/// Removes and returns the pids whose deadline has come.
+fn take_due(deadlines: &mut Vec<(Pid, Instant)>, now: Instant) -> Vec<Pid> {
+    let due = deadlines
+        .iter()
+        .filter(|(_, at)| *at <= now)
+        .map(|(pid, _)| *pid)
+        .collect();
+    deadlines.retain(|(_, at)| *at > now);
+    due
 }
 
 /// A listener the new worker bound afresh instead of taking over is not seamless: say so, with
