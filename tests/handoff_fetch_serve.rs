@@ -240,6 +240,7 @@ fn serve_after_the_caller_read_the_command() {
 
 #[test]
 fn connect_error_names_the_path() {
+    let _serial = serial();
     let dir = TempDir::new("missing");
     let path = dir.0.join("nobody-listens.sock");
     let err = fetch_sockets(&path, TIMEOUT).unwrap_err();
@@ -665,6 +666,7 @@ fn crlf_command_is_accepted_and_final_ack_is_optional() {
 
 #[test]
 fn empty_set_is_never_announced() {
+    let _serial = serial();
     let (server, mut client) = UnixStream::pair().unwrap();
     let err = serve_getsocks(&server, &[], TIMEOUT).unwrap_err();
     assert!(matches!(err, ServeError::NothingToServe), "{err:?}");
