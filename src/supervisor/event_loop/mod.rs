@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -25,9 +25,11 @@ use super::signals::Signals;
 use super::state::{Action, Event, Pid, Policy, Signal, State, Worker};
 use super::upgrade::{self, HeldSnapshot, Launch, Snapshot, WorkerSnapshot};
 use super::worker::{self, WorkerSpec};
+use crate::fdstore::FdStore;
 use crate::handoff::fetch::fetch_sockets;
 use crate::handoff::fetch::ReceivedSocket;
-use crate::handoff::listeners::HeldSet;
+use crate::handoff::listeners::{HeldSet, SocketInfo};
+use crate::handoff::wire::Record;
 use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
@@ -81,6 +83,7 @@ pub fn run(
     notifier: Option<&Notifier>,
     launch: &Launch,
     resume: Option<Snapshot>,
+    passed: Vec<(OwnedFd, Option<String>)>,
 ) -> Result<i32, SetupError> {
     let signals = Signals::install().map_err(SetupError::Signals)?;
     // An image started by an upgrade in place inherits the handled signals blocked.
@@ -114,6 +117,7 @@ pub fn run(
         sessions: HashMap::new(),
         next_session: 0,
         held: HeldSet::default(),
+        fdstore: FdStore::default(),
         fetched: None,
         probe: None,
         aborts: Vec::new(),
@@ -131,6 +135,7 @@ pub fn run(
         launch,
         upgrade_requested: false,
     };
+    master.adopt_passed(passed);
     match resume {
         None => master.feed(Event::Boot),
         Some(snapshot) => master.resume(snapshot),
@@ -171,6 +176,8 @@ struct Master<'a> {
     next_session: u64,
     /// One copy of each listening socket of the current worker.
     held: HeldSet,
+    /// systemd's copies of `held`.
+    fdstore: FdStore,
     /// Sockets fetched from a worker that just became ready, until the state commits them.
     fetched: Option<(Pid, HeldSet)>,
     probe: Option<Probe>,
@@ -462,6 +469,7 @@ impl Master<'_> {
                     );
                     // Dropping the previous set closes the copies the new worker did not take.
                     self.held = set;
+                    self.sync_fdstore();
                     // Ready: what it said while starting is kept for a waiting `reload` only.
                     self.last_startup = Some((pid, self.outputs.take_startup(pid)));
                 }
@@ -575,6 +583,49 @@ impl Master<'_> {
         self.notify(|n| n.status(&status));
     }
 
+    /// Sockets systemd passed (a `.socket` unit, or the fd store after this master was
+    /// restarted) are the first held set: the first worker adopts them with `-x`, and the ones it
+    /// does not use are closed when its own set is fetched.
+    fn adopt_passed(&mut self, passed: Vec<(OwnedFd, Option<String>)>) {
+        if passed.is_empty() {
+            return;
+        }
+        let mut from_store = Vec::new();
+        let mut received = Vec::new();
+        for (fd, name) in passed {
+            match SocketInfo::of(fd.as_fd()) {
+                Ok(info) => {
+                    log::info!(
+                        "systemd passed {}{}",
+                        info.local,
+                        name.as_deref()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default()
+                    );
+                    if name.as_deref() == Some(crate::fdstore::fd_name(info.inode).as_str()) {
+                        from_store.push(info.inode);
+                    }
+                    received.push(ReceivedSocket {
+                        fd,
+                        record: Record::default(),
+                    });
+                }
+                Err(e) => log::warn!("systemd passed an fd that is not a socket, closed: {e}"),
+            }
+        }
+        match HeldSet::from_received(received, |_| false) {
+            Ok(set) => self.held = set,
+            Err(e) => log::error!("systemd's sockets: {e}"),
+        }
+        self.fdstore = FdStore::new(from_store);
+    }
+
+    fn sync_fdstore(&mut self) {
+        if let Some(n) = self.notifier {
+            self.fdstore.sync(n, &self.held);
+        }
+    }
+
     /// Takes over from the previous image after an upgrade in place.
     fn resume(&mut self, snapshot: Snapshot) {
         let received = snapshot
@@ -615,6 +666,8 @@ impl Master<'_> {
                 started: now,
             })
             .collect();
+        // What the store holds is unknown here; storing a socket systemd has already is a no-op.
+        self.sync_fdstore();
         let (state, actions) = State::resume(
             self.state.policy(),
             workers,
