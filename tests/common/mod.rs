@@ -458,7 +458,7 @@ impl Conn {
     /// a blocking unix `connect` waiting for room in the listener's backlog).
     pub fn connect(target: &Target, timeout: Duration) -> io::Result<Conn> {
         let c = match target {
-            Target::Tcp(a) => Conn::Tcp(TcpStream::connect_timeout(a, timeout)?),
+            Target::Tcp(a) => Conn::Tcp(tcp_connect(a, timeout)?),
             Target::Unix(p) => Conn::Unix(unix_connect_timeout(p, timeout)?),
         };
         c.set_timeouts(timeout)?;
@@ -534,6 +534,25 @@ impl Write for Conn {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A TCP connect that waits out a shortage of *local* ports: at tens of thousands of new
+/// connections a second the client side runs out of ephemeral ports (connect gives EAGAIN or
+/// EADDRNOTAVAIL before sending anything). That says nothing about the server, so it is retried
+/// within the timeout rather than counted as a failed request.
+fn tcp_connect(addr: &std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EADDRNOTAVAIL))
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
