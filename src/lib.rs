@@ -1,6 +1,8 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
 pub mod control;
+pub mod fdstore;
 pub mod handoff;
+pub mod listen_fds;
 pub mod logging;
 pub mod notify;
 pub mod options;

@@ -174,6 +174,8 @@ fn run_haproxy(haproxy: &std::path::Path, args: &[OsString]) -> ExitCode {
 
 fn run_master(opts: Options) -> ExitCode {
     logging::init(logging::level_for(opts.quiet, opts.verbose));
+    // Taken (and removed from the environment) before any child exists.
+    let passed = hapmaster::listen_fds::take();
     // Set by a previous image of this very process (upgrade in place); removed before any child.
     let resume = match Snapshot::take_from_env() {
         None => None,
@@ -202,7 +204,7 @@ fn run_master(opts: Options) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    match master(&opts, notifier.as_ref(), &launch, resume) {
+    match master(&opts, notifier.as_ref(), &launch, resume, passed) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             log::error!("{}", error_chain(e.as_ref()));
@@ -216,6 +218,7 @@ fn master(
     notifier: Option<&Notifier>,
     launch: &Launch,
     resume: Option<Snapshot>,
+    passed: Vec<(std::os::fd::OwnedFd, Option<String>)>,
 ) -> Result<i32, Box<dyn std::error::Error>> {
     let runtime = match &resume {
         None => RuntimeDir::acquire(RuntimeDir::choose(opts.runtime_dir.as_deref()))?,
@@ -236,7 +239,7 @@ fn master(
             opts.haproxy.display()
         );
     }
-    let result = supervisor::run(opts, &runtime, notifier, launch, resume);
+    let result = supervisor::run(opts, &runtime, notifier, launch, resume, passed);
     if let Some(p) = pidfile {
         p.remove();
     }

@@ -15,6 +15,9 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
+/// How long one datagram may wait for room in the receiver's queue.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 pub enum NotifyError {
     /// `NOTIFY_SOCKET` is neither an absolute path nor `@name`.
@@ -80,6 +83,12 @@ impl Notifier {
         let addr = parse_address(value)?;
         // std creates it with SOCK_CLOEXEC.
         let socket = UnixDatagram::unbound().map_err(NotifyError::Socket)?;
+        // A receiver's queue holds only net.unix.max_dgram_qlen (10) datagrams: a burst (the fd
+        // store of many sockets) must wait for systemd to read, but never hang the master on a
+        // receiver that stopped reading.
+        socket
+            .set_write_timeout(Some(SEND_TIMEOUT))
+            .map_err(NotifyError::Socket)?;
         Ok(Notifier {
             socket,
             addr,
@@ -126,9 +135,7 @@ impl Notifier {
             self.socket.as_raw_fd(),
             &iov,
             cmsgs,
-            // Never block the master's loop on a receiver that stopped reading (a full queue
-            // gives EAGAIN, reported to the caller, which logs it).
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_NOSIGNAL,
             Some(&self.addr),
         )?;
         if sent != msg.len() {

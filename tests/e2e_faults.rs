@@ -9,6 +9,7 @@
 //! every failed worker is reaped; the master's fd count comes back to what it was.
 mod common;
 
+use common::soak::settled_fd_count;
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -73,25 +74,6 @@ fn wait_only_child(master: u32, worker: u32, timeout: Duration, what: &str) {
          {worker}; it has {:?}",
         children_of(master)
     );
-}
-
-/// The fd count of `pid` once it has been the same for 5 looks in a row (bounded to 3 s).
-fn settled_fd_count(pid: u32) -> usize {
-    let mut last = fd_count(pid).expect("reading /proc/PID/fd");
-    let mut same = 0;
-    for _ in 0..150 {
-        std::thread::sleep(POLL);
-        let n = fd_count(pid).expect("reading /proc/PID/fd");
-        if n == last {
-            same += 1;
-            if same == 5 {
-                break;
-            }
-        } else {
-            (last, same) = (n, 0);
-        }
-    }
-    last
 }
 
 /// Polls (5 s) until the master has `base` fds open again.

@@ -1,6 +1,7 @@
 //! End-to-end: the real hapmaster binary supervising the real haproxy, on loopback.
 mod common;
 
+use common::soak::{settled_fd_count, wait_only_child};
 use common::*;
 use std::collections::BTreeSet;
 use std::fs;
@@ -22,38 +23,6 @@ fn wait_reload_ok(hm: &mut Hapmaster, old: u32, what: &str) -> u32 {
     let new = worker_pid_in(&d).unwrap();
     assert_ne!(new, old, "{what}: still serving the old worker: {d:?}");
     new
-}
-
-/// Polls until the master has exactly one child, `worker`, alive and no zombie.
-fn wait_only_child(master: u32, worker: u32, timeout: Duration) {
-    let ok = poll_until(timeout, || {
-        let kids = children_of(master);
-        (kids.len() == 1 && kids[0].pid == worker && kids[0].state != 'Z').then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "after {timeout:?} the master {master} should have exactly one child, worker {worker}; it has {:?}",
-        children_of(master)
-    );
-}
-
-/// The fd count of `pid` once it has been the same for 5 looks in a row (bounded to 3 s).
-fn settled_fd_count(pid: u32) -> usize {
-    let mut last = fd_count(pid).expect("reading /proc/PID/fd");
-    let mut same = 0;
-    for _ in 0..150 {
-        std::thread::sleep(POLL);
-        let n = fd_count(pid).expect("reading /proc/PID/fd");
-        if n == last {
-            same += 1;
-            if same == 5 {
-                break;
-            }
-        } else {
-            (last, same) = (n, 0);
-        }
-    }
-    last
 }
 
 /// Names in the runtime dir that start with `worker-`.

@@ -10,6 +10,13 @@ use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// These tests write executables: a concurrent test's fork could inherit the write fd for an
+/// instant and make the exec fail with ETXTBSY. One at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Replaces `binary` the way dpkg does: a new file renamed over the old one (a new inode).
 fn replace_binary(binary: &Path) {
     let new = binary.with_extension("new");
@@ -25,6 +32,7 @@ fn exe_link(pid: u32) -> String {
 
 #[test]
 fn upgrade_in_place_under_load() {
+    let _serial = serial();
     let dir = TestDir::new();
     let binary = dir.join("hapmaster");
     fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();
@@ -102,6 +110,7 @@ fn upgrade_in_place_under_load() {
 /// A binary that cannot be executed leaves the master running as it was.
 #[test]
 fn failed_upgrade_keeps_running() {
+    let _serial = serial();
     let dir = TestDir::new();
     let binary = dir.join("hapmaster");
     fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();

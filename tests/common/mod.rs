@@ -321,6 +321,15 @@ pub fn tcp_listen_inodes(port: u16) -> BTreeSet<u64> {
 /// `<path>.<pid>.tmp` and renames it to `<path>`, so /proc/net/unix shows the temporary name: pass the
 /// configured path, it is a prefix of that name.
 pub fn unix_listen_inodes(prefix: &Path) -> BTreeSet<u64> {
+    // /proc/net/unix walks a hash table that unix sockets under load keep changing, and such a
+    // walk can skip entries: the union of a few reads does not miss a socket that exists (and a
+    // replaced one still shows as an extra inode).
+    (0..3)
+        .flat_map(|_| unix_listen_inodes_once(prefix))
+        .collect()
+}
+
+fn unix_listen_inodes_once(prefix: &Path) -> BTreeSet<u64> {
     let prefix = prefix.as_os_str().as_bytes();
     let mut out = BTreeSet::new();
     let Ok(text) = fs::read("/proc/net/unix") else {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -22,11 +22,11 @@ use super::probe::{Probe, Progress};
 use super::sessions::Session;
 use super::signals;
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Policy, Signal, State, Worker};
-use super::upgrade::{self, HeldSnapshot, Launch, Snapshot, WorkerSnapshot};
+use super::state::{Action, Event, Pid, Policy, Signal, State};
+use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, WorkerSpec};
+use crate::fdstore::FdStore;
 use crate::handoff::fetch::fetch_sockets;
-use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::HeldSet;
 use crate::notify::Notifier;
 use crate::options::Options;
@@ -38,6 +38,7 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod control;
+mod handover;
 
 use control::ControlListener;
 
@@ -81,6 +82,7 @@ pub fn run(
     notifier: Option<&Notifier>,
     launch: &Launch,
     resume: Option<Snapshot>,
+    passed: Vec<(OwnedFd, Option<String>)>,
 ) -> Result<i32, SetupError> {
     let signals = Signals::install().map_err(SetupError::Signals)?;
     // An image started by an upgrade in place inherits the handled signals blocked.
@@ -114,6 +116,7 @@ pub fn run(
         sessions: HashMap::new(),
         next_session: 0,
         held: HeldSet::default(),
+        fdstore: FdStore::default(),
         fetched: None,
         probe: None,
         aborts: Vec::new(),
@@ -131,6 +134,7 @@ pub fn run(
         launch,
         upgrade_requested: false,
     };
+    master.adopt_passed(passed);
     match resume {
         None => master.feed(Event::Boot),
         Some(snapshot) => master.resume(snapshot),
@@ -171,6 +175,8 @@ struct Master<'a> {
     next_session: u64,
     /// One copy of each listening socket of the current worker.
     held: HeldSet,
+    /// systemd's copies of `held`.
+    fdstore: FdStore,
     /// Sockets fetched from a worker that just became ready, until the state commits them.
     fetched: Option<(Pid, HeldSet)>,
     probe: Option<Probe>,
@@ -462,6 +468,7 @@ impl Master<'_> {
                     );
                     // Dropping the previous set closes the copies the new worker did not take.
                     self.held = set;
+                    self.sync_fdstore();
                     // Ready: what it said while starting is kept for a waiting `reload` only.
                     self.last_startup = Some((pid, self.outputs.take_startup(pid)));
                 }
@@ -515,129 +522,6 @@ impl Master<'_> {
                 self.answer_reloads(generation, reason.as_deref());
             }
         }
-    }
-
-    /// Re-executes the binary on disk, keeping pid, workers and held sockets. Returns only if
-    /// the exec failed; the master then goes on unchanged.
-    fn upgrade(&mut self) {
-        let (workers, current, next_generation, crash_streak) = self.state.snapshot();
-        let snapshot = Snapshot {
-            runtime_dir: self.runtime.path().to_path_buf(),
-            runtime_created: self.runtime.created(),
-            lock_fd: self.runtime.lock_fd().as_raw_fd(),
-            next_generation,
-            current,
-            crash_streak,
-            workers: workers
-                .into_iter()
-                .map(|w| WorkerSnapshot {
-                    pid: w.pid,
-                    generation: w.generation,
-                    role: w.role,
-                })
-                .collect(),
-            held: self
-                .held
-                .iter()
-                .map(|h| HeldSnapshot {
-                    fd: h.fd.as_raw_fd(),
-                    record: h.record.clone(),
-                })
-                .collect(),
-            outputs: self
-                .outputs
-                .fds()
-                .map(|(pid, fd)| (pid, fd.as_raw_fd()))
-                .collect(),
-        };
-        let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
-        keep.extend(self.outputs.fds().map(|(_, fd)| fd));
-        keep.push(self.runtime.lock_fd());
-        log::info!(
-            "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
-            self.launch.exe.display(),
-            snapshot.workers.len(),
-            snapshot.held.len()
-        );
-        let err = upgrade::exec(
-            self.launch,
-            &snapshot,
-            &keep,
-            self.notifier.map(Notifier::address),
-        );
-        let message = format!(
-            "upgrade in place failed: cannot execute {}: {err}; still running hapmaster {}",
-            self.launch.exe.display(),
-            env!("CARGO_PKG_VERSION")
-        );
-        log::error!("{message}");
-        let status = format!("Serving: {}; {message}", self.state.serving_status());
-        self.notify(|n| n.status(&status));
-    }
-
-    /// Takes over from the previous image after an upgrade in place.
-    fn resume(&mut self, snapshot: Snapshot) {
-        let received = snapshot
-            .held
-            .into_iter()
-            .filter_map(|h| match upgrade::adopt_fd(h.fd) {
-                Ok(fd) => Some(ReceivedSocket {
-                    fd,
-                    record: h.record,
-                }),
-                Err(e) => {
-                    log::warn!("after the upgrade in place: {e}");
-                    None
-                }
-            })
-            .collect();
-        self.held = HeldSet::from_received(received, |_| false).unwrap_or_else(|e| {
-            log::error!(
-                "after the upgrade in place: {e}; holding no listening sockets (the next \
-                 reload binds them afresh)"
-            );
-            HeldSet::default()
-        });
-        for (pid, fd) in snapshot.outputs {
-            match upgrade::adopt_fd(fd) {
-                Ok(fd) => self.outputs.adopt(pid, fd),
-                Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
-            }
-        }
-        let now = Instant::now();
-        let workers = snapshot
-            .workers
-            .into_iter()
-            .map(|w| Worker {
-                pid: w.pid,
-                generation: w.generation,
-                role: w.role,
-                started: now,
-            })
-            .collect();
-        let (state, actions) = State::resume(
-            self.state.policy(),
-            workers,
-            snapshot.current,
-            snapshot.next_generation,
-            snapshot.crash_streak,
-        );
-        self.state = state;
-        for action in actions {
-            self.apply(action);
-        }
-        log::info!(
-            "hapmaster {} took over after an upgrade in place: {} worker(s), {} listening socket(s)",
-            env!("CARGO_PKG_VERSION"),
-            self.state.workers().count(),
-            self.held.len()
-        );
-        let status = format!(
-            "Serving: {}; upgraded in place to hapmaster {}",
-            self.state.serving_status(),
-            env!("CARGO_PKG_VERSION")
-        );
-        self.notify(|n| n.ready(&status, None));
     }
 
     fn notify(&self, send: impl FnOnce(&Notifier) -> io::Result<()>) {

@@ -1,0 +1,101 @@
+//! systemd's fd store kept in step with the held listening sockets: each one is stored under a
+//! name of its own (`FDSTORE=1`, `FDNAME=sock-<inode>`), and removed (`FDSTOREREMOVE=1`) when the
+//! master closes it. If the master itself dies, systemd keeps them and passes them back to the
+//! restarted master (`LISTEN_FDS`), so the ports are never closed.
+
+use std::collections::BTreeSet;
+
+use crate::handoff::listeners::HeldSet;
+use crate::notify::Notifier;
+
+/// `FDNAME=` of a held socket: its inode names it across reloads (the same socket keeps it) and
+/// across master restarts (systemd hands the name back in `LISTEN_FDNAMES`).
+pub fn fd_name(inode: u64) -> String {
+    format!("sock-{inode}")
+}
+
+/// The messages that bring a store holding `stored` to `wanted` (inodes): store the new ones,
+/// remove the gone ones. Pure, so the bookkeeping is testable without systemd.
+pub fn plan(stored: &BTreeSet<u64>, wanted: &BTreeSet<u64>) -> (Vec<u64>, Vec<u64>) {
+    let add = wanted.difference(stored).copied().collect();
+    let remove = stored.difference(wanted).copied().collect();
+    (add, remove)
+}
+
+#[derive(Debug, Default)]
+pub struct FdStore {
+    /// Inodes systemd holds for us, as far as we know.
+    stored: BTreeSet<u64>,
+    /// `$FDSTORE` (systemd 254+): how many fds the unit may store; None on older systemd,
+    /// which does not say (it discards them if `FileDescriptorStoreMax=` is 0).
+    limit: Option<usize>,
+    warned: bool,
+}
+
+impl FdStore {
+    /// `passed`: inodes systemd passed back at start (they are in the store already).
+    pub fn new(passed: impl IntoIterator<Item = u64>) -> FdStore {
+        let limit = std::env::var("FDSTORE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        FdStore {
+            stored: passed.into_iter().collect(),
+            limit,
+            warned: false,
+        }
+    }
+
+    pub fn sync(&mut self, notifier: &Notifier, held: &HeldSet) {
+        if self.limit == Some(0) {
+            return;
+        }
+        let wanted: BTreeSet<u64> = held.iter().map(|h| h.info.inode).collect();
+        if let Some(limit) = self.limit.filter(|l| wanted.len() > *l && !self.warned) {
+            self.warned = true;
+            log::warn!(
+                "{} listening sockets but FileDescriptorStoreMax={limit}: the ones beyond are \
+                 not kept if the master dies; raise FileDescriptorStoreMax=",
+                wanted.len()
+            );
+        }
+        let (add, remove) = plan(&self.stored, &wanted);
+        for inode in remove {
+            let msg = format!("FDSTOREREMOVE=1\nFDNAME={}", fd_name(inode));
+            match notifier.send(&msg) {
+                Ok(()) => {
+                    self.stored.remove(&inode);
+                }
+                Err(e) => log::warn!("fd store: cannot remove {}: {e}", fd_name(inode)),
+            }
+        }
+        for h in held.iter().filter(|h| add.contains(&h.info.inode)) {
+            let msg = format!("FDSTORE=1\nFDNAME={}", fd_name(h.info.inode));
+            match notifier.send_with_fds(&msg, &[std::os::fd::AsFd::as_fd(&h.fd)]) {
+                Ok(()) => {
+                    self.stored.insert(h.info.inode);
+                }
+                Err(e) => log::warn!("fd store: cannot store {}: {e}", h.info.local),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_adds_new_and_removes_gone() {
+        let stored: BTreeSet<u64> = [1, 2, 3].into();
+        let wanted: BTreeSet<u64> = [2, 3, 4, 5].into();
+        assert_eq!(plan(&stored, &wanted), (vec![4, 5], vec![1]));
+        assert_eq!(plan(&wanted, &wanted), (vec![], vec![]));
+    }
+
+    #[test]
+    fn names_are_stable_and_valid() {
+        let n = fd_name(123456);
+        assert_eq!(n, "sock-123456");
+        assert!(n.len() <= 255 && !n.contains(':'));
+    }
+}

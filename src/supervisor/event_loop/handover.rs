@@ -1,0 +1,184 @@
+//! The executor's side of what crosses a process boundary other than a reload: an upgrade in
+//! place (the master re-executes itself), sockets systemd passes at start, and systemd's fd store.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use super::Master;
+use crate::fdstore::FdStore;
+use crate::handoff::fetch::ReceivedSocket;
+use crate::handoff::listeners::{HeldSet, SocketInfo};
+use crate::handoff::wire::Record;
+use crate::notify::Notifier;
+use crate::supervisor::state::{State, Worker};
+use crate::supervisor::upgrade::{self, HeldSnapshot, Snapshot, WorkerSnapshot};
+
+impl Master<'_> {
+    /// Re-executes the binary on disk, keeping pid, workers and held sockets. Returns only if
+    /// the exec failed; the master then goes on unchanged.
+    pub(super) fn upgrade(&mut self) {
+        let (workers, current, next_generation, crash_streak) = self.state.snapshot();
+        let snapshot = Snapshot {
+            runtime_dir: self.runtime.path().to_path_buf(),
+            runtime_created: self.runtime.created(),
+            lock_fd: self.runtime.lock_fd().as_raw_fd(),
+            next_generation,
+            current,
+            crash_streak,
+            workers: workers
+                .into_iter()
+                .map(|w| WorkerSnapshot {
+                    pid: w.pid,
+                    generation: w.generation,
+                    role: w.role,
+                })
+                .collect(),
+            held: self
+                .held
+                .iter()
+                .map(|h| HeldSnapshot {
+                    fd: h.fd.as_raw_fd(),
+                    record: h.record.clone(),
+                })
+                .collect(),
+            outputs: self
+                .outputs
+                .fds()
+                .map(|(pid, fd)| (pid, fd.as_raw_fd()))
+                .collect(),
+        };
+        let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
+        keep.extend(self.outputs.fds().map(|(_, fd)| fd));
+        keep.push(self.runtime.lock_fd());
+        log::info!(
+            "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
+            self.launch.exe.display(),
+            snapshot.workers.len(),
+            snapshot.held.len()
+        );
+        let err = upgrade::exec(
+            self.launch,
+            &snapshot,
+            &keep,
+            self.notifier.map(Notifier::address),
+        );
+        let message = format!(
+            "upgrade in place failed: cannot execute {}: {err}; still running hapmaster {}",
+            self.launch.exe.display(),
+            env!("CARGO_PKG_VERSION")
+        );
+        log::error!("{message}");
+        let status = format!("Serving: {}; {message}", self.state.serving_status());
+        self.notify(|n| n.status(&status));
+    }
+
+    /// Sockets systemd passed (a `.socket` unit, or the fd store after this master was
+    /// restarted) are the first held set: the first worker adopts them with `-x`, and the ones it
+    /// does not use are closed when its own set is fetched.
+    pub(super) fn adopt_passed(&mut self, passed: Vec<(OwnedFd, Option<String>)>) {
+        if passed.is_empty() {
+            return;
+        }
+        let mut from_store = Vec::new();
+        let mut received = Vec::new();
+        for (fd, name) in passed {
+            match SocketInfo::of(fd.as_fd()) {
+                Ok(info) => {
+                    log::info!(
+                        "systemd passed {}{}",
+                        info.local,
+                        name.as_deref()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default()
+                    );
+                    if name.as_deref() == Some(crate::fdstore::fd_name(info.inode).as_str()) {
+                        from_store.push(info.inode);
+                    }
+                    received.push(ReceivedSocket {
+                        fd,
+                        record: Record::default(),
+                    });
+                }
+                Err(e) => log::warn!("systemd passed an fd that is not a socket, closed: {e}"),
+            }
+        }
+        match HeldSet::from_received(received, |_| false) {
+            Ok(set) => self.held = set,
+            Err(e) => log::error!("systemd's sockets: {e}"),
+        }
+        self.fdstore = FdStore::new(from_store);
+    }
+
+    pub(super) fn sync_fdstore(&mut self) {
+        if let Some(n) = self.notifier {
+            self.fdstore.sync(n, &self.held);
+        }
+    }
+
+    /// Takes over from the previous image after an upgrade in place.
+    pub(super) fn resume(&mut self, snapshot: Snapshot) {
+        let received = snapshot
+            .held
+            .into_iter()
+            .filter_map(|h| match upgrade::adopt_fd(h.fd) {
+                Ok(fd) => Some(ReceivedSocket {
+                    fd,
+                    record: h.record,
+                }),
+                Err(e) => {
+                    log::warn!("after the upgrade in place: {e}");
+                    None
+                }
+            })
+            .collect();
+        self.held = HeldSet::from_received(received, |_| false).unwrap_or_else(|e| {
+            log::error!(
+                "after the upgrade in place: {e}; holding no listening sockets (the next \
+                 reload binds them afresh)"
+            );
+            HeldSet::default()
+        });
+        for (pid, fd) in snapshot.outputs {
+            match upgrade::adopt_fd(fd) {
+                Ok(fd) => self.outputs.adopt(pid, fd),
+                Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
+            }
+        }
+        let now = Instant::now();
+        let workers = snapshot
+            .workers
+            .into_iter()
+            .map(|w| Worker {
+                pid: w.pid,
+                generation: w.generation,
+                role: w.role,
+                started: now,
+            })
+            .collect();
+        // What the store holds is unknown here; storing a socket systemd has already is a no-op.
+        self.sync_fdstore();
+        let (state, actions) = State::resume(
+            self.state.policy(),
+            workers,
+            snapshot.current,
+            snapshot.next_generation,
+            snapshot.crash_streak,
+        );
+        self.state = state;
+        for action in actions {
+            self.apply(action);
+        }
+        log::info!(
+            "hapmaster {} took over after an upgrade in place: {} worker(s), {} listening socket(s)",
+            env!("CARGO_PKG_VERSION"),
+            self.state.workers().count(),
+            self.held.len()
+        );
+        let status = format!(
+            "Serving: {}; upgraded in place to hapmaster {}",
+            self.state.serving_status(),
+            env!("CARGO_PKG_VERSION")
+        );
+        self.notify(|n| n.ready(&status, None));
+    }
+}
