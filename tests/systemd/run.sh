@@ -20,7 +20,7 @@
 # containers are stopped at exit, whatever happens.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "$0")" && git rev-parse --show-toplevel)
+REPO=$(cd "$(dirname "$0")" && git rev-parse --show-toplevel 2>/dev/null) || REPO=$(cd "$(dirname "$0")/../.." && pwd)
 HARNESS=${HM_SD_HARNESS:-$REPO/../shared/tools/sd-harness.sh}
 BIN=$REPO/target/release/hapmaster
 SUITES=${HM_SUITES:-bookworm trixie}
@@ -61,6 +61,21 @@ prop() { cx systemctl show -p "$1" --value hapmaster.service; }
 port_in_use() {
     awk -v h="$(printf ':%04X' "$1")" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == h { f = 1 }
         END { exit !f }' /proc/net/tcp /proc/net/tcp6
+}
+# The inodes of the sockets listening on PORT, sorted.
+listen_inodes() {
+    awk -v h="$(printf ':%04X' "$1")" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == h { print $10 }' \
+        /proc/net/tcp /proc/net/tcp6 | sort -n | tr '\n' ' ' | sed 's/ $//'
+}
+# The same, only those held by a process of the container (systemd's fd store and socket units
+# included): other programs on this host may share a port through SO_REUSEPORT, as haproxy does.
+our_listen_inodes() {
+    local mine i
+    mine=$(cx sh -c 'for f in /proc/[0-9]*/fd/*; do readlink "$f"; done 2>/dev/null' |
+        sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p' | sort -u)
+    for i in $(listen_inodes "$1"); do
+        ! grep -qx "$i" <<< "$mine" || printf '%s ' "$i"
+    done | sed 's/ $//'
 }
 # A free port in [lo, lo+span), below the ephemeral range, different from those given after span.
 free_port() {
@@ -117,7 +132,11 @@ setup_suite() {
     local suite=$1 unit=$2
     CUR=hm-$suite ROOT=/var/lib/machines/hm-$suite
     section "$suite: $(basename "$unit")"
-    NAME=$CUR SUITE=$suite EXTRA_PKGS="haproxy apache2-utils" "$HARNESS" create | tail -1
+    if ! NAME=$CUR SUITE=$suite EXTRA_PKGS="haproxy apache2-utils" "$HARNESS" create > "$TMP/create-$CUR.log" 2>&1; then
+        tail -20 "$TMP/create-$CUR.log" >&2
+        die "creating the $suite tree $ROOT failed (log above)"
+    fi
+    info "tree: $(tail -1 "$TMP/create-$CUR.log")"
     NAME=$CUR "$HARNESS" stop                                 # a container left by an interrupted run
     BOOTED+=("$CUR")
     NAME=$CUR NSPAWN_EXTRA="--bind-ro=$REPO/target/release:/opt/hapmaster" "$HARNESS" boot
@@ -319,14 +338,55 @@ check_stop() {
     for f in /run/hapmaster /run/haproxy.pid /run/haproxy-master.sock; do
         [ ! -e "$ROOT$f" ] || left="$left $f"
     done
-    code=$(http_status "$PORT")
+    code=$(our_listen_inodes "$PORT")
     # ExecMainCode 1 = CLD_EXITED; status 0 (or 143, SuccessExitStatus=)
     if [ "$rc" -eq 0 ] && [ -z "$procs" ] && [ "$result" = success ] &&
-        { [ "$status" = 1/0 ] || [ "$status" = 1/143 ]; } && [ -z "$left" ] && [ -z "$code" ] && ! port_in_use "$PORT"; then
-        pass "stop: 'systemctl stop' exit 0 in ${ms} ms; no process left; Result=$result, ExecMainCode/Status=$status; /run/hapmaster, pidfile and master socket removed; port $PORT closed"
+        { [ "$status" = 1/0 ] || [ "$status" = 1/143 ]; } && [ -z "$left" ] && [ -z "$code" ]; then
+        pass "stop: 'systemctl stop' exit 0 in ${ms} ms; no process left; Result=$result, ExecMainCode/Status=$status; /run/hapmaster, pidfile and master socket removed; nothing of the container listens on $PORT"
     else
-        fail "stop: exit $rc in ${ms} ms; processes: '${procs//$'\n'/; }'; Result=$result ExecMainCode/Status=$status; left:${left:- none}; port $PORT answers: '${code}'"
+        fail "stop: exit $rc in ${ms} ms; processes: '${procs//$'\n'/; }'; Result=$result ExecMainCode/Status=$status; left:${left:- none}; still listening on $PORT: '${code}'"
     fi
+}
+
+# systemd/hapmaster.socket with the test's addresses: systemd binds, a first connection starts the
+# service, haproxy adopts systemd's sockets (the same sockets keep listening: same inodes, one each).
+check_socket_activation() {
+    local sock=$ROOT/etc/systemd/system/hapmaster.socket i0 p0 i1 p1 i2 p2 t0 ms code state rc=0
+    awk -v a="127.0.0.1:$PORT" -v b="127.0.0.1:$PPORT" '
+        /^#? *(ListenStream|BindIPv6Only)=/ { next }
+        { print }
+        /^\[Socket\]/ { print "ListenStream=" a; print "ListenStream=" b }' \
+        "$REPO/systemd/hapmaster.socket" > "$sock"
+    cx systemctl daemon-reload
+    cx timeout 30 systemctl start hapmaster.socket
+    state=$(cx systemctl is-active hapmaster.service || true)
+    i0=$(our_listen_inodes "$PORT") p0=$(our_listen_inodes "$PPORT")
+    info "socket activation: hapmaster.socket started; hapmaster.service $state; listening on $PORT: inode $i0, on $PPORT: inode $p0"
+    t0=$(now_ms)
+    code=$(http_status "$PORT")                               # this connection starts the service
+    ms=$(($(now_ms) - t0))
+    wait_until 30 eval '[ "$(cx systemctl is-active hapmaster.service)" = active ]' || true
+    i1=$(our_listen_inodes "$PORT") p1=$(our_listen_inodes "$PPORT")
+    cx timeout 30 systemctl reload hapmaster.service > /dev/null || rc=$?
+    i2=$(our_listen_inodes "$PORT") p2=$(our_listen_inodes "$PPORT")
+    local figures="first request (it started the service): '$code' in $ms ms; $(prop StatusText); inodes on $PORT: $i0 -> $i1 -> (reload exit $rc) $i2, on $PPORT: $p0 -> $p1 -> $p2"
+    if [ "$state" = inactive ] && [ -n "$i0" ] && [ -n "$p0" ] && [ "$code" = 200 ] && [ "$rc" -eq 0 ] &&
+        [ "$i0" = "$i1" ] && [ "$i1" = "$i2" ] && [ "$p0" = "$p1" ] && [ "$p1" = "$p2" ]; then
+        pass "socket activation: $figures"
+    else
+        fail "socket activation (service was '$state' before): $figures"
+        cx journalctl -u hapmaster.service --no-pager -o cat -n 15 | sed 's/^/      journal: /'
+    fi
+    rc=0
+    cx timeout 60 systemctl stop hapmaster.socket hapmaster.service || rc=$?
+    i0=$(our_listen_inodes "$PORT") p0=$(our_listen_inodes "$PPORT")
+    if [ "$rc" -eq 0 ] && [ -z "$i0$p0" ]; then
+        pass "socket activation: 'systemctl stop hapmaster.socket hapmaster.service' closes the ports"
+    else
+        fail "socket activation: stop exit $rc; still listening: '$i0' '$p0'"
+    fi
+    rm -f "$sock"
+    cx systemctl daemon-reload
 }
 
 # Type=notify-reload: `systemctl reload` returns only once the new worker serves (READY=1).
@@ -376,6 +436,7 @@ for suite in $SUITES; do
         check_failed_reloads "$expect_rc0"
         check_kill9
         check_stop
+        check_socket_activation
     fi
     cx systemctl disable --quiet hapmaster.service || true
     NAME=$CUR "$HARNESS" stop
