@@ -51,6 +51,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 CUR= ROOT= PORT= PPORT=
 cx() { NAME=$CUR "$HARNESS" exec "$@"; }                       # run in the current container
