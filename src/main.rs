@@ -176,6 +176,7 @@ fn run_master(opts: Options) -> ExitCode {
     logging::init(logging::level_for(opts.quiet, opts.verbose));
     // Taken (and removed from the environment) before any child exists.
     let passed = hapmaster::listen_fds::take();
+    raise_nofile_limit();
     // Set by a previous image of this very process (upgrade in place); removed before any child.
     let resume = match Snapshot::take_from_env() {
         None => None,
@@ -245,6 +246,23 @@ fn master(
     }
     runtime.cleanup();
     Ok(result?)
+}
+
+/// The master holds every listening socket and, during a reload, receives a second copy of each:
+/// with systemd's default soft limit (1024) a config of a few hundred listeners would make the
+/// kernel drop sockets (MSG_CTRUNC) and every reload fail. Raise the soft limit to the hard one,
+/// as haproxy does for itself.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise the open file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read the open file limit: {e}"),
+    }
 }
 
 /// "what failed: caused by: ..." on one line, for the log.
