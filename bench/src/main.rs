@@ -32,7 +32,7 @@ const SCENARIOS: [&str; 7] = [
 ];
 
 const USAGE: &str = "usage: reload-bench all|storm|ab|latency|handoff|crash|footprint|overhead... \
-[--quick] [--out DIR] [--haproxy PATH] [--hapmaster PATH] [--ports N,N...]
+[--quick] [--out DIR] [--haproxy PATH] [--hapmaster PATH] [--ports N,N...] [--storm-secs S] [--keep] [--method NAME]...
   all          every scenario (1-6 and the ab cross-check), in that order
   --quick      seconds instead of minutes (the CI smoke run)
   --out DIR    where results.md and the SVG plots go (default bench/results)
@@ -40,7 +40,10 @@ const USAGE: &str = "usage: reload-bench all|storm|ab|latency|handoff|crash|foot
   --hapmaster  the hapmaster binary (default: build it with `cargo build --release --bin hapmaster`
                and use target/release/hapmaster)
   --ports      listener counts for the latency and handoff scenarios (default 1,100,1000,10000
-               and 1000,10000; --quick: 1,100 and 100,1000)";
+               and 1000,10000; --quick: 1,100 and 100,1000)
+  --storm-secs duration of each reload-storm run (default 60, --quick 1)
+  --method     only this method (naive, haproxy-master, hapmaster); may be repeated
+  --keep       keep the configs and logs of every run (in /tmp/rbPID/N/) instead of removing them";
 
 struct Args {
     which: Vec<String>,
@@ -49,6 +52,9 @@ struct Args {
     haproxy: Option<PathBuf>,
     hapmaster: Option<PathBuf>,
     ports: Option<Vec<usize>>,
+    storm_secs: Option<f64>,
+    keep: bool,
+    methods: Vec<methods::Method>,
 }
 
 fn workspace_root() -> PathBuf {
@@ -65,6 +71,9 @@ fn parse_args() -> Result<Args, String> {
         haproxy: None,
         hapmaster: None,
         ports: None,
+        storm_secs: None,
+        keep: false,
+        methods: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -78,6 +87,19 @@ fn parse_args() -> Result<Args, String> {
                 let v = value("--ports")?;
                 let list: Result<Vec<usize>, _> = v.split(',').map(str::parse).collect();
                 a.ports = Some(list.map_err(|e| format!("--ports {v:?}: {e}"))?);
+            }
+            "--storm-secs" => {
+                let v = value("--storm-secs")?;
+                a.storm_secs = Some(v.parse().map_err(|e| format!("--storm-secs {v:?}: {e}"))?);
+            }
+            "--keep" => a.keep = true,
+            "--method" => {
+                let v = value("--method")?;
+                let m = methods::Method::ALL
+                    .into_iter()
+                    .find(|m| m.name() == v)
+                    .ok_or_else(|| format!("--method {v:?}: naive, haproxy-master or hapmaster"))?;
+                a.methods.push(m);
             }
             "-h" | "--help" => return Err(String::new()),
             "all" => a.which.extend(SCENARIOS.iter().map(|s| s.to_string())),
@@ -160,6 +182,12 @@ fn run() -> Result<bool, String> {
     } else {
         Plan::full()
     };
+    if !args.methods.is_empty() {
+        plan.methods.clone_from(&args.methods);
+    }
+    if let Some(s) = args.storm_secs {
+        plan.storm_secs = s;
+    }
     if let Some(p) = &args.ports {
         plan.latency_ports.clone_from(p);
         plan.handoff_sockets.clone_from(p);
@@ -256,7 +284,14 @@ fn run() -> Result<bool, String> {
     let results = args.out.join("results.md");
     fs::write(&results, &md).map_err(|e| format!("writing {}: {e}", results.display()))?;
     println!("{md}");
-    let _ = fs::remove_dir_all(&env.root);
+    if args.keep {
+        eprintln!(
+            "reload-bench: configs and logs of every run kept in {}",
+            env.root.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(&env.root);
+    }
     if errors.is_empty() {
         eprintln!("reload-bench: results in {}", results.display());
         Ok(true)

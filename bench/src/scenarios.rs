@@ -19,6 +19,8 @@ use crate::svg::{self, Panel};
 /// Durations and counts of one run (full or `--quick`).
 pub struct Plan {
     pub quick: bool,
+    /// The methods compared (all three unless `--method` narrows them).
+    pub methods: Vec<Method>,
     pub storm_secs: f64,
     pub storm_clients: Vec<usize>,
     pub ab_secs: u64,
@@ -37,6 +39,7 @@ impl Plan {
     pub fn full() -> Plan {
         Plan {
             quick: false,
+            methods: Method::ALL.to_vec(),
             storm_secs: 60.0,
             storm_clients: vec![20, 200],
             ab_secs: 10,
@@ -51,9 +54,19 @@ impl Plan {
             overhead_rounds: 3,
         }
     }
+    /// Those of `methods` that this run compares.
+    pub fn only(&self, methods: &[Method]) -> Vec<Method> {
+        methods
+            .iter()
+            .copied()
+            .filter(|m| self.methods.contains(m))
+            .collect()
+    }
+
     pub fn quick() -> Plan {
         Plan {
             quick: true,
+            methods: Method::ALL.to_vec(),
             storm_secs: 1.0,
             storm_clients: vec![20],
             ab_secs: 1,
@@ -238,7 +251,7 @@ pub fn reload_storm(env: &Env, plan: &Plan) -> Result<Section, String> {
     for &clients in &plan.storm_clients {
         for keepalive in [false, true] {
             let mode = if keepalive { "keep-alive" } else { "new conn" };
-            for method in Method::ALL {
+            for method in plan.methods.clone() {
                 let spec = LoadSpec {
                     addr: "127.0.0.1:1".parse().map_err(|e| format!("address: {e}"))?,
                     clients,
@@ -347,7 +360,7 @@ pub fn ab_crosscheck(env: &Env, plan: &Plan) -> Result<Section, String> {
         plan.ab_secs
     );
     md.push_str("| method | complete requests | failed requests (ab) | non-2xx | reloads sent |\n|---|---:|---|---:|---:|\n");
-    for method in Method::ALL {
+    for method in plan.methods.clone() {
         let site = env.site(1, 4000)?;
         let mut running = Running::start(method, env, &site, secs(20.0))?;
         let out_path = site.dir.join("ab.out");
@@ -360,8 +373,8 @@ pub fn ab_crosscheck(env: &Env, plan: &Plan) -> Result<Section, String> {
             .args(["-n", "100000000"])
             .arg(format!("http://{}/", site.addr))
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| format!("dup: {e}"))?)
+            .stderr(out)
             .spawn()
             .map_err(|e| format!("spawning ab: {e}"))?;
         let end = start + Duration::from_secs(plan.ab_secs);
@@ -402,11 +415,23 @@ pub fn ab_crosscheck(env: &Env, plan: &Plan) -> Result<Section, String> {
                 }
             }
         }
+        // ab -r keeps going on receive errors only: a failed connect() ends the run early,
+        // without the summary. Report what it said then.
+        let aborted = field("Complete requests:").is_none().then(|| {
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            format!("ab aborted: `{}`", last.trim().replace('|', "/"))
+        });
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {sent} |",
             method.name(),
-            field("Complete requests:").unwrap_or_else(|| "?".into()),
+            aborted
+                .or_else(|| field("Complete requests:"))
+                .unwrap_or_else(|| "?".into()),
             failed,
             field("Non-2xx responses:").unwrap_or_else(|| "0".into()),
         );
@@ -558,7 +583,7 @@ pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, St
         let floor_p50 = median(&floor);
         let mut row = vec![floor_p50];
         let mut p50s = Vec::new();
-        for method in Method::ALL {
+        for method in plan.methods.clone() {
             let lat = match measure_reloads(env, &site, method, plan.latency_reloads, timeout) {
                 Ok(lat) => lat,
                 Err(e) => {
@@ -836,7 +861,7 @@ pub fn worker_crash(env: &Env, plan: &Plan) -> Result<Section, String> {
     let mut panels = Vec::new();
     let mut targets = Vec::new();
     let mut notes = Vec::new();
-    for method in [Method::HaproxyMaster, Method::Hapmaster] {
+    for method in plan.only(&[Method::HaproxyMaster, Method::Hapmaster]) {
         let site = env.site(1, 4000)?;
         let mut running = Running::start(method, env, &site, secs(20.0))?;
         let spec = LoadSpec {
@@ -966,7 +991,7 @@ pub fn footprint(env: &Env, plan: &Plan) -> Result<Section, String> {
     let mut series: Vec<Vec<f64>> = Vec::new();
     let mut labels: Vec<String> = Vec::new();
     let mut targets = Vec::new();
-    for method in [Method::HaproxyMaster, Method::Hapmaster] {
+    for method in plan.only(&[Method::HaproxyMaster, Method::Hapmaster]) {
         let site = env.site(1, 1000)?;
         let mut running = Running::start(method, env, &site, secs(20.0))?;
         let pid = running.master_pid.ok_or("no master pid")?;

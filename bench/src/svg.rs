@@ -104,13 +104,16 @@ pub fn timeseries(title: &str, panels: &[Panel]) -> String {
             );
             t += step;
         }
+        // Reload ticks, failure bars and the request line as single paths with whole-pixel
+        // coordinates: a 60 s storm has 600 of each per panel.
+        let mut ticks = String::new();
         for &r in &p.reloads_ms {
+            let _ = write!(ticks, "M{:.0} {:.0}v7", x(r as f64), base + 1.0);
+        }
+        if !ticks.is_empty() {
             let _ = writeln!(
                 s,
-                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#888" stroke-width="0.7"/>"##,
-                x(r as f64),
-                base + 1.0,
-                base + 8.0
+                r##"<path d="{ticks}" stroke="#888" stroke-width="0.7" fill="none"/>"##
             );
         }
         for (ms, label) in &p.events {
@@ -129,7 +132,7 @@ pub fn timeseries(title: &str, panels: &[Panel]) -> String {
         for (k, v) in p.ok.iter().enumerate() {
             let _ = write!(
                 pts,
-                "{:.1},{:.1} ",
+                "{:.0},{:.0} ",
                 x(k as f64 * 100.0 + 50.0),
                 y(*v as f64)
             );
@@ -139,15 +142,20 @@ pub fn timeseries(title: &str, panels: &[Panel]) -> String {
             r##"<polyline points="{pts}" fill="none" stroke="#2a7" stroke-width="1.2"/>"##
         );
         let bw = (pw / n as f64).max(1.0);
+        let (mut bars, mut dots) = (String::new(), String::new());
         for (k, v) in p.fails.iter().enumerate().filter(|(_, v)| **v > 0) {
+            let _ = write!(
+                bars,
+                "M{:.1} {:.1}h{bw:.1}V{base}h-{bw:.1}Z",
+                x(k as f64 * 100.0),
+                y(*v as f64).min(base - 1.0)
+            );
+            let _ = write!(dots, "M{:.0} {:.0}v0", x(k as f64 * 100.0 + 50.0), y0 + 4.0);
+        }
+        if !bars.is_empty() {
             let _ = writeln!(
                 s,
-                r##"<rect x="{:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="#d22"/><circle cx="{:.1}" cy="{}" r="2.5" fill="#d22"/>"##,
-                x(k as f64 * 100.0),
-                y(*v as f64),
-                base - y(*v as f64),
-                x(k as f64 * 100.0 + 50.0),
-                y0 + 4.0
+                r##"<path d="{bars}" fill="#d22"/><path d="{dots}" stroke="#d22" stroke-width="5" stroke-linecap="round"/>"##
             );
         }
     }
