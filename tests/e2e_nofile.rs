@@ -44,7 +44,7 @@ fn low_soft_nofile_limit_does_not_break_reloads() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = ChildGuard(cmd.spawn().unwrap());
     let master = child.id();
     let last = format!("127.0.0.1:{}", ports[LISTENERS - 1]);
     assert!(
@@ -72,7 +72,6 @@ fn low_soft_nofile_limit_does_not_break_reloads() {
     );
     assert_eq!(tcp4_listen_inodes(ports[0]), inode, "listener changed");
     assert_eq!(http_get(last.as_str()).unwrap(), HELLO);
-    unsafe { libc::kill(master as i32, libc::SIGTERM) };
-    let status = poll_until(15 * SEC, || child.try_wait().ok().flatten());
+    let status = child.stop(15 * SEC);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

@@ -107,7 +107,7 @@ fn listen_fds_are_adopted_and_unused_ones_closed() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = ChildGuard(cmd.spawn().unwrap());
     drop((used, unused));
     let served = poll_until(15 * SEC, || http_get(format!("127.0.0.1:{p_used}")).ok());
     assert_eq!(served.as_deref(), Some(HELLO));
@@ -125,7 +125,6 @@ fn listen_fds_are_adopted_and_unused_ones_closed() {
         tcp4_listen_inodes(p_unused).is_empty().then_some(())
     });
     assert!(closed.is_some(), "unused passed socket still listening");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = poll_until(15 * SEC, || child.try_wait().ok().flatten());
+    let status = child.stop(15 * SEC);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

@@ -1374,3 +1374,32 @@ impl Drop for Hapmaster {
         }
     }
 }
+
+/// A hapmaster started by hand (not through `Hapmaster`): on drop, if the test did not wait for
+/// it (a failed assertion), it gets SIGTERM so that it stops its workers too, then SIGKILL after
+/// 10 s, and is reaped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM and wait (bounded) for the exit.
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(s)) = self.0.try_wait() {
+            return Some(s);
+        }
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        poll_until(timeout, || self.0.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.stop(Duration::from_secs(10)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
