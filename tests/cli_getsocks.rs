@@ -4,89 +4,13 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{free_port, haproxy_path, poll_until, TestDir};
-
-const STARTUP: Duration = Duration::from_secs(10);
-
-/// A haproxy this test started: SIGTERMed, then SIGKILLed if need be, and reaped, by its pid.
-struct Haproxy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Haproxy {
-    fn start(cfg: &Path, log: PathBuf) -> Haproxy {
-        let out = File::create(&log).unwrap();
-        let child = Command::new(haproxy_path())
-            .arg("-db")
-            .arg("-f")
-            .arg(cfg)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawning haproxy");
-        Haproxy { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_ready(&mut self, stats: &Path) {
-        let want = format!("Pid: {}\n", self.pid());
-        let ready = poll_until(STARTUP, || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "haproxy exited ({status}) before it was ready:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            show_info(stats).filter(|i| i.contains(&want))
-        });
-        assert!(
-            ready.is_some(),
-            "haproxy {} did not answer on {} within {STARTUP:?}:\n{}",
-            self.pid(),
-            stats.display(),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = common::kill(self.pid(), common::SIGTERM);
-        let exited = poll_until(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten()
-        });
-        if exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn show_info(stats: &Path) -> Option<String> {
-    let mut conn = UnixStream::connect(stats).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
-    conn.write_all(b"show info\n").ok()?;
-    let mut info = String::new();
-    conn.read_to_string(&mut info).ok()?;
-    Some(info)
-}
+use common::haproxy::Haproxy;
+use common::{free_port, TestDir};
 
 fn hapmaster(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hapmaster"))
@@ -135,7 +59,10 @@ frontend fe
             ),
         )
         .unwrap();
-        let mut haproxy = Haproxy::start(&cfg, dir.join("haproxy.log"));
+        let mut haproxy = Haproxy::start(
+            &["-db", "-f", cfg.to_str().unwrap()],
+            dir.join("haproxy.log"),
+        );
         haproxy.wait_ready(&dir.join("admin.sock"));
         Setup { dir, port, haproxy }
     }

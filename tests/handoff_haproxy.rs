@@ -3,159 +3,23 @@
 //! check that it adopted the very same sockets and serves on them.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::haproxy::{show_info, Haproxy};
+use common::{free_port, TestDir};
 use hapmaster::handoff::fetch::fetch_sockets;
 use hapmaster::handoff::listeners::{is_unix_listener_of, HeldSet, SocketInfo};
 use hapmaster::handoff::serve::{serve_getsocks, ServeError, ServeOutcome};
 
-const STARTUP: Duration = Duration::from_secs(10);
 const TRANSFER: Duration = Duration::from_secs(5);
-
-fn haproxy_binary() -> PathBuf {
-    let candidates = std::iter::once(PathBuf::from("/usr/sbin/haproxy")).chain(
-        std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("haproxy"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default(),
-    );
-    for path in candidates {
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("haproxy not found in /usr/sbin or PATH: this test needs it, `apt-get install haproxy`");
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        // Short: unix socket paths must fit in 108 bytes, haproxy's .<pid>.tmp suffix included.
-        let path = PathBuf::from(format!(
-            "/tmp/hm-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A haproxy we started: SIGTERMed and reaped by pid when dropped, whatever the test did.
-struct Haproxy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Haproxy {
-    fn start(args: &[&str], log: PathBuf) -> Haproxy {
-        let out = File::create(&log).unwrap();
-        let child = Command::new(haproxy_binary())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawning haproxy");
-        Haproxy { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls the stats socket until this process answers `show info` with its own pid.
-    fn wait_ready(&mut self, stats: &Path) {
-        let deadline = Instant::now() + STARTUP;
-        let want = format!("Pid: {}\n", self.pid());
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "haproxy exited with {status} before it was ready:\n{}",
-                    self.output()
-                );
-            }
-            if show_info(stats).is_some_and(|info| info.contains(&want)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "haproxy {} did not answer on {} within {STARTUP:?}:\n{}",
-                self.pid(),
-                stats.display(),
-                self.output()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn show_info(stats: &Path) -> Option<String> {
-    let mut conn = UnixStream::connect(stats).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
-    conn.write_all(b"show info\n").ok()?;
-    let mut info = String::new();
-    conn.read_to_string(&mut info).ok()?;
-    Some(info)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The IPv6 bind says `v6only` because Linux makes every socket bound to a specific IPv6
 /// address v6only, and haproxy 2.6.12 only adopts a received IPv6 socket whose IPV6_V6ONLY
@@ -225,18 +89,18 @@ fn locals(infos: &[SocketInfo]) -> BTreeSet<String> {
 
 #[test]
 fn sockets_survive_a_handoff_between_two_real_haproxies() {
-    let dir = TempDir::new();
-    let d = dir.0.display().to_string();
+    let dir = TestDir::new();
+    let d = dir.path().display().to_string();
     let (v4, v6) = (free_port(), free_port());
 
-    let stats1 = dir.0.join("s1.sock");
+    let stats1 = dir.join("s1.sock");
     let mut old = Haproxy::start(
         &[
             "-db",
             "-f",
-            config(&dir.0, "s1.sock", v4, v6).to_str().unwrap(),
+            config(dir.path(), "s1.sock", v4, v6).to_str().unwrap(),
         ],
-        dir.0.join("old.log"),
+        dir.join("old.log"),
     );
     old.wait_ready(&stats1);
 
@@ -270,10 +134,10 @@ fn sockets_survive_a_handoff_between_two_real_haproxies() {
     assert_eq!(held.len(), 3);
     let held_inodes: BTreeSet<u64> = held.inodes().into_iter().collect();
 
-    let master_path = dir.0.join("master.sock");
+    let master_path = dir.join("master.sock");
     let master = UnixListener::bind(&master_path).unwrap();
-    let stats2 = dir.0.join("s2.sock");
-    let cfg2 = config(&dir.0, "s2.sock", v4, v6);
+    let stats2 = dir.join("s2.sock");
+    let cfg2 = config(dir.path(), "s2.sock", v4, v6);
     let (served, mut new) = thread::scope(|s| {
         let server = s.spawn(|| serve_once(&master, &held));
         let new = Haproxy::start(
@@ -284,7 +148,7 @@ fn sockets_survive_a_handoff_between_two_real_haproxies() {
                 "-f",
                 cfg2.to_str().unwrap(),
             ],
-            dir.0.join("new.log"),
+            dir.join("new.log"),
         );
         (server.join().unwrap(), new)
     });
@@ -322,7 +186,7 @@ fn sockets_survive_a_handoff_between_two_real_haproxies() {
     old.stop();
     assert_ok(&tcp_get(&format!("127.0.0.1:{v4}")), "127.0.0.1");
     assert_ok(&tcp_get(&format!("[::1]:{v6}")), "::1");
-    let unix = UnixStream::connect(dir.0.join("fe.sock")).unwrap();
+    let unix = UnixStream::connect(dir.join("fe.sock")).unwrap();
     unix.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_ok(&http_get(unix), "fe.sock");
     let new_pid = new.pid();
@@ -332,9 +196,9 @@ fn sockets_survive_a_handoff_between_two_real_haproxies() {
 
 #[test]
 fn nothing_exported_without_expose_fd() {
-    let dir = TempDir::new();
-    let stats = dir.0.join("plain.sock");
-    let cfg = dir.0.join("plain.cfg");
+    let dir = TestDir::new();
+    let stats = dir.join("plain.sock");
+    let cfg = dir.join("plain.cfg");
     let port = free_port();
     std::fs::write(
         &cfg,
@@ -348,10 +212,7 @@ fn nothing_exported_without_expose_fd() {
         ),
     )
     .unwrap();
-    let mut haproxy = Haproxy::start(
-        &["-db", "-f", cfg.to_str().unwrap()],
-        dir.0.join("plain.log"),
-    );
+    let mut haproxy = Haproxy::start(&["-db", "-f", cfg.to_str().unwrap()], dir.join("plain.log"));
     haproxy.wait_ready(&stats);
     let err = fetch_sockets(&stats, TRANSFER).unwrap_err();
     eprintln!("without expose-fd: {err}");

@@ -9,6 +9,7 @@
 //! `CLOCK_MONOTONIC`, and for a unix-socket `connect` bounded by `SO_SNDTIMEO`.
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod soak;
 
 use std::collections::BTreeSet;
