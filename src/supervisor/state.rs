@@ -873,11 +873,17 @@ mod tests {
         s
     }
 
-    fn reload_to(s: &mut State, pid: Pid, t: Instant) -> Vec<Action> {
+    /// Requests a reload and reports its worker `pid` started; returns the reload's generation.
+    fn start_reload(s: &mut State, pid: Pid, t: Instant) -> Generation {
         let a = s.decide(Event::ReloadRequested, t);
         assert!(has(&a, |a| matches!(a, Action::NotifyReloading { .. })));
-        let g = spawn_gen(&a).unwrap();
-        s.decide(Event::Spawned { generation: g, pid }, t);
+        let generation = spawn_gen(&a).unwrap();
+        s.decide(Event::Spawned { generation, pid }, t);
+        generation
+    }
+
+    fn reload_to(s: &mut State, pid: Pid, t: Instant) -> Vec<Action> {
+        start_reload(s, pid, t);
         s.decide(Event::WorkerReady { pid }, t)
     }
 
@@ -928,15 +934,7 @@ mod tests {
     fn failed_reload_leaves_old_worker_alone() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::ReloadRequested, t);
-        let g = spawn_gen(&a).unwrap();
-        s.decide(
-            Event::Spawned {
-                generation: g,
-                pid: 11,
-            },
-            t,
-        );
+        start_reload(&mut s, 11, t);
         let a = s.decide(
             Event::WorkerExited {
                 pid: 11,
@@ -957,15 +955,7 @@ mod tests {
     fn ready_timeout_aborts_new_worker() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::ReloadRequested, t);
-        let g = spawn_gen(&a).unwrap();
-        s.decide(
-            Event::Spawned {
-                generation: g,
-                pid: 11,
-            },
-            t,
-        );
+        start_reload(&mut s, 11, t);
         let a = s.decide(
             Event::WorkerFailed {
                 pid: 11,
@@ -1230,15 +1220,7 @@ mod tests {
     fn current_dying_during_reload_waits_for_the_new_worker() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::ReloadRequested, t);
-        let g = spawn_gen(&a).unwrap();
-        s.decide(
-            Event::Spawned {
-                generation: g,
-                pid: 11,
-            },
-            t,
-        );
+        start_reload(&mut s, 11, t);
         let a = s.decide(
             Event::WorkerExited {
                 pid: 10,
@@ -1328,15 +1310,7 @@ mod tests {
             ..Policy::default()
         };
         let mut s = running_with(policy, 10, t);
-        let a = s.decide(Event::ReloadRequested, t);
-        let generation = spawn_gen(&a).unwrap();
-        s.decide(
-            Event::Spawned {
-                generation,
-                pid: 11,
-            },
-            t,
-        );
+        start_reload(&mut s, 11, t);
         let a = s.decide(exited(11, 1), t);
         assert!(!has(&a, |a| matches!(a, Action::Exit { .. })), "{a:?}");
         assert_eq!(s.current().unwrap().pid, 10);
@@ -1401,15 +1375,7 @@ mod tests {
         assert_eq!(s.last_generation(), 1);
         let a = reload_to(&mut s, 11, t);
         assert_eq!(reload_done(&a), Some((2, None)));
-        let a = s.decide(Event::ReloadRequested, t);
-        let generation = spawn_gen(&a).unwrap();
-        s.decide(
-            Event::Spawned {
-                generation,
-                pid: 12,
-            },
-            t,
-        );
+        start_reload(&mut s, 12, t);
         let a = s.decide(exited(12, 1), t);
         let (g, reason) = reload_done(&a).unwrap();
         assert_eq!(g, 3);
@@ -1423,15 +1389,7 @@ mod tests {
     fn stop_during_a_reload_fails_it() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::ReloadRequested, t);
-        let generation = spawn_gen(&a).unwrap();
-        s.decide(
-            Event::Spawned {
-                generation,
-                pid: 11,
-            },
-            t,
-        );
+        start_reload(&mut s, 11, t);
         let a = s.decide(Event::StopRequested, t);
         assert_eq!(
             reload_done(&a),
