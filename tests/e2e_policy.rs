@@ -10,25 +10,50 @@ use std::time::Duration;
 const SEC: Duration = Duration::from_secs(1);
 
 /// haproxy waits up to `timeout http-request` for a request's headers, even while soft-stopping:
-/// a half-sent request keeps an old worker draining.
+/// a half-sent request keeps an old worker draining. 300 s is far beyond every wait in these tests,
+/// so a worker that is gone before then was stopped by the policy under test.
 fn lingering_config(port: u16) -> String {
     format!(
-        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    \
-         timeout server 30s\n    timeout http-request 30s\n\n\
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 300s\n    \
+         timeout server 300s\n    timeout http-request 300s\n\n\
          frontend fe\n    bind 127.0.0.1:{port}\n    \
          http-request return status 200 content-type text/plain string \"hello\"\n"
     )
 }
 
-/// Opens a connection with a half-sent request and waits until `worker` has accepted it (its fd
-/// count grows), so the connection is the worker's, not a queued one the next worker would take.
-fn half_request(port: u16, worker: u32) -> TcpStream {
-    let before = fd_count(worker).unwrap();
+/// Opens a connection with a half-sent request that `worker` holds, by the kernel's word.
+///
+/// An old worker keeps accepting on the shared listening socket until it has handled its soft
+/// stop and closed its copy, so first wait until `worker` is the only child of the master holding
+/// that socket (the master holds one too, but never accepts): no other worker can then take the
+/// connection. Then wait until `worker`'s fd table has the accepted end.
+fn half_request(hm: &Hapmaster, port: u16, worker: u32) -> TcpStream {
+    let master = hm.pid();
+    let alone = poll_until(30 * SEC, || {
+        (listen_holders(port, &live_children(master)) == [worker]).then_some(())
+    });
+    assert!(
+        alone.is_some(),
+        "worker {worker} is not the only worker holding 127.0.0.1:{port}: holders {:?}",
+        listen_holders(port, &live_children(master))
+    );
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-    poll_until(5 * SEC, || (fd_count(worker)? > before).then_some(()))
-        .unwrap_or_else(|| panic!("worker {worker} did not accept the connection"));
+    let holder = poll_until(30 * SEC, || conn_holder(&s, &live_children(master)));
+    assert_eq!(
+        holder,
+        Some(worker),
+        "the half-sent request to 127.0.0.1:{port} is not held by worker {worker}"
+    );
     s
+}
+
+/// The master's log line that says it stopped old worker `pid` under `policy`.
+fn policy_stop_logged(hm: &Hapmaster, pid: u32, policy: &str) -> bool {
+    let needle = format!("old worker pid {pid} ");
+    hm.stderr()
+        .lines()
+        .any(|l| l.contains(&needle) && l.contains(policy))
 }
 
 fn reload(hm: &mut Hapmaster, old: u32) -> u32 {
@@ -50,18 +75,21 @@ fn drain_timeout_terminates_a_lingering_old_worker() {
     let port = free_port();
     let mut hm = Hapmaster::start_ready(lingering_config(port), &["--drain-timeout", "1s"]);
     let old = hm.current_worker_pid().unwrap();
-    let _conn = half_request(port, old);
+    let _conn = half_request(&hm, port, old);
     let new = reload(&mut hm, old);
-    // Still draining right after the soft stop: the half-sent request holds it.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(pid_alive(old), "old worker {old} should still be draining");
+    // The half-sent request would keep it draining for 300 s.
     assert!(
-        wait_dead(old, 8 * SEC),
-        "old worker {old} still alive long after --drain-timeout 1s"
+        wait_dead(old, 60 * SEC),
+        "old worker {old} still alive 60 s after a reload with --drain-timeout 1s"
     );
+    // Logged only for a worker that was still draining when its deadline came.
     assert!(
-        hm.stderr().contains("--drain-timeout"),
-        "the log should say why:\n{}",
+        policy_stop_logged(
+            &hm,
+            old,
+            "is still draining after 1000 ms (--drain-timeout)"
+        ),
+        "the log should say that the drain timeout stopped {old}:\n{}",
         hm.stderr()
     );
     assert!(pid_alive(new));
@@ -74,18 +102,23 @@ fn max_old_workers_terminates_the_oldest() {
     let port = free_port();
     let mut hm = Hapmaster::start_ready(lingering_config(port), &["--max-old-workers", "1"]);
     let w1 = hm.current_worker_pid().unwrap();
-    let _c1 = half_request(port, w1);
+    let _c1 = half_request(&hm, port, w1);
     let w2 = reload(&mut hm, w1);
-    let _c2 = half_request(port, w2);
+    let _c2 = half_request(&hm, port, w2);
     assert!(pid_alive(w1), "one draining worker is within the limit");
     let w3 = reload(&mut hm, w2);
+    // Each old worker holds a half-sent request that would keep it draining for 300 s.
     assert!(
-        wait_dead(w1, 8 * SEC),
+        wait_dead(w1, 60 * SEC),
         "oldest draining worker {w1} not stopped beyond --max-old-workers 1"
+    );
+    assert!(
+        policy_stop_logged(&hm, w1, "(--max-old-workers)"),
+        "the log should say that --max-old-workers stopped {w1}:\n{}",
+        hm.stderr()
     );
     assert!(pid_alive(w2), "worker {w2} is the one old worker allowed");
     assert!(pid_alive(w3));
-    assert!(hm.stderr().contains("--max-old-workers"), "{}", hm.stderr());
     assert!(hm.stop().success());
 }
 
