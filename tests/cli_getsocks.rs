@@ -7,10 +7,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::haproxy::Haproxy;
-use common::{free_port, TestDir};
+use common::{free_port, TestDir, REQUEST_TIMEOUT};
 
 fn hapmaster(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hapmaster"))
@@ -75,7 +74,7 @@ frontend fe
         let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
         let mut answer = String::new();
         conn.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
             && conn.read_to_string(&mut answer).is_ok()

@@ -2,6 +2,7 @@
 //! the `hapmaster` client subcommands and raw connections.
 mod common;
 
+use common::soak::{settled_fd_count, wait_fd_count};
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -46,7 +47,7 @@ fn start(extra: &[&str]) -> (Hapmaster, u16, PathBuf) {
     let mut args = vec!["-S", spec.as_str()];
     args.extend_from_slice(extra);
     let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
-    hm.wait_serving(15 * SEC);
+    hm.wait_serving(EVENT);
     (hm, port, cli)
 }
 
@@ -102,7 +103,7 @@ fn synchronous_reload_success_and_failure() {
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(t.starts_with("Success=1\n--\n"), "{t}");
     // The answer comes after the new worker serves: the notify READY for it is already sent.
-    let d = hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), 5 * SEC);
+    let d = hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), EVENT);
     let new = worker_pid_in(&d).unwrap();
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
 
@@ -126,7 +127,7 @@ fn synchronous_reload_success_and_failure() {
     let t = raw(&cli, b"hard-reload\n");
     assert!(t.starts_with("Success=1"), "{t}");
     assert!(
-        poll_until(10 * SEC, || (!pid_alive(new)).then_some(())).is_some(),
+        poll_until(EVENT, || (!pid_alive(new)).then_some(())).is_some(),
         "old worker {new} survived a hard-reload"
     );
     assert!(hm.stop().success());
@@ -195,7 +196,8 @@ fn getsocks_from_the_master_and_refusal_for_other_users() {
 fn hostile_clients_do_not_hurt_the_master() {
     let (mut hm, port, cli) = start(&[]);
     let master = hm.pid();
-    let fds = fd_count(master).unwrap();
+    let fds = settled_fd_count(master);
+    let listing = fd_listing(master);
     // An oversized line: answered with an error and closed.
     let mut big = vec![b'a'; 70 * 1024];
     big.push(b'\n');
@@ -211,8 +213,8 @@ fn hostile_clients_do_not_hurt_the_master() {
         .collect();
     let old = hm.current_worker_pid().unwrap();
     hm.signal(SIGUSR2);
-    hm.wait_notify(is_reloading, 15 * SEC);
-    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_serving(&d) && worker_pid_in(&d) != Some(old), "{d:?}");
     drop(idle);
     let t = raw(&cli, b"show proc\n");
@@ -229,12 +231,7 @@ fn hostile_clients_do_not_hurt_the_master() {
     );
     assert!(is_serving(&d));
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
-    let settled = poll_until(10 * SEC, || (fd_count(master)? == fds).then_some(()));
-    assert!(
-        settled.is_some(),
-        "fd count {:?}, was {fds}",
-        fd_count(master)
-    );
+    wait_fd_count(master, fds, &listing, EVENT);
     assert!(hm.stop().success());
 }
 

@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::time::Duration;
 
 const DEBIAN_CFG: &str = "/etc/haproxy/haproxy.cfg";
 
@@ -55,7 +54,7 @@ fn debian_stock_config_reloads() {
     let admin = dir.join("admin.sock");
     let cfg = adapt(&stock, &admin, port);
     let mut hm = Hapmaster::start_in(dir, cfg, &[]);
-    let mut worker = hm.wait_serving(Duration::from_secs(15));
+    let mut worker = hm.wait_serving(EVENT);
     let master = hm.pid();
     let target = format!("127.0.0.1:{port}");
     assert_eq!(http_get(target.as_str()).unwrap(), HELLO);
@@ -82,8 +81,8 @@ fn debian_stock_config_reloads() {
 
     for i in 1..=2 {
         hm.signal(SIGUSR2);
-        hm.wait_notify(is_reloading, Duration::from_secs(15));
-        let d = hm.wait_notify(|d| has_line(d, "READY=1"), Duration::from_secs(30));
+        hm.wait_notify(is_reloading, EVENT);
+        let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
         assert!(is_serving(&d), "reload {i}: {d:?}");
         let new = worker_pid_in(&d).unwrap();
         assert_ne!(new, worker, "reload {i}: same worker");

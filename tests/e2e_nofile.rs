@@ -48,7 +48,7 @@ fn low_soft_nofile_limit_does_not_break_reloads() {
     let master = child.id();
     let last = format!("127.0.0.1:{}", ports[LISTENERS - 1]);
     assert!(
-        poll_until(20 * SEC, || http_get(last.as_str()).ok()).is_some(),
+        poll_until(EVENT, || http_get(last.as_str()).ok()).is_some(),
         "not serving"
     );
     let limits = std::fs::read_to_string(format!("/proc/{master}/limits")).unwrap();

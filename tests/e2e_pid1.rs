@@ -7,7 +7,6 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 #[test]
 fn pid1_reaps_orphans() {
@@ -44,20 +43,15 @@ fn pid1_reaps_orphans() {
         .spawn()
         .expect("unshare (util-linux) is needed");
     let guard = KillOnDrop(unshare.id());
-    let master = poll_until(Duration::from_secs(10), || {
-        children_of(unshare.id()).first().map(|p| p.pid)
-    })
-    .expect("hapmaster did not start under unshare");
-    poll_until(Duration::from_secs(10), || {
-        http_get(format!("127.0.0.1:{port}")).ok()
-    })
-    .expect("not serving");
-    let orphan = poll_until(Duration::from_secs(5), || {
+    let master = poll_until(EVENT, || children_of(unshare.id()).first().map(|p| p.pid))
+        .expect("hapmaster did not start under unshare");
+    poll_until(EVENT, || http_get(format!("127.0.0.1:{port}")).ok()).expect("not serving");
+    let orphan = poll_until(EVENT, || {
         children_of(master).into_iter().find(|p| p.comm == "sleep")
     })
     .expect("the orphan should have been re-parented to the master (PID 1)");
     // It exits after 1 s; the master must reap it, not leave a zombie.
-    let reaped = poll_until(Duration::from_secs(10), || {
+    let reaped = poll_until(EVENT, || {
         (!children_of(master).iter().any(|p| p.pid == orphan.pid)).then_some(())
     });
     assert!(
@@ -72,10 +66,8 @@ fn pid1_reaps_orphans() {
         "still serving"
     );
     unsafe { libc::kill(master as i32, libc::SIGTERM) };
-    let status = poll_until(Duration::from_secs(15), || {
-        unshare.try_wait().ok().flatten()
-    })
-    .expect("hapmaster did not stop on SIGTERM");
+    let status = poll_until(EVENT, || unshare.try_wait().ok().flatten())
+        .expect("hapmaster did not stop on SIGTERM");
     // Reaped: its pid may be reused from now on, so the guard must not fire.
     std::mem::forget(guard);
     assert!(status.success(), "exit status {status}");

@@ -29,7 +29,7 @@ fn lingering_config(port: u16) -> String {
 /// connection. Then wait until `worker`'s fd table has the accepted end.
 fn half_request(hm: &Hapmaster, port: u16, worker: u32) -> TcpStream {
     let master = hm.pid();
-    let alone = poll_until(30 * SEC, || {
+    let alone = poll_until(EVENT, || {
         (listen_holders(port, &live_children(master)) == [worker]).then_some(())
     });
     assert!(
@@ -39,7 +39,7 @@ fn half_request(hm: &Hapmaster, port: u16, worker: u32) -> TcpStream {
     );
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-    let holder = poll_until(30 * SEC, || conn_holder(&s, &live_children(master)));
+    let holder = poll_until(EVENT, || conn_holder(&s, &live_children(master)));
     assert_eq!(
         holder,
         Some(worker),
@@ -58,8 +58,8 @@ fn policy_stop_logged(hm: &Hapmaster, pid: u32, policy: &str) -> bool {
 
 fn reload(hm: &mut Hapmaster, old: u32) -> u32 {
     hm.signal(SIGUSR2);
-    hm.wait_notify(is_reloading, 15 * SEC);
-    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_serving(&d), "reload failed: {d:?}");
     let new = worker_pid_in(&d).unwrap();
     assert_ne!(new, old);
@@ -132,7 +132,7 @@ fn exit_on_failure_exits_with_the_worker_status() {
     let worker = hm.current_worker_pid().unwrap();
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     let status = hm
-        .wait_exit(15 * SEC)
+        .wait_exit(EVENT)
         .expect("master did not exit after its worker died with --exit-on-failure");
     assert_eq!(status.code(), Some(137), "128 + SIGKILL: {status}");
     assert!(!hm.runtime_dir.exists(), "runtime dir left behind");

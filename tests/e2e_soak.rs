@@ -28,7 +28,7 @@ fn five_hundred_reloads_leak_nothing() {
 
     // Bounded well above what the run takes (measured under a minute on 2 cores).
     let load = Load::start_max(std::slice::from_ref(&target), CLIENTS, 600 * SEC);
-    poll_until(10 * SEC, || (load.ok_so_far() >= 200).then_some(()))
+    poll_until(EVENT, || (load.ok_so_far() >= 200).then_some(()))
         .expect("the load generator got no answers before the reloads");
 
     // The baseline is taken after some reloads, not before the first: the first reloads make the
@@ -38,7 +38,7 @@ fn five_hundred_reloads_leak_nothing() {
     for i in 1..=WARM_UP {
         worker = reload_once(&mut hm, worker, &format!("warm-up reload {i}"));
     }
-    wait_only_child(master, worker, 10 * SEC);
+    wait_only_child(master, worker, EVENT);
     let base_fds = settled_fd_count(master);
     let base_listing = fd_listing(master);
     let base_rss = vm_rss_kib(master).expect("VmRSS of the master");
@@ -76,12 +76,12 @@ fn five_hundred_reloads_leak_nothing() {
     let served = load.ok_so_far() - ok_before;
     let report = load.stop();
 
-    let settle = wait_only_child(master, worker, 10 * SEC);
-    wait_fd_count(master, base_fds, &base_listing, 10 * SEC);
+    let settle = wait_only_child(master, worker, EVENT);
+    wait_fd_count(master, base_fds, &base_listing, EVENT);
     let rss = vm_rss_kib(master).expect("VmRSS of the master");
     let g = current_generation(&mut hm);
     let expected = expected_runtime_names(g);
-    let files = poll_until(10 * SEC, || {
+    let files = poll_until(EVENT, || {
         let names = dir_names(&hm.runtime_dir);
         (names == expected).then_some(names)
     });

@@ -5,16 +5,20 @@ mod common;
 
 use common::soak::*;
 use common::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
 const CLIENTS: usize = 20;
+/// At least this many signals, and until at least [`MIN_RELOADS`] reloads have started.
 const SIGNALS: usize = 1000;
-/// Pause between two signals: 1000 of them take about a second.
+const MIN_RELOADS: usize = 3;
+/// Pause between two signals: 1000 of them take about a second on an idle machine.
 const PAUSE: Duration = Duration::from_micros(900);
-/// The storm is over once no reload has started for this long.
-const QUIET: Duration = Duration::from_secs(2);
+/// The storm gives up after this many signals (a master that never reloads).
+const MAX_SIGNALS: usize = 100_000;
 
 #[test]
 fn signal_storm_coalesces() {
@@ -25,15 +29,15 @@ fn signal_storm_coalesces() {
     let master_start = proc_stat(master).expect("master in /proc").starttime;
     let mut worker = hm.current_worker_pid().unwrap();
 
-    let load = Load::start_max(std::slice::from_ref(&target), CLIENTS, 120 * SEC);
-    poll_until(10 * SEC, || (load.ok_so_far() >= 200).then_some(()))
+    let load = Load::start_max(std::slice::from_ref(&target), CLIENTS, 180 * SEC);
+    poll_until(EVENT, || (load.ok_so_far() >= 200).then_some(()))
         .expect("the load generator got no answers before the storm");
     // Warm-up: a few reloads so that the baseline includes what the first reloads allocate once
     // (the held set, probe buffers, the allocator's arenas growing to their working size).
     for i in 1..=3 {
         worker = reload_once(&mut hm, worker, &format!("warm-up reload {i}"));
     }
-    wait_only_child(master, worker, 10 * SEC);
+    wait_only_child(master, worker, EVENT);
     let base_fds = settled_fd_count(master);
     let base_listing = fd_listing(master);
     let base_rss = vm_rss_kib(master).expect("VmRSS of the master");
@@ -41,10 +45,14 @@ fn signal_storm_coalesces() {
 
     // The storm comes from another thread, so that this one reads the notify datagrams as they
     // come (the master blocks on sd_notify when the receiver's queue of 10 datagrams is full).
-    let mut sender = Some(thread::spawn(move || {
+    // It lasts until this thread has seen MIN_RELOADS reloads start, however slow the machine:
+    // the signals then overlap running reloads, which is what coalescing is about.
+    let reloads_seen = Arc::new(AtomicUsize::new(0));
+    let seen = reloads_seen.clone();
+    let sender = thread::spawn(move || {
         let start = Instant::now();
         let mut sent = 0;
-        for _ in 0..SIGNALS {
+        while sent < MAX_SIGNALS && (sent < SIGNALS || seen.load(Ordering::Relaxed) < MIN_RELOADS) {
             if !kill_if_same(master, master_start, SIGUSR2) {
                 break;
             }
@@ -52,35 +60,29 @@ fn signal_storm_coalesces() {
             thread::sleep(PAUSE);
         }
         (sent, start.elapsed(), monotonic_usec())
-    }));
-    let deadline = Instant::now() + 60 * SEC;
-    let mut last_reload_seen = Instant::now();
-    let mut storm_end = None;
-    loop {
-        let got = hm.collect_notify(Duration::from_millis(200));
-        if got.iter().any(|d| is_reloading(d)) {
-            last_reload_seen = Instant::now();
-        }
-        if sender.as_ref().is_some_and(|s| s.is_finished()) {
-            let s = sender.take().unwrap();
-            storm_end = Some(s.join().expect("signal sender thread"));
-        }
-        let in_reload = hm.history()[first..]
+    });
+    let deadline = Instant::now() + 180 * SEC;
+    while !sender.is_finished() {
+        // Reading keeps the notify queue drained; the window is no synchronisation.
+        hm.collect_notify(Duration::from_millis(100));
+        let started = hm.history()[first..]
             .iter()
-            .rev()
-            .find(|d| is_reloading(d) || has_line(d, "READY=1"))
-            .is_some_and(|d| is_reloading(d));
-        if storm_end.is_some() && !in_reload && last_reload_seen.elapsed() >= QUIET {
-            break;
-        }
+            .filter(|d| is_reloading(d))
+            .count();
+        reloads_seen.store(started, Ordering::Relaxed);
         assert!(
             Instant::now() < deadline,
-            "the storm did not settle within 60 s:\n{}",
+            "the storm did not end within 180 s:\n{}",
             hm.history_text()
         );
     }
-    let (sent, storm_took, last_signal_usec) = storm_end.unwrap();
-    assert_eq!(sent, SIGNALS, "the master went away during the storm");
+    let (sent, storm_took, last_signal_usec) = sender.join().expect("signal sender thread");
+    assert!(
+        sent >= SIGNALS,
+        "the master went away during the storm after {sent} signals"
+    );
+    // Every signal has been acted on and no reload runs or waits once this returns.
+    hm.settle_reloads();
     let datagrams = hm.history()[first..].to_vec();
     let reloads = assert_reloads_alternate(&datagrams);
     let reload_usecs: Vec<u64> = datagrams
@@ -96,8 +98,8 @@ fn signal_storm_coalesces() {
     worker = hm.current_worker_pid().unwrap();
 
     let report = load.stop();
-    let settle = wait_only_child(master, worker, 10 * SEC);
-    wait_fd_count(master, base_fds, &base_listing, 10 * SEC);
+    let settle = wait_only_child(master, worker, EVENT);
+    wait_fd_count(master, base_fds, &base_listing, EVENT);
     let rss = vm_rss_kib(master).expect("VmRSS of the master");
     eprintln!(
         "storm: {sent} SIGUSR2 in {storm_took:.2?} -> {reloads} reloads ({after_last_signal} \
@@ -110,20 +112,14 @@ fn signal_storm_coalesces() {
     eprintln!("load during the storm: {report}");
 
     assert!(
-        storm_took < 3 * SEC,
-        "sending {SIGNALS} signals took {storm_took:?}: the storm was not a storm"
+        reloads - after_last_signal >= MIN_RELOADS,
+        "{sent} SIGUSR2 in {storm_took:?} overlapped only {} reloads",
+        reloads - after_last_signal
     );
-    assert!(reloads >= 1, "{SIGNALS} SIGUSR2 started no reload");
-    // Every reload starts a haproxy (tens of ms at least), and they run one at a time (checked by
-    // assert_reloads_alternate), so a storm of about a second leaves few of them; far fewer than
-    // the signals, which a master queueing each request would turn into 1000 reloads.
-    assert!(
-        reloads <= SIGNALS / 10,
-        "{reloads} reloads for {SIGNALS} signals in {storm_took:?}: requests are not coalesced"
-    );
-    // When the last signal is sent, at most one reload may run and one be queued. A signal handled
-    // in two `take()` calls (one before, one after the last kill) can make the running one start
-    // just after that instant, hence 2 and not 1; a queue of requests would give many more.
+    // Coalescing, whatever the machine's speed: when the last signal is sent, at most one reload
+    // may run and one be queued. A signal handled in two `take()` calls (one before, one after
+    // the last kill) can make the running one start just after that instant, hence 2 and not 1;
+    // a master queueing each request would still have hundreds of reloads to go.
     assert!(
         after_last_signal <= 2,
         "{after_last_signal} reloads started after the last signal: a backlog was queued"

@@ -30,7 +30,7 @@ fn fd_store_follows_the_held_set() {
     let ino_a = *tcp4_listen_inodes(a).iter().next().unwrap();
     let ino_b = *tcp4_listen_inodes(b).iter().next().unwrap();
     let want: BTreeSet<String> = [format!("sock-{ino_a}"), format!("sock-{ino_b}")].into();
-    let stored = poll_until(5 * SEC, || {
+    let stored = poll_until(EVENT, || {
         let s = stored_names(hm.history(), "FDSTORE=1");
         (s == want).then_some(s)
     });
@@ -43,7 +43,7 @@ fn fd_store_follows_the_held_set() {
     // A reload that keeps both stores nothing new; one that drops B removes it from the store.
     let old = hm.current_worker_pid().unwrap();
     hm.signal(SIGUSR2);
-    hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), 15 * SEC);
+    hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), EVENT);
     assert_eq!(
         hm.history()
             .iter()
@@ -54,8 +54,8 @@ fn fd_store_follows_the_held_set() {
     hm.write_config(&http_config(&[format!("127.0.0.1:{a}")]));
     let old = hm.current_worker_pid().unwrap();
     hm.signal(SIGUSR2);
-    hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), 15 * SEC);
-    let removed = poll_until(5 * SEC, || {
+    hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(old), EVENT);
+    let removed = poll_until(EVENT, || {
         let r = stored_names(hm.history(), "FDSTOREREMOVE=1");
         (!r.is_empty()).then_some(r)
     });
@@ -109,10 +109,10 @@ fn listen_fds_are_adopted_and_unused_ones_closed() {
     }
     let mut child = ChildGuard(cmd.spawn().unwrap());
     drop((used, unused));
-    let served = poll_until(15 * SEC, || http_get(format!("127.0.0.1:{p_used}")).ok());
+    let served = poll_until(EVENT, || http_get(format!("127.0.0.1:{p_used}")).ok());
     assert_eq!(served.as_deref(), Some(HELLO));
     // The worker took the passed socket: still the one listening socket on that port.
-    let adopted = poll_until(5 * SEC, || {
+    let adopted = poll_until(EVENT, || {
         (tcp4_listen_inodes(p_used) == BTreeSet::from([inode])).then_some(())
     });
     assert!(
@@ -121,7 +121,7 @@ fn listen_fds_are_adopted_and_unused_ones_closed() {
         tcp4_listen_inodes(p_used)
     );
     // The socket no listener of the config uses is closed, not left accepting into a void.
-    let closed = poll_until(5 * SEC, || {
+    let closed = poll_until(EVENT, || {
         tcp4_listen_inodes(p_unused).is_empty().then_some(())
     });
     assert!(closed.is_some(), "unused passed socket still listening");

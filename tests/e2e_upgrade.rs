@@ -3,12 +3,10 @@
 //! no failed request under load.
 mod common;
 
+use common::soak::{settled_fd_count, wait_fd_count};
 use common::*;
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
-
-const SEC: Duration = Duration::from_secs(1);
 
 /// These tests write executables: a concurrent test's fork could inherit the write fd for an
 /// instant and make the exec fail with ETXTBSY. One at a time.
@@ -43,16 +41,17 @@ fn upgrade_in_place_under_load() {
         format!("unix@{}", fe.display()),
     ]);
     let mut hm = Hapmaster::start_binary_in(&binary, dir, cfg, &[]);
-    let worker = hm.wait_serving(15 * SEC);
+    let worker = hm.wait_serving(EVENT);
     let master = hm.pid();
     let inodes = || (tcp4_listen_inodes(port), unix_listen_inodes(&fe));
     let base = inodes();
     assert_eq!((base.0.len(), base.1.len()), (1, 1), "{base:?}");
     let targets: Vec<Target> = vec![format!("127.0.0.1:{port}").into(), fe.clone().into()];
     let load = Load::start(&targets, 20);
-    poll_until(10 * SEC, || (load.ok_so_far() >= 100).then_some(()))
+    poll_until(EVENT, || (load.ok_so_far() >= 100).then_some(()))
         .expect("no answers before the upgrade");
-    let fds_before = fd_count(master).unwrap();
+    let fds_before = settled_fd_count(master);
+    let listing_before = fd_listing(master);
 
     replace_binary(&binary);
     assert!(
@@ -61,7 +60,7 @@ fn upgrade_in_place_under_load() {
         exe_link(master)
     );
     hm.signal(SIGURG);
-    let d = hm.wait_notify(|d| d.contains("upgraded in place"), 15 * SEC);
+    let d = hm.wait_notify(|d| d.contains("upgraded in place"), EVENT);
     assert!(has_line(&d, "READY=1"), "{d:?}");
     assert_eq!(
         worker_pid_in(&d),
@@ -84,17 +83,12 @@ fn upgrade_in_place_under_load() {
         vec![worker],
         "the worker should still be the master's only child"
     );
-    assert_eq!(
-        fd_count(master),
-        Some(fds_before),
-        "fd count changed in the upgrade:\n{}",
-        fd_listing(master)
-    );
+    wait_fd_count(master, fds_before, &listing_before, EVENT);
 
     // The new image reloads with the sockets it took over.
     hm.signal(SIGUSR2);
-    hm.wait_notify(is_reloading, 15 * SEC);
-    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_serving(&d), "reload after the upgrade failed: {d:?}");
     assert_ne!(worker_pid_in(&d), Some(worker));
     assert_eq!(inodes(), base, "listening sockets changed in the reload");
@@ -121,20 +115,21 @@ fn failed_upgrade_keeps_running() {
         http_config(&[format!("127.0.0.1:{port}")]),
         &[],
     );
-    let worker = hm.wait_serving(15 * SEC);
+    let worker = hm.wait_serving(EVENT);
     let master = hm.pid();
-    let fds_before = fd_count(master).unwrap();
+    let fds_before = settled_fd_count(master);
+    let listing_before = fd_listing(master);
     fs::remove_file(&binary).unwrap();
     hm.signal(SIGURG);
-    let d = hm.wait_notify(|d| d.contains("upgrade in place failed"), 15 * SEC);
+    let d = hm.wait_notify(|d| d.contains("upgrade in place failed"), EVENT);
     assert_eq!(worker_pid_in(&d), Some(worker), "{d:?}");
     assert!(pid_alive(master));
-    assert_eq!(fd_count(master), Some(fds_before), "{}", fd_listing(master));
+    wait_fd_count(master, fds_before, &listing_before, EVENT);
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
     // Signals still work after the failed exec restored the mask.
     hm.signal(SIGUSR2);
-    hm.wait_notify(is_reloading, 15 * SEC);
-    let d = hm.wait_notify(|d| has_line(d, "READY=1"), 30 * SEC);
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_serving(&d), "{d:?}");
     assert!(hm.stop().success());
 }

@@ -570,10 +570,12 @@ fn silent_server_times_out_within_the_deadline() {
     let started = std::time::Instant::now();
     let err = fetch_from_stream(&client, Duration::from_millis(300)).unwrap_err();
     assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
+    // A fetch that ignored its deadline would wait for the silent server forever; one that
+    // kept it returns after 300 ms, later only on a busy machine, never sooner.
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
+        (Duration::from_millis(300)..Duration::from_secs(30)).contains(&took),
+        "{took:?}"
     );
     drop(server);
 }

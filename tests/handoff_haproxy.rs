@@ -14,12 +14,12 @@ use std::time::Duration;
 mod common;
 
 use common::haproxy::{show_info, Haproxy};
-use common::{free_port, TestDir};
+use common::{free_port, TestDir, REQUEST_TIMEOUT};
 use hapmaster::handoff::fetch::fetch_sockets;
 use hapmaster::handoff::listeners::{is_unix_listener_of, HeldSet, SocketInfo};
 use hapmaster::handoff::serve::{serve_getsocks, ServeError, ServeOutcome};
 
-const TRANSFER: Duration = Duration::from_secs(5);
+const TRANSFER: Duration = Duration::from_secs(30);
 
 /// The IPv6 bind says `v6only` because Linux makes every socket bound to a specific IPv6
 /// address v6only, and haproxy 2.6.12 only adopts a received IPv6 socket whose IPV6_V6ONLY
@@ -65,8 +65,8 @@ fn assert_ok(answer: &str, via: &str) {
 }
 
 fn tcp_get(addr: &str) -> String {
-    let conn = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let conn = TcpStream::connect_timeout(&addr.parse().unwrap(), REQUEST_TIMEOUT).unwrap();
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
     http_get(conn)
 }
 
@@ -187,7 +187,7 @@ fn sockets_survive_a_handoff_between_two_real_haproxies() {
     assert_ok(&tcp_get(&format!("127.0.0.1:{v4}")), "127.0.0.1");
     assert_ok(&tcp_get(&format!("[::1]:{v6}")), "::1");
     let unix = UnixStream::connect(dir.join("fe.sock")).unwrap();
-    unix.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    unix.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
     assert_ok(&http_get(unix), "fe.sock");
     let new_pid = new.pid();
     assert!(show_info(&stats2).is_some_and(|i| i.contains(&format!("Pid: {new_pid}\n"))));

@@ -46,7 +46,7 @@ fn harness_against_plain_haproxy() {
     let pid = hap.0.id();
 
     // Listeners appear, one socket each.
-    let found = poll_until(Duration::from_secs(10), || {
+    let found = poll_until(EVENT, || {
         let (a, b, c) = (
             tcp4_listen_inodes(p4),
             tcp6_listen_inodes(p6),
@@ -100,9 +100,7 @@ fn harness_against_plain_haproxy() {
 
     // Load with no disturbance: no failures.
     let load = Load::start(&targets, 20);
-    let enough = poll_until(Duration::from_secs(30), || {
-        (load.ok_so_far() >= 5000).then_some(())
-    });
+    let enough = poll_until(EVENT, || (load.ok_so_far() >= 5000).then_some(()));
     let report = load.stop();
     eprintln!("undisturbed load: {report}");
     assert!(enough.is_some(), "load too slow: {report}");
@@ -110,21 +108,14 @@ fn harness_against_plain_haproxy() {
 
     // Load while haproxy dies: the generator must notice.
     let load = Load::start(&targets, 20);
-    poll_until(Duration::from_secs(10), || {
-        (load.ok_so_far() >= 500).then_some(())
-    })
-    .expect("load did not start");
+    poll_until(EVENT, || (load.ok_so_far() >= 500).then_some(())).expect("load did not start");
     kill(pid, SIGKILL).unwrap();
     // A killed child stays a zombie until we reap it.
-    poll_until(Duration::from_secs(5), || {
-        zombie_children(me).contains(&pid).then_some(())
-    })
-    .expect("killed haproxy never showed as a zombie child");
+    poll_until(EVENT, || zombie_children(me).contains(&pid).then_some(()))
+        .expect("killed haproxy never showed as a zombie child");
     assert!(!pid_alive(pid));
-    poll_until(Duration::from_secs(10), || {
-        (load.failed_so_far() >= 100).then_some(())
-    })
-    .expect("the load generator did not notice haproxy's death");
+    poll_until(EVENT, || (load.failed_so_far() >= 100).then_some(()))
+        .expect("the load generator did not notice haproxy's death");
     let report = load.stop();
     eprintln!("load across a kill: {report}");
     assert!(

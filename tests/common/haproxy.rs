@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{haproxy_path, poll_until};
+use super::{haproxy_path, poll_until, EVENT};
 
-const STARTUP: Duration = Duration::from_secs(10);
+const STARTUP: Duration = EVENT;
 
 pub struct Haproxy {
     child: Child,
@@ -64,9 +64,7 @@ impl Haproxy {
             return;
         }
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let exited = poll_until(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten()
-        });
+        let exited = poll_until(EVENT, || self.child.try_wait().ok().flatten());
         if exited.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -80,11 +78,11 @@ impl Drop for Haproxy {
     }
 }
 
-/// haproxy's `show info` on a stats socket, or None if it does not answer within a second.
+/// haproxy's `show info` on a stats socket, or None if it does not answer within 5 s (callers poll).
 pub fn show_info(stats: &Path) -> Option<String> {
     let mut conn = UnixStream::connect(stats).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     conn.write_all(b"show info\n").ok()?;
     let mut info = String::new();
     conn.read_to_string(&mut info).ok()?;

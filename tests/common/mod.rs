@@ -40,6 +40,11 @@ pub const SIGURG: i32 = libc::SIGURG;
 /// every poll loop also has a deadline.
 pub const POLL: Duration = Duration::from_millis(20);
 
+/// The deadline for something that normally happens within milliseconds or a second (a reload, a
+/// worker's exit, a log line, an answer): sized for a 2-core machine busy with other work. Waits
+/// end as soon as the event comes, so only a failing test ever waits this long.
+pub const EVENT: Duration = Duration::from_secs(60);
+
 // ---------------------------------------------------------------------------------------------
 // Small utilities
 // ---------------------------------------------------------------------------------------------
@@ -774,9 +779,14 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// One `GET /` (HTTP/1.0, new connection) with 5 s connect/read/write timeouts; the body of a 200.
+/// How long one request may take before it counts as failed (`Timeout`): a request that waits in
+/// a listen queue nobody accepts from never ends, one on a busy machine ends within a second or so.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `GET /` (HTTP/1.0, new connection) with [`REQUEST_TIMEOUT`] connect/read/write timeouts;
+/// the body of a 200.
 pub fn http_get(target: impl Into<Target>) -> Result<String, RequestError> {
-    http_get_timeout(target, Duration::from_secs(5))
+    http_get_timeout(target, REQUEST_TIMEOUT)
 }
 
 pub fn http_get_timeout(
@@ -794,6 +804,8 @@ pub fn http_get_timeout(
 #[derive(Default)]
 struct LoadShared {
     ok: AtomicUsize,
+    /// Requests each client has finished (served or failed), by client index.
+    finished: Vec<AtomicUsize>,
     failures: Mutex<Vec<(FailKind, usize)>>,
     first_errors: Mutex<Vec<String>>,
     ok_by_target: Mutex<Vec<(String, usize)>>,
@@ -850,7 +862,7 @@ impl fmt::Display for LoadReport {
 
 /// Concurrent clients, each looping non-keep-alive `GET /` requests (a new connection per request)
 /// against the targets, thread i on target i % len. Bounded by [`Load::stop`] and by a maximum
-/// duration; each request by 5 s timeouts.
+/// duration; each request by [`REQUEST_TIMEOUT`].
 pub struct Load {
     stop: Arc<AtomicBool>,
     shared: Arc<LoadShared>,
@@ -870,7 +882,10 @@ impl Load {
     pub fn start_max(targets: &[Target], concurrency: usize, max: Duration) -> Load {
         assert!(!targets.is_empty() && concurrency > 0);
         let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(LoadShared::default());
+        let shared = Arc::new(LoadShared {
+            finished: (0..concurrency).map(|_| AtomicUsize::new(0)).collect(),
+            ..LoadShared::default()
+        });
         let (done_tx, done_rx) = mpsc::channel();
         let started = Instant::now();
         let deadline = started + max;
@@ -892,6 +907,7 @@ impl Load {
                                 }
                                 Err(e) => shared.fail(&target, &e),
                             }
+                            shared.finished[i].fetch_add(1, Ordering::Relaxed);
                         }
                         {
                             let name = target.to_string();
@@ -921,6 +937,35 @@ impl Load {
         self.shared.ok.load(Ordering::Relaxed)
     }
 
+    /// Requests each client has finished so far (served or failed), by client.
+    pub fn finished_by_client(&self) -> Vec<usize> {
+        self.shared
+            .finished
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Waits until every client has finished two more requests than it had at this call: the one
+    /// it was in then (whatever its fate, now counted) and one started after the call. So every
+    /// failure of a request in flight at the call has been counted when this returns. Panics after
+    /// [`EVENT`].
+    pub fn wait_every_client_moved_on(&self) {
+        let from = self.finished_by_client();
+        let moved = poll_until(EVENT, || {
+            let now = self.finished_by_client();
+            now.iter()
+                .zip(&from)
+                .all(|(n, f)| *n >= f + 2)
+                .then_some(())
+        });
+        assert!(
+            moved.is_some(),
+            "within {EVENT:?} not every client finished two more requests: {from:?} -> {:?}",
+            self.finished_by_client()
+        );
+    }
+
     /// Failures so far.
     pub fn failed_so_far(&self) -> usize {
         self.shared
@@ -932,8 +977,9 @@ impl Load {
             .sum()
     }
 
-    /// Stops the clients and waits (up to 15 s) for them to finish their current request. A client
-    /// that does not finish in time is counted as a `Stuck` failure and left behind.
+    /// Stops the clients and waits (up to [`EVENT`], longer than one request may take) for them to
+    /// finish their current request. A client that does not finish in time is counted as a
+    /// `Stuck` failure and left behind.
     pub fn stop(mut self) -> LoadReport {
         self.stop_inner()
     }
@@ -942,7 +988,7 @@ impl Load {
         self.stopped = true;
         self.stop.store(true, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + EVENT;
         let mut finished = 0;
         while finished < self.threads.len() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1115,10 +1161,10 @@ impl Hapmaster {
         Hapmaster::start_in(TestDir::new(), cfg, extra_args)
     }
 
-    /// Starts hapmaster and waits (15 s) for its first `READY=1` + `Serving` datagram.
+    /// Starts hapmaster and waits ([`EVENT`]) for its first `READY=1` + `Serving` datagram.
     pub fn start_ready(cfg: impl Into<Cfg>, extra_args: &[&str]) -> Hapmaster {
         let mut hm = Hapmaster::start(cfg, extra_args);
-        hm.wait_serving(Duration::from_secs(15));
+        hm.wait_serving(EVENT);
         hm
     }
 
@@ -1331,6 +1377,61 @@ impl Hapmaster {
             .join("\n")
     }
 
+    /// One command on the master CLI (`<runtime dir>/master.sock`), its answer read to the end.
+    pub fn cli(&self, line: &str) -> String {
+        let path = self.runtime_dir.join("master.sock");
+        let mut s = UnixStream::connect(&path)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
+        s.set_read_timeout(Some(EVENT)).unwrap();
+        s.set_write_timeout(Some(EVENT)).unwrap();
+        s.write_all(format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("sending {line:?} to {}: {e}", path.display()));
+        let _ = s.shutdown(Shutdown::Write);
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("reading the answer to {line:?}: {e}"));
+        answer
+    }
+
+    /// True while the last `RELOADING=1` received has no `READY=1` after it.
+    fn reload_running(&mut self) -> bool {
+        self.history()
+            .iter()
+            .rev()
+            .find(|d| is_reloading(d) || has_line(d, "READY=1"))
+            .is_some_and(|d| is_reloading(d))
+    }
+
+    /// Returns once the master has acted on every signal sent to it before this call, and no
+    /// reload is running or queued: what a test needs before it counts reloads, with no quiet
+    /// period that assumes a speed.
+    ///
+    /// Why two master CLI round trips prove it: the master is single-threaded, so a signal sent
+    /// before the first command is handled (its flag set, its byte written to the self-pipe)
+    /// before the master runs any code to answer that command. The second command is read in a
+    /// later turn of the loop, and each turn handles the self-pipe first; a reload it starts
+    /// sends `RELOADING=1` before that answer is written. A reload queued behind a running one
+    /// starts in the same turn as the running one's `READY=1`.
+    pub fn settle_reloads(&mut self) {
+        let deadline = Instant::now() + EVENT;
+        loop {
+            while self.reload_running() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait_notify(|d| has_line(d, "READY=1"), left);
+            }
+            self.cli("show proc");
+            self.cli("show proc");
+            if !self.reload_running() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reloads did not settle within {EVENT:?}:\n{}",
+                self.history_text()
+            );
+        }
+    }
+
     /// The worker pid of the last `Serving` datagram received.
     pub fn current_worker_pid(&self) -> Option<u32> {
         self.current_worker
@@ -1379,16 +1480,16 @@ impl Hapmaster {
         poll_until(timeout, || self.try_reap())
     }
 
-    /// SIGTERM, then wait (15 s) for the exit; panics if it does not exit.
+    /// SIGTERM, then wait ([`EVENT`]) for the exit; panics if it does not exit.
     pub fn stop(&mut self) -> ExitStatus {
         if let Some(s) = self.exit {
             return s;
         }
         self.signal(SIGTERM);
-        match self.wait_exit(Duration::from_secs(15)) {
+        match self.wait_exit(EVENT) {
             Some(s) => s,
             None => panic!(
-                "hapmaster (pid {}) did not exit within 15 s of SIGTERM",
+                "hapmaster (pid {}) did not exit within {EVENT:?} of SIGTERM",
                 self.pid
             ),
         }
@@ -1451,7 +1552,7 @@ impl Drop for Hapmaster {
 
 /// A hapmaster started by hand (not through `Hapmaster`): on drop, if the test did not wait for
 /// it (a failed assertion), it gets SIGTERM so that it stops its workers too, then SIGKILL after
-/// 10 s, and is reaped.
+/// [`EVENT`], and is reaped.
 pub struct ChildGuard(pub std::process::Child);
 
 impl ChildGuard {
@@ -1471,7 +1572,7 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if self.stop(Duration::from_secs(10)).is_none() {
+        if self.stop(EVENT).is_none() {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }

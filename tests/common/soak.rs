@@ -153,8 +153,8 @@ pub fn assert_reloads_alternate(datagrams: &[String]) -> usize {
 /// notify socket (no polling), so a reload costs what the master takes and nothing more.
 pub fn reload_once(hm: &mut Hapmaster, old: u32, what: &str) -> u32 {
     hm.signal(SIGUSR2);
-    hm.wait_notify(is_reloading, Duration::from_secs(15));
-    let d = hm.wait_notify(|d| has_line(d, "READY=1"), Duration::from_secs(30));
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_serving(&d), "{what}: reload did not succeed: {d:?}");
     let new = worker_pid_in(&d).unwrap();
     assert_ne!(new, old, "{what}: still serving the old worker: {d:?}");
