@@ -5,9 +5,7 @@ mod common;
 use common::*;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-const SEC: Duration = Duration::from_secs(1);
 const LISTENERS: usize = 300;
 
 #[test]
@@ -72,6 +70,6 @@ fn low_soft_nofile_limit_does_not_break_reloads() {
     );
     assert_eq!(tcp4_listen_inodes(ports[0]), inode, "listener changed");
     assert_eq!(http_get(last.as_str()).unwrap(), HELLO);
-    let status = child.stop(15 * SEC);
+    let status = child.stop(EVENT);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

@@ -18,12 +18,13 @@ fn pid1_reaps_orphans() {
     let port = free_port();
     let cfg = dir.join("haproxy.cfg");
     fs::write(&cfg, http_config(&[format!("127.0.0.1:{port}")])).unwrap();
-    // The subshell exits at once, so its `sleep` is re-parented to PID 1: the master.
+    // The subshell exits at once, so its `sleep` is re-parented to PID 1: the master. It sleeps
+    // until the test ends it, so the test finds it however long the start took.
     let wrapper = dir.join("haproxy-orphaning");
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n(sleep 1 &)\nexec {} \"$@\"\n",
+            "#!/bin/sh\n(sleep 3600 &)\nexec {} \"$@\"\n",
             haproxy_path().display()
         ),
     )
@@ -50,7 +51,8 @@ fn pid1_reaps_orphans() {
         children_of(master).into_iter().find(|p| p.comm == "sleep")
     })
     .expect("the orphan should have been re-parented to the master (PID 1)");
-    // It exits after 1 s; the master must reap it, not leave a zombie.
+    // When it exits, the master must reap it, not leave a zombie.
+    kill(orphan.pid, SIGTERM).unwrap();
     let reaped = poll_until(EVENT, || {
         (!children_of(master).iter().any(|p| p.pid == orphan.pid)).then_some(())
     });

@@ -10,9 +10,6 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
-
-const SEC: Duration = Duration::from_secs(1);
 
 fn stored_names(history: &[String], key: &str) -> BTreeSet<String> {
     history
@@ -125,6 +122,6 @@ fn listen_fds_are_adopted_and_unused_ones_closed() {
         tcp4_listen_inodes(p_unused).is_empty().then_some(())
     });
     assert!(closed.is_some(), "unused passed socket still listening");
-    let status = child.stop(15 * SEC);
+    let status = child.stop(EVENT);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
