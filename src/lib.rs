@@ -1,7 +1,9 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
 pub mod control;
 pub mod fdstore;
+pub mod fs_at;
 pub mod handoff;
+pub mod inherited_fds;
 pub mod listen_fds;
 pub mod logging;
 pub mod notify;

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, ExitCode};
 
 use hapmaster::control::client::{self, ClientCommand, ClientError};
@@ -13,7 +14,7 @@ use hapmaster::options::{self, Options};
 use hapmaster::pidfile::PidFile;
 use hapmaster::runtime_dir::RuntimeDir;
 use hapmaster::supervisor::upgrade::{self, Launch, Snapshot};
-use hapmaster::{logging, supervisor};
+use hapmaster::{inherited_fds, logging, supervisor};
 
 fn main() -> ExitCode {
     // Client subcommands come first: `hapmaster reload`, `cli`, `getsocks`. haproxy-style
@@ -186,6 +187,16 @@ fn run_master(opts: Options) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before any child exists: no worker inherits what our own parent left open.
+    let mut known: Vec<RawFd> = passed.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    if let Some(s) = &resume {
+        known.push(s.lock_fd);
+        known.extend(s.held.iter().map(|h| h.fd));
+        known.extend(s.outputs.iter().map(|(_, fd)| *fd));
+    }
+    if let Some(line) = inherited_fds::describe(&inherited_fds::seal(&known)) {
+        log::debug!("{line}");
+    }
     let launch = match Launch::of_current_process() {
         Ok(l) => l,
         Err(e) => {

@@ -1,28 +1,37 @@
 //! The `-p` pid file, and the write-then-rename helper other files of ours use.
+//!
+//! The pid file's directory may be writable by others (a shared run directory): it is written and
+//! removed through `fs_at`, never by a path that could follow a planted link or hit a swapped file.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// The pid file; removed when dropped.
+use crate::fs_at::{Dir, Placed};
+
+/// The pid file; removed when dropped, if it is still ours.
 #[derive(Debug)]
 pub struct PidFile {
-    path: PathBuf,
+    placed: Placed,
 }
 
 impl PidFile {
     /// Writes "<pid>\n" to `path` so that a reader never sees an empty or partial file.
     pub fn write(path: &Path, pid: u32) -> io::Result<PidFile> {
-        // Absolute, so that removal still works after a daemonizing chdir("/").
+        // Absolute, so that messages name the file the operator means after a daemonizing
+        // chdir("/") (the directory itself is held open).
         let path = std::path::absolute(path).map_err(|e| with_path(e, "write pid file", path))?;
-        write_atomic(&path, format!("{pid}\n").as_bytes(), 0o644)
+        let (dir, name) =
+            Dir::parent_of(&path).map_err(|e| with_path(e, "write pid file", &path))?;
+        let id = dir
+            .write_file(&name, format!("{pid}\n").as_bytes(), 0o644)
             .map_err(|e| with_path(e, "write pid file", &path))?;
-        Ok(PidFile { path })
+        Ok(PidFile {
+            placed: Placed { dir, name, id },
+        })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.placed.path()
     }
 
     /// Removes the file now (also done on drop).
@@ -31,13 +40,14 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        remove_quietly(&self.path, "pid file");
+        self.placed.remove("pid file");
     }
 }
 
-/// Removes `path`; a missing file is what we wanted, anything else is worth a warning.
+/// Removes `path`; a missing file is what we wanted, anything else is worth a warning. Only for
+/// files in a directory no one else can write (the runtime directory).
 pub fn remove_quietly(path: &Path, what: &str) {
-    match fs::remove_file(path) {
+    match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             log::warn!("cannot remove {what} {}: {e}", path.display());
         }
@@ -50,55 +60,18 @@ pub fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("cannot {doing} {}: {e}", path.display()))
 }
 
-/// The temp name used while writing `path`: hidden, in the same directory (so that rename(2) is
-/// atomic), and unique to this process.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Writes `contents` to `path` with exactly `mode` (not reduced by the umask): temp file, then
-/// rename. Errors are plain io errors; callers add the path.
+/// Writes `contents` to `path` with exactly `mode` (not reduced by the umask): a new file under a
+/// random name in the same directory, then rename (see `fs_at::Dir::write_file`). Errors are plain
+/// io errors; callers add the path.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = temp_path(path);
-    let result = write_new(&tmp, contents, mode).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn write_new(tmp: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            // std adds O_CLOEXEC; O_NOFOLLOW refuses a planted symlink.
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(tmp)
-    };
-    let mut file = match open() {
-        // Only a crashed earlier process with our pid leaves this behind.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            fs::remove_file(tmp)?;
-            open()?
-        }
-        other => other?,
-    };
-    file.set_permissions(fs::Permissions::from_mode(mode))?;
-    // No fsync: readers need the rename's atomicity, not durability (a pidfile or a worker's
-    // fragment means nothing after a power loss), and an fsync on a busy disk stalled the event
-    // loop for seconds at every reload (found by the benchmark).
-    file.write_all(contents)
+    let (dir, name) = Dir::parent_of(path)?;
+    dir.write_file(&name, contents, mode).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
 
     struct TempDir(PathBuf);
@@ -161,12 +134,14 @@ mod tests {
     }
 
     #[test]
-    fn stale_temp_file_is_replaced() {
-        let dir = TempDir::new("stale");
+    fn a_file_swapped_in_after_writing_is_not_removed() {
+        let dir = TempDir::new("swapped");
         let path = dir.0.join("p");
-        fs::write(temp_path(&path), "junk").unwrap();
-        let _pf = PidFile::write(&path, 8).unwrap();
-        assert_eq!(entries(&dir.0), vec!["p"]);
+        let pf = PidFile::write(&path, 8).unwrap();
+        fs::write(dir.0.join("other"), "not ours").unwrap();
+        fs::rename(dir.0.join("other"), &path).unwrap();
+        pf.remove();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "not ours");
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub enum RuntimeDirError {
         path: PathBuf,
         mode: u32,
     },
+    /// Someone else can rename entries of the parent: the directory could be swapped.
+    InsecureParent {
+        path: PathBuf,
+        parent: PathBuf,
+        mode: u32,
+        owner: u32,
+    },
     Lock {
         path: PathBuf,
         source: io::Error,
@@ -132,6 +139,20 @@ impl fmt::Display for RuntimeDirError {
                  with --runtime-dir",
                 path.display(),
                 path.display()
+            ),
+            InsecureParent {
+                path,
+                parent,
+                mode,
+                owner,
+            } => write!(
+                f,
+                "runtime directory {}: its parent {} can be written by other users (mode \
+                 {mode:04o}, owner uid {owner}), who could swap the runtime directory for \
+                 their own; choose a runtime directory whose parent only root or this user can \
+                 write (or a sticky one like /tmp) with --runtime-dir",
+                path.display(),
+                parent.display()
             ),
             Lock { path, source } => {
                 write!(f, "cannot lock {}: {source}", path.display())
@@ -398,8 +419,10 @@ fn check_path(path: &Path) -> Result<(), RuntimeDirError> {
     Ok(())
 }
 
-/// Creates the directory if missing; returns whether we created it.
+/// Creates the directory if missing; returns whether we created it. It is checked and fixed through
+/// an fd opened without following a link, never by its path (a path is not a file).
 fn ensure_dir(path: &Path) -> Result<bool, RuntimeDirError> {
+    check_parent(path)?;
     let created = match fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
@@ -414,22 +437,74 @@ fn ensure_dir(path: &Path) -> Result<bool, RuntimeDirError> {
         path: path.to_path_buf(),
         source,
     };
-    if created {
+    let euid = nix::unistd::geteuid().as_raw();
+    let dir = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(dir) => dir,
+        // O_NOFOLLOW | O_DIRECTORY on a link gives ELOOP or ENOTDIR: say which it is.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            let path = path.to_path_buf();
+            return Err(match fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => RuntimeDirError::Symlink { path },
+                _ => RuntimeDirError::NotADirectory { path },
+            });
+        }
+        Err(e) => return Err(inspect(e)),
+    };
+    let mut meta = dir.metadata().map_err(inspect)?;
+    if created && meta.uid() == euid {
         // The umask may have taken bits we need; it cannot have added any.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(inspect)?;
+        dir.set_permissions(fs::Permissions::from_mode(0o700))
+            .map_err(inspect)?;
+        meta = dir.metadata().map_err(inspect)?;
     }
-    let meta = fs::symlink_metadata(path).map_err(inspect)?;
     check_dir(
         path,
         DirFacts {
-            is_symlink: meta.file_type().is_symlink(),
+            is_symlink: false,
             is_dir: meta.is_dir(),
             owner: meta.uid(),
             mode: meta.mode() & 0o7777,
         },
-        nix::unistd::geteuid().as_raw(),
+        euid,
     )?;
     Ok(created)
+}
+
+/// The runtime directory's parent must not let another user rename entries in it, or the
+/// workers (which find their sockets and fragments by path) could be pointed elsewhere: owned by
+/// root or us, and writable by no one else unless sticky (as /tmp is).
+fn check_parent(path: &Path) -> Result<(), RuntimeDirError> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let meta = match fs::metadata(parent) {
+        Ok(meta) => meta,
+        // Creating the directory will say so.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RuntimeDirError::Inspect {
+                path: parent.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let (mode, owner) = (meta.mode() & 0o7777, meta.uid());
+    let sticky = mode & 0o1000 != 0;
+    let owner_ok = owner == 0 || owner == nix::unistd::geteuid().as_raw();
+    if owner_ok && (sticky || mode & 0o022 == 0) {
+        Ok(())
+    } else {
+        Err(RuntimeDirError::InsecureParent {
+            path: path.to_path_buf(),
+            parent: parent.to_path_buf(),
+            mode,
+            owner,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -5,14 +5,14 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::Backlog;
 use nix::unistd::{Group, User};
+
+use crate::fs_at::{BindError, Dir, Placed};
 
 use crate::runtime_dir::SUN_PATH_MAX;
 
@@ -99,10 +99,6 @@ pub enum SpecError {
         path: PathBuf,
     },
     Inspect {
-        path: PathBuf,
-        source: io::Error,
-    },
-    RemoveStale {
         path: PathBuf,
         source: io::Error,
     },
@@ -193,11 +189,6 @@ impl fmt::Display for SpecError {
             Inspect { path, source } => {
                 write!(f, "cannot inspect {}: {source}", path.display())
             }
-            RemoveStale { path, source } => write!(
-                f,
-                "cannot remove the stale socket {}: {source}; remove it yourself",
-                path.display()
-            ),
             Bind { path, source } => write!(
                 f,
                 "cannot bind the control socket {}: {source}; check that its directory exists \
@@ -234,7 +225,6 @@ impl std::error::Error for SpecError {
         match self {
             Lookup { source, .. }
             | Inspect { source, .. }
-            | RemoveStale { source, .. }
             | Bind { source, .. }
             | Chmod { source, .. }
             | Chown { source, .. }
@@ -380,13 +370,14 @@ fn resolve(key: &str, name: &str, lookup: Lookup) -> Result<u32, SpecError> {
     }
 }
 
-/// Binds the control socket of `spec`: nonblocking, close-on-exec, with its mode and owner set
-/// before anyone can connect (they are set between `bind` and `listen`, and a connect to a
-/// socket that does not listen yet is refused).
+/// Binds the control socket of `spec`: nonblocking, close-on-exec, listening, its mode and owner
+/// set before its name appears (see `fs_at`: never by a path someone else could swap, since the
+/// socket's directory may be writable by others, e.g. Debian's /run/haproxy for the haproxy
+/// group). Returns the listener and the placed file, to remove at exit only if still ours.
 ///
-/// A socket file left by a dead process (a connect is refused) is replaced. A live socket, or a
+/// A socket file left by a dead process (nothing accepts on it) is replaced. A live socket, or a
 /// file that is not a socket, is left alone and reported.
-pub fn bind(spec: &ControlSpec) -> Result<UnixListener, SpecError> {
+pub fn bind(spec: &ControlSpec) -> Result<(UnixListener, Placed), SpecError> {
     let path = spec.path.as_path();
     let len = path.as_os_str().as_bytes().len();
     if len > SUN_PATH_MAX {
@@ -395,132 +386,46 @@ pub fn bind(spec: &ControlSpec) -> Result<UnixListener, SpecError> {
             len,
         });
     }
-    remove_stale(path)?;
-    let fd = bind_unlistened(path)?;
-    match finish(spec, &fd) {
-        Ok(()) => Ok(UnixListener::from(fd)),
-        Err(e) => {
-            // The file is ours (just bound); do not leave it with the wrong owner or mode.
-            let _ = std::fs::remove_file(path);
-            Err(e)
-        }
-    }
+    let (dir, name) = Dir::parent_of(path).map_err(|source| SpecError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
+    let (fd, id) = dir
+        .bind_unix(&name, spec.mode, (spec.uid, spec.gid), backlog.into())
+        .map_err(|e| spec_error(spec, e))?;
+    Ok((UnixListener::from(fd), Placed { dir, name, id }))
 }
 
-fn remove_stale(path: &Path) -> Result<(), SpecError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(SpecError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(SpecError::NotASocket {
-            path: path.to_path_buf(),
-        });
-    }
-    match probe_connect(path) {
-        Ok(()) => Err(SpecError::InUse {
-            path: path.to_path_buf(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
-            .or_else(|e| match e.kind() {
-                io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            })
-            .map_err(|source| SpecError::RemoveStale {
-                path: path.to_path_buf(),
-                source,
-            }),
-        Err(source) => Err(SpecError::Inspect {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// A nonblocking connect: `Ok` when something listens (a full backlog, EAGAIN, counts as
-/// listening rather than making us wait), ECONNREFUSED when the socket file is stale.
-fn probe_connect(path: &Path) -> io::Result<()> {
-    let addr = UnixAddr::new(path)?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    loop {
-        match socket::connect(fd.as_raw_fd(), &addr) {
-            Ok(()) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINPROGRESS) => {
-                return Ok(())
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(errno) => return Err(errno.into()),
-        }
-    }
-}
-
-fn bind_unlistened(path: &Path) -> Result<OwnedFd, SpecError> {
-    let bind_error = |source: io::Error| {
-        if source.kind() == io::ErrorKind::AddrInUse {
-            // Someone bound it between our check and our bind.
-            SpecError::InUse {
-                path: path.to_path_buf(),
-            }
-        } else {
-            SpecError::Bind {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    };
-    let addr = UnixAddr::new(path).map_err(|e| bind_error(e.into()))?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(|e| bind_error(e.into()))?;
-    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| bind_error(e.into()))?;
-    Ok(fd)
-}
-
-fn finish(spec: &ControlSpec, fd: &OwnedFd) -> Result<(), SpecError> {
-    let path = spec.path.as_path();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(spec.mode)).map_err(
-        |source| SpecError::Chmod {
-            path: path.to_path_buf(),
+fn spec_error(spec: &ControlSpec, e: BindError) -> SpecError {
+    let path = spec.path.clone();
+    match e {
+        BindError::Inspect(source) => SpecError::Inspect { path, source },
+        BindError::InUse => SpecError::InUse { path },
+        BindError::NotASocket => SpecError::NotASocket { path },
+        BindError::Bind(source) | BindError::Place(source) => SpecError::Bind { path, source },
+        BindError::Chmod(source) => SpecError::Chmod {
+            path,
             mode: spec.mode,
             source,
         },
-    )?;
-    if spec.uid.is_some() || spec.gid.is_some() {
-        std::os::unix::fs::lchown(path, spec.uid, spec.gid).map_err(|source| SpecError::Chown {
-            path: path.to_path_buf(),
+        BindError::Chown(source) => SpecError::Chown {
+            path,
             uid: spec.uid,
             gid: spec.gid,
             source,
-        })?;
+        },
+        BindError::Listen(source) => SpecError::Listen { path, source },
     }
-    socket::listen(fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN)).map_err(|e| {
-        SpecError::Listen {
-            path: path.to_path_buf(),
-            source: e.into(),
-        }
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     use std::os::unix::net::UnixStream;
+    use std::path::Path;
 
     fn no_lookup(_: &str) -> Result<Option<u32>, io::Error> {
         Ok(None)
@@ -660,7 +565,7 @@ mod tests {
         let dir = TempDir::new("bind");
         let mut spec = ControlSpec::new(dir.0.join("m.sock"));
         spec.mode = 0o640;
-        let listener = bind(&spec).unwrap();
+        let (listener, _placed) = bind(&spec).unwrap();
         let meta = std::fs::symlink_metadata(&spec.path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.mode() & 0o7777, 0o640);

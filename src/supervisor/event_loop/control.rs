@@ -30,6 +30,8 @@ pub(super) struct ControlListener {
     /// (it also serves `_getsocks` to new workers); `-S` sockets let others run read-only
     /// commands.
     pub internal: bool,
+    /// A `-S` socket's file, removed at exit while it is still ours.
+    pub placed: Option<crate::fs_at::Placed>,
 }
 
 /// What running one command leaves the session doing.

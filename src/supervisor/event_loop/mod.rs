@@ -6,9 +6,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -88,18 +87,21 @@ pub fn run(
     // An image started by an upgrade in place inherits the handled signals blocked.
     signals::unblock_handled().map_err(SetupError::Signals)?;
     let mut listeners = vec![ControlListener {
-        listener: bind_handoff_socket(&runtime.master_socket())?,
+        listener: bind_handoff_socket(runtime)?,
         path: runtime.master_socket(),
         internal: true,
+        placed: None,
     }];
     for arg in &opts.master_sockets {
         let spec = crate::control::spec::parse_spec(arg).map_err(SetupError::ControlSocket)?;
-        let listener = crate::control::spec::bind(&spec).map_err(SetupError::ControlSocket)?;
+        let (listener, placed) =
+            crate::control::spec::bind(&spec).map_err(SetupError::ControlSocket)?;
         log::info!("master CLI on {}", spec.path.display());
         listeners.push(ControlListener {
             listener,
             path: spec.path,
             internal: false,
+            placed: Some(placed),
         });
     }
     let mut master = Master {
@@ -143,24 +145,31 @@ pub fn run(
         master.turn();
     }
     master.abandon_reloads();
-    for l in master.listeners.iter().filter(|l| !l.internal) {
-        crate::pidfile::remove_quietly(&l.path, "master CLI socket");
+    for placed in master.listeners.iter().filter_map(|l| l.placed.as_ref()) {
+        placed.remove("master CLI socket");
     }
     Ok(master.exit.unwrap_or(1))
 }
 
-fn bind_handoff_socket(path: &Path) -> Result<UnixListener, SetupError> {
+/// `<runtime dir>/master.sock`, 0600 from the start. A stale one can only be a previous image's
+/// of this very master (upgrade in place): the runtime directory is locked, and a crashed
+/// predecessor's files were swept when it was acquired. It is replaced.
+fn bind_handoff_socket(runtime: &RuntimeDir) -> Result<UnixListener, SetupError> {
+    let path = runtime.master_socket();
     let err = |source| SetupError::HandoffSocket {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
-    // Only a previous image of this very master (upgrade in place) can have left it: the runtime
-    // directory is locked, and a crashed predecessor's files were swept when it was acquired.
-    crate::pidfile::remove_quietly(path, "previous socket handoff socket");
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
-    Ok(listener)
+    let dir = crate::fs_at::Dir::open(runtime.path()).map_err(err)?;
+    let (fd, _) = dir
+        .bind_unix(
+            std::ffi::OsStr::new(crate::runtime_dir::MASTER_SOCKET),
+            0o600,
+            (None, None),
+            libc::SOMAXCONN,
+        )
+        .map_err(|e| err(e.into_io()))?;
+    Ok(UnixListener::from(fd))
 }
 
 struct Master<'a> {

@@ -1,0 +1,684 @@
+//! Files the master creates in directories that other users may be able to write: the `-S`
+//! control sockets, the `-p` pid file (and, for uniformity, the files of the runtime directory).
+//!
+//! In such a directory a path is not a file: between two calls someone can rename a symlink or
+//! another file over the name. So nothing here chmods, chowns or unlinks by a path that could
+//! follow a link or reach a file swapped in after we made ours:
+//! - the directory is opened once (`O_PATH`) and every call is relative to that fd, with the final
+//!   name only, never following a symlink there;
+//! - a file is made complete (mode, owner, contents) where nobody else can reach it, then renamed
+//!   into place: a new regular file under a random name created with `O_EXCL | O_NOFOLLOW` and
+//!   fixed through its own fd; a socket inside a fresh private (0700) directory of ours, since a
+//!   socket's file cannot be changed through the socket's fd;
+//! - we remove a name only while it still is the file we made (same device and inode).
+//!
+//! What is left is the window between that check and the unlink, in which a user who can write the
+//! directory could put another entry at the name; we would remove that entry, which the same user
+//! could have removed anyway (and in a sticky directory such as /tmp nobody can replace our entry).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Identity of a file: what a name must still point at before we act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(st: &libc::stat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// A directory held open, to create, inspect and remove entries relative to it.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A file we made in a [`Dir`]: removed only while the name still points at it.
+#[derive(Debug)]
+pub struct Placed {
+    pub dir: Dir,
+    pub name: OsString,
+    pub id: FileId,
+}
+
+impl Placed {
+    /// The full path, for messages and for others to find the file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path.join(&self.name)
+    }
+
+    /// Removes the file if the name is still ours. Quiet when it is already gone; a warning when
+    /// someone replaced it (then it is left alone).
+    pub fn remove(&self, what: &str) {
+        match self.dir.remove_if(&self.name, self.id) {
+            Ok(Removal::Removed | Removal::Missing) => {}
+            Ok(Removal::NotOurs) => log::warn!(
+                "{what} {} was replaced by another file: left alone",
+                self.path().display()
+            ),
+            Err(e) => log::warn!("cannot remove {what} {}: {e}", self.path().display()),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    Missing,
+    NotOurs,
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file name {name:?} contains a NUL byte"),
+        )
+    })
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A name no one can guess, for our temporary entries: a guessed name only makes us retry, but
+/// then a user could keep us retrying.
+fn random_name(prefix: &str) -> OsString {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        // Never fails on Linux ≥ 3.17 for 8 bytes; fall back to something unique to us.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        buf = (t ^ u64::from(std::process::id()) << 32).to_ne_bytes();
+    }
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    OsString::from(format!(".{prefix}.{hex}"))
+}
+
+/// How many random names to try before giving up (each clash is someone else's entry).
+const NAME_TRIES: usize = 16;
+
+impl Dir {
+    /// Opens the directory that holds `path` and returns it with `path`'s final name. The final
+    /// name must be a plain name (not `..`, not empty).
+    pub fn parent_of(path: &Path) -> io::Result<(Dir, OsString)> {
+        let name = match path.file_name() {
+            Some(n) => n.to_os_string(),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} does not end in a file name", path.display()),
+                ))
+            }
+        };
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok((Dir::open(parent)?, name))
+    }
+
+    /// Opens `path` itself as a directory (not following a symlink in its last component).
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let c = cstr(path.as_os_str())?;
+        // SAFETY: c is a valid NUL-terminated string; the fd is checked and owned at once.
+        let fd = cvt(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        Ok(Dir {
+            // SAFETY: a fresh fd that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: std::path::absolute(path)?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory as a path that resolves through our fd, not through the name: for calls
+    /// that only take paths (bind, connect).
+    fn fd_path(&self, name: &OsStr) -> PathBuf {
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        p.push(name);
+        p
+    }
+
+    fn stat(&self, name: &OsStr) -> io::Result<Option<libc::stat>> {
+        let c = cstr(name)?;
+        // SAFETY: stat is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid dirfd, NUL-terminated name, st a valid out pointer.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        match cvt(rc) {
+            Ok(_) => Ok(Some(st)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The type of the entry `name` (not following a symlink), if any.
+    pub fn file_type(&self, name: &OsStr) -> io::Result<Option<libc::mode_t>> {
+        Ok(self.stat(name)?.map(|st| st.st_mode & libc::S_IFMT))
+    }
+
+    /// Removes `name` if it is still the file `id`.
+    pub fn remove_if(&self, name: &OsStr, id: FileId) -> io::Result<Removal> {
+        match self.stat(name)? {
+            None => return Ok(Removal::Missing),
+            Some(st) if FileId::of(&st) != id => return Ok(Removal::NotOurs),
+            Some(_) => {}
+        }
+        let dir_flag = match self.file_type(name)? {
+            Some(libc::S_IFDIR) => libc::AT_REMOVEDIR,
+            _ => 0,
+        };
+        let c = cstr(name)?;
+        // SAFETY: valid dirfd and name.
+        match cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), dir_flag) }) {
+            Ok(_) => Ok(Removal::Removed),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Removal::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn rename_from(&self, from_dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid dirfds and names. rename(2) replaces `to` atomically and never follows
+        // a symlink at `to`: it replaces the link itself.
+        cvt(unsafe {
+            libc::renameat(
+                from_dir.as_raw_fd(),
+                f.as_ptr(),
+                self.fd.as_raw_fd(),
+                t.as_ptr(),
+            )
+        })
+        .map(drop)
+    }
+
+    /// Writes `contents` to `name` with exactly `mode` (the umask does not apply): a new file
+    /// under a random name, fixed through its fd, then renamed over `name`. Returns its identity.
+    pub fn write_file(&self, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<FileId> {
+        let (tmp, file) = self.create_temp(mode)?;
+        let result = (|| {
+            use std::io::Write;
+            let mut file = std::fs::File::from(file);
+            // No fsync: readers need the rename's atomicity, not durability (a pidfile means
+            // nothing after a power loss), and an fsync on a busy disk stalled the event loop
+            // for seconds at every reload (found by the benchmark).
+            file.write_all(contents)?;
+            let id = fstat_id(file.as_fd())?;
+            self.rename_from(self.fd.as_fd(), &tmp, name)?;
+            Ok(id)
+        })();
+        if result.is_err() {
+            self.remove_temp(&tmp);
+        }
+        result
+    }
+
+    /// A new regular file under a random name, `mode` set through its fd.
+    fn create_temp(&self, mode: u32) -> io::Result<(OsString, OwnedFd)> {
+        for _ in 0..NAME_TRIES {
+            let name = random_name("hapmaster");
+            let c = cstr(&name)?;
+            // SAFETY: valid dirfd and name; the fd is checked and owned at once.
+            let rc = unsafe {
+                libc::openat(
+                    self.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o600 as libc::c_uint,
+                )
+            };
+            match cvt(rc) {
+                Ok(fd) => {
+                    // SAFETY: a fresh fd that nothing else owns.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let fixed = cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) });
+                    if let Err(e) = fixed {
+                        drop(fd);
+                        self.remove_temp(&name);
+                        return Err(e);
+                    }
+                    return Ok((name, fd));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{}: {NAME_TRIES} random temporary names were all taken",
+                self.path.display()
+            ),
+        ))
+    }
+
+    /// Removes a temporary entry of ours after a failure (quietly: the failure is what matters).
+    fn remove_temp(&self, name: &OsStr) {
+        if let Ok(c) = cstr(name) {
+            // SAFETY: valid dirfd and name.
+            unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) };
+        }
+    }
+
+    /// Binds a unix stream socket at `name` with `mode` and, if given, `uid`/`gid`, all set before
+    /// the name appears (so before anyone can connect), and returns it listening. A stale socket
+    /// at `name` (nothing accepts on it) is replaced; anything else there is an error.
+    pub fn bind_unix(
+        &self,
+        name: &OsStr,
+        mode: u32,
+        owner: (Option<u32>, Option<u32>),
+        backlog: i32,
+    ) -> Result<(OwnedFd, FileId), BindError> {
+        match self.file_type(name).map_err(BindError::Inspect)? {
+            None => {}
+            Some(libc::S_IFSOCK) if self.accepts(name).map_err(BindError::Inspect)? => {
+                return Err(BindError::InUse)
+            }
+            Some(libc::S_IFSOCK) => {}
+            Some(_) => return Err(BindError::NotASocket),
+        }
+        let private = PrivateDir::create(self).map_err(BindError::Bind)?;
+        let result = private.bind_and_place(self, name, mode, owner, backlog);
+        private.remove(self);
+        result
+    }
+
+    /// Whether something accepts connections on the socket `name`: a nonblocking connect
+    /// (a full backlog, EAGAIN, counts as accepting rather than making us wait).
+    fn accepts(&self, name: &OsStr) -> io::Result<bool> {
+        let sock = unix_socket()?;
+        match connect(&sock, &self.fd_path(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) => {
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn fstat_id(fd: BorrowedFd<'_>) -> io::Result<FileId> {
+    // SAFETY: stat is plain data filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(FileId::of(&st))
+}
+
+#[derive(Debug)]
+pub enum BindError {
+    /// The name cannot be inspected.
+    Inspect(io::Error),
+    /// A live socket is there: something accepts on it.
+    InUse,
+    /// A file that is not a socket is there.
+    NotASocket,
+    Bind(io::Error),
+    Chmod(io::Error),
+    Chown(io::Error),
+    Listen(io::Error),
+    /// Moving the finished socket to its name failed.
+    Place(io::Error),
+}
+
+impl BindError {
+    /// The error as a plain io error with a word on what failed, for callers with one error kind.
+    pub fn into_io(self) -> io::Error {
+        let with = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        match self {
+            BindError::Inspect(e) => with("cannot inspect the existing entry", e),
+            BindError::InUse => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process is listening on it",
+            ),
+            BindError::NotASocket => io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ),
+            BindError::Bind(e) => with("bind", e),
+            BindError::Chmod(e) => with("chmod", e),
+            BindError::Chown(e) => with("chown", e),
+            BindError::Listen(e) => with("listen", e),
+            BindError::Place(e) => with("rename into place", e),
+        }
+    }
+}
+
+/// A directory only we can enter, made next to the final name so that rename(2) can move the
+/// finished socket from it (same filesystem).
+struct PrivateDir {
+    name: OsString,
+    dir: Dir,
+    id: FileId,
+}
+
+impl PrivateDir {
+    fn create(parent: &Dir) -> io::Result<PrivateDir> {
+        for _ in 0..NAME_TRIES {
+            let name = random_name("hapmaster-bind");
+            let c = cstr(&name)?;
+            // SAFETY: valid dirfd and name.
+            match cvt(unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c.as_ptr(), 0o700) }) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(e),
+            }
+            // Opened through the parent's fd, not following a link: if someone already moved
+            // ours away and put something at the name, the checks below see it.
+            // SAFETY: valid dirfd and name; the fd is checked and owned at once.
+            let fd = cvt(unsafe {
+                libc::openat(
+                    parent.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            })?;
+            // SAFETY: a fresh fd that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: stat is plain data filled by the kernel; valid fd and out pointer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+            // The umask may have taken bits from 0700, never added any; a directory that is
+            // not ours (someone swapped it in) is refused.
+            let ours = st.st_uid == nix::unistd::geteuid().as_raw();
+            if !ours {
+                return Err(io::Error::other(format!(
+                    "the private directory {} was replaced by someone else's",
+                    parent.path.join(&name).display()
+                )));
+            }
+            cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })?;
+            return Ok(PrivateDir {
+                dir: Dir {
+                    fd,
+                    path: parent.path.join(&name),
+                },
+                name,
+                id: FileId::of(&st),
+            });
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{}: {NAME_TRIES} random directory names were all taken",
+                parent.path.display()
+            ),
+        ))
+    }
+
+    fn bind_and_place(
+        &self,
+        parent: &Dir,
+        name: &OsStr,
+        mode: u32,
+        (uid, gid): (Option<u32>, Option<u32>),
+        backlog: i32,
+    ) -> Result<(OwnedFd, FileId), BindError> {
+        const S: &str = "s";
+        let s = OsStr::new(S);
+        let sock = unix_socket().map_err(BindError::Bind)?;
+        // Through our fd: even if the directory was renamed meanwhile, this is ours.
+        bind(&sock, &self.dir.fd_path(s)).map_err(BindError::Bind)?;
+        let c = cstr(s).map_err(BindError::Bind)?;
+        // Nobody else can enter this directory, so the name cannot be swapped here.
+        // SAFETY: valid dirfd and name.
+        cvt(unsafe { libc::fchmodat(self.dir.fd.as_raw_fd(), c.as_ptr(), mode, 0) })
+            .map_err(BindError::Chmod)?;
+        if uid.is_some() || gid.is_some() {
+            let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+            // SAFETY: valid dirfd and name; -1 (u32::MAX) leaves that id unchanged.
+            cvt(unsafe {
+                libc::fchownat(
+                    self.dir.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    u,
+                    g,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })
+            .map_err(BindError::Chown)?;
+        }
+        let id = self
+            .dir
+            .stat(s)
+            .map_err(BindError::Bind)?
+            .map(|st| FileId::of(&st))
+            .ok_or_else(|| BindError::Bind(io::Error::other("the bound socket file vanished")))?;
+        // Listening before the name appears: a client never meets a socket that refuses.
+        // SAFETY: valid socket fd.
+        cvt(unsafe { libc::listen(sock.as_raw_fd(), backlog) }).map_err(BindError::Listen)?;
+        parent
+            .rename_from(self.dir.fd.as_fd(), s, name)
+            .map_err(BindError::Place)?;
+        Ok((sock, id))
+    }
+
+    /// Removes the directory (and the socket, if it was not moved out) while they are ours.
+    fn remove(self, parent: &Dir) {
+        let s = OsStr::new("s");
+        if let Ok(Some(st)) = self.dir.stat(s) {
+            let _ = self.dir.remove_if(s, FileId::of(&st));
+        }
+        if let Err(e) = parent.remove_if(&self.name, self.id) {
+            log::warn!(
+                "cannot remove the temporary directory {}: {e}",
+                self.dir.path.display()
+            );
+        }
+    }
+}
+
+fn unix_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is checked and owned at once.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unix socket path too long: {}", path.display()),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+fn bind(sock: &OwnedFd, path: &Path) -> io::Result<()> {
+    let (addr, len) = sockaddr(path)?;
+    // SAFETY: addr is a valid sockaddr_un of length len.
+    cvt(unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })
+    .map(drop)
+}
+
+fn connect(sock: &OwnedFd, path: &Path) -> io::Result<()> {
+    let (addr, len) = sockaddr(path)?;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un of length len.
+        let rc = unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        match cvt(rc) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("hapmaster-fs-at-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_file_has_the_mode_and_leaves_no_temp() {
+        let t = TempDir::new("write");
+        let (dir, name) = Dir::parent_of(&t.0.join("x.pid")).unwrap();
+        let id = dir.write_file(&name, b"42\n", 0o644).unwrap();
+        let meta = std::fs::metadata(t.0.join("x.pid")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+        assert_eq!((meta.dev(), meta.ino()), (id.dev, id.ino));
+        assert_eq!(std::fs::read_to_string(t.0.join("x.pid")).unwrap(), "42\n");
+        assert_eq!(names(&t.0), ["x.pid"]);
+    }
+
+    #[test]
+    fn write_file_replaces_a_planted_symlink_not_its_target() {
+        let t = TempDir::new("symlink");
+        let target = t.0.join("precious");
+        std::fs::write(&target, "keep").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, t.0.join("x.pid")).unwrap();
+        let (dir, name) = Dir::parent_of(&t.0.join("x.pid")).unwrap();
+        dir.write_file(&name, b"1\n", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let m = std::fs::metadata(&target).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+        assert!(!std::fs::symlink_metadata(t.0.join("x.pid"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn remove_if_leaves_a_replaced_file() {
+        let t = TempDir::new("remove");
+        let (dir, name) = Dir::parent_of(&t.0.join("f")).unwrap();
+        let id = dir.write_file(&name, b"a", 0o600).unwrap();
+        // Someone renames another file over ours.
+        std::fs::write(t.0.join("other"), "b").unwrap();
+        std::fs::rename(t.0.join("other"), t.0.join("f")).unwrap();
+        assert_eq!(dir.remove_if(&name, id).unwrap(), Removal::NotOurs);
+        assert_eq!(std::fs::read_to_string(t.0.join("f")).unwrap(), "b");
+        let id2 = dir.stat(&name).unwrap().map(|st| FileId::of(&st)).unwrap();
+        assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Removed);
+        assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Missing);
+    }
+
+    #[test]
+    fn bind_unix_sets_mode_before_the_name_appears_and_cleans_up() {
+        let t = TempDir::new("bind");
+        let (dir, name) = Dir::parent_of(&t.0.join("m.sock")).unwrap();
+        let (fd, id) = dir.bind_unix(&name, 0o640, (None, None), 16).unwrap();
+        let meta = std::fs::symlink_metadata(t.0.join("m.sock")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((meta.dev(), meta.ino()), (id.dev, id.ino));
+        assert_eq!(names(&t.0), ["m.sock"], "the private directory is gone");
+        // It listens: a client connects.
+        std::os::unix::net::UnixStream::connect(t.0.join("m.sock")).unwrap();
+        // A second bind while the first accepts is refused; once closed, it is stale: replaced.
+        assert!(matches!(
+            dir.bind_unix(&name, 0o600, (None, None), 16),
+            Err(BindError::InUse)
+        ));
+        drop(fd);
+        let (_fd, id2) = dir.bind_unix(&name, 0o600, (None, None), 16).unwrap();
+        assert_ne!(id, id2);
+        assert_eq!(names(&t.0), ["m.sock"]);
+    }
+
+    #[test]
+    fn bind_unix_refuses_a_file_that_is_not_a_socket() {
+        let t = TempDir::new("notsock");
+        std::fs::write(t.0.join("m.sock"), "x").unwrap();
+        let (dir, name) = Dir::parent_of(&t.0.join("m.sock")).unwrap();
+        assert!(matches!(
+            dir.bind_unix(&name, 0o600, (None, None), 16),
+            Err(BindError::NotASocket)
+        ));
+        assert_eq!(std::fs::read_to_string(t.0.join("m.sock")).unwrap(), "x");
+        assert_eq!(names(&t.0), ["m.sock"]);
+    }
+}
