@@ -115,6 +115,9 @@ fn random_name(prefix: &str) -> OsString {
     OsString::from(format!(".{prefix}.{hex}"))
 }
 
+/// `sizeof(sun_path)`: a socket path must be shorter.
+const SUN_PATH_LEN: usize = 108;
+
 /// How many random names to try before giving up (each clash is someone else's entry).
 const NAME_TRIES: usize = 16;
 
@@ -159,12 +162,18 @@ impl Dir {
         &self.path
     }
 
-    /// The directory as a path that resolves through our fd, not through the name: for calls
-    /// that only take paths (bind, connect).
-    fn fd_path(&self, name: &OsStr) -> PathBuf {
+    /// A path to `name` for calls that only take paths (bind, connect): through our fd
+    /// (`/proc/self/fd/N/name`), so through the directory we opened even if it was renamed
+    /// meanwhile. Without /proc, or where that path would not fit a socket address, the plain
+    /// path (callers check that what they made is in our directory).
+    fn path_for_socket_call(&self, name: &OsStr) -> PathBuf {
         let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         p.push(name);
-        p
+        if p.as_os_str().len() < SUN_PATH_LEN && Path::new("/proc/self/fd").is_dir() {
+            p
+        } else {
+            self.path.join(name)
+        }
     }
 
     fn stat(&self, name: &OsStr) -> io::Result<Option<libc::stat>> {
@@ -327,7 +336,7 @@ impl Dir {
     /// (a full backlog, EAGAIN, counts as accepting rather than making us wait).
     fn accepts(&self, name: &OsStr) -> io::Result<bool> {
         let sock = unix_socket()?;
-        match connect(&sock, &self.fd_path(name)) {
+        match connect(&sock, &self.path_for_socket_call(name)) {
             Ok(()) => Ok(true),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) => {
                 Ok(true)
@@ -458,8 +467,15 @@ impl PrivateDir {
         const S: &str = "s";
         let s = OsStr::new(S);
         let sock = unix_socket().map_err(BindError::Bind)?;
-        // Through our fd: even if the directory was renamed meanwhile, this is ours.
-        bind(&sock, &self.dir.fd_path(s)).map_err(BindError::Bind)?;
+        bind(&sock, &self.dir.path_for_socket_call(s)).map_err(BindError::Bind)?;
+        // Bound by the plain path (no /proc), it could have landed in a directory swapped in for
+        // ours; then it is not in ours, and we stop here.
+        if self.dir.file_type(s).map_err(BindError::Bind)? != Some(libc::S_IFSOCK) {
+            return Err(BindError::Bind(io::Error::other(format!(
+                "the private directory {} was moved while binding",
+                self.dir.path.display()
+            ))));
+        }
         let c = cstr(s).map_err(BindError::Bind)?;
         // Nobody else can enter this directory, so the name cannot be swapped here.
         // SAFETY: valid dirfd and name.
