@@ -194,10 +194,11 @@ fn run_master(opts: Options) -> ExitCode {
         known.extend(s.held.iter().map(|h| h.fd));
         known.extend(s.outputs.iter().map(|(_, fd)| *fd));
     }
-    if let Some(line) = inherited_fds::describe(&inherited_fds::seal(&known)) {
+    let stray = inherited_fds::seal(&known);
+    if let Some(line) = inherited_fds::describe(&stray) {
         log::debug!("{line}");
     }
-    let launch = match Launch::of_current_process() {
+    let launch = match Launch::of_current_process(stray.iter().map(|(fd, _)| *fd).collect()) {
         Ok(l) => l,
         Err(e) => {
             log::error!("cannot find this program's own path (needed for upgrades in place): {e}");
@@ -241,7 +242,14 @@ fn master(
     };
     let pid = std::process::id();
     let pidfile = match &opts.pidfile {
-        Some(path) => Some(PidFile::write(path, pid)?),
+        Some(path) => match PidFile::write(path, pid) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // Nothing started yet: leave no runtime directory behind either.
+                runtime.cleanup();
+                return Err(e.into());
+            }
+        },
         None => None,
     };
     if resume.is_none() {

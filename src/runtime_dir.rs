@@ -147,10 +147,10 @@ impl fmt::Display for RuntimeDirError {
                 owner,
             } => write!(
                 f,
-                "runtime directory {}: its parent {} can be written by other users (mode \
-                 {mode:04o}, owner uid {owner}), who could swap the runtime directory for \
-                 their own; choose a runtime directory whose parent only root or this user can \
-                 write (or a sticky one like /tmp) with --runtime-dir",
+                "runtime directory {}: the directory {} above it can be written by other users \
+                 (mode {mode:04o}, owner uid {owner}), who could swap the runtime directory for \
+                 their own; choose a runtime directory under directories only root or this \
+                 user can write (a sticky one like /tmp is fine) with --runtime-dir",
                 path.display(),
                 parent.display()
             ),
@@ -474,15 +474,17 @@ fn ensure_dir(path: &Path) -> Result<bool, RuntimeDirError> {
     Ok(created)
 }
 
-/// The runtime directory's parent must not let another user rename entries in it, or the
-/// workers (which find their sockets and fragments by path) could be pointed elsewhere: owned by
-/// root or us, and writable by no one else unless sticky (as /tmp is).
+/// No directory above the runtime directory may let another user rename entries in it, or the
+/// workers (which find their sockets and fragments by path) could be pointed elsewhere: each must
+/// be owned by root or us and writable by no one else unless sticky (as /tmp is, where others
+/// cannot rename what is ours). Both the directories named in the path and those its symlinks
+/// lead to are checked.
 fn check_parent(path: &Path) -> Result<(), RuntimeDirError> {
     let Some(parent) = path.parent() else {
         return Ok(());
     };
-    let meta = match fs::metadata(parent) {
-        Ok(meta) => meta,
+    let canonical = match fs::canonicalize(parent) {
+        Ok(c) => c,
         // Creating the directory will say so.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
@@ -492,19 +494,27 @@ fn check_parent(path: &Path) -> Result<(), RuntimeDirError> {
             })
         }
     };
-    let (mode, owner) = (meta.mode() & 0o7777, meta.uid());
-    let sticky = mode & 0o1000 != 0;
-    let owner_ok = owner == 0 || owner == nix::unistd::geteuid().as_raw();
-    if owner_ok && (sticky || mode & 0o022 == 0) {
-        Ok(())
-    } else {
-        Err(RuntimeDirError::InsecureParent {
-            path: path.to_path_buf(),
-            parent: parent.to_path_buf(),
-            mode,
-            owner,
-        })
+    let euid = nix::unistd::geteuid().as_raw();
+    for dir in parent.ancestors().chain(canonical.ancestors()) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let meta = fs::metadata(dir).map_err(|source| RuntimeDirError::Inspect {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (mode, owner) = (meta.mode() & 0o7777, meta.uid());
+        let sticky = mode & 0o1000 != 0;
+        if !((owner == 0 || owner == euid) && (sticky || mode & 0o022 == 0)) {
+            return Err(RuntimeDirError::InsecureParent {
+                path: path.to_path_buf(),
+                parent: dir.to_path_buf(),
+                mode,
+                owner,
+            });
+        }
     }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -638,7 +648,8 @@ fn is_worker_socket_file_name(name: &[u8]) -> bool {
 
 /// What a crashed master (or its workers) may have left: never anything else of the directory.
 fn is_stale_file_name(name: &[u8]) -> bool {
-    if name == MASTER_SOCKET.as_bytes() {
+    // Our temporary files and sockets (fs_at), left by a crash mid-write or mid-bind.
+    if name == MASTER_SOCKET.as_bytes() || crate::fs_at::is_temp_name(name) {
         return true;
     }
     // write_atomic's temp files: ".worker-<gen>.cfg.<pid>.tmp".
@@ -785,6 +796,8 @@ mod tests {
             "worker-3.sock.123.tmp",
             "worker-3.sock.123.bak",
             ".worker-4.cfg.99.tmp",
+            ".hapmaster.0123456789abcdef",
+            ".hapmaster-bind.0123456789abcdef",
         ];
         let kept = [
             "notes.txt",

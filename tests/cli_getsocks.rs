@@ -246,7 +246,7 @@ fn permission_denied_as_nobody() {
     let path = dir.join("master.sock");
     // The master's default: 0600, owned by root.
     let spec = hapmaster::control::spec::ControlSpec::new(path.clone());
-    let _listener = hapmaster::control::spec::bind(&spec).unwrap();
+    let _listener = hapmaster::control::spec::bind(&spec, None).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hapmaster"))
         .args([
             "reload",

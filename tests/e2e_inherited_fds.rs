@@ -91,6 +91,33 @@ fn an_inherited_pipe_does_not_reach_the_workers() {
                 && l.contains(&format!("{INHERITED} (pipe:[{inode}])"))),
         "-V should name fd {INHERITED}:\n{log}"
     );
+    // An upgrade in place keeps it in the master (as the first image held it), still not in
+    // the workers. The binary is the same file: re-executing it is what counts.
+    kill(master, SIGURG).unwrap();
+    let took_over = poll_until(EVENT, || {
+        let log = std::fs::read_to_string(&stderr_path).ok()?;
+        log.contains("took over after an upgrade in place")
+            .then_some(())
+    });
+    assert!(took_over.is_some(), "no upgrade in place after SIGURG");
+    assert!(
+        pipe_inodes(master).contains(&inode),
+        "the master lost its inherited fd in the upgrade in place:\n{}",
+        fd_listing(master)
+    );
+    let old = worker;
+    kill(master, SIGUSR2).unwrap();
+    // Once it runs haproxy: between fork and exec a child still has every fd of the master.
+    let worker = poll_until(EVENT, || {
+        live_children(master)
+            .into_iter()
+            .find(|p| *p != old && proc_stat(*p).is_some_and(|s| s.comm == "haproxy"))
+    })
+    .expect("no new worker after a reload");
+    assert!(
+        !pipe_inodes(worker).contains(&inode),
+        "worker {worker}, started after the upgrade, inherited fd {INHERITED}"
+    );
     let status = child.stop(EVENT);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     // Nobody holds the write end any more: the reader sees EOF, not "would block".

@@ -373,11 +373,16 @@ fn resolve(key: &str, name: &str, lookup: Lookup) -> Result<u32, SpecError> {
 /// Binds the control socket of `spec`: nonblocking, close-on-exec, listening, its mode and owner
 /// set before its name appears (see `fs_at`: never by a path someone else could swap, since the
 /// socket's directory may be writable by others, e.g. Debian's /run/haproxy for the haproxy
-/// group). Returns the listener and the placed file, to remove at exit only if still ours.
+/// group). `staging`: a directory only we can write (the runtime directory), used to make the
+/// socket in when it is on the same filesystem. Returns the listener and the placed file, to
+/// remove at exit only if still ours.
 ///
 /// A socket file left by a dead process (nothing accepts on it) is replaced. A live socket, or a
 /// file that is not a socket, is left alone and reported.
-pub fn bind(spec: &ControlSpec) -> Result<(UnixListener, Placed), SpecError> {
+pub fn bind(
+    spec: &ControlSpec,
+    staging: Option<&Dir>,
+) -> Result<(UnixListener, Placed), SpecError> {
     let path = spec.path.as_path();
     let len = path.as_os_str().as_bytes().len();
     if len > SUN_PATH_MAX {
@@ -392,7 +397,13 @@ pub fn bind(spec: &ControlSpec) -> Result<(UnixListener, Placed), SpecError> {
     })?;
     let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
     let (fd, id) = dir
-        .bind_unix(&name, spec.mode, (spec.uid, spec.gid), backlog.into())
+        .bind_unix(
+            &name,
+            spec.mode,
+            (spec.uid, spec.gid),
+            backlog.into(),
+            staging,
+        )
         .map_err(|e| spec_error(spec, e))?;
     Ok((UnixListener::from(fd), Placed { dir, name, id }))
 }
@@ -403,6 +414,12 @@ fn spec_error(spec: &ControlSpec, e: BindError) -> SpecError {
         BindError::Inspect(source) => SpecError::Inspect { path, source },
         BindError::InUse => SpecError::InUse { path },
         BindError::NotASocket => SpecError::NotASocket { path },
+        // Something that is not a socket took the name while we bound ours.
+        BindError::Place(source)
+            if matches!(source.raw_os_error(), Some(libc::EISDIR | libc::ENOTDIR)) =>
+        {
+            SpecError::NotASocket { path }
+        }
         BindError::Bind(source) | BindError::Place(source) => SpecError::Bind { path, source },
         BindError::Chmod(source) => SpecError::Chmod {
             path,
@@ -565,7 +582,7 @@ mod tests {
         let dir = TempDir::new("bind");
         let mut spec = ControlSpec::new(dir.0.join("m.sock"));
         spec.mode = 0o640;
-        let (listener, _placed) = bind(&spec).unwrap();
+        let (listener, _placed) = bind(&spec, None).unwrap();
         let meta = std::fs::symlink_metadata(&spec.path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.mode() & 0o7777, 0o640);
@@ -577,7 +594,7 @@ mod tests {
         assert!(listener.accept().is_ok());
 
         // A second bind while it listens: refused, the file stays.
-        let err = bind(&spec).unwrap_err();
+        let err = bind(&spec, None).unwrap_err();
         assert!(matches!(err, SpecError::InUse { .. }), "{err}");
         assert!(err.to_string().starts_with(&format!(
             "another process is listening on {}",
@@ -588,7 +605,7 @@ mod tests {
         // Once the listener is gone the file is stale and replaced.
         drop(listener);
         assert!(spec.path.exists());
-        let again = bind(&spec).unwrap();
+        let again = bind(&spec, None).unwrap();
         assert!(UnixStream::connect(&spec.path).is_ok());
         drop(again);
     }
@@ -605,7 +622,7 @@ mod tests {
             uid: Some(65534),
             gid: Some(65534),
         };
-        let _l = bind(&spec).unwrap();
+        let _l = bind(&spec, None).unwrap();
         let meta = std::fs::symlink_metadata(&spec.path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
         assert_eq!(meta.mode() & 0o777, 0o660);
@@ -616,18 +633,18 @@ mod tests {
         let dir = TempDir::new("refuse");
         let file = dir.0.join("plain");
         std::fs::write(&file, "keep me").unwrap();
-        let err = bind(&ControlSpec::new(file.clone())).unwrap_err();
+        let err = bind(&ControlSpec::new(file.clone()), None).unwrap_err();
         assert!(matches!(err, SpecError::NotASocket { .. }), "{err}");
         assert!(err.to_string().contains("is not a socket"));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 
         let long = PathBuf::from(format!("/tmp/{}", "a".repeat(SUN_PATH_MAX)));
-        let err = bind(&ControlSpec::new(long)).unwrap_err();
+        let err = bind(&ControlSpec::new(long), None).unwrap_err();
         assert!(matches!(err, SpecError::TooLong { .. }), "{err}");
         assert!(err.to_string().contains("107 bytes"), "{err}");
 
         let missing = dir.0.join("no/such/m.sock");
-        let err = bind(&ControlSpec::new(missing)).unwrap_err();
+        let err = bind(&ControlSpec::new(missing), None).unwrap_err();
         assert!(matches!(err, SpecError::Bind { .. }), "{err}");
         assert!(err.to_string().contains("no/such/m.sock"), "{err}");
     }
@@ -641,7 +658,7 @@ mod tests {
         }
         let path = dir.0.join("s".repeat(SUN_PATH_MAX - base));
         assert_eq!(path.as_os_str().len(), SUN_PATH_MAX);
-        let _l = bind(&ControlSpec::new(path.clone())).unwrap();
+        let _l = bind(&ControlSpec::new(path.clone()), None).unwrap();
         assert!(UnixStream::connect(&path).is_ok());
     }
 }

@@ -224,13 +224,18 @@ pub struct Launch {
     pub exe: PathBuf,
     /// The original argv, argv[0] included.
     pub argv: Vec<OsString>,
+    /// fds inherited from whatever started the first image (kept from the workers by
+    /// close-on-exec, see `inherited_fds`): handed on to the next image, which holds them as the
+    /// first one did. Open for the life of the process; never closed by it.
+    pub inherited: Vec<RawFd>,
 }
 
 impl Launch {
-    pub fn of_current_process() -> io::Result<Launch> {
+    pub fn of_current_process(inherited: Vec<RawFd>) -> io::Result<Launch> {
         Ok(Launch {
             exe: std::env::current_exe()?,
             argv: std::env::args_os().collect(),
+            inherited,
         })
     }
 }

@@ -50,6 +50,13 @@ impl Master<'_> {
         let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
         keep.extend(self.outputs.fds().map(|(_, fd)| fd));
         keep.push(self.runtime.lock_fd());
+        // SAFETY: the inherited fds stay open for the life of the process (nothing closes them).
+        keep.extend(
+            self.launch
+                .inherited
+                .iter()
+                .map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }),
+        );
         log::info!(
             "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
             self.launch.exe.display(),

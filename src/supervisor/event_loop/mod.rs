@@ -86,8 +86,13 @@ pub fn run(
     let signals = Signals::install().map_err(SetupError::Signals)?;
     // An image started by an upgrade in place inherits the handled signals blocked.
     signals::unblock_handled().map_err(SetupError::Signals)?;
+    let staging =
+        crate::fs_at::Dir::open(runtime.path()).map_err(|source| SetupError::HandoffSocket {
+            path: runtime.master_socket(),
+            source,
+        })?;
     let mut listeners = vec![ControlListener {
-        listener: bind_handoff_socket(runtime)?,
+        listener: bind_handoff_socket(runtime, &staging)?,
         path: runtime.master_socket(),
         internal: true,
         placed: None,
@@ -95,7 +100,7 @@ pub fn run(
     for arg in &opts.master_sockets {
         let spec = crate::control::spec::parse_spec(arg).map_err(SetupError::ControlSocket)?;
         let (listener, placed) =
-            crate::control::spec::bind(&spec).map_err(SetupError::ControlSocket)?;
+            crate::control::spec::bind(&spec, Some(&staging)).map_err(SetupError::ControlSocket)?;
         log::info!("master CLI on {}", spec.path.display());
         listeners.push(ControlListener {
             listener,
@@ -154,19 +159,21 @@ pub fn run(
 /// `<runtime dir>/master.sock`, 0600 from the start. A stale one can only be a previous image's
 /// of this very master (upgrade in place): the runtime directory is locked, and a crashed
 /// predecessor's files were swept when it was acquired. It is replaced.
-fn bind_handoff_socket(runtime: &RuntimeDir) -> Result<UnixListener, SetupError> {
-    let path = runtime.master_socket();
+fn bind_handoff_socket(
+    runtime: &RuntimeDir,
+    dir: &crate::fs_at::Dir,
+) -> Result<UnixListener, SetupError> {
     let err = |source| SetupError::HandoffSocket {
-        path: path.clone(),
+        path: runtime.master_socket(),
         source,
     };
-    let dir = crate::fs_at::Dir::open(runtime.path()).map_err(err)?;
     let (fd, _) = dir
         .bind_unix(
             std::ffi::OsStr::new(crate::runtime_dir::MASTER_SOCKET),
             0o600,
             (None, None),
             libc::SOMAXCONN,
+            Some(dir),
         )
         .map_err(|e| err(e.into_io()))?;
     Ok(UnixListener::from(fd))

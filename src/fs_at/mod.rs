@@ -1,5 +1,6 @@
 //! Files the master creates in directories that other users may be able to write: the `-S`
 //! control sockets, the `-p` pid file (and, for uniformity, the files of the runtime directory).
+//! Sockets are in `socket.rs`.
 //!
 //! In such a directory a path is not a file: between two calls someone can rename a symlink or
 //! another file over the name. So nothing here chmods, chowns or unlinks by a path that could
@@ -8,8 +9,8 @@
 //!   name only, never following a symlink there;
 //! - a file is made complete (mode, owner, contents) where nobody else can reach it, then renamed
 //!   into place: a new regular file under a random name created with `O_EXCL | O_NOFOLLOW` and
-//!   fixed through its own fd; a socket inside a fresh private (0700) directory of ours, since a
-//!   socket's file cannot be changed through the socket's fd;
+//!   fixed through its own fd; a socket in a directory only we can write (see `socket.rs`), since
+//!   a socket's file cannot be changed through the socket's fd;
 //! - we remove a name only while it still is the file we made (same device and inode).
 //!
 //! What is left is the window between that check and the unlink, in which a user who can write the
@@ -97,8 +98,11 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+mod socket;
+pub use socket::BindError;
+
 /// A name no one can guess, for our temporary entries: a guessed name only makes us retry, but
-/// then a user could keep us retrying.
+/// then a user could keep us retrying. Starts with `.hapmaster` (see [`is_temp_name`]).
 fn random_name(prefix: &str) -> OsString {
     let mut buf = [0u8; 8];
     // SAFETY: getrandom writes at most buf.len() bytes into buf.
@@ -115,15 +119,19 @@ fn random_name(prefix: &str) -> OsString {
     OsString::from(format!(".{prefix}.{hex}"))
 }
 
-/// `sizeof(sun_path)`: a socket path must be shorter.
-const SUN_PATH_LEN: usize = 108;
+/// Whether `name` is one of our temporary names: in a directory only we write (the runtime
+/// directory), one left behind is a crashed predecessor's.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(b".hapmaster.") || name.starts_with(b".hapmaster-bind.")
+}
 
 /// How many random names to try before giving up (each clash is someone else's entry).
 const NAME_TRIES: usize = 16;
 
 impl Dir {
     /// Opens the directory that holds `path` and returns it with `path`'s final name. The final
-    /// name must be a plain name (not `..`, not empty).
+    /// name must be a plain name (not `..`, not empty). Symlinks on the way are followed (e.g.
+    /// Debian's /var/run -> /run): what counts is that later calls use this fd, not the path.
     pub fn parent_of(path: &Path) -> io::Result<(Dir, OsString)> {
         let name = match path.file_name() {
             Some(n) => n.to_os_string(),
@@ -138,17 +146,21 @@ impl Dir {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        Ok((Dir::open(parent)?, name))
+        Ok((Dir::open_with(parent, 0)?, name))
     }
 
     /// Opens `path` itself as a directory (not following a symlink in its last component).
     pub fn open(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_NOFOLLOW)
+    }
+
+    fn open_with(path: &Path, flags: libc::c_int) -> io::Result<Dir> {
         let c = cstr(path.as_os_str())?;
         // SAFETY: c is a valid NUL-terminated string; the fd is checked and owned at once.
         let fd = cvt(unsafe {
             libc::open(
                 c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | flags,
             )
         })?;
         Ok(Dir {
@@ -160,20 +172,6 @@ impl Dir {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// A path to `name` for calls that only take paths (bind, connect): through our fd
-    /// (`/proc/self/fd/N/name`), so through the directory we opened even if it was renamed
-    /// meanwhile. Without /proc, or where that path would not fit a socket address, the plain
-    /// path (callers check that what they made is in our directory).
-    fn path_for_socket_call(&self, name: &OsStr) -> PathBuf {
-        let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
-        p.push(name);
-        if p.as_os_str().len() < SUN_PATH_LEN && Path::new("/proc/self/fd").is_dir() {
-            p
-        } else {
-            self.path.join(name)
-        }
     }
 
     fn stat(&self, name: &OsStr) -> io::Result<Option<libc::stat>> {
@@ -203,14 +201,11 @@ impl Dir {
 
     /// Removes `name` if it is still the file `id`.
     pub fn remove_if(&self, name: &OsStr, id: FileId) -> io::Result<Removal> {
-        match self.stat(name)? {
+        let dir_flag = match self.stat(name)? {
             None => return Ok(Removal::Missing),
             Some(st) if FileId::of(&st) != id => return Ok(Removal::NotOurs),
-            Some(_) => {}
-        }
-        let dir_flag = match self.file_type(name)? {
-            Some(libc::S_IFDIR) => libc::AT_REMOVEDIR,
-            _ => 0,
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => libc::AT_REMOVEDIR,
+            Some(_) => 0,
         };
         let c = cstr(name)?;
         // SAFETY: valid dirfd and name.
@@ -249,6 +244,9 @@ impl Dir {
             file.write_all(contents)?;
             let id = fstat_id(file.as_fd())?;
             self.rename_from(self.fd.as_fd(), &tmp, name)?;
+            // rename(2) does nothing when both names are links to one file (someone linked
+            // ours to `name`): then the temporary name is still there.
+            let _ = self.remove_if(&tmp, id);
             Ok(id)
         })();
         if result.is_err() {
@@ -307,44 +305,6 @@ impl Dir {
             unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) };
         }
     }
-
-    /// Binds a unix stream socket at `name` with `mode` and, if given, `uid`/`gid`, all set before
-    /// the name appears (so before anyone can connect), and returns it listening. A stale socket
-    /// at `name` (nothing accepts on it) is replaced; anything else there is an error.
-    pub fn bind_unix(
-        &self,
-        name: &OsStr,
-        mode: u32,
-        owner: (Option<u32>, Option<u32>),
-        backlog: i32,
-    ) -> Result<(OwnedFd, FileId), BindError> {
-        match self.file_type(name).map_err(BindError::Inspect)? {
-            None => {}
-            Some(libc::S_IFSOCK) if self.accepts(name).map_err(BindError::Inspect)? => {
-                return Err(BindError::InUse)
-            }
-            Some(libc::S_IFSOCK) => {}
-            Some(_) => return Err(BindError::NotASocket),
-        }
-        let private = PrivateDir::create(self).map_err(BindError::Bind)?;
-        let result = private.bind_and_place(self, name, mode, owner, backlog);
-        private.remove(self);
-        result
-    }
-
-    /// Whether something accepts connections on the socket `name`: a nonblocking connect
-    /// (a full backlog, EAGAIN, counts as accepting rather than making us wait).
-    fn accepts(&self, name: &OsStr) -> io::Result<bool> {
-        let sock = unix_socket()?;
-        match connect(&sock, &self.path_for_socket_call(name)) {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) => {
-                Ok(true)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 fn fstat_id(fd: BorrowedFd<'_>) -> io::Result<FileId> {
@@ -353,238 +313,6 @@ fn fstat_id(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     // SAFETY: valid fd and out pointer.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(FileId::of(&st))
-}
-
-#[derive(Debug)]
-pub enum BindError {
-    /// The name cannot be inspected.
-    Inspect(io::Error),
-    /// A live socket is there: something accepts on it.
-    InUse,
-    /// A file that is not a socket is there.
-    NotASocket,
-    Bind(io::Error),
-    Chmod(io::Error),
-    Chown(io::Error),
-    Listen(io::Error),
-    /// Moving the finished socket to its name failed.
-    Place(io::Error),
-}
-
-impl BindError {
-    /// The error as a plain io error with a word on what failed, for callers with one error kind.
-    pub fn into_io(self) -> io::Error {
-        let with = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-        match self {
-            BindError::Inspect(e) => with("cannot inspect the existing entry", e),
-            BindError::InUse => io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another process is listening on it",
-            ),
-            BindError::NotASocket => io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "a file that is not a socket is in the way",
-            ),
-            BindError::Bind(e) => with("bind", e),
-            BindError::Chmod(e) => with("chmod", e),
-            BindError::Chown(e) => with("chown", e),
-            BindError::Listen(e) => with("listen", e),
-            BindError::Place(e) => with("rename into place", e),
-        }
-    }
-}
-
-/// A directory only we can enter, made next to the final name so that rename(2) can move the
-/// finished socket from it (same filesystem).
-struct PrivateDir {
-    name: OsString,
-    dir: Dir,
-    id: FileId,
-}
-
-impl PrivateDir {
-    fn create(parent: &Dir) -> io::Result<PrivateDir> {
-        for _ in 0..NAME_TRIES {
-            let name = random_name("hapmaster-bind");
-            let c = cstr(&name)?;
-            // SAFETY: valid dirfd and name.
-            match cvt(unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c.as_ptr(), 0o700) }) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-                Err(e) => return Err(e),
-            }
-            // Opened through the parent's fd, not following a link: if someone already moved
-            // ours away and put something at the name, the checks below see it.
-            // SAFETY: valid dirfd and name; the fd is checked and owned at once.
-            let fd = cvt(unsafe {
-                libc::openat(
-                    parent.fd.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                )
-            })?;
-            // SAFETY: a fresh fd that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: stat is plain data filled by the kernel; valid fd and out pointer.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-            // The umask may have taken bits from 0700, never added any; a directory that is
-            // not ours (someone swapped it in) is refused.
-            let ours = st.st_uid == nix::unistd::geteuid().as_raw();
-            if !ours {
-                return Err(io::Error::other(format!(
-                    "the private directory {} was replaced by someone else's",
-                    parent.path.join(&name).display()
-                )));
-            }
-            cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })?;
-            return Ok(PrivateDir {
-                dir: Dir {
-                    fd,
-                    path: parent.path.join(&name),
-                },
-                name,
-                id: FileId::of(&st),
-            });
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{}: {NAME_TRIES} random directory names were all taken",
-                parent.path.display()
-            ),
-        ))
-    }
-
-    fn bind_and_place(
-        &self,
-        parent: &Dir,
-        name: &OsStr,
-        mode: u32,
-        (uid, gid): (Option<u32>, Option<u32>),
-        backlog: i32,
-    ) -> Result<(OwnedFd, FileId), BindError> {
-        const S: &str = "s";
-        let s = OsStr::new(S);
-        let sock = unix_socket().map_err(BindError::Bind)?;
-        bind(&sock, &self.dir.path_for_socket_call(s)).map_err(BindError::Bind)?;
-        // Bound by the plain path (no /proc), it could have landed in a directory swapped in for
-        // ours; then it is not in ours, and we stop here.
-        if self.dir.file_type(s).map_err(BindError::Bind)? != Some(libc::S_IFSOCK) {
-            return Err(BindError::Bind(io::Error::other(format!(
-                "the private directory {} was moved while binding",
-                self.dir.path.display()
-            ))));
-        }
-        let c = cstr(s).map_err(BindError::Bind)?;
-        // Nobody else can enter this directory, so the name cannot be swapped here.
-        // SAFETY: valid dirfd and name.
-        cvt(unsafe { libc::fchmodat(self.dir.fd.as_raw_fd(), c.as_ptr(), mode, 0) })
-            .map_err(BindError::Chmod)?;
-        if uid.is_some() || gid.is_some() {
-            let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
-            // SAFETY: valid dirfd and name; -1 (u32::MAX) leaves that id unchanged.
-            cvt(unsafe {
-                libc::fchownat(
-                    self.dir.fd.as_raw_fd(),
-                    c.as_ptr(),
-                    u,
-                    g,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })
-            .map_err(BindError::Chown)?;
-        }
-        let id = self
-            .dir
-            .stat(s)
-            .map_err(BindError::Bind)?
-            .map(|st| FileId::of(&st))
-            .ok_or_else(|| BindError::Bind(io::Error::other("the bound socket file vanished")))?;
-        // Listening before the name appears: a client never meets a socket that refuses.
-        // SAFETY: valid socket fd.
-        cvt(unsafe { libc::listen(sock.as_raw_fd(), backlog) }).map_err(BindError::Listen)?;
-        parent
-            .rename_from(self.dir.fd.as_fd(), s, name)
-            .map_err(BindError::Place)?;
-        Ok((sock, id))
-    }
-
-    /// Removes the directory (and the socket, if it was not moved out) while they are ours.
-    fn remove(self, parent: &Dir) {
-        let s = OsStr::new("s");
-        if let Ok(Some(st)) = self.dir.stat(s) {
-            let _ = self.dir.remove_if(s, FileId::of(&st));
-        }
-        if let Err(e) = parent.remove_if(&self.name, self.id) {
-            log::warn!(
-                "cannot remove the temporary directory {}: {e}",
-                self.dir.path.display()
-            );
-        }
-    }
-}
-
-fn unix_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is checked and owned at once.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("unix socket path too long: {}", path.display()),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
-}
-
-fn bind(sock: &OwnedFd, path: &Path) -> io::Result<()> {
-    let (addr, len) = sockaddr(path)?;
-    // SAFETY: addr is a valid sockaddr_un of length len.
-    cvt(unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    })
-    .map(drop)
-}
-
-fn connect(sock: &OwnedFd, path: &Path) -> io::Result<()> {
-    let (addr, len) = sockaddr(path)?;
-    loop {
-        // SAFETY: addr is a valid sockaddr_un of length len.
-        let rc = unsafe {
-            libc::connect(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        match cvt(rc) {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            other => return other.map(drop),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -660,41 +388,5 @@ mod tests {
         let id2 = dir.stat(&name).unwrap().map(|st| FileId::of(&st)).unwrap();
         assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Removed);
         assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Missing);
-    }
-
-    #[test]
-    fn bind_unix_sets_mode_before_the_name_appears_and_cleans_up() {
-        let t = TempDir::new("bind");
-        let (dir, name) = Dir::parent_of(&t.0.join("m.sock")).unwrap();
-        let (fd, id) = dir.bind_unix(&name, 0o640, (None, None), 16).unwrap();
-        let meta = std::fs::symlink_metadata(t.0.join("m.sock")).unwrap();
-        assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
-        assert_eq!((meta.dev(), meta.ino()), (id.dev, id.ino));
-        assert_eq!(names(&t.0), ["m.sock"], "the private directory is gone");
-        // It listens: a client connects.
-        std::os::unix::net::UnixStream::connect(t.0.join("m.sock")).unwrap();
-        // A second bind while the first accepts is refused; once closed, it is stale: replaced.
-        assert!(matches!(
-            dir.bind_unix(&name, 0o600, (None, None), 16),
-            Err(BindError::InUse)
-        ));
-        drop(fd);
-        let (_fd, id2) = dir.bind_unix(&name, 0o600, (None, None), 16).unwrap();
-        assert_ne!(id, id2);
-        assert_eq!(names(&t.0), ["m.sock"]);
-    }
-
-    #[test]
-    fn bind_unix_refuses_a_file_that_is_not_a_socket() {
-        let t = TempDir::new("notsock");
-        std::fs::write(t.0.join("m.sock"), "x").unwrap();
-        let (dir, name) = Dir::parent_of(&t.0.join("m.sock")).unwrap();
-        assert!(matches!(
-            dir.bind_unix(&name, 0o600, (None, None), 16),
-            Err(BindError::NotASocket)
-        ));
-        assert_eq!(std::fs::read_to_string(t.0.join("m.sock")).unwrap(), "x");
-        assert_eq!(names(&t.0), ["m.sock"]);
     }
 }
