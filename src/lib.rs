@@ -1,4 +1,5 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
+pub mod config_copy;
 pub mod control;
 pub mod fdstore;
 pub mod fs_at;

@@ -46,6 +46,27 @@ pub struct Options {
     pub cli_timeout: Duration,
 }
 
+impl Options {
+    /// haproxy's `-C DIR` among the flags passed to workers (the last one wins, as in haproxy):
+    /// the directory a worker changes to before it opens relative `-f` paths.
+    pub fn change_dir(&self) -> Option<&OsStr> {
+        let mut found = None;
+        let mut args = self.worker_args.iter();
+        while let Some(arg) = args.next() {
+            let takes_value = PASS_THROUGH_WITH_VALUE
+                .iter()
+                .any(|(name, _)| name.as_bytes() == arg.as_bytes());
+            if takes_value {
+                let value = args.next();
+                if arg == "-C" {
+                    found = value.map(OsString::as_os_str);
+                }
+            }
+        }
+        found
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Run(Options),
@@ -670,6 +691,16 @@ mod tests {
         );
         assert!(o.verbose && !o.quiet);
         assert_eq!(o.config_files, os(&["x.cfg"]));
+    }
+
+    #[test]
+    fn change_dir_is_the_last_dash_c_value() {
+        assert_eq!(run(&["-f", "x.cfg"]).change_dir(), None);
+        let o = run(&["-C", "/a", "-L", "-C", "-f", "x.cfg", "-C", "rel"]);
+        assert_eq!(o.change_dir(), Some(OsStr::new("rel")));
+        // `-C` as another flag's value is that flag's value.
+        let o = run(&["-L", "-C", "-f", "x.cfg"]);
+        assert_eq!(o.change_dir(), None);
     }
 
     #[test]

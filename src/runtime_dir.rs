@@ -273,6 +273,48 @@ impl RuntimeDir {
         });
     }
 
+    /// Where the copy of the configuration files worker `generation` was started with is kept
+    /// (see `config_copy`): a crash replacement starts from it.
+    pub fn config_copy_dir(&self, generation: u64) -> PathBuf {
+        self.path.join(format!("config-{generation}"))
+    }
+
+    /// Removes a generation's configuration copy, if it has one.
+    pub fn remove_config_copy(&self, generation: u64) {
+        let dir = self.config_copy_dir(generation);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => log::warn!(
+                "cannot remove the configuration copy {}: {e}; remove it by hand",
+                dir.display()
+            ),
+            _ => {}
+        }
+    }
+
+    /// The generations that have a configuration copy in the directory, in ascending order.
+    pub fn config_copy_generations(&self) -> Vec<u64> {
+        let entries = match fs::read_dir(&self.path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                log::warn!("cannot list {}: {e}", self.path.display());
+                return Vec::new();
+            }
+        };
+        let mut generations: Vec<u64> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let digits = name.as_bytes().strip_prefix(b"config-")?;
+                if !is_digits(digits) {
+                    return None;
+                }
+                std::str::from_utf8(digits).ok()?.parse().ok()
+            })
+            .collect();
+        generations.sort_unstable();
+        generations
+    }
+
     /// The locked lock file, for a master that re-executes itself (upgrade in place) and keeps it.
     pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
@@ -976,6 +1018,31 @@ mod tests {
         rd.remove_worker_files(9); // nothing there: no error
         assert_eq!(names(&path), vec![LOCK_FILE, "worker-8.sock"]);
         rd.remove_worker_files(8);
+        rd.cleanup();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn config_copies_are_listed_and_removed() {
+        let parent = TempDir::new("copies");
+        let path = parent.0.join("rt");
+        let rd = RuntimeDir::acquire(path.clone()).unwrap();
+        assert_eq!(rd.config_copy_dir(12), path.join("config-12"));
+        for g in [12, 3] {
+            fs::create_dir(rd.config_copy_dir(g)).unwrap();
+            fs::write(rd.config_copy_dir(g).join("0000-a.cfg"), "").unwrap();
+        }
+        for other in ["config-", "config-x", "config-1.cfg"] {
+            fs::write(path.join(other), "").unwrap();
+        }
+        assert_eq!(rd.config_copy_generations(), vec![3, 12]);
+        rd.remove_config_copy(12);
+        rd.remove_config_copy(99); // nothing there: no error
+        assert_eq!(rd.config_copy_generations(), vec![3]);
+        rd.remove_config_copy(3);
+        for other in ["config-", "config-x", "config-1.cfg"] {
+            fs::remove_file(path.join(other)).unwrap();
+        }
         rd.cleanup();
         assert!(!path.exists());
     }

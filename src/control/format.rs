@@ -84,6 +84,18 @@ pub fn show_proc(master: &ProcRow, current: &[ProcRow], old: &[ProcRow]) -> Stri
     out
 }
 
+/// Notes for the end of a `show proc` answer: each a `# ` comment line, which parsers of
+/// haproxy's output skip like its section headers; a note's own line breaks become spaces.
+pub fn comment_lines(notes: &[String]) -> String {
+    let mut out = String::new();
+    for note in notes {
+        out.push_str("# ");
+        out.extend(note.chars().map(|c| if c.is_control() { ' ' } else { c }));
+        out.push('\n');
+    }
+    out
+}
+
 /// One held socket of `show listeners`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerRow {
@@ -411,6 +423,15 @@ mod tests {
         // No worker at all (between a crash and its replacement).
         let out = show_proc(&master, &[], &[]);
         assert!(out.ends_with("\n# workers\n# programs\n"), "{out}");
+    }
+
+    #[test]
+    fn comments_are_one_line_each() {
+        assert_eq!(comment_lines(&[]), "");
+        assert_eq!(
+            comment_lines(&["a\nb".to_string(), "c".to_string()]),
+            "# a b\n# c\n"
+        );
     }
 
     #[test]

@@ -91,14 +91,16 @@ pub fn dir_names(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// What the runtime dir holds while worker generation `g` is the only one: the lock, the master's
-/// handoff socket, and that worker's stats socket and config fragment.
+/// What the runtime dir holds while worker generation `g` is the only one, and the last one that
+/// became ready: the lock, the master's handoff socket, and that worker's stats socket, config
+/// fragment and the copy of its configuration (`config-<g>`, a directory).
 pub fn expected_runtime_names(g: u64) -> BTreeSet<String> {
     [
         "hapmaster.lock".to_string(),
         "master.sock".to_string(),
         format!("worker-{g}.sock"),
         format!("worker-{g}.cfg"),
+        format!("config-{g}"),
     ]
     .into_iter()
     .collect()

@@ -13,7 +13,7 @@ use crate::control::client::exchange;
 use crate::control::command::{
     help_text, no_such_worker_text, parse_request, split_line, Request, Target,
 };
-use crate::control::format::{show_listeners, show_proc, ListenerRow, ProcRow};
+use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::handoff::serve::serve_getsocks_after_command;
 use crate::supervisor::sessions::{Input, Session};
 use crate::supervisor::state::{Event, Generation, Role};
@@ -226,15 +226,20 @@ impl Master<'_> {
         Step::Wait
     }
 
-    /// A reload ended: every session waiting for one at or after this generation gets the answer.
-    pub(super) fn answer_reloads(&mut self, generation: Generation, reason: Option<&str>) {
+    /// A reload ended: every session waiting for one at or after this generation gets the answer,
+    /// with the new worker's start-up output (`startup_output`).
+    pub(super) fn answer_reloads(
+        &mut self,
+        generation: Generation,
+        reason: Option<&str>,
+        startup: &str,
+    ) {
         let waiting: Vec<u64> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.awaiting_reload.is_some_and(|after| after < generation))
             .map(|(id, _)| *id)
             .collect();
-        let startup = self.startup_output(generation, reason.is_none());
         let text = match reason {
             None => format!("Success=1\n--\n{startup}"),
             Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
@@ -249,7 +254,8 @@ impl Master<'_> {
         }
     }
 
-    fn startup_output(&mut self, generation: Generation, ready: bool) -> String {
+    /// What the worker of a reload that just ended said while starting, taken once.
+    pub(super) fn startup_output(&mut self, generation: Generation, ready: bool) -> String {
         let Some(pid) = self.generations.get(&generation).copied() else {
             return String::new();
         };
@@ -365,7 +371,10 @@ impl Master<'_> {
                 _ => old.push(r),
             }
         }
-        show_proc(&master, &current, &old)
+        let mut out = show_proc(&master, &current, &old);
+        // After haproxy's rows, as a comment, so that parsers of haproxy's output keep working.
+        out.push_str(&comment_lines(self.last_good_note().as_slice()));
+        out
     }
 
     fn show_listeners(&self) -> String {

@@ -172,6 +172,7 @@ impl Master<'_> {
             snapshot.crash_streak,
         );
         self.state = state;
+        self.adopt_config_copies();
         for action in actions {
             self.apply(action);
         }

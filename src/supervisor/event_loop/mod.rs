@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid as NixPid;
 
+use super::last_good::LastGood;
 use super::output::Outputs;
 use super::probe::{Probe, Progress};
 use super::sessions::Session;
@@ -38,6 +39,7 @@ const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod control;
 mod handover;
+mod last_good;
 
 use control::ControlListener;
 
@@ -140,15 +142,21 @@ pub fn run(
         started: Instant::now(),
         launch,
         upgrade_requested: false,
+        last_good: LastGood::default(),
     };
     master.adopt_passed(passed);
     match resume {
-        None => master.feed(Event::Boot),
+        None => {
+            master.sweep_config_copies();
+            master.feed(Event::Boot)
+        }
         Some(snapshot) => master.resume(snapshot),
     }
     while master.exit.is_none() {
         master.turn();
     }
+    // Every worker is gone: no copy is anyone's any more.
+    master.sweep_config_copies();
     master.abandon_reloads();
     for placed in master.listeners.iter().filter_map(|l| l.placed.as_ref()) {
         placed.remove("master CLI socket");
@@ -218,6 +226,8 @@ struct Master<'a> {
     launch: &'a Launch,
     /// SIGURG came; the upgrade in place runs once no worker is starting.
     upgrade_requested: bool,
+    /// The configuration copies, and which one a crash replacement runs.
+    last_good: LastGood,
 }
 
 struct WorkerExtra {
@@ -487,6 +497,7 @@ impl Master<'_> {
                     self.sync_fdstore();
                     // Ready: what it said while starting is kept for a waiting `reload` only.
                     self.last_startup = Some((pid, self.outputs.take_startup(pid)));
+                    self.config_ready(pid);
                 }
                 other => self.fetched = other,
             },
@@ -500,6 +511,7 @@ impl Master<'_> {
             }
             Action::Forget { pid, generation } => {
                 self.runtime.remove_worker_files(generation);
+                self.config_forgotten(generation);
                 self.outputs.forget(pid);
                 self.worker_extra.remove(&pid);
                 self.generations.remove(&generation);
@@ -517,10 +529,14 @@ impl Master<'_> {
             }
             Action::NotifyReady { status, first } => {
                 let mainpid = first.then(std::process::id);
+                let status = self.with_config_status(&status);
                 self.notify(|n| n.ready(&status, mainpid));
             }
             Action::NotifyReloading { status } => self.notify(|n| n.reloading(&status)),
-            Action::NotifyStatus { status } => self.notify(|n| n.status(&status)),
+            Action::NotifyStatus { status } => {
+                let status = self.with_config_status(&status);
+                self.notify(|n| n.status(&status))
+            }
             Action::NotifyStopping { status } => self.notify(|n| n.stopping(&status)),
             Action::ScheduleRespawn { after } => self.respawn_at = Some(Instant::now() + after),
             Action::ArmDrainDeadline { pid, after } => {
@@ -535,7 +551,9 @@ impl Master<'_> {
                 } else {
                     self.failed_reloads += 1;
                 }
-                self.answer_reloads(generation, reason.as_deref());
+                let startup = self.startup_output(generation, reason.is_none());
+                self.config_reload_done(&startup, reason.as_deref());
+                self.answer_reloads(generation, reason.as_deref(), &startup);
             }
         }
     }
@@ -560,13 +578,6 @@ impl Master<'_> {
             }
         };
         let handoff_socket = self.runtime.master_socket();
-        let spec = WorkerSpec {
-            haproxy: &self.opts.haproxy,
-            passthrough: &self.opts.worker_args,
-            config_files: &self.opts.config_files,
-            fragment: &fragment,
-            handoff_socket: (!self.held.is_empty()).then_some(handoff_socket.as_path()),
-        };
         log::info!(
             "starting worker generation {generation} ({kind:?}){}",
             if self.held.is_empty() {
@@ -575,6 +586,14 @@ impl Master<'_> {
                 format!(", handing over {} listening sockets", self.held.len())
             }
         );
+        let config_files = self.worker_config(generation, kind);
+        let spec = WorkerSpec {
+            haproxy: &self.opts.haproxy,
+            passthrough: &self.opts.worker_args,
+            config_files: &config_files,
+            fragment: &fragment,
+            handoff_socket: (!self.held.is_empty()).then_some(handoff_socket.as_path()),
+        };
         match worker::spawn(&spec) {
             Ok((pid, stderr)) => {
                 self.outputs.add(pid, stderr);
@@ -596,6 +615,7 @@ impl Master<'_> {
             }
             Err(e) => {
                 self.runtime.remove_worker_files(generation);
+                self.config_forgotten(generation);
                 self.feed(Event::SpawnFailed {
                     generation,
                     reason: e.to_string(),
