@@ -35,8 +35,8 @@ pub const LIMITS: Limits = Limits {
     max_bytes: 16 << 20,
 };
 
-/// Bytes of a source file's name kept in its copy's name, after the index: NAME_MAX is 255, and
-/// `write_atomic`'s temp name adds about 20.
+/// Bytes of a source file's name kept in its copy's name, after the index: well within NAME_MAX
+/// (255) for any file name haproxy accepts.
 const MAX_NAME: usize = 200;
 
 #[derive(Debug)]
