@@ -436,35 +436,59 @@ pub fn listen_holders(port: u16, pids: &[u32]) -> Vec<u32> {
 // Ports
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP port that was free on both 127.0.0.1 and ::1 a moment ago.
+/// The kernel's ephemeral port range (`ip_local_port_range`), from which every client
+/// connection (the load generators' tens of thousands a second included) takes its local port.
+fn ephemeral_range() -> (u16, u16) {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Ports the tests listen on, outside the ephemeral range: a port picked by binding port 0 comes
+/// from that range, and a client connection of a concurrent test can take it as its local port
+/// before haproxy binds it (seen: "cannot bind socket (Address already in use)"). Each port is
+/// handed out once per test process; the start is spread by pid so that concurrent test
+/// processes rarely meet.
+fn next_candidate() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let (lo, hi) = ephemeral_range();
+    let (first, last) = if lo > 11_000 {
+        (10_000u16, lo - 1)
+    } else {
+        (hi.saturating_add(1).max(10_000), 65_000)
+    };
+    let span = usize::from(last - first) + 1;
+    let _ = NEXT.compare_exchange(
+        usize::MAX,
+        (std::process::id() as usize * 7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    first + (n % span) as u16
+}
+
+/// A TCP port outside the ephemeral range that was free on both 127.0.0.1 and ::1 a moment ago,
+/// not handed out before by this process.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = v4.local_addr().unwrap().port();
-        if TcpListener::bind(("::1", port)).is_ok() {
+    for _ in 0..1000 {
+        let port = next_candidate();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok()
+        {
             return port;
         }
     }
-    panic!("no port free on both 127.0.0.1 and ::1 after 100 tries");
+    panic!("no port free on both 127.0.0.1 and ::1 after 1000 tries");
 }
 
-/// `n` distinct ports, each free on both 127.0.0.1 and ::1.
+/// `n` distinct ports, each as [`free_port`].
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    for _ in 0..n * 20 {
-        if ports.len() == n {
-            break;
-        }
-        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = v4.local_addr().unwrap().port();
-        if let Ok(v6) = TcpListener::bind(("::1", port)) {
-            ports.push(port);
-            held.push((v4, v6)); // keep bound until all are chosen: distinct ports
-        }
-    }
-    assert_eq!(ports.len(), n, "could not find {n} free ports");
-    ports
+    (0..n).map(|_| free_port()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
