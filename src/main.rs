@@ -252,11 +252,18 @@ fn master(
     Ok(result?)
 }
 
-/// The runtime directory of a master that starts afresh (not an upgrade in place): locked, and
-/// the watchdog started.
+/// The runtime directory of a master that starts afresh (not an upgrade in place): locked, the
+/// watchdog started, a dead master's workers stopped (before the first worker of this one), and
+/// only then the stale files removed (what identifies those workers to an operator).
 fn fresh_runtime_dir(opts: &Options) -> Result<RuntimeDir, Box<dyn std::error::Error>> {
-    let runtime = RuntimeDir::acquire(RuntimeDir::choose(opts.runtime_dir.as_deref()))?;
+    let runtime =
+        RuntimeDir::acquire_keeping_files(RuntimeDir::choose(opts.runtime_dir.as_deref()))?;
     start_watchdog(opts, &runtime);
+    if let Err(e) = hapmaster::orphans::stop_orphans(runtime.path()) {
+        runtime.cleanup();
+        return Err(e.into());
+    }
+    runtime.remove_stale_files();
     Ok(runtime)
 }
 
@@ -272,8 +279,8 @@ fn start_watchdog(opts: &Options, runtime: &RuntimeDir) {
         Ok(pid) => log::info!("watchdog pid {pid} soft-stops the workers if this master dies"),
         Err(e) => log::warn!(
             "cannot start the watchdog: {e}; if this master is killed, a worker that switched \
-             user (haproxy's user/uid/group) serves on until stopped by hand \
-             (its runtime directory is {})",
+             user (haproxy's user/uid/group) serves on until the next hapmaster on {} starts, \
+             or until stopped by hand",
             runtime.path().display()
         ),
     }

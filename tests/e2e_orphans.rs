@@ -3,7 +3,9 @@
 //! worker beside it on the same port (SO_REUSEPORT) and never know. So:
 //! - the kernel's parent-death signal soft-stops a worker whose master dies (SIGUSR1);
 //! - haproxy's `user`/`group` clear that signal, so the master's watchdog (a separate process
-//!   blocked on a pidfd of the master) soft-stops the workers itself.
+//!   blocked on a pidfd of the master) soft-stops the workers itself;
+//! - a new master on the runtime directory stops an orphan left anyway before its own worker
+//!   serves.
 //!
 //! Real haproxy, real signals; every wait is on an event with a deadline.
 mod common;
@@ -191,6 +193,71 @@ fn sigkill_master_soft_stops_a_worker_that_changed_user() {
             .any(|l| l.starts_with("[WARNING]") && l.ends_with(&line)),
         "no watchdog line {line:?} in the log:\n{log}"
     );
+}
+
+/// An orphan (made on purpose: watchdog SIGKILLed first, worker as `nobody`) is stopped by the
+/// next master on the same runtime directory before that master's own worker serves.
+#[test]
+fn new_master_stops_the_orphan_before_serving() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the config switches the worker to user nobody)");
+        return;
+    }
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let mut first = Hapmaster::start(pid_config(port, AS_NOBODY), &[]);
+    let orphan = first.wait_serving(EVENT);
+    let master = first.pid();
+    assert_ne!(euid_of(orphan), Some(0), "worker {orphan} runs as root");
+    if let Some(w) = watchdog_pid_in(&first.stderr()) {
+        assert!(
+            is_watchdog_of(w, master),
+            "pid {w} is not the watchdog of {master}"
+        );
+        kill(w, SIGKILL).unwrap();
+        wait_gone(w, "the SIGKILLed watchdog");
+    }
+    first.signal(SIGKILL);
+    first
+        .wait_exit(EVENT)
+        .expect("the SIGKILLed master was not reaped");
+    // The orphan exists: alive, listening, serving.
+    assert!(pid_alive(orphan), "worker {orphan} died with its master");
+    assert_eq!(http_get(target.as_str()).unwrap(), orphan.to_string());
+    assert_eq!(listen_holders(port, &[orphan]), vec![orphan]);
+
+    let mut second = Hapmaster::start_on_runtime_dir(
+        TestDir::new(),
+        &first.runtime_dir,
+        first.cfg_path.clone(),
+        &[],
+    );
+    let worker = second.wait_serving(EVENT);
+    assert!(
+        listen_holders(port, &[orphan]).is_empty(),
+        "at READY=1 the orphan {orphan} still holds the listening socket on {target}:\n{}",
+        second.stderr()
+    );
+    for i in 0..20 {
+        assert_eq!(
+            http_get(target.as_str()).unwrap(),
+            worker.to_string(),
+            "request {i} after READY=1 was not served by the new worker {worker}"
+        );
+    }
+    let gone = wait_gone(orphan, "the orphan");
+    eprintln!(
+        "the orphan {orphan} was gone {} ms after READY=1 of the new master",
+        gone.as_millis()
+    );
+    let log = second.stderr();
+    assert!(
+        log.contains(&format!(
+            "worker pid {orphan} (generation 1) of a dead master"
+        )),
+        "the new master's log does not name the orphan {orphan}:\n{log}"
+    );
+    assert!(second.stop().success());
 }
 
 /// The watchdog is not the master's child, names no path on its command line, and exits

@@ -1208,6 +1208,19 @@ impl Hapmaster {
         Hapmaster::launch(binary, dir, &runtime_dir, cfg, extra_args)
     }
 
+    /// Like [`Hapmaster::start_in`], but with `--runtime-dir runtime_dir` instead of `<dir>/rt`:
+    /// a second master on the runtime directory an earlier (killed) one left behind. Keep the
+    /// earlier `Hapmaster` alive until this one is dropped: dropping it removes its dir.
+    pub fn start_on_runtime_dir(
+        dir: TestDir,
+        runtime_dir: &Path,
+        cfg: impl Into<Cfg>,
+        extra_args: &[&str],
+    ) -> Hapmaster {
+        let binary = Path::new(env!("CARGO_BIN_EXE_hapmaster"));
+        Hapmaster::launch(binary, dir, runtime_dir, cfg, extra_args)
+    }
+
     fn launch(
         binary: &Path,
         dir: TestDir,
