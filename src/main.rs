@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     // invocations always start with an option, so they never collide.
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if let Some(first) = args.first() {
+        // First of all: the watchdog's fds 3 and 4 must stay as the master placed them.
+        if first == hapmaster::watchdog::SUBCOMMAND {
+            return hapmaster::watchdog::watch::main(&args[1..]);
+        }
         if client::is_subcommand(first) {
             return run_client(first.to_string_lossy().as_ref(), &args[1..]);
         }
@@ -234,7 +238,7 @@ fn master(
     passed: Vec<(std::os::fd::OwnedFd, Option<String>)>,
 ) -> Result<i32, Box<dyn std::error::Error>> {
     let runtime = match &resume {
-        None => RuntimeDir::acquire(RuntimeDir::choose(opts.runtime_dir.as_deref()))?,
+        None => fresh_runtime_dir(opts)?,
         Some(s) => {
             let lock = upgrade::adopt_fd(s.lock_fd)?;
             RuntimeDir::resume(s.runtime_dir.clone(), lock, s.runtime_created)?
@@ -265,6 +269,40 @@ fn master(
     }
     runtime.cleanup();
     Ok(result?)
+}
+
+/// The runtime directory of a master that starts afresh (not an upgrade in place): locked, the
+/// watchdog started, a dead master's workers stopped (before the first worker of this one), and
+/// only then the stale files removed (what identifies those workers to an operator).
+fn fresh_runtime_dir(opts: &Options) -> Result<RuntimeDir, Box<dyn std::error::Error>> {
+    let runtime =
+        RuntimeDir::acquire_keeping_files(RuntimeDir::choose(opts.runtime_dir.as_deref()))?;
+    start_watchdog(opts, &runtime);
+    if let Err(e) = hapmaster::orphans::stop_orphans(runtime.path()) {
+        runtime.cleanup();
+        return Err(e.into());
+    }
+    runtime.remove_stale_files();
+    Ok(runtime)
+}
+
+/// After `-D` and the lock, before the first worker. As PID 1 of a namespace there is nothing to
+/// watch for: the kernel kills every process of the namespace when PID 1 dies.
+fn start_watchdog(opts: &Options, runtime: &RuntimeDir) {
+    if std::process::id() == 1 {
+        log::debug!("no watchdog as PID 1: the workers die with this master");
+        return;
+    }
+    let level = logging::level_for(opts.quiet, opts.verbose);
+    match hapmaster::watchdog::spawn::start(runtime.path(), level) {
+        Ok(pid) => log::info!("watchdog pid {pid} soft-stops the workers if this master dies"),
+        Err(e) => log::warn!(
+            "cannot start the watchdog: {e}; if this master is killed, a worker that switched \
+             user (haproxy's user/uid/group) serves on until the next hapmaster on {} starts, \
+             or until stopped by hand",
+            runtime.path().display()
+        ),
+    }
 }
 
 /// The master holds every listening socket and, during a reload, receives a second copy of each:

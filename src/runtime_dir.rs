@@ -220,8 +220,21 @@ impl RuntimeDir {
     /// Creates (0700) or checks the directory, locks it, and removes a crashed predecessor's
     /// sockets and fragments.
     pub fn acquire(path: PathBuf) -> Result<RuntimeDir, RuntimeDirError> {
+        let dir = RuntimeDir::acquire_keeping_files(path)?;
+        dir.remove_stale_files();
+        Ok(dir)
+    }
+
+    /// `acquire` without removing anything: a crashed predecessor's workers may still run (see
+    /// `orphans`), and their files stay until they are stopped. Then call `remove_stale_files`.
+    pub fn acquire_keeping_files(path: PathBuf) -> Result<RuntimeDir, RuntimeDirError> {
         let systemd_dir = first_runtime_directory(std::env::var_os(RUNTIME_DIRECTORY));
         acquire_with(path, systemd_dir.as_deref())
+    }
+
+    /// Removes what a crashed master (or its workers) left: sockets, fragments, temp files.
+    pub fn remove_stale_files(&self) {
+        self.remove_matching("stale file", is_stale_file_name);
     }
 
     pub fn path(&self) -> &Path {
@@ -430,14 +443,12 @@ fn acquire_with(path: PathBuf, systemd_dir: Option<&Path>) -> Result<RuntimeDir,
     check_path(&path)?;
     let created = ensure_dir(&path)?;
     let lock = lock(&path)?;
-    let dir = RuntimeDir {
+    Ok(RuntimeDir {
         systemd_owned: systemd_dir == Some(path.as_path()),
         path,
         created,
         lock,
-    };
-    dir.remove_matching("stale file", is_stale_file_name);
-    Ok(dir)
+    })
 }
 
 /// Rejects paths that cannot hold our sockets or be written into a haproxy config unquoted.

@@ -43,6 +43,7 @@ fn upgrade_in_place_under_load() {
     let mut hm = Hapmaster::start_binary_in(&binary, dir, cfg, &[]);
     let worker = hm.wait_serving(EVENT);
     let master = hm.pid();
+    let watchdog = watchdog_pid_in(&hm.stderr()).expect("no `watchdog pid N` in the log");
     let inodes = || (tcp4_listen_inodes(port), unix_listen_inodes(&fe));
     let base = inodes();
     assert_eq!((base.0.len(), base.1.len()), (1, 1), "{base:?}");
@@ -84,6 +85,13 @@ fn upgrade_in_place_under_load() {
         "the worker should still be the master's only child"
     );
     wait_fd_count(master, fds_before, &listing_before, EVENT);
+    // The exec kept the process, so neither the worker's parent-death signal nor the watchdog
+    // (which watches the process, not the image) took it for a death.
+    assert!(
+        is_watchdog_of(watchdog, master),
+        "watchdog {watchdog} gone after the upgrade"
+    );
+    assert!(!hm.stderr().contains("died"), "{}", hm.stderr());
 
     // The new image reloads with the sockets it took over.
     hm.signal(SIGUSR2);
@@ -99,6 +107,8 @@ fn upgrade_in_place_under_load() {
     assert!(hm.stop().success());
     assert!(!hm.runtime_dir.exists(), "runtime dir left behind");
     assert!(!hm.pidfile.exists(), "pidfile left behind");
+    poll_until(EVENT, || (!pid_alive(watchdog)).then_some(()))
+        .expect("the watchdog outlived its stopped master");
 }
 
 /// A binary that cannot be executed leaves the master running as it was.

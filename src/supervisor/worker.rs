@@ -55,7 +55,9 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
         &reader,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
-    let child = Command::new(spec.haproxy)
+    let mut command = Command::new(spec.haproxy);
+    soft_stop_when_master_dies(&mut command);
+    let child = command
         .args(worker_argv(spec))
         .stdin(Stdio::null())
         .stderr(Stdio::from(writer))
@@ -76,6 +78,32 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
         })?;
     let pid = Pid::try_from(child.id()).map_err(|_| io::Error::other("child pid out of range"))?;
     Ok((pid, reader))
+}
+
+/// Makes the kernel send the worker SIGUSR1 (haproxy's soft stop) if the master dies, so that
+/// a SIGKILLed master leaves no worker serving on unseen.
+///
+/// The parent-death signal follows the *thread* that forked, not the process: the master is
+/// single-threaded, so this is the master's death. An upgrade in place (exec, same process)
+/// does not fire it. Linux clears it when the worker changes credentials (haproxy's `user`,
+/// `uid`, `group`), which is why the master also has a watchdog (`crate::watchdog`).
+fn soft_stop_when_master_dies(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let master = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // calls (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The master may have died between fork and prctl: then nothing would fire.
+            if libc::getppid() != master {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    };
 }
 
 /// `waitpid` status in words, as logs and STATUS= show it.

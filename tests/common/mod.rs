@@ -280,6 +280,25 @@ pub fn fd_listing(pid: u32) -> String {
     lines.join("\n")
 }
 
+/// The pid of the master's watchdog, from the master's log line `watchdog pid N ...`.
+pub fn watchdog_pid_in(log: &str) -> Option<u32> {
+    let (_, rest) = log.split_once("watchdog pid ")?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// True if `pid` is alive and is the watchdog of `master` (`hapmaster __watchdog <master> ...`):
+/// checked before a test signals it, since its pid comes from a log line.
+pub fn is_watchdog_of(pid: u32, master: u32) -> bool {
+    let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    pid_alive(pid)
+        && args.get(1) == Some(&b"__watchdog".as_slice())
+        && args.get(2) == Some(&master.to_string().as_bytes())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Listening sockets
 // ---------------------------------------------------------------------------------------------
@@ -1209,6 +1228,31 @@ impl Hapmaster {
         cfg: impl Into<Cfg>,
         extra_args: &[&str],
     ) -> Hapmaster {
+        let runtime_dir = dir.join("rt");
+        Hapmaster::launch(binary, dir, &runtime_dir, cfg, extra_args)
+    }
+
+    /// Like [`Hapmaster::start_in`], but with `--runtime-dir runtime_dir` instead of `<dir>/rt`:
+    /// a second master on the runtime directory an earlier (killed) one left behind. Keep the
+    /// earlier `Hapmaster` alive until this one is dropped: dropping it removes its dir.
+    pub fn start_on_runtime_dir(
+        dir: TestDir,
+        runtime_dir: &Path,
+        cfg: impl Into<Cfg>,
+        extra_args: &[&str],
+    ) -> Hapmaster {
+        let binary = Path::new(env!("CARGO_BIN_EXE_hapmaster"));
+        Hapmaster::launch(binary, dir, runtime_dir, cfg, extra_args)
+    }
+
+    fn launch(
+        binary: &Path,
+        dir: TestDir,
+        runtime_dir: &Path,
+        cfg: impl Into<Cfg>,
+        extra_args: &[&str],
+    ) -> Hapmaster {
+        let runtime_dir = runtime_dir.to_path_buf();
         let cfg_path = match cfg.into() {
             Cfg::Text(t) => {
                 let p = dir.join("haproxy.cfg");
@@ -1217,7 +1261,6 @@ impl Hapmaster {
             }
             Cfg::File(p) => p,
         };
-        let runtime_dir = dir.join("rt");
         let pidfile = dir.join("hapmaster.pid");
         let notify_path = dir.join("notify.sock");
         let stderr_path = dir.join("stderr.log");
