@@ -14,4 +14,6 @@ pub mod pidfd;
 pub mod pidfile;
 pub mod runtime_dir;
 pub mod supervisor;
+#[cfg(test)]
+mod test_dir;
 pub mod watchdog;

@@ -552,20 +552,7 @@ mod tests {
         assert!(parse_spec_with("/x,user,a", no_lookup, no_lookup).is_err());
     }
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("hm-spec-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn flags(fd: i32) -> (i32, i32) {
         // SAFETY: fcntl on an fd we own, no pointers.
