@@ -39,7 +39,13 @@ impl Swapper {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             unsafe {
-                libc::close(fds[0]);
+                // The child never execs, so close-on-exec does not help: drop every fd the test
+                // process had open (other tests' sockets included, e.g. a port a concurrent test
+                // just probed, which it would otherwise keep bound), keeping the pipe as fd 3.
+                if libc::dup2(fds[1], 3) != 3 {
+                    libc::_exit(3);
+                }
+                libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
                 libc::alarm(600);
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(NOBODY) != 0
@@ -55,7 +61,7 @@ impl Swapper {
                     {
                         libc::symlink(target.as_ptr(), link.as_ptr());
                         if libc::rename(link.as_ptr(), sock.as_ptr()) == 0 {
-                            libc::write(fds[1], b"s".as_ptr().cast(), 1);
+                            libc::write(3, b"s".as_ptr().cast(), 1);
                         }
                     }
                 }
