@@ -235,3 +235,68 @@ fn runtime_dir_in_a_directory_others_can_write_is_refused() {
     );
     assert!(!open.join("rt").exists(), "created the runtime dir anyway");
 }
+
+/// The runtime directory on another mount of the same filesystem (what systemd's
+/// `RuntimeDirectory=` under `ProtectSystem=` gives): a socket made there cannot be renamed into
+/// the `-S` directory (EXDEV), so it is made next to its name instead. Found by the real-systemd
+/// tier, where every start failed with "Invalid cross-device link".
+#[test]
+fn control_socket_across_a_mount_boundary() {
+    if !is_root() {
+        eprintln!("skipped: needs root (a bind mount in a mount namespace of its own)");
+        return;
+    }
+    let t = TestDir::new();
+    let (shared, rt) = (t.join("shared"), t.join("rt"));
+    fs::create_dir(&shared).unwrap();
+    fs::create_dir(&rt).unwrap();
+    fs::set_permissions(&rt, fs::Permissions::from_mode(0o700)).unwrap();
+    let port = free_port();
+    let cfg = t.join("haproxy.cfg");
+    fs::write(&cfg, http_config(&[format!("127.0.0.1:{port}")])).unwrap();
+    let sock = shared.join("m.sock");
+    let log = t.join("stderr.log");
+    // unshare execs sh, which execs hapmaster: the child is hapmaster, in a mount namespace where
+    // the runtime directory is a bind mount of itself.
+    let mut child = ChildGuard(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$1" && exec "$2" --haproxy "$3" --runtime-dir "$1" -S "$4" -f "$5""#)
+            .arg("sh")
+            .arg(&rt)
+            .arg(env!("CARGO_BIN_EXE_hapmaster"))
+            .arg(haproxy_path())
+            .arg(format!("{},mode,660", sock.display()))
+            .arg(&cfg)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("unshare (util-linux) is needed"),
+    );
+    let served = poll_until(EVENT, || {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "hapmaster exited ({status}):\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        http_get(format!("127.0.0.1:{port}")).ok()
+    });
+    assert_eq!(served.as_deref(), Some(HELLO));
+    let meta = fs::symlink_metadata(&sock).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    let names: Vec<String> = fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["m.sock"],
+        "temporary entries left next to the socket"
+    );
+    let status = child.stop(EVENT);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}

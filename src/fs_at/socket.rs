@@ -3,8 +3,9 @@
 //!
 //! A socket's file cannot be fixed through the socket's fd, so it is made where nobody else can
 //! reach it, then renamed into place:
-//! - in a staging directory only we can write, on the same filesystem (the runtime directory:
-//!   ours, 0700, with no ancestor others can write), under a random name; or, when there is none,
+//! - in a staging directory only we can write, on the same filesystem and mount (the runtime
+//!   directory: ours, 0700, with no ancestor others can write), under a random name; or, when
+//!   there is none (or the rename meets a mount boundary, EXDEV),
 //! - in a fresh private directory made next to the final name, entered only through its fd: it
 //!   is checked to be ours, private and empty before anything is done in it, since a user who can
 //!   write the parent can rename another directory to its name between mkdir and open.
@@ -97,30 +98,35 @@ impl Dir {
         let here = fstat(self.fd.as_raw_fd()).map_err(BindError::Inspect)?;
         // The directory's group, as bind(2) in a setgid directory would give it.
         let gid = gid.or((here.st_mode & libc::S_ISGID != 0).then_some(here.st_gid));
-        let staging = match staging {
-            Some(s) if fstat(s.fd.as_raw_fd()).is_ok_and(|st| st.st_dev == here.st_dev) => s,
-            _ => {
-                let private = PrivateDir::create(self).map_err(BindError::Bind)?;
-                let result = private.dir.make_and_place(
-                    self,
-                    (OsStr::new("s"), true),
-                    name,
-                    at_name,
-                    (mode, uid, gid, backlog),
-                );
-                private.remove(self);
-                return result;
+        let what = (mode, uid, gid, backlog);
+        if let Some(staging) = staging {
+            if fstat(staging.fd.as_raw_fd()).is_ok_and(|st| st.st_dev == here.st_dev) {
+                match self.bind_via_staging(staging, name, at_name, what) {
+                    // Same filesystem but another mount (systemd's RuntimeDirectory= under
+                    // ProtectSystem=, a bind mount): rename(2) cannot cross it.
+                    Err(BindError::Place(e)) if e.raw_os_error() == Some(libc::EXDEV) => {}
+                    other => return other,
+                }
             }
-        };
+        }
+        let private = PrivateDir::create(self).map_err(BindError::Bind)?;
+        let result = private
+            .dir
+            .make_and_place(self, (OsStr::new("s"), true), name, at_name, what);
+        private.remove(self);
+        result
+    }
+
+    fn bind_via_staging(
+        &self,
+        staging: &Dir,
+        name: &OsStr,
+        at_name: AtName,
+        what: (u32, Option<u32>, Option<u32>, i32),
+    ) -> Result<(OwnedFd, FileId), BindError> {
         for _ in 0..NAME_TRIES {
             let tmp = random_name("hapmaster-bind");
-            match staging.make_and_place(
-                self,
-                (&tmp, false),
-                name,
-                at_name,
-                (mode, uid, gid, backlog),
-            ) {
+            match staging.make_and_place(self, (&tmp, false), name, at_name, what) {
                 Err(BindError::Bind(e)) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
                 other => return other,
             }
