@@ -119,15 +119,7 @@ fn control_socket_mode_is_never_set_through_a_swapped_name() {
         // What a swap left at the name would make the next start refuse to bind: clear it (the
         // test is root; the master never does this).
         let _ = fs::remove_file(&sock);
-        let out = Command::new(env!("CARGO_BIN_EXE_hapmaster"))
-            .arg("--haproxy")
-            .arg(haproxy_path())
-            .arg("--runtime-dir")
-            .arg(t.join("rt"))
-            .args(["-S", &spec, "-f"])
-            .arg(&cfg)
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
+        let out = hapmaster_command(&t.join("rt"), &["-S", &spec], &cfg)
             .output()
             .unwrap();
         assert!(!out.status.success(), "start {i}: a broken config started");
@@ -208,15 +200,7 @@ fn runtime_dir_in_a_directory_others_can_write_is_refused() {
     fs::write(&cfg, http_config(&[format!("127.0.0.1:{}", free_port())])).unwrap();
     let log = t.join("stderr.log");
     let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_hapmaster"))
-            .arg("--haproxy")
-            .arg(haproxy_path())
-            .arg("--runtime-dir")
-            .arg(open.join("rt"))
-            .arg("-f")
-            .arg(&cfg)
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
+        hapmaster_command(&open.join("rt"), &[], &cfg)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()

@@ -6,7 +6,7 @@ use common::*;
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The fd number the pipe is given in hapmaster, as `exec 9>...` in a shell would.
 const INHERITED: i32 = 9;
@@ -47,18 +47,8 @@ fn an_inherited_pipe_does_not_reach_the_workers() {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let inode = pipe_inode(write_end.as_raw_fd());
     let raw = write_end.as_raw_fd();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hapmaster"));
-    cmd.arg("--haproxy")
-        .arg(haproxy_path())
-        .arg("--runtime-dir")
-        .arg(dir.join("rt"))
-        .arg("-V")
-        .arg("-f")
-        .arg(&cfg)
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
+    let mut cmd = hapmaster_command(&dir.join("rt"), &["-V"], &cfg);
+    cmd.stdout(Stdio::null()).stderr(stderr);
     // SAFETY: only dup2 between fork and exec (async-signal-safe); dup2 leaves fd 9 inheritable,
     // as a shell's `exec 9>` would.
     unsafe {

@@ -16,15 +16,8 @@ fn low_soft_nofile_limit_does_not_break_reloads() {
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(&cfg, http_config(&binds)).unwrap();
     let rt = dir.join("rt");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hapmaster"));
-    cmd.arg("--haproxy")
-        .arg(haproxy_path())
-        .arg("--runtime-dir")
-        .arg(&rt)
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = hapmaster_command(&rt, &[], &cfg);
+    cmd.stderr(Stdio::null());
     // SAFETY: only setrlimit between fork and exec. 256 < 2 × 300 held + received sockets.
     unsafe {
         cmd.pre_exec(|| {

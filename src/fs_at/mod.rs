@@ -194,11 +194,6 @@ impl Dir {
         }
     }
 
-    /// The type of the entry `name` (not following a symlink), if any.
-    pub fn file_type(&self, name: &OsStr) -> io::Result<Option<libc::mode_t>> {
-        Ok(self.stat(name)?.map(|st| st.st_mode & libc::S_IFMT))
-    }
-
     /// Removes `name` if it is still the file `id`.
     pub fn remove_if(&self, name: &OsStr, id: FileId) -> io::Result<Removal> {
         let dir_flag = match self.stat(name)? {

@@ -1617,6 +1617,22 @@ impl Drop for Hapmaster {
     }
 }
 
+/// `hapmaster --haproxy H --runtime-dir RT [extra...] -f CFG`, for a test that starts it by hand
+/// (not through `Hapmaster`): no `NOTIFY_SOCKET`, stdin from /dev/null; the caller sets the rest.
+pub fn hapmaster_command(runtime_dir: &Path, extra: &[&str], cfg: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hapmaster"));
+    cmd.arg("--haproxy")
+        .arg(haproxy_path())
+        .arg("--runtime-dir")
+        .arg(runtime_dir)
+        .args(extra)
+        .arg("-f")
+        .arg(cfg)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// A hapmaster started by hand (not through `Hapmaster`): on drop, if the test did not wait for
 /// it (a failed assertion), it gets SIGTERM so that it stops its workers too, then SIGKILL after
 /// [`EVENT`], and is reaped.
