@@ -83,8 +83,17 @@ fn run_client(subcommand: &str, args: &[OsString]) -> ExitCode {
             let _ = std::io::stdout().write_all(client::client_usage().as_bytes());
             ExitCode::SUCCESS
         }
-        ClientCommand::Reload { socket, timeout } => {
-            let answer = match client::exchange(&socket, "reload", timeout) {
+        ClientCommand::Reload {
+            socket,
+            timeout,
+            await_signal,
+        } => {
+            let line = if await_signal {
+                "await-reload"
+            } else {
+                "reload"
+            };
+            let answer = match client::exchange(&socket, line, timeout) {
                 Ok(a) => a,
                 Err(e) => return client_failure(&e),
             };

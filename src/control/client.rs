@@ -36,6 +36,8 @@ pub enum ClientCommand {
     Reload {
         socket: PathBuf,
         timeout: Duration,
+        /// `--await`: start nothing; wait for the reload a signal started (`await-reload`).
+        await_signal: bool,
     },
     Cli {
         socket: PathBuf,
@@ -97,9 +99,10 @@ impl std::error::Error for ClientArgsError {}
 pub fn client_usage() -> String {
     format!(
         "usage:\n  \
-         hapmaster reload [-S PATH] [--timeout DUR]\n      \
+         hapmaster reload [-S PATH] [--timeout DUR] [--await]\n      \
          reload and wait for the result; exit 0 on Success=1, 1 on Success=0, 2 when the master \
-         cannot be reached\n  \
+         cannot be reached. --await starts no reload: it waits for the one a signal started \
+         (or the next one), e.g. as ExecReload= of a Type=notify-reload unit\n  \
          hapmaster cli [-S PATH] [--timeout DUR] COMMAND...\n      \
          send one command line (e.g. 'show proc', '@1 show info') and print the answer\n  \
          hapmaster getsocks PATH [--json] [--timeout DUR]\n      \
@@ -138,6 +141,7 @@ pub fn parse_client_args(
     let mut socket: Option<PathBuf> = None;
     let mut timeout: Option<Duration> = None;
     let mut json = false;
+    let mut await_signal = false;
     let mut positional: Vec<String> = Vec::new();
     let mut it = strings.into_iter();
     while let Some(arg) = it.next() {
@@ -181,6 +185,7 @@ pub fn parse_client_args(
                 })?);
             }
             "--json" if subcommand == "getsocks" => json = true,
+            "--await" if subcommand == "reload" && inline.is_none() => await_signal = true,
             _ if name.starts_with('-') && name.len() > 1 => {
                 return Err(ClientArgsError::UnknownOption {
                     subcommand: sub(),
@@ -199,6 +204,7 @@ pub fn parse_client_args(
             None => Ok(ClientCommand::Reload {
                 socket: socket.unwrap_or(default_socket),
                 timeout: timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
+                await_signal,
             }),
         },
         "cli" => {
@@ -481,21 +487,32 @@ mod tests {
             parse("reload", &[]).unwrap(),
             ClientCommand::Reload {
                 socket: "/run/hm/master.sock".into(),
-                timeout: DEFAULT_RELOAD_TIMEOUT
+                timeout: DEFAULT_RELOAD_TIMEOUT,
+                await_signal: false,
+            }
+        );
+        assert_eq!(
+            parse("reload", &["--await"]).unwrap(),
+            ClientCommand::Reload {
+                socket: "/run/hm/master.sock".into(),
+                timeout: DEFAULT_RELOAD_TIMEOUT,
+                await_signal: true,
             }
         );
         assert_eq!(
             parse("reload", &["-S", "unix@/x.sock", "--timeout", "5s"]).unwrap(),
             ClientCommand::Reload {
                 socket: "/x.sock".into(),
-                timeout: Duration::from_secs(5)
+                timeout: Duration::from_secs(5),
+                await_signal: false,
             }
         );
         assert_eq!(
             parse("reload", &["--timeout=250ms"]).unwrap(),
             ClientCommand::Reload {
                 socket: "/run/hm/master.sock".into(),
-                timeout: Duration::from_millis(250)
+                timeout: Duration::from_millis(250),
+                await_signal: false,
             }
         );
         assert_eq!(parse("reload", &["--help"]).unwrap(), ClientCommand::Help);
@@ -505,6 +522,8 @@ mod tests {
         assert!(e.to_string().starts_with("reload: --timeout: "), "{e}");
         let e = parse("reload", &["now"]).unwrap_err();
         assert_eq!(e.to_string(), "reload: unexpected argument now");
+        let e = parse("reload", &["--await=yes"]).unwrap_err();
+        assert_eq!(e.to_string(), "reload: unknown option --await=yes");
         let e = parse("reload", &["--json"]).unwrap_err();
         assert_eq!(e.to_string(), "reload: unknown option --json");
     }

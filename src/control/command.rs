@@ -11,6 +11,8 @@ pub enum Request {
     ShowProc,
     Reload,
     HardReload,
+    /// `await-reload`: the outcome of the reload a signal asked for (see the event loop).
+    AwaitReload,
     ShowListeners,
     Getsocks,
     Prompt,
@@ -41,9 +43,11 @@ impl Request {
     /// are only for peers allowed to administer (root and the master's own uid by default).
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::Reload | Request::HardReload | Request::Forward { .. } | Request::Getsocks => {
-                true
-            }
+            Request::Reload
+            | Request::HardReload
+            | Request::AwaitReload
+            | Request::Forward { .. }
+            | Request::Getsocks => true,
             Request::Help
             | Request::ShowProc
             | Request::ShowListeners
@@ -160,6 +164,7 @@ fn parse_master_command(cmd: &str) -> Request {
         ["show", "listeners"] => Request::ShowListeners,
         ["reload"] => Request::Reload,
         ["hard-reload"] => Request::HardReload,
+        ["await-reload"] => Request::AwaitReload,
         ["_getsocks"] => Request::Getsocks,
         ["prompt"] => Request::Prompt,
         ["quit"] => Request::Quit,
@@ -192,6 +197,10 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "hard-reload",
         "reload haproxy, old workers are stopped at once (SIGTERM)",
+    ),
+    (
+        "await-reload",
+        "wait for the reload a signal started (or the next one) and answer as reload does",
     ),
     ("show proc", "show processes status"),
     (

@@ -39,6 +39,8 @@ enum Step {
     Answer(String),
     /// A reload runs; the answer comes when it ends.
     Wait,
+    /// A reload's answer, which ends without the blank line of other answers.
+    ReloadAnswer(String),
     /// The connection is over (quit, or the socket handoff consumed it).
     Close,
 }
@@ -163,6 +165,11 @@ impl Master<'_> {
                     }
                 }
                 Step::Wait => {}
+                Step::ReloadAnswer(text) => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.write(text.as_bytes());
+                    }
+                }
                 Step::Close => {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         s.closing = true;
@@ -180,6 +187,7 @@ impl Master<'_> {
             return Step::Close;
         };
         let privileged = s.privileged;
+        let peer = s.peer_pid;
         let request = parse_request(command);
         if request.changes_state() && !privileged {
             return Step::Answer(format!(
@@ -192,6 +200,10 @@ impl Master<'_> {
             Request::ShowListeners => Step::Answer(self.show_listeners()),
             Request::Reload => self.start_reload(id, false),
             Request::HardReload => self.start_reload(id, true),
+            Request::AwaitReload => match self.await_reload(peer) {
+                super::await_reload::Awaited::Ended(text) => Step::ReloadAnswer(text),
+                super::await_reload::Awaited::After(after) => self.wait_for_reload(id, after),
+            },
             Request::Getsocks => self.hand_over(id),
             Request::Prompt => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -214,15 +226,23 @@ impl Master<'_> {
             return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
         }
         // Registered before the request: a reload that fails at once answers within `feed`.
-        let after = self.state.last_generation();
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.awaiting_reload = Some(after);
-        }
+        let step = self.wait_for_reload(id, self.state.last_generation());
         self.feed(if hard {
             Event::HardReloadRequested
         } else {
             Event::ReloadRequested
         });
+        step
+    }
+
+    /// The session is answered when the first reload of a generation above `after` ends.
+    fn wait_for_reload(&mut self, id: u64, after: Generation) -> Step {
+        if self.state.is_stopping() {
+            return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.awaiting_reload = Some(after);
+        }
         Step::Wait
     }
 
@@ -244,6 +264,7 @@ impl Master<'_> {
             None => format!("Success=1\n--\n{startup}"),
             Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
         };
+        self.signal_reloads.reload_ended(generation, &text);
         for id in waiting {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;

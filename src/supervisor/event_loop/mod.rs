@@ -37,6 +37,7 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// Bound on one `_getsocks` exchange with a worker, either direction.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
+mod await_reload;
 mod control;
 mod handover;
 mod last_good;
@@ -143,6 +144,7 @@ pub fn run(
         launch,
         upgrade_requested: false,
         last_good: LastGood::default(),
+        signal_reloads: Default::default(),
     };
     master.adopt_passed(passed);
     match resume {
@@ -228,6 +230,8 @@ struct Master<'a> {
     upgrade_requested: bool,
     /// The configuration copies, and which one a crash replacement runs.
     last_good: LastGood,
+    /// Which reload a signal asked for, for `await-reload`.
+    signal_reloads: await_reload::SignalReloads,
 }
 
 struct WorkerExtra {
@@ -360,6 +364,7 @@ impl Master<'_> {
                 }
                 libc::SIGUSR2 | libc::SIGHUP => {
                     log::info!("received {}: reloading", signal_name(sig));
+                    self.signal_reloads.requested(self.state.last_generation());
                     self.feed(Event::ReloadRequested)
                 }
                 _ => {}
