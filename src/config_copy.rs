@@ -270,7 +270,7 @@ fn copy_all(sources: &[PathBuf], dest: &Path, limits: Limits) -> Result<Outcome,
 }
 
 /// The file's bytes, if they fit in `budget`.
-fn read_bounded(path: &Path, budget: u64, max: u64) -> Result<Vec<u8>, CopyError> {
+pub(crate) fn read_bounded(path: &Path, budget: u64, max: u64) -> Result<Vec<u8>, CopyError> {
     let read_err = |source| CopyError::Read {
         path: path.to_path_buf(),
         source,

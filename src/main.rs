@@ -56,6 +56,11 @@ fn main() -> ExitCode {
             status
         }
         options::Command::Check(opts) => {
+            logging::init(logging::level_for(opts.quiet, opts.verbose));
+            if let Err(e) = refuse_before_start(&opts) {
+                log::error!("{e}");
+                return ExitCode::from(1);
+            }
             let mut args: Vec<OsString> = opts.worker_args.clone();
             args.push("-c".into());
             for f in &opts.config_files {
@@ -223,6 +228,16 @@ fn run_master(opts: Options) -> ExitCode {
     for notice in &opts.notices {
         log::info!("{notice}");
     }
+    // Not after an upgrade in place: its workers already run, with the same binary and files.
+    if resume.is_none() {
+        if let Err(e) = refuse_before_start(&opts) {
+            log::error!("refusing to start: {e}");
+            if let Some(n) = &notifier {
+                let _ = n.status(&format!("Failed to start: {e}"));
+            }
+            return ExitCode::from(1);
+        }
+    }
     if opts.daemon && resume.is_none() {
         // Keep the cwd: relative -f paths are read again at every reload.
         if let Err(e) = nix::unistd::daemon(true, true) {
@@ -278,6 +293,25 @@ fn master(
     }
     runtime.cleanup();
     Ok(result?)
+}
+
+/// What no worker could run, refused before the first one starts (and by `-c`): a haproxy older
+/// than hapmaster supports, and `master-worker` in the configuration. The keyword is looked for
+/// again before every later worker starts (the event loop's `spawn`); the version only here
+/// (see `haproxy_version`).
+fn refuse_before_start(opts: &Options) -> Result<(), String> {
+    use hapmaster::haproxy_version::{self, Found};
+    match haproxy_version::check(&opts.haproxy, haproxy_version::TIMEOUT) {
+        Ok(Found::Supported(v)) => log::debug!("{} is haproxy {}", opts.haproxy.display(), v.text),
+        Ok(unknown @ Found::Unknown { .. }) => log::warn!("{unknown}"),
+        Ok(too_old @ Found::TooOld { .. }) => return Err(too_old.to_string()),
+        Err(e) => return Err(e.to_string()),
+    }
+    let change_dir = opts.change_dir().map(std::path::Path::new);
+    match hapmaster::master_worker_keyword::find(&opts.config_files, change_dir) {
+        Some(found) => Err(found.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// The runtime directory of a master that starts afresh (not an upgrade in place): locked, the

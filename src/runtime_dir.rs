@@ -128,7 +128,9 @@ impl fmt::Display for RuntimeDirError {
             WrongOwner { path, owner, euid } => write!(
                 f,
                 "runtime directory {} is owned by uid {owner}, not by uid {euid} that hapmaster \
-                 runs as; run `chown {euid} {}` or choose another with --runtime-dir",
+                 runs as: someone else made it, so nothing in it can be trusted (never take it \
+                 over with chown); remove it (`rm -r {}`, as root if need be) so that hapmaster \
+                 makes its own, or choose another with --runtime-dir",
                 path.display(),
                 path.display()
             ),
@@ -914,7 +916,11 @@ mod tests {
                 ..
             }
         ));
-        assert!(err.to_string().contains("chown 0 /run/x"), "{err}");
+        // Someone else's directory is removed, never adopted.
+        let text = err.to_string();
+        assert!(text.contains("remove it (`rm -r /run/x`"), "{text}");
+        assert!(text.contains("--runtime-dir"), "{text}");
+        assert!(!text.contains("chown 0"), "{text}");
         assert!(check_dir(Path::new("/run/x"), facts, 1000).is_ok());
     }
 

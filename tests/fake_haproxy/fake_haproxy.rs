@@ -12,6 +12,7 @@
 //!   `hello from haproxy\n`. With `-x` it is taken from the sockets fetched there, matched by
 //!   address; unmatched fetched sockets are closed. Without `-x` (or with no match) it is bound.
 //! - SIGUSR1: soft stop (stops accepting, exits 0). SIGTERM / SIGINT: exits 0.
+//! - `-v` / `-vv`: haproxy 2.6's version line.
 //!
 //! Faults, each a line `fake <key> [value]` in any config file:
 //! - `fake hang`: accepts `show info` but never answers.
@@ -118,6 +119,11 @@ fn warning(msg: &str) {
 }
 
 fn main() -> ExitCode {
+    // hapmaster reads the version before it starts a worker.
+    if std::env::args_os().skip(1).any(|a| a == "-v" || a == "-vv") {
+        println!("HAProxy version 2.6.12-fake 2023/03/28 - https://haproxy.org/");
+        return ExitCode::SUCCESS;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {

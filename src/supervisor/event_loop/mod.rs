@@ -583,6 +583,14 @@ impl Master<'_> {
             }
         };
         let handoff_socket = self.runtime.master_socket();
+        let config_files = self.worker_config(generation, kind);
+        // Before any process runs these files: a reload refused here leaves the old worker as
+        // it was.
+        let change_dir = self.opts.change_dir().map(std::path::Path::new);
+        if let Some(found) = crate::master_worker_keyword::find(&config_files, change_dir) {
+            self.spawn_failed(generation, found.to_string());
+            return;
+        }
         log::info!(
             "starting worker generation {generation} ({kind:?}){}",
             if self.held.is_empty() {
@@ -591,7 +599,6 @@ impl Master<'_> {
                 format!(", handing over {} listening sockets", self.held.len())
             }
         );
-        let config_files = self.worker_config(generation, kind);
         let spec = WorkerSpec {
             haproxy: &self.opts.haproxy,
             passthrough: &self.opts.worker_args,
@@ -618,15 +625,15 @@ impl Master<'_> {
                 ));
                 self.feed(Event::Spawned { generation, pid });
             }
-            Err(e) => {
-                self.runtime.remove_worker_files(generation);
-                self.config_forgotten(generation);
-                self.feed(Event::SpawnFailed {
-                    generation,
-                    reason: e.to_string(),
-                });
-            }
+            Err(e) => self.spawn_failed(generation, e.to_string()),
         }
+    }
+
+    /// Worker `generation` was not started: its files go, and the state hears why.
+    fn spawn_failed(&mut self, generation: u64, reason: String) {
+        self.runtime.remove_worker_files(generation);
+        self.config_forgotten(generation);
+        self.feed(Event::SpawnFailed { generation, reason });
     }
 
     /// Signals only children that have not been reaped: a reaped pid may already belong to

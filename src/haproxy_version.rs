@@ -1,0 +1,358 @@
+//! Which haproxy the master runs, read with `haproxy -v` before the first worker starts.
+//!
+//! Every worker gets a fragment with `stats socket ... expose-fd listeners`, and every worker
+//! after the first gets `-x`: both arrived in haproxy 1.8. An older haproxy dies on the fragment
+//! and prints its whole keyword list, which tells the operator nothing about the real cause. So
+//! the master asks the binary for its version first and refuses one it cannot run.
+//!
+//! Only at start (and for `-c`): a reload that met an older binary would fail on the fragment and
+//! leave the old worker serving, and running `-v` there would make the event loop wait for it.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// The oldest haproxy hapmaster runs: `expose-fd listeners` and `-x` are from 1.8.
+pub const OLDEST: (u32, u32) = (1, 8);
+/// `haproxy -v` answers at once; this only bounds a binary that does not.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// The banner is one line; a binary printing more than this is not answering `-v`.
+const MAX_OUTPUT: usize = 64 * 1024;
+
+/// A version from haproxy's banner: `HAProxy version 2.6.12-1+deb12u4 2023/...` (2.1 and
+/// later) or `HA-Proxy version 1.7.14 2021/03/31` (up to 2.0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    /// The whole version word, as haproxy prints it.
+    pub text: String,
+}
+
+impl Version {
+    pub fn is_supported(&self) -> bool {
+        (self.major, self.minor) >= OLDEST
+    }
+}
+
+/// What the master makes of the binary's answer.
+#[derive(Debug)]
+pub enum Found {
+    Supported(Version),
+    /// Below [`OLDEST`]: refused.
+    TooOld {
+        binary: PathBuf,
+        version: Version,
+    },
+    /// No version line (a custom build, a wrapper, a binary that is not haproxy): the master
+    /// goes on, and the worker says what is wrong if anything is.
+    Unknown {
+        binary: PathBuf,
+        why: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct ExecError {
+    pub binary: PathBuf,
+    pub source: io::Error,
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The words the worker spawn uses for the same failure.
+        write!(
+            f,
+            "cannot execute {}: {} (check --haproxy or $PATH)",
+            self.binary.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for ExecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Found::Supported(v) => write!(f, "haproxy {}", v.text),
+            Found::TooOld { binary, version } => write!(
+                f,
+                "{} is haproxy {}, which hapmaster cannot run: hapmaster supports haproxy {}.{} \
+                 and later (it hands the listening sockets to each worker with `-x` and \
+                 `expose-fd listeners`, which arrived in {}.{}); install a newer haproxy or \
+                 point --haproxy at one",
+                binary.display(),
+                version.text,
+                OLDEST.0,
+                OLDEST.1,
+                OLDEST.0,
+                OLDEST.1
+            ),
+            Found::Unknown { binary, why } => write!(
+                f,
+                "cannot tell which haproxy version {} is ({why}); going on, but hapmaster needs \
+                 haproxy {}.{} or later",
+                binary.display(),
+                OLDEST.0,
+                OLDEST.1
+            ),
+        }
+    }
+}
+
+/// The version line of `haproxy -v`'s output.
+pub fn parse(output: &str) -> Option<Version> {
+    output.lines().find_map(|line| {
+        let rest = line
+            .trim_start()
+            .strip_prefix("HAProxy version ")
+            .or_else(|| line.trim_start().strip_prefix("HA-Proxy version "))?;
+        let text = rest.split_whitespace().next()?;
+        let mut parts = text.split('.');
+        let major = parts.next()?.parse().ok()?;
+        // "2.6.12", "3.2-dev5", "1.8": the minor is the digits after the first dot.
+        let minor_word = parts.next()?;
+        let digits = minor_word
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(minor_word.len());
+        let minor = minor_word[..digits].parse().ok()?;
+        Some(Version {
+            major,
+            minor,
+            text: text.to_string(),
+        })
+    })
+}
+
+/// Runs `binary -v` (bounded by `timeout`) and judges its version. Err only when the binary
+/// cannot be executed at all: no worker could start either.
+pub fn check(binary: &Path, timeout: Duration) -> Result<Found, ExecError> {
+    let output = run_v(binary, timeout).map_err(|source| ExecError {
+        binary: binary.to_path_buf(),
+        source,
+    })?;
+    let unknown = |why: String| Found::Unknown {
+        binary: binary.to_path_buf(),
+        why,
+    };
+    let text = match output {
+        Output::Text(t) => t,
+        Output::TimedOut => {
+            return Ok(unknown(format!(
+                "`-v` printed no version line within {} s",
+                timeout.as_secs()
+            )))
+        }
+    };
+    Ok(match parse(&text) {
+        Some(v) if v.is_supported() => Found::Supported(v),
+        Some(version) => Found::TooOld {
+            binary: binary.to_path_buf(),
+            version,
+        },
+        None => {
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let first: String = first.chars().take(120).collect();
+            unknown(if first.is_empty() {
+                "`-v` printed nothing".to_string()
+            } else {
+                format!("`-v` printed {first:?}")
+            })
+        }
+    })
+}
+
+enum Output {
+    Text(String),
+    TimedOut,
+}
+
+/// `binary -v`'s stdout, read until it holds a version line or ends. The child is killed and
+/// reaped before this returns, whatever it does: a wrapper script may leave a process behind that
+/// keeps the pipe open, so the end of the output is not awaited once the line is there.
+fn run_v(binary: &Path, timeout: Duration) -> io::Result<Output> {
+    let mut child = Command::new(binary)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = match child.stdout.take() {
+        Some(stdout) => read_version(stdout, Instant::now() + timeout),
+        None => Ok(Output::Text(String::new())),
+    };
+    // Already exited (a zombie until reaped) or not: either way wait() returns at once after it.
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn read_version(mut stdout: std::process::ChildStdout, deadline: Instant) -> io::Result<Output> {
+    nix::fcntl::fcntl(
+        &stdout,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let complete = buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .is_some_and(|end| parse(&String::from_utf8_lossy(&buf[..end])).is_some());
+        if complete || buf.len() > MAX_OUTPUT {
+            return Ok(Output::Text(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        match stdout.read(&mut chunk) {
+            Ok(0) => return Ok(Output::Text(String::from_utf8_lossy(&buf).into_owned())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Output::TimedOut);
+                }
+                let ms = left.as_millis().clamp(1, 60_000) as i32;
+                let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::NONE),
+                ) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_dir::TempDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn banners_of_every_era() {
+        let v = |s: &str| parse(s).map(|v| (v.major, v.minor, v.text));
+        assert_eq!(
+            v("HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/\nStatus: ..."),
+            Some((2, 6, "2.6.12-1+deb12u4".into()))
+        );
+        assert_eq!(
+            v("HA-Proxy version 1.5.19 2016/12/25\nCopyright 2000-2016 Willy Tarreau\n"),
+            Some((1, 5, "1.5.19".into()))
+        );
+        assert_eq!(
+            v("HA-Proxy version 2.0.33-1 2023/09/12 - https://haproxy.org/\n"),
+            Some((2, 0, "2.0.33-1".into()))
+        );
+        assert_eq!(
+            v("HAProxy version 3.2-dev5-8f3c2a 2025/02/07 - https://haproxy.org/\n"),
+            Some((3, 2, "3.2-dev5-8f3c2a".into()))
+        );
+        assert_eq!(
+            v("HAProxy version 10.12.1 x"),
+            Some((10, 12, "10.12.1".into()))
+        );
+        for bad in [
+            "",
+            "haproxy 2.6",
+            "HAProxy version \n",
+            "HAProxy version x.y",
+            "2.6.12",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn supported_from_1_8() {
+        let at = |major, minor| Version {
+            major,
+            minor,
+            text: String::new(),
+        };
+        assert!(!at(1, 7).is_supported());
+        assert!(!at(0, 9).is_supported());
+        assert!(at(1, 8).is_supported());
+        assert!(at(1, 10).is_supported());
+        assert!(at(2, 0).is_supported());
+        assert!(at(3, 3).is_supported());
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn checks_a_binary() {
+        let t = TempDir::new("version");
+        let old = script(&t.0, "old", "echo 'HA-Proxy version 1.7.14 2021/03/31'");
+        let found = check(&old, TIMEOUT).unwrap();
+        assert!(matches!(&found, Found::TooOld { version, .. } if version.text == "1.7.14"));
+        let text = found.to_string();
+        for part in [old.to_str().unwrap(), "1.7.14", "1.8 and later"] {
+            assert!(text.contains(part), "{text}");
+        }
+
+        let new = script(&t.0, "new", "echo 'HAProxy version 2.6.12 2023/01/01'");
+        assert!(matches!(check(&new, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 6));
+
+        let odd = script(&t.0, "odd", "echo 'my proxy 1.0'; exit 3");
+        let found = check(&odd, TIMEOUT).unwrap();
+        assert!(matches!(found, Found::Unknown { .. }), "{found:?}");
+        assert!(found.to_string().contains("my proxy 1.0"), "{found}");
+
+        let missing = t.0.join("missing");
+        let e = check(&missing, TIMEOUT).unwrap_err();
+        assert!(e.to_string().contains("cannot execute"), "{e}");
+    }
+
+    /// A wrapper that leaves a process holding the pipe: the version line is enough.
+    #[test]
+    fn does_not_wait_for_the_end_of_the_output() {
+        let t = TempDir::new("version-wrapper");
+        let sleeper = t.0.join("sleeper.pid");
+        let wrapper = script(
+            &t.0,
+            "wrapper",
+            &format!(
+                "sleep 600 & echo $! > {}\necho 'HAProxy version 2.8.1 2023/01/01'\nwait",
+                sleeper.display()
+            ),
+        );
+        let found = check(&wrapper, TIMEOUT).unwrap();
+        assert!(
+            matches!(found, Found::Supported(ref v) if v.minor == 8),
+            "{found:?}"
+        );
+        // The sleep outlives the killed wrapper; end it (it is ours, by its pid).
+        if let Ok(pid) = std::fs::read_to_string(&sleeper) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+
+        let silent = script(&t.0, "silent", "exec sleep 600");
+        let found = check(&silent, Duration::from_millis(200)).unwrap();
+        assert!(matches!(found, Found::Unknown { .. }), "{found:?}");
+        assert!(found.to_string().contains("within"), "{found}");
+    }
+}
