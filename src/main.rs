@@ -7,7 +7,8 @@ use std::process::{Command, ExitCode};
 
 use hapmaster::control::client::{self, ClientCommand, ClientError};
 use hapmaster::control::format::{getsocks_json, getsocks_table, SocketRow};
-use hapmaster::handoff::fetch::{fetch_sockets, FetchError};
+use hapmaster::control::usage;
+use hapmaster::handoff::fetch::fetch_sockets;
 use hapmaster::handoff::listeners::SocketInfo;
 use hapmaster::notify::Notifier;
 use hapmaster::options::{self, Options};
@@ -24,6 +25,10 @@ fn main() -> ExitCode {
         // First of all: the watchdog's fds 3 and 4 must stay as the master placed them.
         if first == hapmaster::watchdog::SUBCOMMAND {
             return hapmaster::watchdog::watch::main(&args[1..]);
+        }
+        // haproxy-style argv never starts with a bare word either.
+        if first == "help" {
+            return help(&args[1..]);
         }
         if client::is_subcommand(first) {
             return run_client(first.to_string_lossy().as_ref(), &args[1..]);
@@ -73,19 +78,36 @@ fn main() -> ExitCode {
     }
 }
 
-/// `hapmaster reload|cli|getsocks ...`: exit 0 on success, 1 on a failure the answer reports,
-/// 2 on usage, connection and protocol errors.
+/// `hapmaster help [SUBCOMMAND]`: the usage of everything, or of one client subcommand.
+fn help(args: &[OsString]) -> ExitCode {
+    let text = match args {
+        [] => options::usage(),
+        [sub] if client::is_subcommand(sub) => usage::usage(&sub.to_string_lossy()),
+        _ => {
+            eprintln!(
+                "hapmaster help: give nothing, or one of {}\nTry 'hapmaster --help'.",
+                client::SUBCOMMANDS.join(", ")
+            );
+            return ExitCode::from(client::exit::UNREACHABLE);
+        }
+    };
+    // A closed pipe (`hapmaster help | head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// `hapmaster reload|cli|getsocks ...`, with the exit statuses of [`client::exit`].
 fn run_client(subcommand: &str, args: &[OsString]) -> ExitCode {
     let command = match client::parse_client_args(subcommand, args, client::default_socket()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hapmaster {e}\nTry 'hapmaster {subcommand} --help'.");
-            return ExitCode::from(2);
+            return ExitCode::from(client::exit::UNREACHABLE);
         }
     };
     match command {
         ClientCommand::Help => {
-            let _ = std::io::stdout().write_all(client::client_usage().as_bytes());
+            let _ = std::io::stdout().write_all(usage::usage(subcommand).as_bytes());
             ExitCode::SUCCESS
         }
         ClientCommand::Reload {
@@ -100,16 +122,12 @@ fn run_client(subcommand: &str, args: &[OsString]) -> ExitCode {
             };
             let answer = match client::exchange(&socket, line, timeout) {
                 Ok(a) => a,
-                Err(e) => return client_failure(&e),
+                Err(e) => return client_failure(subcommand, &e),
             };
             let _ = std::io::stdout().write_all(answer.as_bytes());
             let outcome = client::reload_outcome(&answer);
-            if outcome == client::ReloadOutcome::Unrecognised {
-                eprintln!(
-                    "hapmaster reload: {} answered without Success=1 or Success=0; is it a \
-                     hapmaster control socket?",
-                    socket.display()
-                );
+            if let Some(message) = outcome.message(&socket) {
+                eprintln!("hapmaster reload: {message}");
             }
             ExitCode::from(outcome.exit_code())
         }
@@ -120,9 +138,13 @@ fn run_client(subcommand: &str, args: &[OsString]) -> ExitCode {
         } => match client::exchange(&socket, &line, timeout) {
             Ok(answer) => {
                 let _ = std::io::stdout().write_all(answer.as_bytes());
-                ExitCode::SUCCESS
+                let (code, message) = client::cli_outcome(&socket, &line, &answer);
+                if let Some(message) = message {
+                    eprintln!("hapmaster cli: {message}");
+                }
+                ExitCode::from(code)
             }
-            Err(e) => client_failure(&e),
+            Err(e) => client_failure(subcommand, &e),
         },
         ClientCommand::Getsocks {
             path,
@@ -132,25 +154,19 @@ fn run_client(subcommand: &str, args: &[OsString]) -> ExitCode {
     }
 }
 
-fn client_failure(e: &ClientError) -> ExitCode {
-    eprintln!("hapmaster: {e}");
-    ExitCode::from(2)
+fn client_failure(subcommand: &str, e: &ClientError) -> ExitCode {
+    eprintln!("hapmaster {subcommand}: {e}");
+    ExitCode::from(e.exit_code())
 }
 
 /// Takes the sockets, describes them, prints them, and closes them (dropping them).
 fn getsocks(path: &std::path::Path, json: bool, timeout: std::time::Duration) -> ExitCode {
     let sockets = match fetch_sockets(path, timeout) {
         Ok(s) => s,
-        Err(e @ FetchError::NothingExported { .. }) => {
-            eprintln!(
-                "hapmaster getsocks: {e}\n(a haproxy `stats socket` hands sockets out only with \
-                 `expose-fd listeners`; a hapmaster control socket only to allowed users)"
-            );
-            return ExitCode::from(1);
-        }
         Err(e) => {
-            eprintln!("hapmaster getsocks: {e}");
-            return ExitCode::from(2);
+            let (code, message) = client::getsocks_failure(path, &e);
+            eprintln!("hapmaster getsocks: {message}");
+            return ExitCode::from(code);
         }
     };
     let mut rows = Vec::with_capacity(sockets.len());
@@ -163,7 +179,7 @@ fn getsocks(path: &std::path::Path, json: bool, timeout: std::time::Duration) ->
                     "hapmaster getsocks: cannot describe socket {index} from {}: {e}",
                     path.display()
                 );
-                return ExitCode::from(2);
+                return ExitCode::from(client::exit::UNREACHABLE);
             }
         }
     }

@@ -535,6 +535,9 @@ Usage: hapmaster [-Ws|-W] [-D] [-q] [-V] [-p PIDFILE] [-S SOCKET[,OPTS]]... -f F
        hapmaster -c -f FILE...        check the configuration with haproxy and exit with its status
        hapmaster -v | -vv | --version print haproxy's version, then hapmaster's
        hapmaster -h | --help          show this text
+       hapmaster help [SUBCOMMAND]    show this text, or the usage of a client subcommand
+       hapmaster reload|cli|getsocks ...
+                                      client subcommands: talk to a running master (below)
 
 Used by the master:
   -f FILE|DIR        configuration file or directory; repeatable, order kept. Every argument
@@ -588,9 +591,12 @@ Signals to the master:
   SIGTERM, SIGINT    stop now
   SIGURG             upgrade in place: re-execute the hapmaster binary found on disk (after a
                      package upgrade), keeping the pid, the workers and the listening sockets
-",
+
+Client subcommands (`hapmaster help SUBCOMMAND` for each one's options and exit statuses):
+{subcommands}",
         version = env!("CARGO_PKG_VERSION"),
         fallback = FALLBACK_HAPROXY,
+        subcommands = crate::control::usage::subcommands_summary(),
     )
 }
 
@@ -1012,6 +1018,10 @@ mod tests {
             "SIGINT",
             "--opt=VALUE",
             "-n MAXCONN",
+            "hapmaster help [SUBCOMMAND]",
+            "hapmaster reload [-S PATH]",
+            "hapmaster cli [-S PATH]",
+            "hapmaster getsocks PATH",
         ] {
             assert!(u.contains(word), "usage lacks {word}");
         }

@@ -1,6 +1,8 @@
 //! The client subcommands against real processes: `hapmaster getsocks` takes the listeners of a
 //! running haproxy (and leaves it serving), `hapmaster cli` talks to its stats socket, and
-//! `hapmaster reload` / `getsocks` say clearly when nothing listens.
+//! `hapmaster reload` / `getsocks` say clearly when nothing listens. And their help texts:
+//! `hapmaster --help` names them, `hapmaster help [SUBCOMMAND]` works, and each subcommand's
+//! `--help` is its own usage, not the others'.
 
 mod common;
 
@@ -260,12 +262,133 @@ fn permission_denied_as_nobody() {
         .stdin(Stdio::null())
         .output()
         .expect("running hapmaster as nobody");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert_eq!(
-        text(&out.stderr),
-        format!(
-            "hapmaster: permission denied on {}: run as root or as the master's user\n",
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "hapmaster reload: permission denied on {}: connecting needs write permission on the \
+             socket file",
             path.display()
-        )
+        )),
+        "{err}"
     );
+    assert!(
+        err.contains("run this as root or as the master's user"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_exit_status_follows_haproxy_answers() {
+    let s = Setup::start();
+    let admin = s.path("admin.sock");
+    // haproxy 2.6 answers "Unknown command. Please enter one of the following commands only:".
+    for line in ["no_such_command", "show info; no_such_command"] {
+        let out = hapmaster(&["cli", "-S", &admin, line]);
+        assert_eq!(out.status.code(), Some(1), "{line}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "hapmaster cli: {admin} answered with an error: Unknown command"
+            )),
+            "{line}: {err}"
+        );
+    }
+    let out = hapmaster(&["cli", "-S", &admin, "show info; show version"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn cli_refused_by_a_stats_socket_level() {
+    let dir = TestDir::new();
+    let cfg = dir.join("h.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    stats socket {d}/user.sock mode 600 level user\n\n\
+             defaults\n    mode http\n    timeout connect 1s\n    timeout client 2s\n    \
+             timeout server 2s\n\nfrontend fe\n    bind 127.0.0.1:{port}\n    \
+             http-request return status 200\n",
+            d = dir.path().display(),
+            port = free_port()
+        ),
+    )
+    .unwrap();
+    let user = dir.join("user.sock");
+    let mut haproxy = Haproxy::start(&["-db", "-f", cfg.to_str().unwrap()], dir.join("log"));
+    haproxy.wait_ready(&user);
+    let user = user.display().to_string();
+    // A user-level socket may not disable a frontend: haproxy answers "Permission denied".
+    let out = hapmaster(&["cli", "-S", &user, "disable frontend fe"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("hapmaster cli: permission denied by {user}: ")),
+        "{err}"
+    );
+    assert!(err.contains("level admin"), "{err}");
+    assert!(
+        text(&out.stdout).starts_with("Permission denied"),
+        "{out:?}"
+    );
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const SUBCOMMANDS: [&str; 3] = ["reload", "cli", "getsocks"];
+
+#[test]
+fn top_level_help_lists_the_subcommands() {
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let out = hapmaster(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let text = stdout(&out);
+        assert!(
+            text.contains("Usage: hapmaster [-Ws|-W]"),
+            "{args:?}: {text}"
+        );
+        for sub in SUBCOMMANDS {
+            assert!(
+                text.contains(&format!("hapmaster {sub} ")),
+                "{args:?}: {sub} missing from:\n{text}"
+            );
+        }
+        assert!(text.contains("hapmaster help [SUBCOMMAND]"), "{text}");
+    }
+}
+
+#[test]
+fn each_subcommand_has_its_own_usage() {
+    for sub in SUBCOMMANDS {
+        let own = format!("usage: hapmaster {sub} ");
+        for args in [vec![sub, "--help"], vec![sub, "-h"], vec!["help", sub]] {
+            let out = hapmaster(&args);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+            let text = stdout(&out);
+            assert!(text.starts_with(&own), "{args:?}: {text}");
+            assert!(text.contains("Exit status:"), "{args:?}: {text}");
+            for other in SUBCOMMANDS.iter().filter(|o| **o != sub) {
+                assert!(
+                    !text.contains(&format!("hapmaster {other} ")),
+                    "{args:?} also describes {other}:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn help_of_an_unknown_subcommand_is_a_usage_error() {
+    for args in [&["help", "restart"][..], &["help", "reload", "cli"]] {
+        let out = hapmaster(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("reload, cli, getsocks"),
+            "{args:?}: names the subcommands: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
 }

@@ -147,7 +147,7 @@ fn reload_client_reports_a_missing_master() {
 }
 
 #[test]
-fn getsocks_from_the_master_and_refusal_for_other_users() {
+fn getsocks_from_the_master() {
     let (mut hm, port, cli) = start(&[]);
     let cli_s = cli.to_str().unwrap();
     let out = client(&["getsocks", cli_s]);
@@ -157,37 +157,125 @@ fn getsocks_from_the_master_and_refusal_for_other_users() {
     // The handover does not disturb the master.
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
 
-    if unsafe { libc::geteuid() } == 0 {
-        // `nobody` may read (the socket is mode 666) but not take sockets or reload.
-        let as_nobody = |args: &[&str]| {
-            Command::new(env!("CARGO_BIN_EXE_hapmaster"))
-                .args(args)
-                .uid(65534)
-                .gid(65534)
-                .output()
-                .unwrap()
-        };
-        let out = as_nobody(&["cli", "-S", cli_s, "show", "proc"]);
-        assert!(text(&out).contains("master"), "{}", text(&out));
-        let out = as_nobody(&["getsocks", cli_s]);
-        assert!(
-            !out.status.success(),
-            "nobody got the sockets: {}",
-            text(&out)
+    assert!(hm.stop().success());
+}
+
+/// The client run as `nobody` (uid and gid 65534, no supplementary groups).
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running the hapmaster client as nobody")
+}
+
+/// Runs the client as `nobody`: refused (exit 3), with every one of `says` on stderr.
+fn refused_as_nobody(args: &[&str], says: &[&str]) {
+    let out = as_nobody(args);
+    assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for s in says {
+        assert!(err.contains(s), "{args:?}: no {s:?} in: {err}");
+    }
+}
+
+#[test]
+fn refusals_say_permission_denied_and_what_gives_access() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the client runs as nobody)");
+        return;
+    }
+    let (mut hm, port, cli) = start(&[]);
+    let cli_s = cli.to_str().unwrap();
+    let worker = hm.current_worker_pid().unwrap();
+    // `nobody` may connect to the mode-666 socket and read...
+    let out = as_nobody(&["cli", "-S", cli_s, "show", "proc"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("# workers"), "{}", text(&out));
+    // ...but the master refuses what changes something: exit 3, "permission denied", and who
+    // may (the master runs as root here).
+    let by_master = format!("permission denied by the master on {cli_s}");
+    for args in [
+        vec!["reload", "-S", cli_s],
+        vec!["cli", "-S", cli_s, "reload"],
+        vec!["cli", "-S", cli_s, "@1", "show", "info"],
+        vec!["getsocks", cli_s],
+    ] {
+        refused_as_nobody(
+            &args,
+            &[
+                &by_master,
+                "run this as root or as the master's user (uid 0, root)",
+            ],
         );
-        let out = as_nobody(&["reload", "-S", cli_s]);
-        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-        assert!(text(&out).contains("Permission denied"), "{}", text(&out));
-        // The runtime directory's master.sock is not even reachable for nobody.
-        let out = as_nobody(&[
-            "cli",
-            "-S",
-            hm.runtime_dir.join("master.sock").to_str().unwrap(),
-            "show proc",
-        ]);
-        assert!(!out.status.success(), "{}", text(&out));
-    } else {
-        eprintln!("skipped the `nobody` part: needs root");
+    }
+    // The runtime directory's master.sock (mode 0600) does not even let nobody connect.
+    let master_sock = hm.runtime_dir.join("master.sock");
+    let master_s = master_sock.to_str().unwrap();
+    let on_socket = format!("permission denied on {master_s}: ");
+    for args in [
+        vec!["reload", "-S", master_s],
+        vec!["cli", "-S", master_s, "show", "proc"],
+        vec!["getsocks", master_s],
+    ] {
+        refused_as_nobody(
+            &args,
+            &[
+                &on_socket,
+                "connecting needs write permission on the socket file",
+            ],
+        );
+    }
+    // Nothing was reloaded, and the listeners are still the master's alone to hand out.
+    assert_eq!(hm.current_worker_pid(), Some(worker));
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+}
+
+#[test]
+fn cli_exit_status_follows_the_answer() {
+    let (mut hm, _port, cli) = start(&[]);
+    let cli_s = cli.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let out = client(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    };
+    ok(&["cli", "-S", cli_s, "show", "proc"]);
+    ok(&["cli", "-S", cli_s, "show proc; help"]);
+    ok(&["cli", "-S", cli_s, "@1", "show", "info"]);
+    for (args, said) in [
+        (
+            vec!["cli", "-S", cli_s, "no_such_command"],
+            "Unknown command",
+        ),
+        (
+            vec!["cli", "-S", cli_s, "show proc; no_such_command"],
+            "Unknown command",
+        ),
+        (
+            vec!["cli", "-S", cli_s, "@1", "no_such_command"],
+            "Unknown command",
+        ),
+        (
+            vec!["cli", "-S", cli_s, "@7", "show", "info"],
+            "Can't find the target PID",
+        ),
+    ] {
+        let out = client(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(
+            err.contains(&format!(
+                "hapmaster cli: {cli_s} answered with an error: {said}"
+            )),
+            "{args:?}: {err}"
+        );
+        // The answer itself is printed as it came.
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(said),
+            "{args:?}"
+        );
     }
     assert!(hm.stop().success());
 }

@@ -360,6 +360,41 @@ fn negative_and_absurd_counts_are_rejected() {
 }
 
 #[test]
+fn a_text_answer_is_not_a_count() {
+    // What a master answers a client that may not take its sockets, then closes.
+    let refusal = "Permission denied: '_getsocks' needs root or the master's user (uid 0); \
+                   this client is uid 65534.\n\n";
+    let err = fetch_against(0, move |mut conn, _| {
+        read_command(&mut conn);
+        conn.write_all(refusal.as_bytes()).unwrap();
+    });
+    match &err {
+        FetchError::TextAnswer { text, .. } => assert_eq!(text, refusal),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("answered _getsocks with text instead of a socket count: \"Permission denied: '_getsocks'"),
+        "{err}"
+    );
+    // Text with fds along, and more text than is kept: the fds are closed (fetch_against checks),
+    // the text cut at 4 KiB.
+    let err = fetch_against(2, |mut conn, fds| {
+        read_command(&mut conn);
+        conn.write_all(b"Unknown command").unwrap();
+        send_batch(&conn, fds, &[b'x'; 64]);
+        let _ = conn.write_all(&[b'y'; 8192]);
+    });
+    match &err {
+        FetchError::TextAnswer { text, .. } => {
+            assert!(text.starts_with("Unknown command"), "{text}");
+            assert_eq!(text.len(), 4096);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn fewer_fds_than_announced_then_close() {
     let err = fetch_against(3, |mut conn, fds| {
         read_command(&mut conn);

@@ -10,6 +10,10 @@ use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::control::access::{connect_refusal_hint, getsocks_connect_refusal, refusal_message};
+use crate::control::answer::{refusal, verdict, Refusal, Verdict};
+use crate::control::command::{parse_request, shorten, split_line};
+use crate::handoff::fetch::FetchError;
 use crate::options::parse_duration;
 use crate::runtime_dir::{RuntimeDir, MASTER_SOCKET};
 
@@ -49,7 +53,7 @@ pub enum ClientCommand {
         json: bool,
         timeout: Duration,
     },
-    /// `-h` / `--help` after a subcommand: print [`client_usage`].
+    /// `-h` / `--help` after a subcommand: print its [`usage`].
     Help,
 }
 
@@ -95,32 +99,24 @@ impl fmt::Display for ClientArgsError {
 
 impl std::error::Error for ClientArgsError {}
 
-/// Usage of the client subcommands.
-pub fn client_usage() -> String {
-    format!(
-        "usage:\n  \
-         hapmaster reload [-S PATH] [--timeout DUR] [--await]\n      \
-         reload and wait for the result; exit 0 on Success=1, 1 on Success=0, 2 when the master \
-         cannot be reached. --await starts no reload: it waits for the one a signal started \
-         (or the next one), e.g. as ExecReload= of a Type=notify-reload unit\n  \
-         hapmaster cli [-S PATH] [--timeout DUR] COMMAND...\n      \
-         send one command line (e.g. 'show proc', '@1 show info') and print the answer\n  \
-         hapmaster getsocks PATH [--json] [--timeout DUR]\n      \
-         take the listening sockets of a haproxy stats socket with 'expose-fd listeners' (or of \
-         a hapmaster control socket), print them and close them\n\n\
-         -S PATH defaults to {} (the master's runtime directory).\n\
-         DUR is a number with an optional unit: us, ms (default), s, m, h, d. Default timeouts: \
-         reload {}s, cli {}s, getsocks {}s.\n",
-        default_socket().display(),
-        DEFAULT_RELOAD_TIMEOUT.as_secs(),
-        DEFAULT_CLI_TIMEOUT.as_secs(),
-        DEFAULT_GETSOCKS_TIMEOUT.as_secs()
-    )
+/// Exit statuses of the client subcommands (the README's table).
+pub mod exit {
+    /// Done: `Success=1`, an answer without an error, the sockets listed.
+    pub const OK: u8 = 0;
+    /// The answer reports a failure: `Success=0`, `Unknown command`, ...; nothing to hand over.
+    pub const FAILED: u8 = 1;
+    /// A usage error, nothing listening, no complete answer in time, or another protocol.
+    pub const UNREACHABLE: u8 = 2;
+    /// Permission denied, by the socket file's permissions or by the server.
+    pub const REFUSED: u8 = 3;
 }
+
+/// The client subcommands' words, in the order help lists them.
+pub const SUBCOMMANDS: [&str; 3] = ["reload", "cli", "getsocks"];
 
 /// Whether `first` (argv\[1\]) names a client subcommand rather than haproxy-style options.
 pub fn is_subcommand(first: &OsString) -> bool {
-    matches!(first.to_str(), Some("reload" | "cli" | "getsocks"))
+    first.to_str().is_some_and(|w| SUBCOMMANDS.contains(&w))
 }
 
 /// Parses the arguments after the subcommand word `subcommand` (one of [`is_subcommand`]'s).
@@ -243,17 +239,31 @@ pub fn parse_client_args(
 pub enum ReloadOutcome {
     Success,
     Failure,
-    /// Neither `Success=1` nor `Success=0`: not a master that does synchronous reloads.
+    Refused(Refusal),
+    /// None of the above: not a master that does synchronous reloads.
     Unrecognised,
 }
 
 impl ReloadOutcome {
-    /// `hapmaster reload`'s exit status: 0, 1, or 2 (as for a connection error).
+    /// `hapmaster reload`'s exit status.
     pub fn exit_code(self) -> u8 {
         match self {
-            ReloadOutcome::Success => 0,
-            ReloadOutcome::Failure => 1,
-            ReloadOutcome::Unrecognised => 2,
+            ReloadOutcome::Success => exit::OK,
+            ReloadOutcome::Failure => exit::FAILED,
+            ReloadOutcome::Refused(_) => exit::REFUSED,
+            ReloadOutcome::Unrecognised => exit::UNREACHABLE,
+        }
+    }
+
+    /// What to say on stderr besides the answer, if anything.
+    pub fn message(self, socket: &Path) -> Option<String> {
+        match self {
+            ReloadOutcome::Success | ReloadOutcome::Failure => None,
+            ReloadOutcome::Refused(r) => Some(refusal_message(r, socket)),
+            ReloadOutcome::Unrecognised => Some(format!(
+                "{} answered without Success=1 or Success=0; is it a hapmaster control socket?",
+                socket.display()
+            )),
         }
     }
 }
@@ -262,8 +272,56 @@ pub fn reload_outcome(answer: &str) -> ReloadOutcome {
     match answer.lines().next().map(str::trim_end) {
         Some("Success=1") => ReloadOutcome::Success,
         Some("Success=0") => ReloadOutcome::Failure,
-        _ => ReloadOutcome::Unrecognised,
+        _ => refusal(answer).map_or(ReloadOutcome::Unrecognised, ReloadOutcome::Refused),
     }
+}
+
+/// `hapmaster cli`'s exit status for `answer` to `line` from `socket`, and what to say on
+/// stderr besides the answer.
+pub fn cli_outcome(socket: &Path, line: &str, answer: &str) -> (u8, Option<String>) {
+    let commands = split_line(line).len().max(1);
+    match verdict(answer, commands) {
+        Verdict::Done => (exit::OK, None),
+        Verdict::Failed(first) => (
+            exit::FAILED,
+            Some(format!(
+                "{} answered with an error: {}",
+                socket.display(),
+                shorten(first)
+            )),
+        ),
+        Verdict::Refused(r) => (exit::REFUSED, Some(refusal_message(r, socket))),
+    }
+}
+
+/// `hapmaster getsocks`'s exit status for a failed fetch from `path`, and what to say.
+pub fn getsocks_failure(path: &Path, e: &FetchError) -> (u8, String) {
+    match e {
+        FetchError::NothingExported { .. } => (
+            exit::FAILED,
+            format!(
+                "{e}\n(a haproxy `stats socket` hands sockets out only with `expose-fd \
+                 listeners`; a hapmaster control socket only to root and the master's user)"
+            ),
+        ),
+        FetchError::Connect { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+        {
+            (exit::REFUSED, getsocks_connect_refusal(path))
+        }
+        FetchError::TextAnswer { text, .. } => match refusal(text) {
+            Some(r) => (exit::REFUSED, refusal_message(r, path)),
+            None => (exit::UNREACHABLE, e.to_string()),
+        },
+        _ => (exit::UNREACHABLE, e.to_string()),
+    }
+}
+
+/// Whether the master runs any command of `line` only for root and its own user.
+fn is_privileged(line: &str) -> bool {
+    split_line(line)
+        .iter()
+        .any(|c| parse_request(c).changes_state())
 }
 
 #[derive(Debug)]
@@ -273,8 +331,10 @@ pub enum ClientError {
         path: PathBuf,
         source: io::Error,
     },
+    /// connect(2) said EACCES; `privileged`: the line needs root or the master's user anyway.
     PermissionDenied {
         path: PathBuf,
+        privileged: bool,
     },
     Connect {
         path: PathBuf,
@@ -309,10 +369,11 @@ impl fmt::Display for ClientError {
                 path.display(),
                 path.display()
             ),
-            PermissionDenied { path } => write!(
+            PermissionDenied { path, privileged } => write!(
                 f,
-                "permission denied on {}: run as root or as the master's user",
-                path.display()
+                "permission denied on {}: {}",
+                path.display(),
+                connect_refusal_hint(*privileged)
             ),
             Connect { path, source } => {
                 write!(f, "cannot connect to {}: {source}", path.display())
@@ -355,6 +416,16 @@ impl fmt::Display for ClientError {
     }
 }
 
+impl ClientError {
+    /// The client's exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::PermissionDenied { .. } => exit::REFUSED,
+            _ => exit::UNREACHABLE,
+        }
+    }
+}
+
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         use ClientError::*;
@@ -375,8 +446,8 @@ impl std::error::Error for ClientError {
 /// haproxy's) answers every command of the line, then closes.
 pub fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut stream =
-        crate::handoff::fetch::connect_unix(path, timeout).map_err(|e| connect_error(path, e))?;
+    let mut stream = crate::handoff::fetch::connect_unix(path, timeout)
+        .map_err(|e| connect_error(path, e, is_privileged(line)))?;
     let mut request = line.trim_end_matches(['\r', '\n']).to_string();
     request.push('\n');
     let send_error = |source| ClientError::Send {
@@ -456,13 +527,15 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn connect_error(path: &Path, source: io::Error) -> ClientError {
+fn connect_error(path: &Path, source: io::Error, privileged: bool) -> ClientError {
     let path = path.to_path_buf();
     match source.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTDIR) => {
             ClientError::NotRunning { path, source }
         }
-        Some(libc::EACCES) | Some(libc::EPERM) => ClientError::PermissionDenied { path },
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            ClientError::PermissionDenied { path, privileged }
+        }
         _ => ClientError::Connect { path, source },
     }
 }
@@ -470,6 +543,7 @@ fn connect_error(path: &Path, source: io::Error) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::answer::permission_denied_text;
     use std::os::unix::net::UnixListener;
     use std::thread;
 
@@ -620,9 +694,109 @@ mod tests {
             ReloadOutcome::Unrecognised
         );
         assert_eq!(reload_outcome("\nSuccess=1"), ReloadOutcome::Unrecognised);
+        let refused = reload_outcome(&permission_denied_text("reload", 0, 65534));
+        assert_eq!(
+            refused,
+            ReloadOutcome::Refused(Refusal::Master { uid: Some(0) })
+        );
+        assert_eq!(
+            reload_outcome("Permission denied\n\n"),
+            ReloadOutcome::Refused(Refusal::Level)
+        );
         assert_eq!(ReloadOutcome::Success.exit_code(), 0);
         assert_eq!(ReloadOutcome::Failure.exit_code(), 1);
         assert_eq!(ReloadOutcome::Unrecognised.exit_code(), 2);
+        assert_eq!(refused.exit_code(), 3);
+        let socket = Path::new("/run/hm/cli.sock");
+        assert_eq!(ReloadOutcome::Success.message(socket), None);
+        assert_eq!(ReloadOutcome::Failure.message(socket), None);
+        let m = refused.message(socket).unwrap();
+        assert!(
+            m.starts_with("permission denied by the master on /run/hm/cli.sock: it runs reload,"),
+            "{m}"
+        );
+        assert!(
+            m.ends_with("run this as root or as the master's user (uid 0, root)"),
+            "{m}"
+        );
+        assert!(ReloadOutcome::Unrecognised
+            .message(socket)
+            .unwrap()
+            .contains("without Success=1 or Success=0"));
+    }
+
+    #[test]
+    fn cli_outcomes() {
+        let socket = Path::new("/s");
+        assert_eq!(
+            cli_outcome(socket, "show proc", "#<PID>\n1 master\n\n"),
+            (0, None)
+        );
+        assert_eq!(
+            cli_outcome(
+                socket,
+                "frob",
+                "Unknown command 'frob'. Please enter\n  help\n\n"
+            ),
+            (
+                1,
+                Some("/s answered with an error: Unknown command 'frob'. Please enter".into())
+            )
+        );
+        // Control characters a server echoes back do not reach the terminal raw.
+        let (code, m) = cli_outcome(socket, "x", "Unknown command: 'x\u{1b}[2J'\n\n");
+        assert_eq!(code, 1);
+        assert!(m.unwrap().ends_with("Unknown command: 'x?[2J'"));
+        // The second command's answer starts after the first one's empty line.
+        let two = "#<PID>\n\nUnknown command 'frob'.\n\n";
+        assert_eq!(cli_outcome(socket, "show proc", two).0, 0);
+        assert_eq!(cli_outcome(socket, "show proc; frob", two).0, 1);
+        let (code, m) = cli_outcome(socket, "disable frontend fe", "Permission denied\n\n");
+        assert_eq!(code, 3);
+        let m = m.unwrap();
+        assert!(m.starts_with("permission denied by /s: "), "{m}");
+        assert!(m.contains("`level admin`"), "{m}");
+    }
+
+    #[test]
+    fn getsocks_failures() {
+        use crate::handoff::fetch::Endpoint;
+        let path = Path::new("/run/haproxy/admin.sock");
+        let peer = Endpoint::path(path);
+        let (code, m) = getsocks_failure(path, &FetchError::NothingExported { peer: peer.clone() });
+        assert_eq!(code, 1);
+        assert!(m.contains("expose-fd listeners"), "{m}");
+        let connect = |errno| FetchError::Connect {
+            path: path.into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        let (code, m) = getsocks_failure(path, &connect(libc::EACCES));
+        assert_eq!(code, 3);
+        assert!(
+            m.starts_with(
+                "permission denied on /run/haproxy/admin.sock: connecting needs write permission"
+            ),
+            "{m}"
+        );
+        assert_eq!(getsocks_failure(path, &connect(libc::ENOENT)).0, 2);
+        let (code, m) = getsocks_failure(
+            path,
+            &FetchError::TextAnswer {
+                peer: peer.clone(),
+                text: permission_denied_text("_getsocks", 0, 65534),
+            },
+        );
+        assert_eq!(code, 3);
+        assert!(m.starts_with("permission denied by the master on "), "{m}");
+        let (code, m) = getsocks_failure(
+            path,
+            &FetchError::TextAnswer {
+                peer,
+                text: "Unknown command, but maybe\n\n".into(),
+            },
+        );
+        assert_eq!(code, 2);
+        assert!(m.contains("\"Unknown command, but maybe\""), "{m}");
     }
 
     use crate::test_dir::TempDir;
@@ -688,17 +862,41 @@ mod tests {
         server.join().unwrap();
     }
 
+    fn exchange_error_for(path: &str, errno: i32, line: &str) -> ClientError {
+        connect_error(
+            Path::new(path),
+            io::Error::from_raw_os_error(errno),
+            is_privileged(line),
+        )
+    }
+
     #[test]
     fn eacces_is_permission_denied() {
         // connect(2) needs write permission on the socket file (tests/cli_getsocks.rs checks it
         // for real as nobody); here the classification of the errno alone.
-        let e = connect_error(
-            Path::new("/run/hm/master.sock"),
-            io::Error::from_raw_os_error(libc::EACCES),
+        let denied = |line| exchange_error_for("/run/hm/master.sock", libc::EACCES, line);
+        let e = denied("reload");
+        assert_eq!(e.exit_code(), 3);
+        let m = e.to_string();
+        assert!(
+            m.starts_with(
+                "permission denied on /run/hm/master.sock: connecting needs write permission on \
+                 the socket file"
+            ),
+            "{m}"
         );
+        assert!(
+            m.ends_with("run this as root or as the master's user"),
+            "{m}"
+        );
+        // A read-only line: a -S socket's permissions would let the user in.
+        let m = denied("show proc").to_string();
+        assert!(m.contains("-S PATH,mode,660,group,GROUP"), "{m}");
+        let m = denied("show proc; @1 show info").to_string();
+        assert!(!m.contains("-S PATH,mode"), "{m}");
         assert_eq!(
-            e.to_string(),
-            "permission denied on /run/hm/master.sock: run as root or as the master's user"
+            exchange_error_for("/x", libc::ECONNREFUSED, "reload").exit_code(),
+            2
         );
     }
 }

@@ -4,6 +4,10 @@
 //! one), `@1 <command>` for the current worker, `@!<pid> <command>` for any live worker, `@` /
 //! `@0` / `@master` for the master itself.
 
+use crate::control::answer::{
+    MISSING_COMMAND, NO_CURRENT_WORKER, ONE_PREFIX, TARGET_NOT_FOUND, UNKNOWN_COMMAND,
+};
+
 /// One request, as the master acts on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -101,16 +105,15 @@ pub fn parse_request(cmd: &str) -> Request {
     };
     if rest.is_empty() {
         return Request::Unknown(format!(
-            "'{}' needs a command after it, e.g. '{} show info'\n",
+            "{MISSING_COMMAND} '{}': e.g. '{} show info'\n",
             shorten(prefix),
             shorten(prefix)
         ));
     }
     match target {
-        Target::Master if rest.starts_with('@') => Request::Unknown(format!(
-            "'{}': only one @ prefix per command\n",
-            shorten(cmd)
-        )),
+        Target::Master if rest.starts_with('@') => {
+            Request::Unknown(format!("{ONE_PREFIX}: '{}'\n", shorten(cmd)))
+        }
         Target::Master => parse_master_command(rest),
         target => Request::Forward {
             target,
@@ -140,7 +143,7 @@ fn parse_prefix(prefix: &str) -> Option<Target> {
 /// The answer when an `@` prefix names no process: haproxy's sentence, and what exists here.
 pub fn target_not_found_text(prefix: &str) -> String {
     format!(
-        "Can't find the target PID matching the prefix '{}': hapmaster has one current worker, \
+        "{TARGET_NOT_FOUND} '{}': hapmaster has one current worker, \
          @1; any live worker is @!<pid> (see 'show proc'); the master is @\n",
         shorten(prefix)
     )
@@ -151,7 +154,7 @@ pub fn target_not_found_text(prefix: &str) -> String {
 pub fn no_such_worker_text(target: Target) -> String {
     match target {
         Target::Pid(pid) => target_not_found_text(&format!("@!{pid}")),
-        Target::Current => "No current worker to send the command to (see 'show proc')\n".into(),
+        Target::Current => format!("{NO_CURRENT_WORKER} (see 'show proc')\n"),
         Target::Master => target_not_found_text("@"),
     }
 }
@@ -173,7 +176,7 @@ fn parse_master_command(cmd: &str) -> Request {
 }
 
 /// At most 80 characters of `s`, printable, for quoting client input back in an answer.
-fn shorten(s: &str) -> String {
+pub(crate) fn shorten(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(80)
@@ -234,7 +237,7 @@ pub fn help_text() -> String {
 /// The answer to an unknown command: an error naming it, then every command.
 pub fn unknown_command_text(cmd: &str) -> String {
     format!(
-        "Unknown command '{}'. Please enter one of the following commands only:\n{}",
+        "{UNKNOWN_COMMAND} '{}'. Please enter one of the following commands only:\n{}",
         shorten(cmd),
         command_list()
     )
@@ -342,13 +345,19 @@ mod tests {
             assert!(t.starts_with("Can't find the target PID"), "{bad}: {t}");
         }
         let t = unknown(parse_request("@1"));
-        assert!(t.contains("'@1' needs a command"), "{t}");
+        assert!(
+            t.starts_with("Missing command after '@1': e.g. '@1 show info'"),
+            "{t}"
+        );
         let t = unknown(parse_request("@!42"));
-        assert!(t.contains("'@!42' needs a command"), "{t}");
+        assert!(t.starts_with("Missing command after '@!42'"), "{t}");
         let t = unknown(parse_request("@"));
-        assert!(t.contains("'@' needs a command"), "{t}");
+        assert!(t.starts_with("Missing command after '@'"), "{t}");
         let t = unknown(parse_request("@ @1 show info"));
-        assert!(t.contains("only one @ prefix"), "{t}");
+        assert!(
+            t.starts_with("Only one @ prefix per command: '@ @1 show info'"),
+            "{t}"
+        );
     }
 
     #[test]

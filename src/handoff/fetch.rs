@@ -26,6 +26,9 @@ pub const GETSOCKS_COMMAND: &[u8] = b"_getsocks\n";
 /// by its fd limit, and accepting any `int` would let a broken peer make us wait for 2^31 fds.
 pub const MAX_ANNOUNCED_FDS: usize = 1_000_000;
 
+/// How much of a text answer (instead of a socket count) is kept for the error.
+const MAX_TEXT_ANSWER: usize = 4096;
+
 /// Both sides of the protocol use a 1 s socket timeout per operation, as haproxy does.
 pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -123,6 +126,12 @@ pub enum FetchError {
         peer: Endpoint,
         count: i32,
     },
+    /// Text instead of the count: a CLI that answered `_getsocks` with a sentence, such as
+    /// "Permission denied" or "Unknown command" (at most 4 KiB of it).
+    TextAnswer {
+        peer: Endpoint,
+        text: String,
+    },
     /// Fds arrived with the count, which haproxy always sends alone.
     FdsWithCount {
         peer: Endpoint,
@@ -202,6 +211,12 @@ impl fmt::Display for FetchError {
                 f,
                 "{peer} announced {count} sockets, outside 0..={MAX_ANNOUNCED_FDS}; it does not \
                  speak haproxy's _getsocks protocol"
+            ),
+            FetchError::TextAnswer { peer, text } => write!(
+                f,
+                "{peer} answered _getsocks with text instead of a socket count: \"{}\"; it is a \
+                 CLI socket that does not hand sockets out",
+                first_line(text)
             ),
             FetchError::FdsWithCount { peer, fds } => write!(
                 f,
@@ -491,6 +506,21 @@ pub(crate) fn send_nosignal(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<us
     }
 }
 
+/// The first line of `text`, at most 120 characters of it and no control character, for an
+/// error message.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    line.chars()
+        .take(120)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Printable ASCII and the whitespace a CLI answer contains.
+fn is_text_byte(b: u8) -> bool {
+    b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
 pub(crate) fn is_timeout(err: &io::Error) -> bool {
     matches!(
         err.kind(),
@@ -621,13 +651,38 @@ impl Fetch<'_> {
             }
             got += received.bytes;
         }
-        let count = i32::from_ne_bytes(count);
-        match usize::try_from(count) {
+        let value = i32::from_ne_bytes(count);
+        match usize::try_from(value) {
             Ok(n) if n <= MAX_ANNOUNCED_FDS => Ok(n),
+            // No count in range has four text bytes (its high byte is 0): a CLI's answer, such
+            // as a refusal, instead of the protocol.
+            _ if count.iter().all(|b| is_text_byte(*b)) => Err(self.text_answer(&count)),
             _ => Err(FetchError::BadCount {
                 peer: self.peer.clone(),
-                count,
+                count: value,
             }),
+        }
+    }
+
+    /// The rest of a text answer whose first bytes are `start`: what arrives until the peer
+    /// closes, up to [`MAX_TEXT_ANSWER`] bytes and within the deadline.
+    fn text_answer(&self, start: &[u8]) -> FetchError {
+        let mut text = start.to_vec();
+        let mut buf = [0u8; 512];
+        let mut control = ControlBuffer::new();
+        while text.len() < MAX_TEXT_ANSWER && self.arm(FetchStage::ReadCount).is_ok() {
+            // Any fd that came along is closed when `received` drops.
+            match recv_with_fds(self.sock(), &mut buf, &mut control) {
+                Ok(received) if received.bytes > 0 => {
+                    text.extend_from_slice(&buf[..received.bytes]);
+                }
+                _ => break,
+            }
+        }
+        text.truncate(MAX_TEXT_ANSWER);
+        FetchError::TextAnswer {
+            peer: self.peer.clone(),
+            text: String::from_utf8_lossy(&text).into_owned(),
         }
     }
 

@@ -9,9 +9,10 @@ use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::{Master, HANDOFF_TIMEOUT};
+use crate::control::answer::{permission_denied_text, CANNOT_REACH_WORKER};
 use crate::control::client::exchange;
 use crate::control::command::{
-    help_text, no_such_worker_text, parse_request, split_line, Request, Target,
+    help_text, no_such_worker_text, parse_request, shorten, split_line, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::handoff::serve::serve_getsocks_after_command;
@@ -186,12 +187,15 @@ impl Master<'_> {
         let Some(s) = self.sessions.get(&id) else {
             return Step::Close;
         };
-        let privileged = s.privileged;
+        let (privileged, peer_uid) = (s.privileged, s.peer_uid);
         let peer = s.peer_pid;
         let request = parse_request(command);
         if request.changes_state() && !privileged {
-            return Step::Answer(format!(
-                "Permission denied: '{command}' needs root or the master's uid.\n"
+            let master_uid = nix::unistd::geteuid().as_raw();
+            return Step::Answer(permission_denied_text(
+                &shorten(command),
+                master_uid,
+                peer_uid,
             ));
         }
         match request {
@@ -352,7 +356,7 @@ impl Master<'_> {
         let path = self.runtime.worker_socket(w.generation);
         match exchange(&path, command, FORWARD_TIMEOUT) {
             Ok(answer) => answer,
-            Err(e) => format!("Cannot reach worker pid {}: {e}\n", w.pid),
+            Err(e) => format!("{CANNOT_REACH_WORKER} {}: {e}\n", w.pid),
         }
     }
 
