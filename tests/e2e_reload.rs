@@ -358,6 +358,20 @@ fn first_worker_failure_exits_nonzero() {
         err.contains("[ALERT]"),
         "haproxy's [ALERT] lines should be on stderr:\n{err}"
     );
+    // The master's own lines start lowercase, and say plainly that nothing was left to stop.
+    let own = format!("({}) : ", hm.pid());
+    let capitalised: Vec<&str> = err
+        .lines()
+        .filter(|l| {
+            l.split_once(own.as_str())
+                .is_some_and(|(_, text)| text.starts_with(|c: char| c.is_uppercase()))
+        })
+        .collect();
+    assert!(capitalised.is_empty(), "{capitalised:?} in:\n{err}");
+    assert!(
+        err.contains("stopping: no worker left to signal"),
+        "no `stopping: no worker left to signal` in:\n{err}"
+    );
     assert!(
         !hm.history().iter().any(|d| has_line(d, "READY=1")),
         "READY=1 sent although no worker ever served:\n{}",
@@ -460,4 +474,38 @@ fn sigusr1_soft_stops_then_exits() {
     assert!(!pid_alive(worker), "worker {worker} still alive");
     assert!(!hm.runtime_dir.exists(), "runtime dir left behind");
     assert!(!hm.pidfile.exists(), "pidfile left behind");
+}
+
+/// Every reload says in the log who asked for it: the CLI client (pid, uid, socket), or the
+/// signal and the process that sent it.
+#[test]
+fn reload_log_names_who_asked() {
+    let port = free_port();
+    let mut hm = Hapmaster::start_ready(http_config(&[format!("127.0.0.1:{port}")]), &[]);
+    let me = std::process::id();
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    // `cli` connects from this very process.
+    let answer = hm.cli("reload");
+    assert!(answer.starts_with("Success=1"), "{answer}");
+    let by_cli = format!(
+        "reload requested by master CLI client pid {me} (uid {uid}) on {}",
+        hm.runtime_dir.join("master.sock").display()
+    );
+    assert!(
+        hm.stderr().contains(&by_cli),
+        "no {by_cli:?} in:\n{}",
+        hm.stderr()
+    );
+    // The reload notified before it answered: this consumes its datagrams.
+    let old = hm.wait_serving(EVENT);
+    hm.signal(SIGUSR2);
+    wait_reload_ok(&mut hm, old, "reload by SIGUSR2");
+    let by_signal = format!("reload requested by SIGUSR2 from pid {me} (uid {uid})");
+    assert!(
+        hm.stderr().contains(&by_signal),
+        "no {by_signal:?} in:\n{}",
+        hm.stderr()
+    );
+    assert!(hm.stop().success());
 }

@@ -6,13 +6,23 @@ mod common;
 use common::soak::{settled_fd_count, wait_fd_count};
 use common::*;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// These tests write executables: a concurrent test's fork could inherit the write fd for an
 /// instant and make the exec fail with ETXTBSY. One at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A copy of the hapmaster binary in a fresh dir, for a test to replace, with the lock that
+/// keeps the other tests of this file from forking meanwhile.
+fn binary_copy() -> (std::sync::MutexGuard<'static, ()>, TestDir, PathBuf) {
+    let serial = serial();
+    let dir = TestDir::new();
+    let binary = dir.join("hapmaster");
+    fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();
+    (serial, dir, binary)
 }
 
 /// Replaces `binary` the way dpkg does: a new file renamed over the old one (a new inode).
@@ -30,10 +40,7 @@ fn exe_link(pid: u32) -> String {
 
 #[test]
 fn upgrade_in_place_under_load() {
-    let _serial = serial();
-    let dir = TestDir::new();
-    let binary = dir.join("hapmaster");
-    fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();
+    let (_serial, dir, binary) = binary_copy();
     let port = free_port();
     let fe = dir.join("fe.sock");
     let cfg = http_config(&[
@@ -114,10 +121,7 @@ fn upgrade_in_place_under_load() {
 /// A binary that cannot be executed leaves the master running as it was.
 #[test]
 fn failed_upgrade_keeps_running() {
-    let _serial = serial();
-    let dir = TestDir::new();
-    let binary = dir.join("hapmaster");
-    fs::copy(env!("CARGO_BIN_EXE_hapmaster"), &binary).unwrap();
+    let (_serial, dir, binary) = binary_copy();
     let port = free_port();
     let mut hm = Hapmaster::start_binary_in(
         &binary,
@@ -141,5 +145,127 @@ fn failed_upgrade_keeps_running() {
     hm.wait_notify(is_reloading, EVENT);
     let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_serving(&d), "{d:?}");
+    assert!(hm.stop().success());
+}
+
+/// One process row of `show proc`.
+#[derive(Debug)]
+struct ProcRow {
+    pid: u32,
+    /// `2 [failed: 1]` for the master, `1` for a worker.
+    reloads: String,
+    uptime_secs: u64,
+    version: String,
+}
+
+/// haproxy's `0d00h01m02s`.
+fn uptime_secs(text: &str) -> Option<u64> {
+    let mut total = 0;
+    let mut number = 0;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => number = number * 10 + u64::from(c.to_digit(10)?),
+            'd' | 'h' | 'm' | 's' => {
+                let unit = match c {
+                    'd' => 86_400,
+                    'h' => 3_600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                total += number * unit;
+                number = 0;
+            }
+            _ => return None,
+        }
+    }
+    Some(total)
+}
+
+/// The rows of a `show proc` answer, the master's first.
+fn proc_rows(show_proc: &str) -> Vec<ProcRow> {
+    show_proc
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // The master's reloads column is `N [failed: M]`: three words.
+            let n = if cols.get(1) == Some(&"master") { 3 } else { 1 };
+            let parsed = (|| {
+                Some(ProcRow {
+                    pid: cols.first()?.parse().ok()?,
+                    reloads: cols.get(2..2 + n)?.join(" "),
+                    uptime_secs: uptime_secs(cols.get(2 + n)?)?,
+                    version: cols.get(3 + n).copied().unwrap_or_default().to_string(),
+                })
+            })();
+            parsed.unwrap_or_else(|| panic!("unexpected show proc row {line:?} in:\n{show_proc}"))
+        })
+        .collect()
+}
+
+/// What `show proc` says survives the re-exec: the reload and failure counts, the workers'
+/// versions, and uptimes that go on counting.
+#[test]
+fn show_proc_survives_an_upgrade_in_place() {
+    let (_serial, dir, binary) = binary_copy();
+    let port = free_port();
+    let config = http_config(&[format!("127.0.0.1:{port}")]);
+    let mut hm = Hapmaster::start_binary_in(&binary, dir, config.clone(), &[]);
+    let master = hm.pid();
+    hm.wait_serving(EVENT);
+    for _ in 0..2 {
+        let answer = hm.cli("reload");
+        assert!(answer.starts_with("Success=1"), "{answer}");
+    }
+    hm.write_config(&format!("{config}    this_is_not_a_keyword 42\n"));
+    let answer = hm.cli("reload");
+    assert!(answer.starts_with("Success=0"), "{answer}");
+    hm.write_config(&config);
+    // Each reload notified before it answered: the last `Serving` names the current worker.
+    hm.history();
+    let worker = hm.current_worker_pid().unwrap();
+    // An uptime of 0 s could not show a reset: wait until every row counts at least 1 s.
+    let before = poll_until(EVENT, || {
+        let text = hm.cli("show proc");
+        let rows = proc_rows(&text);
+        rows.iter().all(|r| r.uptime_secs >= 1).then_some(text)
+    })
+    .expect("show proc never showed uptimes of 1 s");
+    let rows_before = proc_rows(&before);
+    assert_eq!(rows_before[0].pid, master, "{before}");
+    assert_eq!(rows_before[0].reloads, "2 [failed: 1]", "{before}");
+    let current = rows_before.iter().find(|r| r.pid == worker);
+    assert!(
+        current.is_some_and(|w| !w.version.is_empty()),
+        "no version for the current worker {worker}:\n{before}"
+    );
+
+    replace_binary(&binary);
+    hm.signal(SIGURG);
+    hm.wait_notify(|d| d.contains("upgraded in place"), EVENT);
+    assert!(
+        !exe_link(master).ends_with("(deleted)"),
+        "the master still runs the old binary: {}",
+        exe_link(master)
+    );
+    let after = hm.cli("show proc");
+    let rows_after = proc_rows(&after);
+    let both = format!("before:\n{before}\nafter:\n{after}");
+    assert_eq!(rows_after[0].pid, master, "{both}");
+    assert_eq!(rows_after[0].reloads, rows_before[0].reloads, "{both}");
+    assert!(rows_after.iter().any(|r| r.pid == worker), "{both}");
+    // Old workers may finish draining in between: every row still there compares.
+    for b in &rows_before {
+        let Some(a) = rows_after.iter().find(|a| a.pid == b.pid) else {
+            continue;
+        };
+        assert_eq!(a.reloads, b.reloads, "pid {}: {both}", b.pid);
+        assert_eq!(a.version, b.version, "pid {}: {both}", b.pid);
+        assert!(
+            a.uptime_secs >= b.uptime_secs,
+            "pid {}: uptime went back: {both}",
+            b.pid
+        );
+    }
     assert!(hm.stop().success());
 }

@@ -422,12 +422,12 @@ impl State {
                 "reload requested while stopping: ignored".into(),
             ));
         } else if self.pending.is_some() {
-            if !self.reload_queued {
-                out.push(log(
-                    log::Level::Info,
-                    "reload requested while a worker is starting: it will run right after".into(),
-                ));
-            }
+            let message = if self.reload_queued {
+                "a reload is already queued: this request is coalesced into it"
+            } else {
+                "reload requested while a worker is starting: it will run right after"
+            };
+            out.push(log(log::Level::Info, message.into()));
             self.reload_queued = true;
             self.queued_hard |= hard;
         } else {
@@ -808,20 +808,23 @@ impl State {
 
     fn begin_stop(&mut self, how: Stopping, out: &mut Vec<Action>) {
         self.stopping = Some(how);
-        let (signal, what) = match how {
-            Stopping::Hard => (Signal::Terminate, "Stopping"),
+        let (signal, status, what) = match how {
+            Stopping::Hard => (Signal::Terminate, "Stopping", "stopping"),
             Stopping::Soft => (
                 Signal::SoftStop,
                 "Soft-stopping: waiting for workers to finish",
+                "soft-stopping",
             ),
         };
         out.push(Action::NotifyStopping {
-            status: what.to_string(),
+            status: status.to_string(),
         });
-        out.push(log(
-            log::Level::Info,
-            format!("{what}: signalling {} worker(s)", self.workers.len()),
-        ));
+        let message = match self.workers.len() {
+            0 => format!("{what}: no worker left to signal"),
+            1 => format!("{what}: signalling 1 worker"),
+            n => format!("{what}: signalling {n} workers"),
+        };
+        out.push(log(log::Level::Info, message));
         for w in self.workers.values() {
             // A worker that is not ready yet has no connections to finish.
             let signal = if matches!(w.role, Role::Starting | Role::Failed | Role::Terminating) {
@@ -1107,6 +1110,10 @@ mod tests {
             t,
         );
         assert!(has(&a, |a| *a == Action::Exit { code: 1 }), "{a:?}");
+        assert!(
+            logs(&a).contains(&"stopping: no worker left to signal"),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -1441,5 +1448,63 @@ mod tests {
         );
         let a = s.decide(Event::WorkerReady { pid: 13 }, t);
         assert!(has(&a, |a| *a == Action::Abort { pid: 12 }), "{a:?}");
+    }
+
+    fn logs(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Log { message, .. } => Some(message.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stop_logs_count_the_workers_signalled() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        reload_to(&mut s, 11, t);
+        let a = s.decide(Event::SoftStopRequested, t);
+        assert!(
+            logs(&a).contains(&"soft-stopping: signalling 2 workers"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn every_reload_request_while_one_starts_is_logged() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        start_reload(&mut s, 11, t);
+        let first = s.decide(Event::ReloadRequested, t);
+        let second = s.decide(Event::HardReloadRequested, t);
+        assert!(
+            logs(&first)[0].contains("it will run right after"),
+            "{first:?}"
+        );
+        assert!(logs(&second)[0].contains("coalesced"), "{second:?}");
+    }
+
+    /// The log's lines start lowercase, like haproxy's own; STATUS= texts are capitalised.
+    #[test]
+    fn log_lines_start_lowercase() {
+        let t = Instant::now();
+        let mut all = Vec::new();
+        let mut s = running(10, t);
+        all.extend(reload_to(&mut s, 11, t));
+        start_reload(&mut s, 12, t);
+        all.extend(s.decide(Event::ReloadRequested, t));
+        all.extend(s.decide(Event::ReloadRequested, t));
+        all.extend(s.decide(exited(12, 1), t));
+        all.extend(s.decide(exited(11, 9), t));
+        all.extend(s.decide(exited(10, 0), t));
+        all.extend(s.decide(Event::StopRequested, t));
+        all.extend(s.decide(Event::StopDeadline, t));
+        let logs = logs(&all);
+        assert!(logs.len() >= 6, "{all:?}");
+        for line in logs {
+            assert!(!line.starts_with(char::is_uppercase), "{line:?}");
+        }
     }
 }

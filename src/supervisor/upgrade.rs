@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
@@ -17,13 +18,52 @@ use crate::handoff::wire::Record;
 /// The environment variable that carries a `Snapshot` to the re-executed image.
 pub const STATE_ENV: &str = "HAPMASTER_UPGRADE_STATE";
 /// Bumped when the format changes, so an older binary refuses a newer snapshot.
-const FORMAT: &str = "hapmaster-upgrade 1";
+const FORMAT: &str = "hapmaster-upgrade 2";
+/// The format of the images before `show proc`'s times and counts crossed the exec: still read,
+/// so an upgrade from such an image works; what it lacks starts afresh, as it did then.
+const FORMAT_1: &str = "hapmaster-upgrade 1";
+
+/// A moment as CLOCK_MONOTONIC microseconds: the clock `Instant` reads on Linux, which an exec
+/// does not reset, so a start time crosses an upgrade in place as one.
+pub type MonotonicUsec = u64;
+
+/// `at` on CLOCK_MONOTONIC, given one reading of both clocks (`now`, `now_usec`).
+pub fn monotonic_usec_of(at: Instant, now: Instant, now_usec: MonotonicUsec) -> MonotonicUsec {
+    let age = now.saturating_duration_since(at).as_micros();
+    now_usec.saturating_sub(u64::try_from(age).unwrap_or(u64::MAX))
+}
+
+/// The `Instant` of a CLOCK_MONOTONIC reading, given one reading of both clocks; a moment
+/// after `now` (no clock does that) or before the clock's start is taken as `now`.
+pub fn instant_of_monotonic_usec(
+    usec: MonotonicUsec,
+    now: Instant,
+    now_usec: MonotonicUsec,
+) -> Instant {
+    now.checked_sub(Duration::from_micros(now_usec.saturating_sub(usec)))
+        .unwrap_or(now)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSnapshot {
     pub pid: Pid,
     pub generation: Generation,
     pub role: Role,
+    /// `None` from a format 1 snapshot.
+    pub started: Option<MonotonicUsec>,
+    /// The master's reload count when it was started (`show proc` counts the reloads since).
+    pub reloads_at_spawn: u64,
+    /// The haproxy version it reported, once ready.
+    pub version: Option<String>,
+}
+
+/// What `show proc` says of the master itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MasterSnapshot {
+    /// `None` from a format 1 snapshot.
+    pub started: Option<MonotonicUsec>,
+    pub reloads: u64,
+    pub failed_reloads: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +78,7 @@ pub struct Snapshot {
     pub runtime_dir: PathBuf,
     pub runtime_created: bool,
     pub lock_fd: RawFd,
+    pub master: MasterSnapshot,
     pub next_generation: Generation,
     pub current: Option<Pid>,
     pub crash_streak: u32,
@@ -91,6 +132,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A value that may be unknown (`-`).
+fn optional(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if text == "-" {
         return Some(Vec::new());
@@ -115,15 +161,24 @@ impl Snapshot {
             self.next_generation,
             self.crash_streak,
         );
+        out.push_str(&format!(
+            "master {} {} {}\n",
+            optional(self.master.started),
+            self.master.reloads,
+            self.master.failed_reloads
+        ));
         if let Some(pid) = self.current {
             out.push_str(&format!("current {pid}\n"));
         }
         for w in &self.workers {
             out.push_str(&format!(
-                "worker {} {} {}\n",
+                "worker {} {} {} {} {} {}\n",
                 w.pid,
                 w.generation,
-                role_word(w.role)
+                role_word(w.role),
+                optional(w.started),
+                w.reloads_at_spawn,
+                hex(w.version.as_deref().unwrap_or_default().as_bytes())
             ));
         }
         for (pid, fd) in &self.outputs {
@@ -144,13 +199,20 @@ impl Snapshot {
     pub fn decode(text: &str) -> Result<Snapshot, SnapshotError> {
         use std::os::unix::ffi::OsStringExt;
         let mut lines = text.lines();
-        if lines.next() != Some(FORMAT) {
-            return Err(SnapshotError(format!("not in the format {FORMAT:?}")));
+        let first = lines.next();
+        let v1 = first == Some(FORMAT_1);
+        if !v1 && first != Some(FORMAT) {
+            return Err(SnapshotError(format!(
+                "not in the format {FORMAT:?} (nor the older {FORMAT_1:?}): \
+                 written by a newer hapmaster?"
+            )));
         }
+        let mut master = None;
         let mut snap = Snapshot {
             runtime_dir: PathBuf::new(),
             runtime_created: false,
             lock_fd: -1,
+            master: MasterSnapshot::default(),
             next_generation: 0,
             current: None,
             crash_streak: 0,
@@ -162,6 +224,11 @@ impl Snapshot {
             let bad = || SnapshotError(format!("line {}: {line:?}", n + 2));
             let f: Vec<&str> = line.split(' ').collect();
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).ok_or_else(bad);
+            let count = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
+            let when = |i: usize| match f.get(i) {
+                Some(&"-") => Ok(None),
+                _ => count(i).map(Some),
+            };
             match (f[0], f.len()) {
                 ("runtime", 4) => {
                     let dir = unhex(f[1]).ok_or_else(bad)?;
@@ -174,10 +241,31 @@ impl Snapshot {
                     snap.crash_streak = u32::try_from(num(2)?).map_err(|_| bad())?;
                 }
                 ("current", 2) => snap.current = Some(Pid::try_from(num(1)?).map_err(|_| bad())?),
-                ("worker", 4) => snap.workers.push(WorkerSnapshot {
+                ("master", 4) if !v1 && master.is_none() => {
+                    master = Some(MasterSnapshot {
+                        started: when(1)?,
+                        reloads: count(2)?,
+                        failed_reloads: count(3)?,
+                    })
+                }
+                ("worker", 4) if v1 => snap.workers.push(WorkerSnapshot {
                     pid: Pid::try_from(num(1)?).map_err(|_| bad())?,
                     generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
                     role: parse_role(f[3]).ok_or_else(bad)?,
+                    started: None,
+                    reloads_at_spawn: 0,
+                    version: None,
+                }),
+                ("worker", 7) if !v1 => snap.workers.push(WorkerSnapshot {
+                    pid: Pid::try_from(num(1)?).map_err(|_| bad())?,
+                    generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
+                    role: parse_role(f[3]).ok_or_else(bad)?,
+                    started: when(4)?,
+                    reloads_at_spawn: count(5)?,
+                    version: match unhex(f[6]).ok_or_else(bad)? {
+                        v if v.is_empty() => None,
+                        v => Some(String::from_utf8(v).map_err(|_| bad())?),
+                    },
                 }),
                 ("output", 3) => snap.outputs.push((
                     Pid::try_from(num(1)?).map_err(|_| bad())?,
@@ -201,6 +289,11 @@ impl Snapshot {
         }
         if snap.lock_fd < 0 || snap.runtime_dir.as_os_str().is_empty() {
             return Err(SnapshotError("no runtime line".into()));
+        }
+        match master {
+            Some(m) => snap.master = m,
+            None if v1 => {}
+            None => return Err(SnapshotError("no master line".into())),
         }
         Ok(snap)
     }
@@ -333,6 +426,11 @@ mod tests {
             runtime_dir: PathBuf::from("/run/hap master"),
             runtime_created: true,
             lock_fd: 4,
+            master: MasterSnapshot {
+                started: Some(1_000_000),
+                reloads: 7,
+                failed_reloads: 2,
+            },
             next_generation: 9,
             current: Some(120),
             crash_streak: 2,
@@ -341,11 +439,17 @@ mod tests {
                     pid: 120,
                     generation: 8,
                     role: Role::Current,
+                    started: Some(9_000_000),
+                    reloads_at_spawn: 6,
+                    version: Some("2.6.12-1+deb12u4 custom".into()),
                 },
                 WorkerSnapshot {
                     pid: 110,
                     generation: 7,
                     role: Role::Draining,
+                    started: None,
+                    reloads_at_spawn: 5,
+                    version: None,
                 },
             ],
             held: vec![
@@ -382,7 +486,16 @@ mod tests {
     fn rejects_other_formats_and_garbage() {
         let good = sample().encode();
         assert!(Snapshot::decode("").is_err());
-        assert!(Snapshot::decode(&good.replace(FORMAT, "hapmaster-upgrade 2")).is_err());
+        assert!(Snapshot::decode(&good.replace(FORMAT, "hapmaster-upgrade 3")).is_err());
+        let no_master: String = good
+            .lines()
+            .filter(|l| !l.starts_with("master "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(Snapshot::decode(&no_master).is_err());
+        assert!(Snapshot::decode(&format!("{good}master - 1 1\n")).is_err());
+        assert!(Snapshot::decode(&format!("{good}worker 1 2 current - 0 zz\n")).is_err());
+        assert!(Snapshot::decode(&format!("{good}worker 1 2 current\n")).is_err());
         assert!(Snapshot::decode(&format!("{good}held x - - 00000000\n")).is_err());
         assert!(Snapshot::decode(&format!("{good}worker 1 2 sleeping\n")).is_err());
         assert!(Snapshot::decode(&format!("{good}held 3 - - 0000\n")).is_err());
@@ -392,5 +505,48 @@ mod tests {
         for i in 0..good.len() {
             let _ = Snapshot::decode(&good[..i]);
         }
+    }
+
+    /// What hapmaster before format 2 wrote: an upgrade from it still works, with `show proc`'s
+    /// counters and times started afresh.
+    #[test]
+    fn reads_format_1() {
+        let text = format!(
+            "{FORMAT_1}\nruntime {} 1 4\ngeneration 9 2\ncurrent 120\nworker 120 8 current\n\
+             output 120 9\nheld 7 - - 00000000\n",
+            hex(b"/run/hm")
+        );
+        let snap = Snapshot::decode(&text).unwrap();
+        assert_eq!(snap.master, MasterSnapshot::default());
+        assert_eq!(
+            snap.workers,
+            vec![WorkerSnapshot {
+                pid: 120,
+                generation: 8,
+                role: Role::Current,
+                started: None,
+                reloads_at_spawn: 0,
+                version: None,
+            }]
+        );
+        assert_eq!(snap.current, Some(120));
+        // Format 1 has no master line, nor format 2's worker lines.
+        assert!(Snapshot::decode(&format!("{text}master 1 0 0\n")).is_err());
+        assert!(Snapshot::decode(&format!("{text}worker 1 2 current 5 0 -\n")).is_err());
+    }
+
+    #[test]
+    fn start_times_cross_as_monotonic_readings() {
+        let now = Instant::now();
+        let now_usec = 50_000_000;
+        let started = now - Duration::from_secs(3);
+        let usec = monotonic_usec_of(started, now, now_usec);
+        assert_eq!(usec, 47_000_000);
+        // Read again 2 s later (by the clock's reading), the start is 5 s back.
+        let later = now + Duration::from_secs(2);
+        let back = instant_of_monotonic_usec(usec, later, now_usec + 2_000_000);
+        assert_eq!(later.duration_since(back), Duration::from_secs(5));
+        // A reading from the future is taken as now.
+        assert_eq!(instant_of_monotonic_usec(now_usec + 1, now, now_usec), now);
     }
 }

@@ -17,7 +17,7 @@ use crate::control::command::{
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::handoff::serve::serve_getsocks_after_command;
 use crate::supervisor::sessions::{Input, Session};
-use crate::supervisor::state::{Event, Generation, Role};
+use crate::supervisor::state::{Generation, Role};
 
 /// Bound on a command forwarded to a worker's stats socket (`@1 show stat`, ...).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,13 +229,20 @@ impl Master<'_> {
         if self.state.is_stopping() {
             return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
         }
+        let Some(s) = self.sessions.get(&id) else {
+            return Step::Close;
+        };
+        let origin = format!(
+            "master CLI client pid {} (uid {}) on {}",
+            s.peer_pid,
+            s.peer_uid,
+            self.listeners
+                .get(s.listener)
+                .map_or_else(|| "?".into(), |l| l.path.display().to_string())
+        );
         // Registered before the request: a reload that fails at once answers within `feed`.
         let step = self.wait_for_reload(id, self.state.last_generation());
-        self.feed(if hard {
-            Event::HardReloadRequested
-        } else {
-            Event::ReloadRequested
-        });
+        self.request_reload(hard, &origin);
         step
     }
 

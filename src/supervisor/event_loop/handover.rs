@@ -4,33 +4,48 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::Master;
+use super::{Master, WorkerExtra};
 use crate::fdstore::FdStore;
 use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::{HeldSet, SocketInfo};
 use crate::handoff::wire::Record;
-use crate::notify::Notifier;
+use crate::notify::{monotonic_usec, Notifier};
 use crate::supervisor::state::{State, Worker};
-use crate::supervisor::upgrade::{self, HeldSnapshot, Snapshot, WorkerSnapshot};
+use crate::supervisor::upgrade::{
+    self, instant_of_monotonic_usec, monotonic_usec_of, HeldSnapshot, MasterSnapshot, Snapshot,
+    WorkerSnapshot,
+};
 
 impl Master<'_> {
     /// Re-executes the binary on disk, keeping pid, workers and held sockets. Returns only if
     /// the exec failed; the master then goes on unchanged.
     pub(super) fn upgrade(&mut self) {
         let (workers, current, next_generation, crash_streak) = self.state.snapshot();
+        let (now, now_usec) = (Instant::now(), monotonic_usec());
         let snapshot = Snapshot {
             runtime_dir: self.runtime.path().to_path_buf(),
             runtime_created: self.runtime.created(),
             lock_fd: self.runtime.lock_fd().as_raw_fd(),
+            master: MasterSnapshot {
+                started: Some(monotonic_usec_of(self.started, now, now_usec)),
+                reloads: self.reloads,
+                failed_reloads: self.failed_reloads,
+            },
             next_generation,
             current,
             crash_streak,
             workers: workers
                 .into_iter()
-                .map(|w| WorkerSnapshot {
-                    pid: w.pid,
-                    generation: w.generation,
-                    role: w.role,
+                .map(|w| {
+                    let extra = self.worker_extra.get(&w.pid);
+                    WorkerSnapshot {
+                        pid: w.pid,
+                        generation: w.generation,
+                        role: w.role,
+                        started: Some(monotonic_usec_of(w.started, now, now_usec)),
+                        reloads_at_spawn: extra.map_or(self.reloads, |e| e.reloads_at_spawn),
+                        version: extra.and_then(|e| e.version.clone()),
+                    }
                 })
                 .collect(),
             held: self
@@ -151,17 +166,30 @@ impl Master<'_> {
                 Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
             }
         }
-        let now = Instant::now();
-        let workers = snapshot
-            .workers
-            .into_iter()
-            .map(|w| Worker {
+        // `show proc` goes on counting where the previous image stopped.
+        let (now, now_usec) = (Instant::now(), monotonic_usec());
+        let since = |started: Option<u64>| {
+            started.map_or(now, |usec| instant_of_monotonic_usec(usec, now, now_usec))
+        };
+        self.started = since(snapshot.master.started);
+        self.reloads = snapshot.master.reloads;
+        self.failed_reloads = snapshot.master.failed_reloads;
+        let mut workers = Vec::with_capacity(snapshot.workers.len());
+        for w in snapshot.workers {
+            self.worker_extra.insert(
+                w.pid,
+                WorkerExtra {
+                    version: w.version,
+                    reloads_at_spawn: w.reloads_at_spawn.min(self.reloads),
+                },
+            );
+            workers.push(Worker {
                 pid: w.pid,
                 generation: w.generation,
                 role: w.role,
-                started: now,
-            })
-            .collect();
+                started: since(w.started),
+            });
+        }
         // What the store holds is unknown here; storing a socket systemd has already is a no-op.
         self.sync_fdstore();
         let (state, actions) = State::resume(

@@ -22,7 +22,7 @@ use super::probe::{Probe, Progress};
 use super::sessions::Session;
 use super::signals;
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Policy, Signal, State};
+use super::state::{Action, Event, Pid, Policy, Signal, StartKind, State};
 use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, WorkerSpec};
 use crate::fdstore::FdStore;
@@ -343,33 +343,44 @@ impl Master<'_> {
     }
 
     fn handle_signals(&mut self) {
-        for sig in self.signals.take() {
-            match sig {
+        for received in self.signals.take() {
+            match received.signal {
                 libc::SIGCHLD => self.reap(),
                 libc::SIGTERM | libc::SIGINT => {
-                    log::info!("received {}: stopping", signal_name(sig));
+                    log::info!("received {received}: stopping");
                     self.feed(Event::StopRequested)
                 }
                 libc::SIGUSR1 => {
-                    log::info!("received SIGUSR1: soft stop");
+                    log::info!("received {received}: soft stop");
                     self.feed(Event::SoftStopRequested)
                 }
                 libc::SIGURG => {
                     if self.state.is_stopping() {
-                        log::warn!("received SIGURG while stopping: no upgrade in place");
+                        log::warn!("received {received} while stopping: no upgrade in place");
                     } else {
-                        log::info!("received SIGURG: upgrade in place requested");
+                        log::info!("received {received}: upgrade in place requested");
                         self.upgrade_requested = true;
                     }
                 }
                 libc::SIGUSR2 | libc::SIGHUP => {
-                    log::info!("received {}: reloading", signal_name(sig));
                     self.signal_reloads.requested(self.state.last_generation());
-                    self.feed(Event::ReloadRequested)
+                    self.request_reload(false, &received)
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Every reload request says who asked, before the state says what becomes of it (started,
+    /// queued behind the one starting, joined with the queued one, ignored while stopping).
+    fn request_reload(&mut self, hard: bool, origin: &dyn std::fmt::Display) {
+        let (what, event) = if hard {
+            ("hard reload", Event::HardReloadRequested)
+        } else {
+            ("reload", Event::ReloadRequested)
+        };
+        log::info!("{what} requested by {origin}");
+        self.feed(event)
     }
 
     /// Every child, ours or an orphan handed to us as PID 1, is reaped here and only here.
@@ -571,7 +582,7 @@ impl Master<'_> {
         }
     }
 
-    fn spawn(&mut self, generation: u64, kind: super::state::StartKind) {
+    fn spawn(&mut self, generation: u64, kind: StartKind) {
         let fragment = match self.runtime.write_fragment(generation) {
             Ok(f) => f,
             Err(e) => {
@@ -592,7 +603,12 @@ impl Master<'_> {
             return;
         }
         log::info!(
-            "starting worker generation {generation} ({kind:?}){}",
+            "starting worker generation {generation} ({}){}",
+            match kind {
+                StartKind::Initial => "first worker",
+                StartKind::Reload => "reload",
+                StartKind::Replace => "replacement",
+            },
             if self.held.is_empty() {
                 String::new()
             } else {
@@ -682,8 +698,4 @@ fn warn_rebound(held: &HeldSet, newer: &HeldSet, pid: Pid) {
             info.local
         );
     }
-}
-
-fn signal_name(sig: libc::c_int) -> &'static str {
-    NixSignal::try_from(sig).map_or("signal", |s| s.as_str())
 }
