@@ -227,7 +227,7 @@ check_reload_under_load() {
 }
 
 # How many reloads the master started, in journal text $1 (each logs its generation's start).
-reloads_in() { grep -cE 'starting worker generation [0-9]+ \(Reload\)' <<< "$1" || true; }
+reloads_in() { grep -cE 'starting worker generation [0-9]+ \(reload\)' <<< "$1" || true; }
 
 # One `systemctl reload` expected to fail (exit non-zero, one reload started, still serving): $1 label,
 # $2 what the journal must show (ERE).
