@@ -1,6 +1,7 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
 pub mod config_copy;
 pub mod control;
+pub mod daemon;
 pub mod fdstore;
 pub mod fs_at;
 pub mod handoff;

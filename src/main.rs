@@ -8,11 +8,12 @@ use std::process::{Command, ExitCode};
 use hapmaster::control::client::{self, ClientCommand, ClientError};
 use hapmaster::control::format::{getsocks_json, getsocks_table, SocketRow};
 use hapmaster::control::usage;
+use hapmaster::daemon::Detached;
 use hapmaster::handoff::fetch::fetch_sockets;
 use hapmaster::handoff::listeners::SocketInfo;
 use hapmaster::notify::Notifier;
 use hapmaster::options::{self, Options};
-use hapmaster::pidfile::PidFile;
+use hapmaster::pidfile::{PidFile, PidPath};
 use hapmaster::runtime_dir::RuntimeDir;
 use hapmaster::supervisor::upgrade::{self, Launch, Snapshot};
 use hapmaster::{inherited_fds, logging, supervisor};
@@ -254,14 +255,30 @@ fn run_master(opts: Options) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if opts.daemon && resume.is_none() {
-        // Keep the cwd: relative -f paths are read again at every reload.
-        if let Err(e) = nix::unistd::daemon(true, true) {
-            log::error!("cannot go to the background (-D): {e}");
-            return ExitCode::from(1);
+    let mut on_ready = OnFirstReady::default();
+    if resume.is_none() {
+        // Checked before anything is made or started; written once the first worker is ready.
+        if let Some(path) = &opts.pidfile {
+            match PidPath::open(path) {
+                Ok(at) => on_ready.pid_path = Some(at),
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        // The cwd is kept: relative -f paths are read again at every reload.
+        if opts.daemon {
+            match hapmaster::daemon::detach() {
+                Ok(d) => on_ready.detached = Some(d),
+                Err(e) => {
+                    log::error!("cannot go to the background (-D): {e}");
+                    return ExitCode::from(1);
+                }
+            }
         }
     }
-    match master(&opts, notifier.as_ref(), &launch, resume, passed) {
+    match master(&opts, notifier.as_ref(), &launch, resume, passed, on_ready) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             log::error!("{}", error_chain(e.as_ref()));
@@ -270,31 +287,36 @@ fn run_master(opts: Options) -> ExitCode {
     }
 }
 
+/// What a fresh start does once its first worker is ready (nothing after an upgrade in place).
+#[derive(Default)]
+struct OnFirstReady {
+    /// `-p`: written then, so that it only ever names a master that serves.
+    pid_path: Option<PidPath>,
+    /// `-D`: the parent waiting to return.
+    detached: Option<Detached>,
+}
+
 fn master(
     opts: &Options,
     notifier: Option<&Notifier>,
     launch: &Launch,
     resume: Option<Snapshot>,
     passed: Vec<(std::os::fd::OwnedFd, Option<String>)>,
+    on_ready: OnFirstReady,
 ) -> Result<i32, Box<dyn std::error::Error>> {
     let runtime = match &resume {
-        None => fresh_runtime_dir(opts)?,
+        None => fresh_runtime_dir(opts, on_ready.detached.as_ref())?,
         Some(s) => {
             let lock = upgrade::adopt_fd(s.lock_fd)?;
             RuntimeDir::resume(s.runtime_dir.clone(), lock, s.runtime_created)?
         }
     };
     let pid = std::process::id();
-    let pidfile = match &opts.pidfile {
-        Some(path) => match PidFile::write(path, pid) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                // Nothing started yet: leave no runtime directory behind either.
-                runtime.cleanup();
-                return Err(e.into());
-            }
-        },
-        None => None,
+    // An upgrade in place waits for the first worker, so a previous image of this very process
+    // (same pid) has written the pid file already.
+    let mut pidfile = match (&resume, &opts.pidfile) {
+        (Some(_), Some(path)) => PidFile::adopt(path, pid),
+        _ => None,
     };
     if resume.is_none() {
         log::info!(
@@ -303,7 +325,26 @@ fn master(
             opts.haproxy.display()
         );
     }
-    let result = supervisor::run(opts, &runtime, notifier, launch, resume, passed);
+    let written = &mut pidfile;
+    let first_ready: supervisor::FirstReady<'_> = Box::new(move || {
+        if let Some(at) = on_ready.pid_path {
+            *written = Some(at.write(pid).map_err(|e| e.to_string())?);
+        }
+        if let Some(detached) = on_ready.detached {
+            detached.ready();
+        }
+        Ok(())
+    });
+    let first_ready = resume.is_none().then_some(first_ready);
+    let result = supervisor::run(
+        opts,
+        &runtime,
+        notifier,
+        launch,
+        resume,
+        passed,
+        first_ready,
+    );
     if let Some(p) = pidfile {
         p.remove();
     }
@@ -333,10 +374,13 @@ fn refuse_before_start(opts: &Options) -> Result<(), String> {
 /// The runtime directory of a master that starts afresh (not an upgrade in place): locked, the
 /// watchdog started, a dead master's workers stopped (before the first worker of this one), and
 /// only then the stale files removed (what identifies those workers to an operator).
-fn fresh_runtime_dir(opts: &Options) -> Result<RuntimeDir, Box<dyn std::error::Error>> {
+fn fresh_runtime_dir(
+    opts: &Options,
+    detached: Option<&Detached>,
+) -> Result<RuntimeDir, Box<dyn std::error::Error>> {
     let runtime =
         RuntimeDir::acquire_keeping_files(RuntimeDir::choose(opts.runtime_dir.as_deref()))?;
-    start_watchdog(opts, &runtime);
+    start_watchdog(opts, &runtime, detached);
     if let Err(e) = hapmaster::orphans::stop_orphans(runtime.path()) {
         runtime.cleanup();
         return Err(e.into());
@@ -347,13 +391,19 @@ fn fresh_runtime_dir(opts: &Options) -> Result<RuntimeDir, Box<dyn std::error::E
 
 /// After `-D` and the lock, before the first worker. As PID 1 of a namespace there is nothing to
 /// watch for: the kernel kills every process of the namespace when PID 1 dies.
-fn start_watchdog(opts: &Options, runtime: &RuntimeDir) {
+fn start_watchdog(opts: &Options, runtime: &RuntimeDir, detached: Option<&Detached>) {
     if std::process::id() == 1 {
         log::debug!("no watchdog as PID 1: the workers die with this master");
         return;
     }
     let level = logging::level_for(opts.quiet, opts.verbose);
-    match hapmaster::watchdog::spawn::start(runtime.path(), level) {
+    let start = || hapmaster::watchdog::spawn::start(runtime.path(), level);
+    // It lives as long as the master: it must not hold a `-D` caller's stderr.
+    let started = match detached {
+        Some(d) => d.without_stderr(start),
+        None => start(),
+    };
+    match started {
         Ok(pid) => log::info!("watchdog pid {pid} soft-stops the workers if this master dies"),
         Err(e) => log::warn!(
             "cannot start the watchdog: {e}; if this master is killed, a worker that switched \

@@ -2,32 +2,130 @@
 //!
 //! The pid file's directory may be writable by others (a shared run directory): it is written and
 //! removed through `fs_at`, never by a path that could follow a planted link or hit a swapped file.
+//!
+//! Its directory is checked at start, but the file is written only once the first worker is ready
+//! (`PidPath::write`): a pid file means "this master serves", and a start that fails must not
+//! have replaced the one of a master that does. At exit it is removed only if it is still the file
+//! this process wrote and still names it.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fs_at::{Dir, Placed};
+use crate::fs_at::{Dir, FileId, Placed};
 
-/// The pid file; removed when dropped, if it is still ours.
+/// More than any "<pid>\n" we would accept.
+const MAX_PID_FILE: u64 = 64;
+
+/// Where the pid file goes: its directory held open and checked writable, nothing written yet.
 #[derive(Debug)]
-pub struct PidFile {
-    placed: Placed,
+pub struct PidPath {
+    dir: Dir,
+    name: OsString,
 }
 
-impl PidFile {
-    /// Writes "<pid>\n" to `path` so that a reader never sees an empty or partial file.
-    pub fn write(path: &Path, pid: u32) -> io::Result<PidFile> {
+impl PidPath {
+    /// Opens the directory of `path` and checks that we may write there, so that a pid file that
+    /// cannot be written fails the start before anything runs (as haproxy's does).
+    pub fn open(path: &Path) -> io::Result<PidPath> {
         // Absolute, so that messages name the file the operator means after a daemonizing
         // chdir("/") (the directory itself is held open).
         let path = std::path::absolute(path).map_err(|e| with_path(e, "write pid file", path))?;
         let (dir, name) =
             Dir::parent_of(&path).map_err(|e| with_path(e, "write pid file", &path))?;
-        let id = dir
-            .write_file(&name, format!("{pid}\n").as_bytes(), 0o644)
+        dir.check_writable()
             .map_err(|e| with_path(e, "write pid file", &path))?;
+        Ok(PidPath { dir, name })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+
+    /// Writes "<pid>\n" so that a reader never sees an empty or partial file.
+    pub fn write(self, pid: u32) -> io::Result<PidFile> {
+        if let Some(other) = self.names_another_live_process(pid) {
+            log::warn!(
+                "pid file {} named pid {other}, which is still running: replaced (do two masters \
+                 share this -p?)",
+                self.path().display()
+            );
+        }
+        let id = self
+            .dir
+            .write_file(&self.name, format!("{pid}\n").as_bytes(), 0o644)
+            .map_err(|e| with_path(e, "write pid file", &self.path()))?;
         Ok(PidFile {
-            placed: Placed { dir, name, id },
+            placed: Placed {
+                dir: self.dir,
+                name: self.name,
+                id,
+            },
+            pid,
         })
+    }
+
+    fn names_another_live_process(&self, pid: u32) -> Option<u32> {
+        let other = named_pid(&self.dir, &self.name)
+            .ok()??
+            .1
+            .filter(|p| *p != pid && *p != 0)?;
+        let alive = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(other).ok()?), None),
+            Ok(()) | Err(nix::errno::Errno::EPERM)
+        );
+        alive.then_some(other)
+    }
+}
+
+/// The pid file this process wrote; removed when dropped, if it is still ours.
+#[derive(Debug)]
+pub struct PidFile {
+    placed: Placed,
+    pid: u32,
+}
+
+impl PidFile {
+    /// Checks the directory and writes the file at once (see [`PidPath`]).
+    pub fn write(path: &Path, pid: u32) -> io::Result<PidFile> {
+        PidPath::open(path)?.write(pid)
+    }
+
+    /// The pid file a previous image of this very process wrote (an upgrade in place keeps the
+    /// pid): ours if it names `pid`. `None` if it does not (or cannot be read): then it is not
+    /// this process's to remove.
+    pub fn adopt(path: &Path, pid: u32) -> Option<PidFile> {
+        let at = match PidPath::open(path) {
+            Ok(at) => at,
+            Err(e) => {
+                log::warn!("after the upgrade in place: {e}");
+                return None;
+            }
+        };
+        match named_pid(&at.dir, &at.name) {
+            Ok(Some((id, Some(named)))) if named == pid => Some(PidFile {
+                placed: Placed {
+                    dir: at.dir,
+                    name: at.name,
+                    id,
+                },
+                pid,
+            }),
+            Ok(_) => {
+                log::debug!(
+                    "pid file {} does not name pid {pid}: left to whoever wrote it",
+                    at.path().display()
+                );
+                None
+            }
+            Err(e) => {
+                log::warn!(
+                    "after the upgrade in place: cannot read pid file {}: {e}; left as it is",
+                    at.path().display()
+                );
+                None
+            }
+        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -40,8 +138,37 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        self.placed.remove("pid file");
+        match named_pid(&self.placed.dir, &self.placed.name) {
+            Ok(None) => {}
+            Ok(Some((id, named))) if id == self.placed.id && named == Some(self.pid) => {
+                self.placed.remove("pid file")
+            }
+            Ok(Some((id, _))) if id != self.placed.id => log::warn!(
+                "pid file {} was replaced by another file: left alone",
+                self.path().display()
+            ),
+            Ok(Some(_)) => log::warn!(
+                "pid file {} no longer names pid {}: left alone",
+                self.path().display(),
+                self.pid
+            ),
+            Err(e) => log::warn!(
+                "cannot read back pid file {}: {e}; left alone",
+                self.path().display()
+            ),
+        }
     }
+}
+
+/// What the file `name` holds now: its identity and the pid it names, if any.
+fn named_pid(dir: &Dir, name: &OsStr) -> io::Result<Option<(FileId, Option<u32>)>> {
+    let read = dir.read_file(name, MAX_PID_FILE)?;
+    Ok(read.map(|(id, bytes)| (id, parse_pid(&bytes))))
+}
+
+/// The pid in "<pid>\n" (surrounding blanks allowed, as other tools write them).
+fn parse_pid(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
 /// Removes `path`; a missing file is what we wanted, anything else is worth a warning. Only for
@@ -128,6 +255,41 @@ mod tests {
         fs::rename(dir.0.join("other"), &path).unwrap();
         pf.remove();
         assert_eq!(fs::read_to_string(&path).unwrap(), "not ours");
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_another_pid_is_not_removed() {
+        let dir = TempDir::new("rewritten");
+        let path = dir.0.join("p");
+        let pf = PidFile::write(&path, 8).unwrap();
+        // Same inode, someone else's pid: no longer ours to remove.
+        fs::write(&path, "9\n").unwrap();
+        pf.remove();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "9\n");
+    }
+
+    #[test]
+    fn nothing_is_written_until_write() {
+        let dir = TempDir::new("deferred");
+        let path = dir.0.join("p");
+        fs::write(&path, "77\n").unwrap();
+        let at = PidPath::open(&path).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "77\n");
+        drop(at);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "77\n");
+    }
+
+    #[test]
+    fn adopt_takes_only_a_file_naming_our_pid() {
+        let dir = TempDir::new("adopt");
+        let path = dir.0.join("p");
+        assert!(PidFile::adopt(&path, 5).is_none());
+        fs::write(&path, "6\n").unwrap();
+        assert!(PidFile::adopt(&path, 5).is_none());
+        fs::write(&path, "5\n").unwrap();
+        let pf = PidFile::adopt(&path, 5).unwrap();
+        pf.remove();
+        assert!(!path.exists());
     }
 
     #[test]

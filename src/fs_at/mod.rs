@@ -211,6 +211,62 @@ impl Dir {
         }
     }
 
+    /// Reads at most `max` bytes of `name`, with its identity; `None` if there is no such entry.
+    /// Never follows a symlink at `name` nor blocks on a FIFO there: what is not a regular file
+    /// is returned with no contents (it is not one of ours either).
+    pub fn read_file(&self, name: &OsStr, max: u64) -> io::Result<Option<(FileId, Vec<u8>)>> {
+        let c = cstr(name)?;
+        // SAFETY: valid dirfd and name; the fd is checked and owned at once.
+        let rc = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_NONBLOCK
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
+            )
+        };
+        let fd = match cvt(rc) {
+            // SAFETY: a fresh fd that nothing else owns.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            // A symlink at `name`.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Ok(self.stat(name)?.map(|st| (FileId::of(&st), Vec::new())))
+            }
+            Err(e) => return Err(e),
+        };
+        // SAFETY: stat is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and out pointer.
+        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        let mut contents = Vec::new();
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            use std::io::Read;
+            std::fs::File::from(fd)
+                .take(max)
+                .read_to_end(&mut contents)?;
+        }
+        Ok(Some((FileId::of(&st), contents)))
+    }
+
+    /// Fails unless this process may create entries in the directory (checked with its
+    /// effective ids, as the later writes are).
+    pub fn check_writable(&self) -> io::Result<()> {
+        // SAFETY: valid dirfd, a NUL-terminated name.
+        cvt(unsafe {
+            libc::faccessat(
+                self.fd.as_raw_fd(),
+                c".".as_ptr(),
+                libc::W_OK | libc::X_OK,
+                libc::AT_EACCESS,
+            )
+        })
+        .map(drop)
+    }
+
     fn rename_from(&self, from_dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
         let (f, t) = (cstr(from)?, cstr(to)?);
         // SAFETY: valid dirfds and names. rename(2) replaces `to` atomically and never follows
@@ -362,5 +418,32 @@ mod tests {
         let id2 = dir.stat(&name).unwrap().map(|st| FileId::of(&st)).unwrap();
         assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Removed);
         assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Missing);
+    }
+
+    #[test]
+    fn read_file_reads_a_regular_file_and_only_names_others() {
+        let t = TempDir::new("read");
+        let (dir, name) = Dir::parent_of(&t.0.join("f")).unwrap();
+        assert_eq!(dir.read_file(&name, 64).unwrap(), None);
+        let id = dir.write_file(&name, b"1234\n", 0o644).unwrap();
+        assert_eq!(
+            dir.read_file(&name, 64).unwrap(),
+            Some((id, b"1234\n".to_vec()))
+        );
+        assert_eq!(dir.read_file(&name, 2).unwrap().unwrap().1, b"12");
+        // A link is not followed, a FIFO not opened for a read that would block.
+        std::fs::write(t.0.join("target"), "secret").unwrap();
+        std::os::unix::fs::symlink(t.0.join("target"), t.0.join("link")).unwrap();
+        let (_, link) = dir.read_file(OsStr::new("link"), 64).unwrap().unwrap();
+        assert!(link.is_empty());
+        nix::unistd::mkfifo(&t.0.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (_, fifo) = dir.read_file(OsStr::new("fifo"), 64).unwrap().unwrap();
+        assert!(fifo.is_empty());
+    }
+
+    #[test]
+    fn check_writable_passes_for_our_own_directory() {
+        let t = TempDir::new("writable");
+        Dir::open(&t.0).unwrap().check_writable().unwrap();
     }
 }

@@ -10,4 +10,4 @@ pub mod state;
 pub mod upgrade;
 pub mod worker;
 
-pub use event_loop::{run, SetupError};
+pub use event_loop::{run, FirstReady, SetupError};

@@ -76,6 +76,11 @@ impl std::error::Error for SetupError {
     }
 }
 
+/// What the caller does once, when the first worker of a fresh start is ready, before the master
+/// says so (READY=1): write the pid file, let a `-D` parent return. An error fails the start like
+/// a worker that never became ready. A first worker that fails is told by `run`'s exit code.
+pub type FirstReady<'a> = Box<dyn FnOnce() -> Result<(), String> + 'a>;
+
 /// Runs the master until it stops; returns its exit code. `resume` is the state a previous image
 /// of this process handed over in an upgrade in place; `launch` is what such an upgrade executes.
 pub fn run(
@@ -85,6 +90,7 @@ pub fn run(
     launch: &Launch,
     resume: Option<Snapshot>,
     passed: Vec<(OwnedFd, Option<String>)>,
+    first_ready: Option<FirstReady<'_>>,
 ) -> Result<i32, SetupError> {
     let signals = Signals::install().map_err(SetupError::Signals)?;
     // An image started by an upgrade in place inherits the handled signals blocked.
@@ -145,6 +151,7 @@ pub fn run(
         upgrade_requested: false,
         last_good: LastGood::default(),
         signal_reloads: Default::default(),
+        first_ready,
     };
     master.adopt_passed(passed);
     match resume {
@@ -232,6 +239,8 @@ struct Master<'a> {
     last_good: LastGood,
     /// Which reload a signal asked for, for `await-reload`.
     signal_reloads: await_reload::SignalReloads,
+    /// Until the first worker is ready (fresh start only).
+    first_ready: Option<FirstReady<'a>>,
 }
 
 struct WorkerExtra {
@@ -457,6 +466,14 @@ impl Master<'_> {
             });
         match fetched {
             Ok(set) => {
+                if let Err(e) = self.fire_first_ready(pid) {
+                    // Dropping `set` closes the copies; the worker is stopped as a failed start.
+                    self.feed(Event::WorkerFailed {
+                        pid,
+                        reason: format!("it is ready, but {e}"),
+                    });
+                    return;
+                }
                 self.fetched = Some((pid, set));
                 self.feed(Event::WorkerReady { pid });
             }
@@ -467,6 +484,18 @@ impl Master<'_> {
                     path.display()
                 ),
             }),
+        }
+    }
+
+    /// Runs the caller's `FirstReady` if `pid` is the first worker and the state will take it
+    /// as ready (it is the one starting, and the master is not stopping).
+    fn fire_first_ready(&mut self, pid: Pid) -> Result<(), String> {
+        if self.state.starting_pid() != Some(pid) || self.state.is_stopping() {
+            return Ok(());
+        }
+        match self.first_ready.take() {
+            Some(first_ready) => first_ready(),
+            None => Ok(()),
         }
     }
 
