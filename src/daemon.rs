@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
+use crate::logging;
 use crate::supervisor::worker::{describe_wait_status, exit_code};
 
 /// The byte the daemon writes once its first worker is ready.
@@ -157,18 +158,18 @@ fn await_verdict(child: Pid, reader: OwnedFd) -> ! {
 /// itself, or systemd's journal stream. A terminal or a pipe is what daemon(3) lets go of.
 fn holds_nothing_up(fd: BorrowedFd<'_>) -> bool {
     let Ok(st) = nix::sys::stat::fstat(fd) else {
-        // Closed: nothing to hold.
-        return true;
+        // Closed: /dev/null takes the number, so that nothing opened later lands on it.
+        return false;
     };
     let kind = st.st_mode & libc::S_IFMT;
     let is_devnull = kind == libc::S_IFCHR
         && nix::sys::stat::stat("/dev/null").is_ok_and(|null| null.st_rdev == st.st_rdev);
     // dev_t and ino_t are u64 on Linux today, but not by definition.
     #[allow(clippy::unnecessary_cast)]
-    let journal = std::env::var("JOURNAL_STREAM")
-        .ok()
-        .and_then(|v| crate::logging::parse_journal_stream(&v))
-        == Some((st.st_dev as u64, st.st_ino as u64));
+    let journal = logging::style_for(
+        std::env::var_os("JOURNAL_STREAM").as_deref(),
+        Some((st.st_dev as u64, st.st_ino as u64)),
+    ) == logging::Style::Journal;
     kind == libc::S_IFREG || is_devnull || journal
 }
 
@@ -182,5 +183,22 @@ fn redirect(from: &impl AsRawFd, to: RawFd) -> io::Result<()> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_or_dev_null_is_kept_a_pipe_is_let_go() {
+        let t = crate::test_dir::TempDir::new("daemon");
+        let file = File::create(t.0.join("log")).unwrap();
+        assert!(holds_nothing_up(file.as_fd()));
+        let null = File::options().write(true).open("/dev/null").unwrap();
+        assert!(holds_nothing_up(null.as_fd()));
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        assert!(!holds_nothing_up(writer.as_fd()));
+        assert!(!holds_nothing_up(reader.as_fd()));
     }
 }
