@@ -11,6 +11,7 @@
 # The container sees target/release read-only at /opt/hapmaster; /usr/sbin/hapmaster links there.
 #
 #   bookworm: systemd/hapmaster.service (Type=notify, ExecReload=hapmaster reload), haproxy 2.6
+#             and a Type=forking unit running `hapmaster -D -p` (init-script style)
 #   trixie:   systemd/hapmaster-notify-reload.service (Type=notify-reload, ExecReload=hapmaster reload
 #             --await), haproxy 3.0
 #
@@ -413,6 +414,48 @@ check_reload_waits() {
     fi
 }
 
+# `hapmaster -D` as a Type=forking unit (init-script style), beside hapmaster.service: its own config,
+# port, pid file and runtime directory. `systemctl start` returns once the first worker serves (or has
+# failed), with the pid file naming the master; a broken config fails the start with haproxy's ALERT.
+check_forking() {
+    local u=hm-forking cfg=/etc/hm-forking.cfg port rc=0 t0 ms code mpid fpid st
+    port=$(free_port 20000 12000 "$PORT")
+    cat > "$ROOT/etc/systemd/system/$u.service" <<UNIT
+[Service]
+Type=forking
+PIDFile=/run/$u.pid
+ExecStart=/usr/sbin/hapmaster -D -f $cfg -p /run/$u.pid --runtime-dir /run/$u
+UNIT
+    printf 'defaults\n\tmode http\n\ttimeout connect 5s\n\ttimeout client 10s\n\ttimeout server 10s\nfrontend fe\n\tbind 127.0.0.1:%s\n\thttp-request return status 200 content-type text/plain string "ok\\n"\n' "$port" > "$ROOT$cfg"
+    cx systemctl daemon-reload
+    t0=$(now_ms)
+    cx timeout 60 systemctl start "$u.service" || rc=$?
+    ms=$(($(now_ms) - t0))
+    code=$(http_status "$port")                               # right away: no retry
+    mpid=$(cx systemctl show -p MainPID --value "$u.service") fpid=$(cx cat "/run/$u.pid" 2>/dev/null || true)
+    if [ "$rc" -eq 0 ] && [ "$code" = 200 ] && [ -n "$fpid" ] && [ "$mpid" = "$fpid" ]; then
+        pass "Type=forking with -D: 'systemctl start' returned 0 in $ms ms; first request at once: $code; MainPID $mpid = pid file"
+    else
+        fail "Type=forking with -D: start rc=$rc in $ms ms; first request: '$code'; MainPID '$mpid', pid file '$fpid'"
+        cx journalctl -u "$u.service" --no-pager -o cat -n 20 | sed 's/^/      journal: /'
+    fi
+    cx timeout 60 systemctl stop "$u.service" || true
+    printf '\tthis-is-not-a-keyword\n' >> "$ROOT$cfg"
+    rc=0
+    cx timeout 60 systemctl start "$u.service" 2>/dev/null || rc=$?
+    st=$(cx systemctl show -p ActiveState --value "$u.service")
+    if [ "$rc" -ne 0 ] && [ "$st" = failed ] && cx journalctl -u "$u.service" --no-pager -o cat | grep -q 'ALERT.*this-is-not-a-keyword' &&
+        ! cx test -e "/run/$u.pid" && ! cx test -e "/run/$u"; then
+        pass "Type=forking with -D, broken config: 'systemctl start' exit $rc, unit $st, ALERT in the journal, no pid file or runtime dir left"
+    else
+        fail "Type=forking with -D, broken config: start rc=$rc, unit '$st'; pid file or runtime dir left: $(cx sh -c "ls -d /run/$u*" 2>/dev/null | tr '\n' ' ')"
+        cx journalctl -u "$u.service" --no-pager -o cat -n 20 | sed 's/^/      journal: /'
+    fi
+    cx systemctl reset-failed "$u.service" >/dev/null 2>&1 || true
+    rm -f "$ROOT/etc/systemd/system/$u.service" "$ROOT$cfg"
+    cx systemctl daemon-reload
+}
+
 # The variant must not drift from the main unit: same lines but for Type=, ReloadSignal=, ExecReload=.
 check_units_in_step() {
     local norm='/^[[:space:]]*(#|$)/d; /^(Type|ReloadSignal|ExecReload|FileDescriptorStorePreserve)=/d'
@@ -442,6 +485,7 @@ for suite in $SUITES; do
         check_kill9
         check_stop
         check_socket_activation
+        [ "$suite" != bookworm ] || check_forking
     fi
     cx systemctl disable --quiet hapmaster.service || true
     NAME=$CUR "$HARNESS" stop
