@@ -35,6 +35,19 @@ impl PidPath {
             Dir::parent_of(&path).map_err(|e| with_path(e, "write pid file", &path))?;
         dir.check_writable()
             .map_err(|e| with_path(e, "write pid file", &path))?;
+        // A file cannot be renamed over it: found now, not once a worker serves.
+        if dir
+            .is_dir(&name)
+            .map_err(|e| with_path(e, "write pid file", &path))?
+        {
+            return Err(io::Error::new(
+                io::Error::from_raw_os_error(libc::EISDIR).kind(),
+                format!(
+                    "cannot write pid file {}: it is a directory; give -p a file's path",
+                    path.display()
+                ),
+            ));
+        }
         Ok(PidPath { dir, name })
     }
 
@@ -290,6 +303,22 @@ mod tests {
         let pf = PidFile::adopt(&path, 5).unwrap();
         pf.remove();
         assert!(!path.exists());
+    }
+
+    /// `-p` naming a directory fails at start, before any worker runs, not once the first
+    /// worker serves (where the rename over it fails with EISDIR and the start is undone).
+    #[test]
+    fn a_directory_at_the_path_is_refused_at_open() {
+        let dir = TempDir::new("isdir");
+        let path = dir.0.join("h.pid");
+        fs::create_dir(&path).unwrap();
+        let e = PidPath::open(&path).unwrap_err();
+        assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        assert!(e.to_string().contains("directory"), "{e}");
+        // A symlink to a directory is replaced by the rename, not written through: fine.
+        let link = dir.0.join("link.pid");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        PidPath::open(&link).unwrap();
     }
 
     #[test]

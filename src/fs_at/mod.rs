@@ -252,6 +252,13 @@ impl Dir {
         Ok(Some((FileId::of(&st), contents)))
     }
 
+    /// Whether `name` is a directory (not following a symlink there); false if it is missing.
+    pub fn is_dir(&self, name: &OsStr) -> io::Result<bool> {
+        Ok(self
+            .stat(name)?
+            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+    }
+
     /// Fails unless this process may create entries in the directory (checked with its
     /// effective ids, as the later writes are).
     pub fn check_writable(&self) -> io::Result<()> {

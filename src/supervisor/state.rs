@@ -654,9 +654,19 @@ impl State {
                 out.push(Action::NotifyStatus {
                     status: format!("Worker failed to start: {reason}; retrying"),
                 });
-                self.reload_queued = false;
-                self.queued_hard = false;
-                self.schedule_replacement(out);
+                if self.reload_queued {
+                    // Asked for while this worker started: it reads the files again (perhaps
+                    // fixed), and its client waits for its answer. Once: if it fails too, the
+                    // replacement is scheduled with the back-off.
+                    self.crash_streak += 1;
+                    out.push(log(
+                        log::Level::Info,
+                        "running the reload requested meanwhile".into(),
+                    ));
+                    self.run_queued_reload(out);
+                } else {
+                    self.schedule_replacement(out);
+                }
             }
         }
     }
@@ -1253,6 +1263,49 @@ mod tests {
                 }
             )),
             "{a:?}"
+        );
+    }
+
+    /// A reload asked for while a replacement starts (the current worker died) is queued; when
+    /// that replacement fails, the reload still runs and is answered: a `reload` or
+    /// `await-reload` client waiting for it must not wait for its timeout, and the files the
+    /// operator fixed are what the next worker runs.
+    #[test]
+    fn a_reload_queued_behind_a_failed_replacement_is_run_and_answered() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        let a = s.decide(exited(10, 1), t);
+        let replacement = spawn_gen(&a).expect("a replacement starts at once");
+        s.decide(
+            Event::Spawned {
+                generation: replacement,
+                pid: 11,
+            },
+            t,
+        );
+        // What a waiting client registers: the first reload above this generation answers it.
+        let after = s.last_generation();
+        s.decide(Event::ReloadRequested, t);
+        let mut all = s.decide(exited(11, 1), t);
+        // The respawn timer, if one was armed, fires.
+        if spawn_gen(&all).is_none() {
+            all.extend(s.decide(Event::RespawnDue, t));
+        }
+        let next = spawn_gen(&all).expect("a worker starts after the failed replacement");
+        s.decide(
+            Event::Spawned {
+                generation: next,
+                pid: 12,
+            },
+            t,
+        );
+        all.extend(s.decide(Event::WorkerReady { pid: 12 }, t));
+        assert!(
+            has(&all, |a| matches!(
+                a,
+                Action::ReloadDone { generation, .. } if *generation > after
+            )),
+            "the queued reload was dropped: nothing answers its client: {all:?}"
         );
     }
 
