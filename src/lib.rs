@@ -15,6 +15,7 @@ pub mod options;
 pub mod orphans;
 pub mod pidfd;
 pub mod pidfile;
+pub mod proc_stat;
 pub mod runtime_dir;
 pub mod supervisor;
 #[cfg(test)]

@@ -97,15 +97,16 @@ fn signal_then_await_reports_that_reload() {
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
 }
 
-/// A signal's reload that ended before the command came is answered once; a second command
-/// waits for the next reload, whoever asks for it.
+/// A signal's reload that ended before the command came is answered once, to a child of the
+/// signal's sender (systemd runs `ExecReload=` as its child); a second command, or one whose
+/// signal someone else sent, waits for the next reload, whoever asks for it.
 #[test]
-fn an_ended_signal_reload_is_answered_once_then_the_next_is_awaited() {
+fn an_ended_signal_reload_is_answered_once_to_the_senders_child() {
     let port = free_port();
     let good = http_config(&[format!("127.0.0.1:{port}")]);
     let mut hm = Hapmaster::start_ready(good.as_str(), &[]);
     hm.write_config(&format!("{good}    this-is-not-a-keyword\n"));
-    hm.signal(SIGUSR2);
+    hm.signal(SIGUSR2); // sent by this process, the client's parent
     hm.wait_notify(is_reload_failed, EVENT);
     let out = run_await(&hm);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -116,10 +117,26 @@ fn an_ended_signal_reload_is_answered_once_then_the_next_is_awaited() {
     assert_eq!(reloads_started(&mut hm), 1, "{}", hm.history_text());
     let answer = hm.cli("reload");
     assert!(answer.starts_with("Success=1"), "{answer}");
-    let status = exit_of(&mut second);
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_of(&mut second).code(), Some(0));
     hm.settle_reloads();
     assert_eq!(reloads_started(&mut hm), 2, "{}", hm.history_text());
+
+    // Sent by a `kill` process: a client of this process's is not its child.
+    hm.write_config(&format!("{good}    this-is-not-a-keyword\n"));
+    let kill = std::process::Command::new("kill")
+        .args(["-USR2", &hm.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(kill.success());
+    hm.wait_notify(is_reload_failed, EVENT);
+    hm.write_config(&good);
+    let mut third = ChildGuard(spawn_await(&hm));
+    wait_until_awaiting(&hm, third.id());
+    let answer = hm.cli("reload");
+    assert!(answer.starts_with("Success=1"), "{answer}");
+    assert_eq!(exit_of(&mut third).code(), Some(0), "{}", hm.stderr());
+    hm.settle_reloads();
+    assert_eq!(reloads_started(&mut hm), 4, "{}", hm.history_text());
 }
 
 /// A client that comes first waits for the signal's reload (the order an operator may use).

@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::argv::worker_fragment_arg;
+use crate::proc_stat::Stat;
 
 /// A runtime directory by device and inode: the watchdog knows its directory by an fd (the path
 /// may be gone, or name a new directory), and an orphan's command line may spell the path
@@ -100,12 +101,12 @@ pub fn find_workers(dir: &DirId) -> Vec<WorkerProcess> {
 
 /// The generation and start time of `pid` if it is a live worker of `dir`.
 fn identify(pid: u32, dir: &DirId) -> Option<(u64, u64)> {
-    let (state, starttime) = parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
-    if matches!(state, 'Z' | 'X' | 'x') {
+    let stat = Stat::of(pid as i32)?;
+    if stat.is_dead() {
         return None;
     }
     let arg = worker_fragment_arg(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)?;
-    dir.is(&arg.dir).then_some((arg.generation, starttime))
+    dir.is(&arg.dir).then_some((arg.generation, stat.starttime))
 }
 
 impl WorkerProcess {
@@ -116,11 +117,8 @@ impl WorkerProcess {
 
     /// Exited (a zombie counts: its fds are closed), or its pid names another process now.
     pub fn is_gone(&self) -> bool {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok();
-        match stat.as_deref().and_then(parse_stat) {
-            Some((state, starttime)) => {
-                matches!(state, 'Z' | 'X' | 'x') || starttime != self.starttime
-            }
+        match Stat::of(self.pid as i32) {
+            Some(stat) => stat.is_dead() || stat.starttime != self.starttime,
             None => true,
         }
     }
@@ -153,39 +151,9 @@ impl WorkerProcess {
     }
 }
 
-/// State (field 3) and start time (field 22) from a /proc/PID/stat line. The command name
-/// (field 2) is in parentheses and may hold spaces and parentheses: fields count from the last
-/// `)`.
-fn parse_stat(text: &str) -> Option<(char, u64)> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let starttime = fields.get(19)?.parse().ok()?;
-    Some((state, starttime))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields() {
-        let line = "4242 (hap (x) y) S 1 4242 4242 0 -1 4194560 370 0 0 0 1 2 0 0 20 0 3 0 \
-                    987654 25088000 1234 18446744073709551615 1 1 0 0 0 0 0 4096 16386 0 0 0 17 \
-                    1 0 0 0 0 0";
-        assert_eq!(parse_stat(line), Some(('S', 987654)));
-        assert_eq!(parse_stat("1 (a) Z 0"), None);
-        assert_eq!(parse_stat("garbage"), None);
-    }
-
-    #[test]
-    fn our_own_stat_parses() {
-        let text = fs::read_to_string("/proc/self/stat").unwrap();
-        let (state, starttime) = parse_stat(&text).unwrap();
-        // /proc/self is the process's main thread: running, or sleeping while tests run.
-        assert!(matches!(state, 'R' | 'S'), "{state}");
-        assert!(starttime > 0);
-    }
 
     #[test]
     fn finds_a_worker_by_its_fragment_and_not_others() {

@@ -372,7 +372,9 @@ impl Master<'_> {
                     }
                 }
                 libc::SIGUSR2 | libc::SIGHUP => {
-                    self.signal_reloads.requested(self.state.last_generation());
+                    let sender = received.sender.map(|s| s.pid);
+                    self.signal_reloads
+                        .requested(self.state.last_generation(), sender);
                     self.request_reload(false, &received)
                 }
                 _ => {}
