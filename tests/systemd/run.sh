@@ -395,7 +395,7 @@ check_socket_activation() {
 # Type=notify-reload: `systemctl reload` returns only once the new worker serves, and the signal and
 # ExecReload= make one reload, not two.
 check_reload_waits() {
-    local i g0 g1 rc t0 ms ok=0 times= cur n
+    local i g0 g1 rc t0 ms ok=0 times= cur n j
     cur=$(journal_cursor)
     for i in 1 2 3 4 5; do
         g0=$(prop StatusText | sed -n 's/.*generation \([0-9]*\).*/\1/p')
@@ -406,7 +406,11 @@ check_reload_waits() {
         times="$times ${ms}ms"
         [ "$rc" -eq 0 ] && [ "$g1" = $((g0 + 1)) ] && ok=$((ok + 1))
     done
-    n=$(reloads_in "$(journal_since "$cur")")
+    j=$(journal_since "$cur")
+    n=$(reloads_in "$j")
+    # how ExecReload='s `reload --await` found its reload: still to end, or already over
+    info "await-reload: $(grep -c 'await-reload from pid [0-9]*: waiting' <<< "$j" || true) waited, $(grep -c 'await-reload from pid [0-9]*: answered with the ended' <<< "$j" || true) found it over"
+
     if [ "$ok" -eq 5 ] && [ "$n" = 5 ]; then
         pass "notify-reload: 5 x 'systemctl reload' exit 0, 5 reloads started, each returned with the new generation serving; times:$times"
     else
