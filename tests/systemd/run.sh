@@ -422,7 +422,7 @@ check_reload_waits() {
 # port, pid file and runtime directory. `systemctl start` returns once the first worker serves (or has
 # failed), with the pid file naming the master; a broken config fails the start with haproxy's ALERT.
 check_forking() {
-    local u=hm-forking cfg=/etc/hm-forking.cfg port rc=0 t0 ms code mpid fpid st
+    local u=hm-forking cfg=/etc/hm-forking.cfg port rc=0 t0 ms code mpid fpid st j
     port=$(free_port 20000 12000 "$PORT")
     cat > "$ROOT/etc/systemd/system/$u.service" <<UNIT
 [Service]
@@ -448,7 +448,9 @@ UNIT
     rc=0
     cx timeout 60 systemctl start "$u.service" 2>/dev/null || rc=$?
     st=$(cx systemctl show -p ActiveState --value "$u.service")
-    if [ "$rc" -ne 0 ] && [ "$st" = failed ] && cx journalctl -u "$u.service" --no-pager -o cat | grep -q 'ALERT.*this-is-not-a-keyword' &&
+    # read whole, then searched: `journalctl | grep -q` fails under pipefail when grep quits first
+    j=$(cx journalctl -u "$u.service" --no-pager -o cat)
+    if [ "$rc" -ne 0 ] && [ "$st" = failed ] && grep -q 'ALERT.*this-is-not-a-keyword' <<< "$j" &&
         ! cx test -e "/run/$u.pid" && ! cx test -e "/run/$u"; then
         pass "Type=forking with -D, broken config: 'systemctl start' exit $rc, unit $st, ALERT in the journal, no pid file or runtime dir left"
     else
