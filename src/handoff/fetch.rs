@@ -39,6 +39,13 @@ pub struct ReceivedSocket {
     pub record: Record,
 }
 
+/// What the held set is built from (`HeldSet::from_received`).
+impl From<ReceivedSocket> for (OwnedFd, Record) {
+    fn from(socket: ReceivedSocket) -> (OwnedFd, Record) {
+        (socket.fd, socket.record)
+    }
+}
+
 /// A human-readable name of one end of a unix stream socket, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint(String);
