@@ -16,6 +16,7 @@ use crate::control::command::{parse_request, shorten, split_line};
 use crate::handoff::fetch::FetchError;
 use crate::options::parse_duration;
 use crate::runtime_dir::{RuntimeDir, MASTER_SOCKET};
+use crate::unix_stream::{connect_unix, is_timeout};
 
 /// How long `hapmaster reload` waits for the whole answer by default: a reload waits for the new
 /// worker to be ready, which the master bounds by its own --ready-timeout.
@@ -446,8 +447,8 @@ impl std::error::Error for ClientError {
 /// haproxy's) answers every command of the line, then closes.
 pub fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = crate::handoff::fetch::connect_unix(path, timeout)
-        .map_err(|e| connect_error(path, e, is_privileged(line)))?;
+    let mut stream =
+        connect_unix(path, timeout).map_err(|e| connect_error(path, e, is_privileged(line)))?;
     let mut request = line.trim_end_matches(['\r', '\n']).to_string();
     request.push('\n');
     let send_error = |source| ClientError::Send {
@@ -518,13 +519,6 @@ fn left(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 fn connect_error(path: &Path, source: io::Error, privileged: bool) -> ClientError {
@@ -760,7 +754,7 @@ mod tests {
 
     #[test]
     fn getsocks_failures() {
-        use crate::handoff::fetch::Endpoint;
+        use crate::unix_stream::Endpoint;
         let path = Path::new("/run/haproxy/admin.sock");
         let peer = Endpoint::path(path);
         let (code, m) = getsocks_failure(path, &FetchError::NothingExported { peer: peer.clone() });
