@@ -793,12 +793,12 @@ mod tests {
         assert!(m.contains("\"Unknown command, but maybe\""), "{m}");
     }
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     #[test]
     fn exchange_reads_until_close() {
-        let dir = TempDir::new("ex");
-        let path = dir.0.join("m.sock");
+        let dir = temp_dir("ex");
+        let path = dir.path().join("m.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let server = thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -816,8 +816,8 @@ mod tests {
 
     #[test]
     fn exchange_errors() {
-        let dir = TempDir::new("err");
-        let missing = dir.0.join("none.sock");
+        let dir = temp_dir("err");
+        let missing = dir.path().join("none.sock");
         let e = exchange(&missing, "reload", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e}");
         assert!(e.to_string().starts_with(&format!(
@@ -831,13 +831,13 @@ mod tests {
         );
 
         // A socket file nobody listens on.
-        let stale = dir.0.join("stale.sock");
+        let stale = dir.path().join("stale.sock");
         drop(UnixListener::bind(&stale).unwrap());
         let e = exchange(&stale, "reload", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e}");
 
         // A server that never answers: the timeout, with what arrived.
-        let slow = dir.0.join("slow.sock");
+        let slow = dir.path().join("slow.sock");
         let listener = UnixListener::bind(&slow).unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let server = thread::spawn(move || {

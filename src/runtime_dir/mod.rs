@@ -255,14 +255,14 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     use crate::test_dir::names;
 
     #[test]
     fn acquire_creates_locks_and_cleans_up() {
-        let parent = TempDir::new("create");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("create");
+        let path = parent.path().join("rt");
         let rd = RuntimeDir::acquire(path.clone()).unwrap();
         assert_eq!(rd.path(), path);
         let meta = fs::metadata(&path).unwrap();
@@ -282,8 +282,8 @@ mod tests {
 
     #[test]
     fn second_acquire_reports_the_holder() {
-        let parent = TempDir::new("busy");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("busy");
+        let path = parent.path().join("rt");
         let first = RuntimeDir::acquire(path.clone()).unwrap();
         let err = RuntimeDir::acquire(path.clone()).unwrap_err();
         match &err {
@@ -306,8 +306,8 @@ mod tests {
 
     #[test]
     fn existing_dir_is_kept_and_stale_files_removed() {
-        let parent = TempDir::new("stale");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("stale");
+        let path = parent.path().join("rt");
         fs::create_dir(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         let stale = [
@@ -342,8 +342,8 @@ mod tests {
 
     #[test]
     fn systemd_runtime_directory_is_left_in_place() {
-        let parent = TempDir::new("systemd");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("systemd");
+        let path = parent.path().join("rt");
         // Even if we created it: systemd owns RuntimeDirectory=.
         let rd = acquire_with(path.clone(), Some(&path)).unwrap();
         assert!(rd.created && rd.systemd_owned);
@@ -354,10 +354,10 @@ mod tests {
 
     #[test]
     fn refuses_symlink_insecure_and_non_dir() {
-        let parent = TempDir::new("refuse");
-        let real = parent.0.join("real");
+        let parent = temp_dir("refuse");
+        let real = parent.path().join("real");
         fs::create_dir(&real).unwrap();
-        let link = parent.0.join("link");
+        let link = parent.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert!(matches!(
             RuntimeDir::acquire(link),
@@ -373,14 +373,14 @@ mod tests {
         assert!(err.to_string().contains("chmod go-w"), "{err}");
         assert!(!real.join(LOCK_FILE).exists());
 
-        let file = parent.0.join("file");
+        let file = parent.path().join("file");
         fs::write(&file, "").unwrap();
         assert!(matches!(
             RuntimeDir::acquire(file),
             Err(RuntimeDirError::NotADirectory { .. })
         ));
 
-        let missing_parent = parent.0.join("no/such/dir");
+        let missing_parent = parent.path().join("no/such/dir");
         assert!(matches!(
             RuntimeDir::acquire(missing_parent),
             Err(RuntimeDirError::Create { .. })
@@ -392,8 +392,8 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let parent = TempDir::new("owner");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("owner");
+        let path = parent.path().join("rt");
         fs::create_dir(&path).unwrap();
         std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
         assert!(matches!(
@@ -404,8 +404,8 @@ mod tests {
 
     #[test]
     fn names_and_fragment() {
-        let parent = TempDir::new("frag");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("frag");
+        let path = parent.path().join("rt");
         let rd = RuntimeDir::acquire(path.clone()).unwrap();
         assert_eq!(rd.worker_socket(7), path.join("worker-7.sock"));
         assert_eq!(rd.worker_fragment(7), path.join("worker-7.cfg"));
@@ -451,8 +451,8 @@ mod tests {
 
     #[test]
     fn config_copies_are_listed_and_removed() {
-        let parent = TempDir::new("copies");
-        let path = parent.0.join("rt");
+        let parent = temp_dir("copies");
+        let path = parent.path().join("rt");
         let rd = RuntimeDir::acquire(path.clone()).unwrap();
         assert_eq!(rd.config_copy_dir(12), path.join("config-12"));
         for g in [12, 3] {
@@ -482,10 +482,10 @@ mod tests {
             eprintln!("skipped: {} not installed", haproxy.display());
             return;
         }
-        let parent = TempDir::new("hacheck");
-        let rd = RuntimeDir::acquire(parent.0.join("rt")).unwrap();
+        let parent = temp_dir("hacheck");
+        let rd = RuntimeDir::acquire(parent.path().join("rt")).unwrap();
         let frag = rd.write_fragment(1).unwrap();
-        let main = parent.0.join("main.cfg");
+        let main = parent.path().join("main.cfg");
         fs::write(
             &main,
             "defaults\n    mode http\n    timeout client 1s\n    timeout server 1s\n    \
@@ -507,8 +507,8 @@ mod tests {
 
     #[test]
     fn record_pid_rewrites_lock_file() {
-        let parent = TempDir::new("repid");
-        let rd = RuntimeDir::acquire(parent.0.join("rt")).unwrap();
+        let parent = temp_dir("repid");
+        let rd = RuntimeDir::acquire(parent.path().join("rt")).unwrap();
         rd.record_pid(5).unwrap();
         assert_eq!(
             fs::read_to_string(rd.path().join(LOCK_FILE)).unwrap(),

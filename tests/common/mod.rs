@@ -5,8 +5,9 @@
 //! are bounded. Only processes this harness started (or whose pid hapmaster reported, checked by
 //! their start time) are ever signalled, by pid.
 //!
-//! The only crate used besides std is `libc` (already a dependency of hapmaster): for `kill(2)`, for
-//! `CLOCK_MONOTONIC`, and for a unix-socket `connect` bounded by `SO_SNDTIMEO`.
+//! Crates used besides std: `tempfile` for the test directories, and `libc` (already a dependency
+//! of hapmaster): for `kill(2)`, for `CLOCK_MONOTONIC`, and for a unix-socket `connect` bounded by
+//! `SO_SNDTIMEO`.
 #![allow(dead_code)]
 
 pub mod haproxy;
@@ -116,47 +117,41 @@ pub fn monotonic_usec() -> u64 {
 // Temporary directories
 // ---------------------------------------------------------------------------------------------
 
-static DIR_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh directory `/tmp/hm-<pid>-<n>`, removed on drop. Kept short on purpose: unix socket
-/// paths must fit in 107 bytes. Set `HAPMASTER_TEST_KEEP=1` to keep it for inspection.
+/// A fresh directory `/tmp/hm-<random>`, removed on drop. Kept short on purpose: unix socket
+/// paths must fit in 107 bytes. Mode 0777 less the umask, as mkdir(2) makes it: tests that act as
+/// another user reach sockets in it. Set `HAPMASTER_TEST_KEEP=1` to keep it for inspection.
 pub struct TestDir {
-    path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TestDir {
     pub fn new() -> TestDir {
-        let n = DIR_SEQ.fetch_add(1, Ordering::SeqCst);
-        let path = PathBuf::from(format!("/tmp/hm-{}-{}", std::process::id(), n));
-        if path.exists() {
-            fs::remove_dir_all(&path).expect("removing a stale test dir");
+        use std::os::unix::fs::PermissionsExt;
+        let keep = std::env::var_os("HAPMASTER_TEST_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("hm-")
+            .permissions(fs::Permissions::from_mode(0o777))
+            .disable_cleanup(keep)
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("creating a test dir in /tmp: {e}"));
+        if keep {
+            eprintln!("keeping test dir {}", dir.path().display());
         }
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TestDir { path }
+        TestDir { dir }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 
     pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
+        self.dir.path().join(name)
     }
 }
 
 impl Default for TestDir {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::env::var_os("HAPMASTER_TEST_KEEP").is_some() {
-            eprintln!("keeping test dir {}", self.path.display());
-            return;
-        }
-        let _ = fs::remove_dir_all(&self.path);
     }
 }
 

@@ -86,7 +86,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     fn flags(fd: i32) -> (i32, i32) {
         // SAFETY: fcntl on an fd we own, no pointers.
@@ -100,8 +100,8 @@ mod tests {
 
     #[test]
     fn binds_with_mode_nonblocking_cloexec() {
-        let dir = TempDir::new("bind");
-        let mut spec = ControlSpec::new(dir.0.join("m.sock"));
+        let dir = temp_dir("bind");
+        let mut spec = ControlSpec::new(dir.path().join("m.sock"));
         spec.mode = 0o640;
         let (listener, _placed) = bind(&spec, None).unwrap();
         let meta = std::fs::symlink_metadata(&spec.path).unwrap();
@@ -136,9 +136,9 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let dir = TempDir::new("chown");
+        let dir = temp_dir("chown");
         let spec = ControlSpec {
-            path: dir.0.join("m.sock"),
+            path: dir.path().join("m.sock"),
             mode: 0o660,
             uid: Some(65534),
             gid: Some(65534),
@@ -151,8 +151,8 @@ mod tests {
 
     #[test]
     fn refuses_non_socket_and_long_paths() {
-        let dir = TempDir::new("refuse");
-        let file = dir.0.join("plain");
+        let dir = temp_dir("refuse");
+        let file = dir.path().join("plain");
         std::fs::write(&file, "keep me").unwrap();
         let err = bind(&ControlSpec::new(file.clone()), None).unwrap_err();
         assert!(matches!(err, SpecError::NotASocket { .. }), "{err}");
@@ -164,7 +164,7 @@ mod tests {
         assert!(matches!(err, SpecError::TooLong { .. }), "{err}");
         assert!(err.to_string().contains("107 bytes"), "{err}");
 
-        let missing = dir.0.join("no/such/m.sock");
+        let missing = dir.path().join("no/such/m.sock");
         let err = bind(&ControlSpec::new(missing), None).unwrap_err();
         assert!(matches!(err, SpecError::Bind { .. }), "{err}");
         assert!(err.to_string().contains("no/such/m.sock"), "{err}");
@@ -172,12 +172,12 @@ mod tests {
 
     #[test]
     fn longest_allowed_path_binds() {
-        let dir = TempDir::new("len");
-        let base = dir.0.as_os_str().len() + 1;
+        let dir = temp_dir("len");
+        let base = dir.path().as_os_str().len() + 1;
         if base >= SUN_PATH_MAX {
             return;
         }
-        let path = dir.0.join("s".repeat(SUN_PATH_MAX - base));
+        let path = dir.path().join("s".repeat(SUN_PATH_MAX - base));
         assert_eq!(path.as_os_str().len(), SUN_PATH_MAX);
         let _l = bind(&ControlSpec::new(path.clone()), None).unwrap();
         assert!(UnixStream::connect(&path).is_ok());
