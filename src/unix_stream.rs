@@ -55,8 +55,9 @@ impl fmt::Display for Endpoint {
 }
 
 /// A unix stream connect bounded by `timeout`: Linux bounds a connect() that waits for backlog
-/// room by SO_SNDTIMEO (and reports EAGAIN when it runs out).
-pub(crate) fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+/// room by SO_SNDTIMEO (and reports EAGAIN when it runs out: an `ErrorKind::TimedOut` here).
+/// The stream is blocking and close-on-exec; its write timeout is left at `timeout`.
+pub fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
     let addr = UnixAddr::new(path)?;
     let fd = socket::socket(
         AddressFamily::Unix,

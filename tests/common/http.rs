@@ -3,11 +3,11 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use hapmaster::unix_stream::connect_unix;
 
 /// Where a client connects: `127.0.0.1:P`, `[::1]:P`, or a unix socket path (starts with `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl Conn {
     pub fn connect(target: &Target, timeout: Duration) -> io::Result<Conn> {
         let c = match target {
             Target::Tcp(a) => Conn::Tcp(tcp_connect(a, timeout)?),
-            Target::Unix(p) => Conn::Unix(unix_connect_timeout(p, timeout)?),
+            Target::Unix(p) => Conn::Unix(connect_unix(p, timeout)?),
         };
         c.set_timeouts(timeout)?;
         Ok(c)
@@ -171,45 +171,6 @@ fn tcp_connect(addr: &std::net::SocketAddr, timeout: Duration) -> io::Result<Tcp
             other => return other,
         }
     }
-}
-
-fn unix_connect_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("unix socket path too long: {}", path.display()),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call; the result is checked and owned at once.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let stream = UnixStream::from(fd);
-    // SO_SNDTIMEO bounds the wait of a blocking unix connect (unix_stream_connect uses sk_sndtimeo).
-    stream.set_write_timeout(Some(timeout))?;
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_un and len does not exceed its size.
-    let rc = unsafe {
-        libc::connect(
-            raw,
-            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-            len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stream)
 }
 
 /// Why one request failed.
