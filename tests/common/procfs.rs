@@ -39,22 +39,23 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// All processes whose parent is `ppid`, zombies included, sorted by pid.
 pub fn children_of(ppid: u32) -> Vec<ProcStat> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Some(st) = proc_stat(pid) {
-            if st.ppid == ppid {
-                out.push(st);
-            }
-        }
-    }
+    let mut out: Vec<ProcStat> = all_pids()
+        .into_iter()
+        .filter_map(proc_stat)
+        .filter(|st| st.ppid == ppid)
+        .collect();
     out.sort_by_key(|s| s.pid);
     out
+}
+
+/// The pids listed in /proc now (empty if it cannot be read).
+fn all_pids() -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
 }
 
 /// Pids of the live (not zombie) children of `ppid`.
@@ -80,24 +81,15 @@ pub fn pids_with_cmdline_containing(path: &Path) -> Vec<u32> {
     let mut needle = path.as_os_str().as_bytes().to_vec();
     needle.push(b'/');
     let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
+    let mentions = |pid: &u32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| cmd.windows(needle.len()).any(|w| w == needle.as_slice()))
     };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me || !pid_alive(pid) {
-            continue;
-        }
-        if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
-            if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me && pid_alive(pid))
+        .filter(mentions)
+        .collect()
 }
 
 /// Number of open fds of `pid` (entries of /proc/PID/fd); `None` if it cannot be read.
