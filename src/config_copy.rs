@@ -365,7 +365,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     fn names(paths: &[PathBuf]) -> Vec<String> {
         paths
@@ -397,8 +397,8 @@ mod tests {
 
     #[test]
     fn directories_expand_in_haproxys_order() {
-        let t = TempDir::new("expand");
-        let conf = t.0.join("conf.d");
+        let t = temp_dir("expand");
+        let conf = t.path().join("conf.d");
         fs::create_dir(&conf).unwrap();
         for n in [
             "b.cfg",
@@ -417,7 +417,7 @@ mod tests {
         }
         fs::create_dir(conf.join("sub.cfg")).unwrap();
         std::os::unix::fs::symlink(conf.join("a.cfg"), conf.join("link.cfg")).unwrap();
-        let main = t.0.join("main.conf");
+        let main = t.path().join("main.conf");
         fs::write(&main, "").unwrap();
         let args: Vec<OsString> = vec![main.clone().into(), conf.clone().into()];
         let files = expand(&args, None, LIMITS).unwrap();
@@ -433,31 +433,31 @@ mod tests {
 
         // Relative arguments are resolved against -C.
         let rel: Vec<OsString> = vec!["main.conf".into(), "conf.d".into()];
-        let files = expand(&rel, Some(&t.0), LIMITS).unwrap();
+        let files = expand(&rel, Some(t.path()), LIMITS).unwrap();
         assert_eq!(files[0], main);
         assert_eq!(files.len(), 9);
 
         // A missing argument, and a dangling symlink inside a directory, fail like haproxy.
-        let missing: Vec<OsString> = vec![t.0.join("nope.cfg").into()];
+        let missing: Vec<OsString> = vec![t.path().join("nope.cfg").into()];
         let e = expand(&missing, None, LIMITS).unwrap_err();
         assert!(matches!(e, CopyError::Inspect { .. }), "{e}");
         assert!(e.to_string().contains("nope.cfg"), "{e}");
-        std::os::unix::fs::symlink(t.0.join("gone"), conf.join("dangling.cfg")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("gone"), conf.join("dangling.cfg")).unwrap();
         let e = expand(&args, None, LIMITS).unwrap_err();
         assert!(e.to_string().contains("dangling.cfg"), "{e}");
     }
 
     #[test]
     fn copies_keep_order_contents_and_mode() {
-        let t = TempDir::new("take");
-        let a = t.0.join("haproxy.cfg");
-        let other = t.0.join("other");
+        let t = temp_dir("take");
+        let a = t.path().join("haproxy.cfg");
+        let other = t.path().join("other");
         fs::create_dir(&other).unwrap();
         let b = other.join("haproxy.cfg");
         fs::write(&a, "global\n").unwrap();
         fs::write(&b, "frontend fe\n").unwrap();
-        let dest = t.0.join("rt").join("config-7");
-        fs::create_dir(t.0.join("rt")).unwrap();
+        let dest = t.path().join("rt").join("config-7");
+        fs::create_dir(t.path().join("rt")).unwrap();
         let out = take(&[a.clone(), b.clone()], &dest, LIMITS).unwrap();
         let Outcome::Copied(copies) = out else {
             panic!("{out:?}")
@@ -472,7 +472,7 @@ mod tests {
         assert_eq!(list(&dest).unwrap(), copies, "listed back in order");
 
         // A copy of the copy (a replacement's own copy) is the same, in the same order.
-        let again = t.0.join("rt").join("config-8");
+        let again = t.path().join("rt").join("config-8");
         let Ok(Outcome::Copied(second)) = take(&copies, &again, LIMITS) else {
             panic!("copy of the copy")
         };
@@ -503,16 +503,16 @@ mod tests {
 
     #[test]
     fn limits_refuse_and_leave_nothing() {
-        let t = TempDir::new("limits");
-        let a = t.0.join("a.cfg");
-        let b = t.0.join("b.cfg");
+        let t = temp_dir("limits");
+        let a = t.path().join("a.cfg");
+        let b = t.path().join("b.cfg");
         fs::write(&a, "x".repeat(600)).unwrap();
         fs::write(&b, "y".repeat(600)).unwrap();
         let small = Limits {
             max_files: 1,
             max_bytes: 1000,
         };
-        let dest = t.0.join("config-1");
+        let dest = t.path().join("config-1");
         let e = take(&[a.clone(), b.clone()], &dest, small).unwrap_err();
         assert!(matches!(e, CopyError::TooMany { max: 1 }), "{e}");
         let two = Limits {
@@ -525,7 +525,7 @@ mod tests {
             "{e}"
         );
         assert!(!dest.exists(), "no partial copy left");
-        let conf = t.0.join("conf.d");
+        let conf = t.path().join("conf.d");
         fs::create_dir(&conf).unwrap();
         for n in ["1.cfg", "2.cfg", "3.cfg"] {
             fs::write(conf.join(n), "").unwrap();
@@ -536,14 +536,14 @@ mod tests {
 
     #[test]
     fn pipes_are_refused_without_blocking() {
-        let t = TempDir::new("fifo");
-        let fifo = t.0.join("fifo.cfg");
+        let t = temp_dir("fifo");
+        let fifo = t.path().join("fifo.cfg");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let dest = t.0.join("config-1");
+        let dest = t.path().join("config-1");
         let e = take(&[fifo], &dest, LIMITS).unwrap_err();
         assert!(matches!(e, CopyError::NotRegular { .. }), "{e}");
         assert!(!dest.exists());
-        let unreadable = t.0.join("missing.cfg");
+        let unreadable = t.path().join("missing.cfg");
         let e = take(&[unreadable], &dest, LIMITS).unwrap_err();
         assert!(
             e.to_string().contains("cannot read configuration file"),
@@ -571,12 +571,12 @@ mod tests {
         assert_eq!(default_path_line(b"# default-path config\n"), None);
         assert!(default_path_line(b"default-path \"${MODE}\"\n").is_some());
 
-        let t = TempDir::new("defpath");
-        let a = t.0.join("a.cfg");
-        let b = t.0.join("b.cfg");
+        let t = temp_dir("defpath");
+        let a = t.path().join("a.cfg");
+        let b = t.path().join("b.cfg");
         fs::write(&a, "global\n").unwrap();
         fs::write(&b, "global\n    default-path parent\n").unwrap();
-        let dest = t.0.join("config-1");
+        let dest = t.path().join("config-1");
         assert_eq!(
             take(&[a, b.clone()], &dest, LIMITS).unwrap(),
             Outcome::DefaultPath {

@@ -192,8 +192,8 @@ mod tests {
 
     #[test]
     fn a_file_or_dev_null_is_kept_a_pipe_is_let_go() {
-        let t = crate::test_dir::TempDir::new("daemon");
-        let file = File::create(t.0.join("log")).unwrap();
+        let t = crate::test_dir::temp_dir("daemon");
+        let file = File::create(t.path().join("log")).unwrap();
         assert!(holds_nothing_up(file.as_fd()));
         let null = File::options().write(true).open("/dev/null").unwrap();
         assert!(holds_nothing_up(null.as_fd()));

@@ -239,7 +239,7 @@ fn read_version(mut stdout: std::process::ChildStdout, deadline: Instant) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -300,8 +300,8 @@ mod tests {
 
     #[test]
     fn checks_a_binary() {
-        let t = TempDir::new("version");
-        let old = script(&t.0, "old", "echo 'HA-Proxy version 1.7.14 2021/03/31'");
+        let t = temp_dir("version");
+        let old = script(t.path(), "old", "echo 'HA-Proxy version 1.7.14 2021/03/31'");
         let found = check(&old, TIMEOUT).unwrap();
         assert!(matches!(&found, Found::TooOld { version, .. } if version.text == "1.7.14"));
         let text = found.to_string();
@@ -309,15 +309,15 @@ mod tests {
             assert!(text.contains(part), "{text}");
         }
 
-        let new = script(&t.0, "new", "echo 'HAProxy version 2.6.12 2023/01/01'");
+        let new = script(t.path(), "new", "echo 'HAProxy version 2.6.12 2023/01/01'");
         assert!(matches!(check(&new, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 6));
 
-        let odd = script(&t.0, "odd", "echo 'my proxy 1.0'; exit 3");
+        let odd = script(t.path(), "odd", "echo 'my proxy 1.0'; exit 3");
         let found = check(&odd, TIMEOUT).unwrap();
         assert!(matches!(found, Found::Unknown { .. }), "{found:?}");
         assert!(found.to_string().contains("my proxy 1.0"), "{found}");
 
-        let missing = t.0.join("missing");
+        let missing = t.path().join("missing");
         let e = check(&missing, TIMEOUT).unwrap_err();
         assert!(e.to_string().contains("cannot execute"), "{e}");
     }
@@ -325,10 +325,10 @@ mod tests {
     /// A wrapper that leaves a process holding the pipe: the version line is enough.
     #[test]
     fn does_not_wait_for_the_end_of_the_output() {
-        let t = TempDir::new("version-wrapper");
-        let sleeper = t.0.join("sleeper.pid");
+        let t = temp_dir("version-wrapper");
+        let sleeper = t.path().join("sleeper.pid");
         let wrapper = script(
-            &t.0,
+            t.path(),
             "wrapper",
             &format!(
                 "sleep 600 & echo $! > {}\necho 'HAProxy version 2.8.1 2023/01/01'\nwait",
@@ -350,7 +350,7 @@ mod tests {
             }
         }
 
-        let silent = script(&t.0, "silent", "exec sleep 600");
+        let silent = script(t.path(), "silent", "exec sleep 600");
         let found = check(&silent, Duration::from_millis(200)).unwrap();
         assert!(matches!(found, Found::Unknown { .. }), "{found:?}");
         assert!(found.to_string().contains("within"), "{found}");

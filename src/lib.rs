@@ -20,4 +20,5 @@ pub mod runtime_dir;
 pub mod supervisor;
 #[cfg(test)]
 mod test_dir;
+pub mod unix_stream;
 pub mod watchdog;

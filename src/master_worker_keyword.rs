@@ -189,7 +189,7 @@ fn is_blank(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
     use std::fs;
 
     fn word(s: &str) -> Option<String> {
@@ -262,10 +262,10 @@ mod tests {
 
     #[test]
     fn files_and_directories_in_haproxys_order() {
-        let t = TempDir::new("mworker");
-        let main = t.0.join("haproxy.cfg");
+        let t = temp_dir("mworker");
+        let main = t.path().join("haproxy.cfg");
         fs::write(&main, "global\n  maxconn 10\n").unwrap();
-        let conf = t.0.join("conf.d");
+        let conf = t.path().join("conf.d");
         fs::create_dir(&conf).unwrap();
         fs::write(conf.join("20-b.cfg"), "global\n\n  master-worker\n").unwrap();
         fs::write(conf.join("10-a.cfg"), "global\n  master-worker\n").unwrap();
@@ -286,7 +286,7 @@ mod tests {
         assert!(!text.contains(".if"), "{text}");
 
         // A file haproxy cannot read is haproxy's to report.
-        let missing: Vec<OsString> = vec![t.0.join("missing.cfg").into(), main.clone().into()];
+        let missing: Vec<OsString> = vec![t.path().join("missing.cfg").into(), main.clone().into()];
         assert_eq!(find(&missing, None), None);
         assert_eq!(find(&[main.into()], None), None);
     }

@@ -971,8 +971,8 @@ mod tests {
 
     #[test]
     fn haproxy_lookup_prefers_path_then_fallback() {
-        let dir = std::env::temp_dir().join(format!("hapmaster-opt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::test_dir::temp_dir("opt");
+        let dir = tmp.path();
         let bin = dir.join("haproxy");
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -984,7 +984,6 @@ mod tests {
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(find_haproxy(Some(&path_var)), bin);
         assert_eq!(find_haproxy(None), PathBuf::from(FALLBACK_HAPROXY));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

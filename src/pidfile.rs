@@ -214,7 +214,7 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(dir)
@@ -227,12 +227,12 @@ mod tests {
 
     #[test]
     fn writes_pid_with_newline_and_mode_0644() {
-        let dir = TempDir::new("write");
-        let path = dir.0.join("haproxy.pid");
+        let dir = temp_dir("write");
+        let path = dir.path().join("haproxy.pid");
         let pf = PidFile::write(&path, 1234).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "1234\n");
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
-        assert_eq!(entries(&dir.0), vec!["haproxy.pid"]);
+        assert_eq!(entries(dir.path()), vec!["haproxy.pid"]);
         assert_eq!(pf.path(), path);
         pf.remove();
         assert!(!path.exists());
@@ -240,8 +240,8 @@ mod tests {
 
     #[test]
     fn replaces_an_existing_file_and_drop_removes() {
-        let dir = TempDir::new("replace");
-        let path = dir.0.join("p");
+        let dir = temp_dir("replace");
+        let path = dir.path().join("p");
         fs::write(&path, "999999\n").unwrap();
         {
             let _pf = PidFile::write(&path, 7).unwrap();
@@ -252,8 +252,8 @@ mod tests {
 
     #[test]
     fn removing_an_already_removed_file_is_fine() {
-        let dir = TempDir::new("gone");
-        let path = dir.0.join("p");
+        let dir = temp_dir("gone");
+        let path = dir.path().join("p");
         let pf = PidFile::write(&path, 7).unwrap();
         fs::remove_file(&path).unwrap();
         pf.remove();
@@ -261,19 +261,19 @@ mod tests {
 
     #[test]
     fn a_file_swapped_in_after_writing_is_not_removed() {
-        let dir = TempDir::new("swapped");
-        let path = dir.0.join("p");
+        let dir = temp_dir("swapped");
+        let path = dir.path().join("p");
         let pf = PidFile::write(&path, 8).unwrap();
-        fs::write(dir.0.join("other"), "not ours").unwrap();
-        fs::rename(dir.0.join("other"), &path).unwrap();
+        fs::write(dir.path().join("other"), "not ours").unwrap();
+        fs::rename(dir.path().join("other"), &path).unwrap();
         pf.remove();
         assert_eq!(fs::read_to_string(&path).unwrap(), "not ours");
     }
 
     #[test]
     fn a_file_rewritten_in_place_with_another_pid_is_not_removed() {
-        let dir = TempDir::new("rewritten");
-        let path = dir.0.join("p");
+        let dir = temp_dir("rewritten");
+        let path = dir.path().join("p");
         let pf = PidFile::write(&path, 8).unwrap();
         // Same inode, someone else's pid: no longer ours to remove.
         fs::write(&path, "9\n").unwrap();
@@ -283,8 +283,8 @@ mod tests {
 
     #[test]
     fn nothing_is_written_until_write() {
-        let dir = TempDir::new("deferred");
-        let path = dir.0.join("p");
+        let dir = temp_dir("deferred");
+        let path = dir.path().join("p");
         fs::write(&path, "77\n").unwrap();
         let at = PidPath::open(&path).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "77\n");
@@ -294,8 +294,8 @@ mod tests {
 
     #[test]
     fn adopt_takes_only_a_file_naming_our_pid() {
-        let dir = TempDir::new("adopt");
-        let path = dir.0.join("p");
+        let dir = temp_dir("adopt");
+        let path = dir.path().join("p");
         assert!(PidFile::adopt(&path, 5).is_none());
         fs::write(&path, "6\n").unwrap();
         assert!(PidFile::adopt(&path, 5).is_none());
@@ -309,14 +309,14 @@ mod tests {
     /// worker serves (where the rename over it fails with EISDIR and the start is undone).
     #[test]
     fn a_directory_at_the_path_is_refused_at_open() {
-        let dir = TempDir::new("isdir");
-        let path = dir.0.join("h.pid");
+        let dir = temp_dir("isdir");
+        let path = dir.path().join("h.pid");
         fs::create_dir(&path).unwrap();
         let e = PidPath::open(&path).unwrap_err();
         assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
         assert!(e.to_string().contains("directory"), "{e}");
         // A symlink to a directory is replaced by the rename, not written through: fine.
-        let link = dir.0.join("link.pid");
+        let link = dir.path().join("link.pid");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         PidPath::open(&link).unwrap();
     }
@@ -335,8 +335,8 @@ mod tests {
 
     #[test]
     fn relative_path_is_made_absolute() {
-        let dir = TempDir::new("rel");
-        let path = dir.0.join("p");
+        let dir = temp_dir("rel");
+        let path = dir.path().join("p");
         // Not changing the cwd (tests share it): a relative path that resolves to `path`.
         let cwd = std::env::current_dir().unwrap();
         let rel: PathBuf = cwd
@@ -352,8 +352,8 @@ mod tests {
 
     #[test]
     fn write_atomic_sets_exact_mode() {
-        let dir = TempDir::new("mode");
-        let path = dir.0.join("f");
+        let dir = temp_dir("mode");
+        let path = dir.path().join("f");
         write_atomic(&path, b"abc", 0o600).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::read(&path).unwrap(), b"abc");

@@ -5,7 +5,6 @@ use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
@@ -204,8 +203,8 @@ fn batch_larger_than_one_kernel_skb_round_trips() {
 #[test]
 fn fetch_sockets_connects_to_a_path() {
     let _serial = serial();
-    let dir = TempDir::new("path");
-    let path = dir.0.join("master.sock");
+    let dir = temp_dir("path");
+    let path = dir.path().join("master.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let fds = make_sockets(3);
     let records = make_records(3);
@@ -255,8 +254,8 @@ fn serve_after_the_caller_read_the_command() {
 #[test]
 fn connect_error_names_the_path() {
     let _serial = serial();
-    let dir = TempDir::new("missing");
-    let path = dir.0.join("nobody-listens.sock");
+    let dir = temp_dir("missing");
+    let path = dir.path().join("nobody-listens.sock");
     let err = fetch_sockets(&path, TIMEOUT).unwrap_err();
     assert!(matches!(err, FetchError::Connect { .. }), "{err:?}");
     let text = err.to_string();
@@ -807,23 +806,9 @@ fn bad_record_fails_before_anything_is_sent() {
     assert!(rest.is_empty());
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("hapmaster-fs-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("hapmaster-fs-{tag}-"))
+        .tempdir()
+        .unwrap()
 }

@@ -43,7 +43,7 @@ const USAGE: &str = "usage: reload-bench all|storm|ab|latency|handoff|crash|foot
                and 1000,10000; --quick: 1,100 and 100,1000)
   --storm-secs duration of each reload-storm run (default 60, --quick 1)
   --method     only this method (naive, haproxy-master, hapmaster); may be repeated
-  --keep       keep the configs and logs of every run (in /tmp/rbPID/N/) instead of removing them";
+  --keep       keep the configs and logs of every run (in /tmp/rbXXXXXX/N/) instead of removing them";
 
 struct Args {
     which: Vec<String>,
@@ -287,10 +287,8 @@ fn run() -> Result<bool, String> {
     if args.keep {
         eprintln!(
             "reload-bench: configs and logs of every run kept in {}",
-            env.root.display()
+            env.keep().display()
         );
-    } else {
-        let _ = fs::remove_dir_all(&env.root);
     }
     if errors.is_empty() {
         eprintln!("reload-bench: results in {}", results.display());

@@ -42,14 +42,21 @@ impl Method {
 pub struct Env {
     pub haproxy: PathBuf,
     pub hapmaster: PathBuf,
-    pub root: PathBuf,
+    /// `/tmp/rb<random>`: short, for the unix socket paths under it. Removed when dropped, unless
+    /// kept with [`Env::keep`].
+    root: tempfile::TempDir,
     runs: Cell<u32>,
 }
 
 impl Env {
     pub fn new(haproxy: PathBuf, hapmaster: PathBuf) -> Result<Env, String> {
-        let root = PathBuf::from(format!("/tmp/rb{}", std::process::id()));
-        fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::Builder::new()
+            .prefix("rb")
+            // As mkdir(2) makes it: 0777 less the umask.
+            .permissions(fs::Permissions::from_mode(0o777))
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("creating a directory in /tmp: {e}"))?;
         Ok(Env {
             haproxy,
             hapmaster,
@@ -58,11 +65,16 @@ impl Env {
         })
     }
 
+    /// Keeps the directory of every run (`--keep`) and says where it is.
+    pub fn keep(self) -> PathBuf {
+        self.root.keep()
+    }
+
     /// A fresh site: its own directory, loopback address and config with `ports` listeners.
     pub fn site(&self, ports: usize, maxconn: usize) -> Result<Site, String> {
         let n = self.runs.get();
         self.runs.set(n + 1);
-        let dir = self.root.join(n.to_string());
+        let dir = self.root.path().join(n.to_string());
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // 127.0.0.100 .. 127.0.0.254, then 127.0.1.x, ...: one address per run.
         let ip = Ipv4Addr::new(

@@ -16,6 +16,7 @@ use crate::control::command::{parse_request, shorten, split_line};
 use crate::handoff::fetch::FetchError;
 use crate::options::parse_duration;
 use crate::runtime_dir::{RuntimeDir, MASTER_SOCKET};
+use crate::unix_stream::{connect_unix, is_timeout};
 
 /// How long `hapmaster reload` waits for the whole answer by default: a reload waits for the new
 /// worker to be ready, which the master bounds by its own --ready-timeout.
@@ -446,8 +447,8 @@ impl std::error::Error for ClientError {
 /// haproxy's) answers every command of the line, then closes.
 pub fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = crate::handoff::fetch::connect_unix(path, timeout)
-        .map_err(|e| connect_error(path, e, is_privileged(line)))?;
+    let mut stream =
+        connect_unix(path, timeout).map_err(|e| connect_error(path, e, is_privileged(line)))?;
     let mut request = line.trim_end_matches(['\r', '\n']).to_string();
     request.push('\n');
     let send_error = |source| ClientError::Send {
@@ -518,13 +519,6 @@ fn left(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 fn connect_error(path: &Path, source: io::Error, privileged: bool) -> ClientError {
@@ -760,7 +754,7 @@ mod tests {
 
     #[test]
     fn getsocks_failures() {
-        use crate::handoff::fetch::Endpoint;
+        use crate::unix_stream::Endpoint;
         let path = Path::new("/run/haproxy/admin.sock");
         let peer = Endpoint::path(path);
         let (code, m) = getsocks_failure(path, &FetchError::NothingExported { peer: peer.clone() });
@@ -799,12 +793,12 @@ mod tests {
         assert!(m.contains("\"Unknown command, but maybe\""), "{m}");
     }
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     #[test]
     fn exchange_reads_until_close() {
-        let dir = TempDir::new("ex");
-        let path = dir.0.join("m.sock");
+        let dir = temp_dir("ex");
+        let path = dir.path().join("m.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let server = thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -822,8 +816,8 @@ mod tests {
 
     #[test]
     fn exchange_errors() {
-        let dir = TempDir::new("err");
-        let missing = dir.0.join("none.sock");
+        let dir = temp_dir("err");
+        let missing = dir.path().join("none.sock");
         let e = exchange(&missing, "reload", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e}");
         assert!(e.to_string().starts_with(&format!(
@@ -837,13 +831,13 @@ mod tests {
         );
 
         // A socket file nobody listens on.
-        let stale = dir.0.join("stale.sock");
+        let stale = dir.path().join("stale.sock");
         drop(UnixListener::bind(&stale).unwrap());
         let e = exchange(&stale, "reload", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e}");
 
         // A server that never answers: the timeout, with what arrived.
-        let slow = dir.0.join("slow.sock");
+        let slow = dir.path().join("slow.sock");
         let listener = UnixListener::bind(&slow).unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let server = thread::spawn(move || {

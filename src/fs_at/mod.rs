@@ -378,35 +378,38 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     use crate::test_dir::names;
 
     #[test]
     fn write_file_has_the_mode_and_leaves_no_temp() {
-        let t = TempDir::new("write");
-        let (dir, name) = Dir::parent_of(&t.0.join("x.pid")).unwrap();
+        let t = temp_dir("write");
+        let (dir, name) = Dir::parent_of(&t.path().join("x.pid")).unwrap();
         let id = dir.write_file(&name, b"42\n", 0o644).unwrap();
-        let meta = std::fs::metadata(t.0.join("x.pid")).unwrap();
+        let meta = std::fs::metadata(t.path().join("x.pid")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
         assert_eq!((meta.dev(), meta.ino()), (id.dev, id.ino));
-        assert_eq!(std::fs::read_to_string(t.0.join("x.pid")).unwrap(), "42\n");
-        assert_eq!(names(&t.0), ["x.pid"]);
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("x.pid")).unwrap(),
+            "42\n"
+        );
+        assert_eq!(names(t.path()), ["x.pid"]);
     }
 
     #[test]
     fn write_file_replaces_a_planted_symlink_not_its_target() {
-        let t = TempDir::new("symlink");
-        let target = t.0.join("precious");
+        let t = temp_dir("symlink");
+        let target = t.path().join("precious");
         std::fs::write(&target, "keep").unwrap();
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::symlink(&target, t.0.join("x.pid")).unwrap();
-        let (dir, name) = Dir::parent_of(&t.0.join("x.pid")).unwrap();
+        std::os::unix::fs::symlink(&target, t.path().join("x.pid")).unwrap();
+        let (dir, name) = Dir::parent_of(&t.path().join("x.pid")).unwrap();
         dir.write_file(&name, b"1\n", 0o644).unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
         let m = std::fs::metadata(&target).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o600);
-        assert!(!std::fs::symlink_metadata(t.0.join("x.pid"))
+        assert!(!std::fs::symlink_metadata(t.path().join("x.pid"))
             .unwrap()
             .file_type()
             .is_symlink());
@@ -414,14 +417,14 @@ mod tests {
 
     #[test]
     fn remove_if_leaves_a_replaced_file() {
-        let t = TempDir::new("remove");
-        let (dir, name) = Dir::parent_of(&t.0.join("f")).unwrap();
+        let t = temp_dir("remove");
+        let (dir, name) = Dir::parent_of(&t.path().join("f")).unwrap();
         let id = dir.write_file(&name, b"a", 0o600).unwrap();
         // Someone renames another file over ours.
-        std::fs::write(t.0.join("other"), "b").unwrap();
-        std::fs::rename(t.0.join("other"), t.0.join("f")).unwrap();
+        std::fs::write(t.path().join("other"), "b").unwrap();
+        std::fs::rename(t.path().join("other"), t.path().join("f")).unwrap();
         assert_eq!(dir.remove_if(&name, id).unwrap(), Removal::NotOurs);
-        assert_eq!(std::fs::read_to_string(t.0.join("f")).unwrap(), "b");
+        assert_eq!(std::fs::read_to_string(t.path().join("f")).unwrap(), "b");
         let id2 = dir.stat(&name).unwrap().map(|st| FileId::of(&st)).unwrap();
         assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Removed);
         assert_eq!(dir.remove_if(&name, id2).unwrap(), Removal::Missing);
@@ -429,8 +432,8 @@ mod tests {
 
     #[test]
     fn read_file_reads_a_regular_file_and_only_names_others() {
-        let t = TempDir::new("read");
-        let (dir, name) = Dir::parent_of(&t.0.join("f")).unwrap();
+        let t = temp_dir("read");
+        let (dir, name) = Dir::parent_of(&t.path().join("f")).unwrap();
         assert_eq!(dir.read_file(&name, 64).unwrap(), None);
         let id = dir.write_file(&name, b"1234\n", 0o644).unwrap();
         assert_eq!(
@@ -439,18 +442,18 @@ mod tests {
         );
         assert_eq!(dir.read_file(&name, 2).unwrap().unwrap().1, b"12");
         // A link is not followed, a FIFO not opened for a read that would block.
-        std::fs::write(t.0.join("target"), "secret").unwrap();
-        std::os::unix::fs::symlink(t.0.join("target"), t.0.join("link")).unwrap();
+        std::fs::write(t.path().join("target"), "secret").unwrap();
+        std::os::unix::fs::symlink(t.path().join("target"), t.path().join("link")).unwrap();
         let (_, link) = dir.read_file(OsStr::new("link"), 64).unwrap().unwrap();
         assert!(link.is_empty());
-        nix::unistd::mkfifo(&t.0.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        nix::unistd::mkfifo(&t.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let (_, fifo) = dir.read_file(OsStr::new("fifo"), 64).unwrap().unwrap();
         assert!(fifo.is_empty());
     }
 
     #[test]
     fn check_writable_passes_for_our_own_directory() {
-        let t = TempDir::new("writable");
-        Dir::open(&t.0).unwrap().check_writable().unwrap();
+        let t = temp_dir("writable");
+        Dir::open(t.path()).unwrap().check_writable().unwrap();
     }
 }

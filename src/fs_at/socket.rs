@@ -501,19 +501,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
-    use crate::test_dir::TempDir;
+    use crate::test_dir::temp_dir;
 
     use crate::test_dir::names;
 
     /// Both ways: through a private directory (no staging), and through a staging directory.
     #[test]
     fn bind_sets_mode_before_the_name_appears_replaces_stale_and_cleans_up() {
-        let t = TempDir::new("bind");
-        let stage_path = t.0.join("stage");
+        let t = temp_dir("bind");
+        let stage_path = t.path().join("stage");
         std::fs::create_dir(&stage_path).unwrap();
         let stage = Dir::open(&stage_path).unwrap();
         for (i, staging) in [None, Some(&stage)].into_iter().enumerate() {
-            let sock = t.0.join(format!("m{i}.sock"));
+            let sock = t.path().join(format!("m{i}.sock"));
             let (dir, name) = Dir::parent_of(&sock).unwrap();
             let (fd, id) = dir
                 .bind_unix(&name, 0o640, (None, None), 16, staging)
@@ -534,21 +534,24 @@ mod tests {
             assert_ne!(id, id2);
             std::os::unix::net::UnixStream::connect(&sock).unwrap();
         }
-        assert_eq!(names(&t.0), ["m0.sock", "m1.sock", "stage"]);
+        assert_eq!(names(t.path()), ["m0.sock", "m1.sock", "stage"]);
         assert!(names(&stage_path).is_empty(), "{:?}", names(&stage_path));
     }
 
     #[test]
     fn refuses_a_file_that_is_not_a_socket() {
-        let t = TempDir::new("notsock");
-        std::fs::write(t.0.join("m.sock"), "x").unwrap();
-        let (dir, name) = Dir::parent_of(&t.0.join("m.sock")).unwrap();
+        let t = temp_dir("notsock");
+        std::fs::write(t.path().join("m.sock"), "x").unwrap();
+        let (dir, name) = Dir::parent_of(&t.path().join("m.sock")).unwrap();
         assert!(matches!(
             dir.bind_unix(&name, 0o600, (None, None), 16, None),
             Err(BindError::NotASocket)
         ));
-        assert_eq!(std::fs::read_to_string(t.0.join("m.sock")).unwrap(), "x");
-        assert_eq!(names(&t.0), ["m.sock"]);
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("m.sock")).unwrap(),
+            "x"
+        );
+        assert_eq!(names(t.path()), ["m.sock"]);
     }
 
     #[test]
@@ -556,21 +559,24 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let t = TempDir::new("setgid");
-        std::os::unix::fs::chown(&t.0, None, Some(65534)).unwrap();
-        std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o2775)).unwrap();
-        let (dir, name) = Dir::parent_of(&t.0.join("m.sock")).unwrap();
+        let t = temp_dir("setgid");
+        std::os::unix::fs::chown(t.path(), None, Some(65534)).unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let (dir, name) = Dir::parent_of(&t.path().join("m.sock")).unwrap();
         let _s = dir.bind_unix(&name, 0o660, (None, None), 16, None).unwrap();
-        assert_eq!(std::fs::metadata(t.0.join("m.sock")).unwrap().gid(), 65534);
+        assert_eq!(
+            std::fs::metadata(t.path().join("m.sock")).unwrap().gid(),
+            65534
+        );
     }
 
     #[test]
     fn a_symlinked_parent_is_followed() {
-        let t = TempDir::new("link");
-        std::fs::create_dir(t.0.join("real")).unwrap();
-        std::os::unix::fs::symlink(t.0.join("real"), t.0.join("run")).unwrap();
-        let (dir, name) = Dir::parent_of(&t.0.join("run/m.sock")).unwrap();
+        let t = temp_dir("link");
+        std::fs::create_dir(t.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), t.path().join("run")).unwrap();
+        let (dir, name) = Dir::parent_of(&t.path().join("run/m.sock")).unwrap();
         let _s = dir.bind_unix(&name, 0o600, (None, None), 16, None).unwrap();
-        assert!(t.0.join("real/m.sock").exists());
+        assert!(t.path().join("real/m.sock").exists());
     }
 }

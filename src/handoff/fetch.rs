@@ -3,20 +3,19 @@
 //! The peer is a `stats socket ... expose-fd listeners` of an old worker. That worker answers on
 //! its traffic thread and blocks up to 1 s per ack, so this side reads and acks without delay.
 
-use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use std::time::Duration;
 
 use super::wire::{
     complete_prefix, decode_records, Record, WireError, MAX_FDS_ACCEPTED_PER_MESSAGE,
     MAX_RECORD_LEN,
+};
+use crate::unix_stream::{
+    connect_unix, is_disconnect, is_timeout, send_nosignal, timed_out, Deadline, Endpoint,
 };
 
 /// The command line a client sends, in one write.
@@ -29,9 +28,6 @@ pub const MAX_ANNOUNCED_FDS: usize = 1_000_000;
 /// How much of a text answer (instead of a socket count) is kept for the error.
 const MAX_TEXT_ANSWER: usize = 4096;
 
-/// Both sides of the protocol use a 1 s socket timeout per operation, as haproxy does.
-pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// A socket received from the peer, with the metadata record that came with it.
 #[derive(Debug)]
 pub struct ReceivedSocket {
@@ -39,41 +35,10 @@ pub struct ReceivedSocket {
     pub record: Record,
 }
 
-/// A human-readable name of one end of a unix stream socket, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint(String);
-
-impl Endpoint {
-    pub fn path(path: &Path) -> Endpoint {
-        Endpoint(path.display().to_string())
-    }
-
-    /// The peer's bound name: for a connection to a listener, the listener's path.
-    pub fn peer_of(stream: &UnixStream) -> Endpoint {
-        Endpoint::from_addr(stream.peer_addr())
-    }
-
-    pub fn local_of(stream: &UnixStream) -> Endpoint {
-        Endpoint::from_addr(stream.local_addr())
-    }
-
-    fn from_addr(addr: io::Result<std::os::unix::net::SocketAddr>) -> Endpoint {
-        let Ok(addr) = addr else {
-            return Endpoint("unix socket of unknown name".to_string());
-        };
-        if let Some(path) = addr.as_pathname() {
-            Endpoint::path(path)
-        } else if let Some(name) = addr.as_abstract_name() {
-            Endpoint(format!("@{}", name.escape_ascii()))
-        } else {
-            Endpoint("unnamed unix socket".to_string())
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// What the held set is built from (`HeldSet::from_received`).
+impl From<ReceivedSocket> for (OwnedFd, Record) {
+    fn from(socket: ReceivedSocket) -> (OwnedFd, Record) {
+        (socket.fd, socket.record)
     }
 }
 
@@ -336,77 +301,6 @@ fn connect(path: &Path, deadline: &Deadline) -> io::Result<UnixStream> {
     connect_unix(path, deadline.operation_timeout().ok_or_else(timed_out)?)
 }
 
-/// A unix stream connect bounded by `timeout`: Linux bounds a connect() that waits for backlog
-/// room by SO_SNDTIMEO (and reports EAGAIN when it runs out).
-pub(crate) fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    let addr = UnixAddr::new(path)?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let stream = UnixStream::from(fd);
-    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-    loop {
-        match socket::connect(stream.as_raw_fd(), &addr) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => return Err(timed_out()),
-            Err(errno) => return Err(errno.into()),
-            Ok(()) => return Ok(stream),
-        }
-    }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::from(io::ErrorKind::TimedOut)
-}
-
-/// The overall deadline of one conversation; each operation waits at most 1 s of it.
-pub(crate) struct Deadline {
-    end: Instant,
-    total: Duration,
-    /// The timeout `arm` last applied: what a timed-out operation actually waited.
-    armed: Cell<Option<Duration>>,
-}
-
-impl Deadline {
-    pub(crate) fn after(total: Duration) -> Deadline {
-        Deadline {
-            end: Instant::now() + total,
-            total,
-            armed: Cell::new(None),
-        }
-    }
-
-    pub(crate) fn total(&self) -> Duration {
-        self.total
-    }
-
-    /// How long the last armed operation could wait; what a socket timeout error means.
-    pub(crate) fn operation_waited(&self) -> Duration {
-        self.armed.get().unwrap_or(self.total)
-    }
-
-    /// `None` once the deadline has passed.
-    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
-        let left = self.end.checked_duration_since(Instant::now())?;
-        // A zero socket timeout means "forever": never let rounding produce one.
-        Some(left.min(OPERATION_TIMEOUT).max(Duration::from_millis(1)))
-    }
-
-    /// Applies the next operation's timeout to both directions of `stream`.
-    pub(crate) fn arm(&self, stream: &UnixStream) -> io::Result<bool> {
-        let Some(t) = self.operation_timeout() else {
-            return Ok(false);
-        };
-        stream.set_read_timeout(Some(t))?;
-        stream.set_write_timeout(Some(t))?;
-        self.armed.set(Some(t));
-        Ok(true)
-    }
-}
-
 /// What one `recvmsg` brought. The fds are owned from the moment the call returned.
 pub(crate) struct Received {
     pub(crate) bytes: usize,
@@ -495,17 +389,6 @@ unsafe fn take_fds(msg: &libc::msghdr) -> (Vec<OwnedFd>, Option<(i32, i32)>) {
     (fds, foreign)
 }
 
-/// `send` with MSG_NOSIGNAL so that a vanished peer is an EPIPE, not a SIGPIPE.
-pub(crate) fn send_nosignal(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match socket::send(sock.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(errno) => return Err(errno.into()),
-            Ok(n) => return Ok(n),
-        }
-    }
-}
-
 /// The first line of `text`, at most 120 characters of it and no control character, for an
 /// error message.
 fn first_line(text: &str) -> String {
@@ -519,20 +402,6 @@ fn first_line(text: &str) -> String {
 /// Printable ASCII and the whitespace a CLI answer contains.
 fn is_text_byte(b: u8) -> bool {
     b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-pub(crate) fn is_timeout(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-pub(crate) fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    )
 }
 
 struct Fetch<'a> {

@@ -3,14 +3,14 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use nix::sys::stat::{fstat, SFlag};
+use socket2::{SockAddr, SockRef};
 
-use super::fetch::ReceivedSocket;
 use super::wire::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,11 +47,17 @@ impl SocketInfo {
                 format!("fd {raw} is not a socket (st_mode {:o})", stat.st_mode),
             ));
         }
-        let (storage, len) = local_address(fd).map_err(|e| annotate(raw, "getsockname", e))?;
-        let (family, local, unix_path) = describe(&storage, len);
+        let sock = SockRef::from(&fd);
+        let address = sock
+            .local_addr()
+            .map_err(|e| annotate(raw, "getsockname", e))?;
+        let (family, local, unix_path) = describe(&address);
+        let sock_type = sock
+            .r#type()
+            .map_err(|e| annotate(raw, "getsockopt(SO_TYPE)", e))?;
         Ok(SocketInfo {
             family,
-            sock_type: sock_type(fd).map_err(|e| annotate(raw, "getsockopt(SO_TYPE)", e))?,
+            sock_type: sock_type.into(),
             local,
             unix_path,
             dev: stat.st_dev,
@@ -80,87 +86,31 @@ fn annotate(fd: i32, call: &str, err: io::Error) -> io::Error {
     io::Error::new(err.kind(), format!("{call} on fd {fd}: {err}"))
 }
 
-fn sock_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
-}
-
-/// `getsockname` into a `sockaddr_storage`: nix's typed accessors for inet need its `net`
-/// feature, which the crate does not enable.
-fn local_address(fd: BorrowedFd<'_>) -> io::Result<(libc::sockaddr_storage, usize)> {
-    // SAFETY: an all-zero sockaddr_storage is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((storage, len as usize))
-}
-
-fn describe(storage: &libc::sockaddr_storage, len: usize) -> (Family, String, Option<PathBuf>) {
-    let family = i32::from(storage.ss_family);
-    let base = (storage as *const libc::sockaddr_storage).cast::<u8>();
+fn describe(addr: &SockAddr) -> (Family, String, Option<PathBuf>) {
+    let family = i32::from(addr.family());
     match family {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in; storage is large and aligned enough.
-            let sin = unsafe { &*base.cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            let addr = SocketAddrV4::new(ip, u16::from_be(sin.sin_port));
-            (Family::Inet, addr.to_string(), None)
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6; storage is large and aligned enough.
-            let sin6 = unsafe { &*base.cast::<libc::sockaddr_in6>() };
-            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            let port = u16::from_be(sin6.sin6_port);
-            let addr = SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id);
-            (Family::Inet6, addr.to_string(), None)
-        }
-        libc::AF_UNIX => {
-            let offset = std::mem::size_of::<libc::sa_family_t>();
-            // SAFETY: the kernel wrote `len` bytes, at most the size of storage.
-            let all = unsafe { std::slice::from_raw_parts(base, len.min(128)) };
-            describe_unix(all.get(offset..).unwrap_or_default())
-        }
+        libc::AF_INET | libc::AF_INET6 => match addr.as_socket() {
+            Some(inet @ SocketAddr::V4(_)) => (Family::Inet, inet.to_string(), None),
+            Some(inet @ SocketAddr::V6(_)) => (Family::Inet6, inet.to_string(), None),
+            None => (Family::Other(family), format!("family {family}"), None),
+        },
+        libc::AF_UNIX => match (addr.as_abstract_namespace(), addr.as_pathname()) {
+            (Some(name), _) => (Family::Unix, abstract_name(name), None),
+            (None, Some(path)) => describe_path(path.as_os_str().as_bytes()),
+            (None, None) => (Family::Unix, String::new(), None),
+        },
         other => (Family::Other(other), format!("family {other}"), None),
     }
 }
 
-fn describe_unix(sun_path: &[u8]) -> (Family, String, Option<PathBuf>) {
-    match sun_path.first() {
-        None => (Family::Unix, String::new(), None),
-        Some(0) => (Family::Unix, abstract_name(&sun_path[1..]), None),
-        Some(_) => {
-            let end = sun_path
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(sun_path.len());
-            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&sun_path[..end]));
-            (Family::Unix, path.display().to_string(), Some(path))
-        }
-    }
+/// A bound path, up to its first NUL.
+fn describe_path(sun_path: &[u8]) -> (Family, String, Option<PathBuf>) {
+    let end = sun_path
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(sun_path.len());
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(&sun_path[..end]));
+    (Family::Unix, path.display().to_string(), Some(path))
 }
 
 /// haproxy binds `abns@` names with the whole `sun_path`, so they come back NUL-padded.
@@ -184,7 +134,8 @@ pub struct HeldSet {
 }
 
 impl HeldSet {
-    /// Builds the set from a fetch, in the order received.
+    /// Builds the set from (fd, record) pairs, in the order received (a fetch's
+    /// `ReceivedSocket`s convert into such pairs).
     ///
     /// Keeps the first of several copies of one socket (same dev and inode) and closes every
     /// socket for which `drop_if` is true (a worker's private stats socket).
@@ -192,13 +143,13 @@ impl HeldSet {
     /// Fails, closing everything received, if an fd is not a socket or cannot be described: a
     /// peer that sends such a thing is broken, and a set built from the rest would silently miss
     /// listeners (committing it would close the master's copies of them).
-    pub fn from_received(
-        received: Vec<ReceivedSocket>,
+    pub fn from_received<S: Into<(OwnedFd, Record)>>(
+        received: impl IntoIterator<Item = S>,
         drop_if: impl Fn(&SocketInfo) -> bool,
     ) -> io::Result<HeldSet> {
         let mut set = HeldSet::default();
         let mut seen = HashSet::new();
-        for (index, ReceivedSocket { fd, record }) in received.into_iter().enumerate() {
+        for (index, (fd, record)) in received.into_iter().map(Into::into).enumerate() {
             let info = SocketInfo::of(fd.as_fd())
                 .map_err(|e| io::Error::new(e.kind(), format!("received socket {index}: {e}")))?;
             if drop_if(&info) {
@@ -292,14 +243,12 @@ mod tests {
     use std::net::{TcpListener, UdpSocket};
     use std::os::unix::net::{UnixDatagram, UnixListener};
 
-    fn received(fd: OwnedFd, tag: u8) -> ReceivedSocket {
-        ReceivedSocket {
-            fd,
-            record: Record {
-                options: [tag, 0, 0, 0],
-                ..Record::default()
-            },
-        }
+    fn received(fd: OwnedFd, tag: u8) -> (OwnedFd, Record) {
+        let record = Record {
+            options: [tag, 0, 0, 0],
+            ..Record::default()
+        };
+        (fd, record)
     }
 
     fn temp_path(name: &str) -> PathBuf {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use nix::sys::socket::{self, ControlMessage, MsgFlags, UnixAddr};
 
-use super::fetch::{is_disconnect, is_timeout, send_nosignal, Deadline, Endpoint};
 use super::wire::{batch_ranges, encode_record, Record, WireError};
+use crate::unix_stream::{is_disconnect, is_timeout, send_nosignal, Deadline, Endpoint};
 
 /// Longest command line we read; `_getsocks\r\n` is 11 bytes.
 const MAX_COMMAND_LEN: usize = 64;

@@ -157,10 +157,9 @@ mod tests {
 
     #[test]
     fn finds_a_worker_by_its_fragment_and_not_others() {
-        let base = std::env::temp_dir().join(format!("hm-orphans-find-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&base);
-        let ours = base.join("rt");
-        let other = base.join("other");
+        let base = crate::test_dir::temp_dir("orphans-find");
+        let ours = base.path().join("rt");
+        let other = base.path().join("other");
         fs::create_dir_all(&ours).unwrap();
         fs::create_dir_all(&other).unwrap();
         // `sh -c 'read x' -db -f <dir>/worker-G.cfg` has a worker's command line as far as the
@@ -196,6 +195,5 @@ mod tests {
         assert!(!w.signal(&id, nix::sys::signal::Signal::SIGTERM).unwrap());
         b.kill().unwrap();
         b.wait().unwrap();
-        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use super::{Master, WorkerExtra};
 use crate::fdstore::FdStore;
-use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::{HeldSet, SocketInfo};
 use crate::handoff::wire::Record;
 use crate::notify::{monotonic_usec, Notifier};
@@ -116,10 +115,7 @@ impl Master<'_> {
                     if name.as_deref() == Some(crate::fdstore::fd_name(info.inode).as_str()) {
                         from_store.push(info.inode);
                     }
-                    received.push(ReceivedSocket {
-                        fd,
-                        record: Record::default(),
-                    });
+                    received.push((fd, Record::default()));
                 }
                 Err(e) => log::warn!("systemd passed an fd that is not a socket, closed: {e}"),
             }
@@ -139,14 +135,11 @@ impl Master<'_> {
 
     /// Takes over from the previous image after an upgrade in place.
     pub(super) fn resume(&mut self, snapshot: Snapshot) {
-        let received = snapshot
+        let received: Vec<(OwnedFd, Record)> = snapshot
             .held
             .into_iter()
             .filter_map(|h| match upgrade::adopt_fd(h.fd) {
-                Ok(fd) => Some(ReceivedSocket {
-                    fd,
-                    record: h.record,
-                }),
+                Ok(fd) => Some((fd, h.record)),
                 Err(e) => {
                     log::warn!("after the upgrade in place: {e}");
                     None

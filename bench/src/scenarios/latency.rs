@@ -1,0 +1,234 @@
+//! Scenario 2, reload latency: from the reload signal to the new worker answering.
+
+use std::fmt::Write as _;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{
+    load_footer, load_header, median, ms, percentile, secs, Plan, Section, Target, RELOAD_FAILED,
+};
+use crate::methods::{floor_once, Env, Method, Running, Site};
+use crate::procfs;
+use crate::svg;
+
+struct Lat {
+    ready: Vec<f64>,
+    newpid: Vec<f64>,
+}
+
+fn stats(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    format!(
+        "{:.1} / {:.1} / {:.1}",
+        percentile(v, 50.0),
+        percentile(v, 95.0),
+        percentile(v, 100.0)
+    )
+}
+
+fn measure_reloads(
+    env: &Env,
+    site: &Site,
+    method: Method,
+    n: usize,
+    timeout: Duration,
+) -> Result<Lat, String> {
+    let mut running = Running::start(method, env, site, timeout)?;
+    let mut lat = Lat {
+        ready: Vec::new(),
+        newpid: Vec::new(),
+    };
+    for i in 0..n {
+        let old = running.answering_pid()?;
+        let sent = running.reload()?;
+        let deadline = sent.at + timeout;
+        let mut newpid = None;
+        let mut ready = None;
+        let wants_ready = method != Method::Naive;
+        loop {
+            if newpid.is_none() {
+                if let Ok(r) = crate::load::get_once(site.addr, Duration::from_secs(1)) {
+                    if r.pid.is_some_and(|p| p != old) {
+                        newpid = Some(Instant::now() - sent.at);
+                    }
+                }
+            }
+            if wants_ready && ready.is_none() {
+                if let Some((t, d)) = running
+                    .notify
+                    .as_ref()
+                    .and_then(|n| n.ready_since(sent.notify_index))
+                {
+                    if let Some(status) = d
+                        .lines()
+                        .find_map(|l| l.strip_prefix("STATUS=Reload failed: "))
+                    {
+                        // A measured outcome, not an error of the benchmark.
+                        return Err(format!("{RELOAD_FAILED} (reload {i}): {status}"));
+                    }
+                    ready = Some(t - sent.at);
+                }
+            }
+            if newpid.is_some() && (ready.is_some() || !wants_ready) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} reload {i} on {} ports: no new worker within {timeout:?} (log {})",
+                    method.name(),
+                    site.ports,
+                    running.log_path().display()
+                ));
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(d) = ready {
+            lat.ready.push(ms(d));
+        }
+        if let Some(d) = newpid {
+            lat.newpid.push(ms(d));
+        }
+        // Let the old worker finish before the next reload (not measured).
+        let gone = Instant::now() + Duration::from_secs(20);
+        while procfs::alive(old) && Instant::now() < gone {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    running.stop()?;
+    Ok(lat)
+}
+
+pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, String> {
+    let mut md = String::from("### 2. Reload latency\n\n");
+    load_header(&mut md);
+    let _ = writeln!(
+        md,
+        "{} reloads per method and config, one after the other (the next starts when the old worker has exited), no load. \
+         `READY`: signal → `READY=1` on the NOTIFY_SOCKET (haproxy -Ws and hapmaster). \
+         `new pid answers`: signal (naive: start of `haproxy -D -p PID -sf OLD`) → first HTTP response from a process other than the old one \
+         (the config answers with `X-Pid: %pid`; a 1 ms probe loop). \
+         Floor: bare `haproxy -db` spawn → its first HTTP response, same config, {} starts. \
+         Ratio: the method's p50 (READY, or new-pid for naive) over the floor's p50. Figures in ms, p50 / p95 / max.\n",
+        plan.latency_reloads, plan.latency_reloads
+    );
+    md.push_str("| ports | method | READY p50 / p95 / max | new pid answers p50 / p95 / max | floor p50 / p95 / max | ratio (p50) |\n|---:|---|---|---|---|---:|\n");
+    let mut groups = Vec::new();
+    let mut targets = Vec::new();
+    let mut notes = Vec::new();
+    let mut errors = Vec::new();
+    for &ports in &plan.latency_ports {
+        let maxconn = 1000;
+        // Per process: haproxy needs 2 fds per connection plus one per listener (it sets its
+        // own soft limit to that), hapmaster one per listener plus a few.
+        let need = (2 * maxconn + ports + 500) as u64;
+        if need > nofile {
+            notes.push(format!(
+                "{ports} ports: skipped, RLIMIT_NOFILE can only be raised to {nofile} here \
+                 (hard limit, no CAP_SYS_RESOURCE) and haproxy needs about {need}"
+            ));
+            continue;
+        }
+        let site = env.site(ports, maxconn)?;
+        let timeout = secs(30.0 + ports as f64 / 100.0);
+        let mut floor = Vec::new();
+        for _ in 0..plan.latency_reloads {
+            match floor_once(env, &site, timeout) {
+                Ok(d) => floor.push(ms(d)),
+                Err(e) => {
+                    errors.push(format!("latency floor, {ports} ports: {e}"));
+                    break;
+                }
+            }
+        }
+        let floor_p50 = median(&floor);
+        let mut row = vec![floor_p50];
+        let mut p50s = Vec::new();
+        for method in plan.methods.clone() {
+            let lat = match measure_reloads(env, &site, method, plan.latency_reloads, timeout) {
+                Ok(lat) => lat,
+                Err(e) => {
+                    let _ = writeln!(
+                        md,
+                        "| {ports} | {} | **{}** | | | |",
+                        method.name(),
+                        e.replace('|', "/")
+                    );
+                    if e.starts_with(RELOAD_FAILED) {
+                        if method == Method::Hapmaster {
+                            targets.push(Target {
+                                target: format!("reload latency, {ports} ports"),
+                                measured: format!("no figure: {e}"),
+                                met: false,
+                            });
+                        }
+                    } else {
+                        errors.push(format!("latency {} {ports} ports: {e}", method.name()));
+                    }
+                    continue;
+                }
+            };
+            let primary = if method == Method::Naive {
+                &lat.newpid
+            } else {
+                &lat.ready
+            };
+            let p50 = median(primary);
+            p50s.push((method, p50, median(&lat.newpid)));
+            row.push(p50);
+            let _ = writeln!(
+                md,
+                "| {ports} | {} | {} | {} | {} | {:.2} |",
+                method.name(),
+                stats(&lat.ready),
+                stats(&lat.newpid),
+                stats(&floor),
+                p50 / floor_p50
+            );
+        }
+        let find = |m: Method| p50s.iter().find(|x| x.0 == m).map(|x| (x.1, x.2));
+        if let (Some((hm, hm_pid)), Some((hx, hx_pid))) =
+            (find(Method::Hapmaster), find(Method::HaproxyMaster))
+        {
+            targets.push(Target {
+                target: format!("reload latency ≤ 1.15 × floor, {ports} ports"),
+                measured: format!(
+                    "hapmaster p50 {hm:.1} ms, floor p50 {floor_p50:.1} ms: {:.2} ×",
+                    hm / floor_p50
+                ),
+                met: hm <= 1.15 * floor_p50,
+            });
+            targets.push(Target {
+                target: format!("reload latency below haproxy-master's, {ports} ports"),
+                measured: format!(
+                    "READY p50: hapmaster {hm:.1} ms, haproxy-master {hx:.1} ms; \
+                     new pid answers p50: {hm_pid:.1} vs {hx_pid:.1} ms"
+                ),
+                met: hm < hx,
+            });
+        }
+        groups.push((format!("{ports} ports"), row));
+    }
+    for n in &notes {
+        let _ = writeln!(md, "\n{n}");
+    }
+    load_footer(&mut md);
+    let svg = svg::bars(
+        "Reload latency, p50 (ms): floor = bare haproxy start to first response",
+        "ms",
+        &[
+            "floor",
+            "naive (new pid answers)",
+            "haproxy-master (READY)",
+            "hapmaster (READY)",
+        ],
+        &groups,
+    );
+    Ok(Section {
+        errors,
+        markdown: md,
+        svg: Some(("latency.svg".into(), svg)),
+        targets,
+    })
+}

@@ -1,0 +1,230 @@
+//! `-S <path>[,mode,<octal>][,uid,<n>][,gid,<n>][,user,<name>][,group,<name>]`: where a control
+//! socket is bound and who may connect to it, and binding it safely.
+//!
+//! Only unix sockets: an unauthenticated admin socket on the network is not offered.
+
+mod bind;
+mod parse;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::runtime_dir::SUN_PATH_MAX;
+pub use bind::bind;
+pub use parse::parse_spec;
+
+/// The mode a control socket gets unless `mode,<octal>` says otherwise.
+pub const DEFAULT_MODE: u32 = 0o600;
+
+/// Where to bind one control socket, and its owner and permissions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlSpec {
+    pub path: PathBuf,
+    /// Permission bits of the socket file; connecting needs write permission on it.
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl ControlSpec {
+    /// A socket at `path` with the default mode (0600) and owner.
+    pub fn new(path: PathBuf) -> ControlSpec {
+        ControlSpec {
+            path,
+            mode: DEFAULT_MODE,
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum SpecError {
+    Empty,
+    /// A network address (`ipv4@`, `ipv6@`, `host:port`, ...).
+    NetworkAddress {
+        arg: String,
+    },
+    /// `abns@name`: an abstract socket has no file permissions to protect it.
+    AbstractSocket {
+        arg: String,
+    },
+    RelativePath {
+        path: String,
+    },
+    /// A key without its value: options come in `key,value` pairs.
+    MissingValue {
+        key: String,
+    },
+    UnknownKey {
+        key: String,
+    },
+    /// `uid` and `user` (or `gid` and `group`, or a key twice) set the same thing.
+    Duplicate {
+        key: String,
+        earlier: String,
+    },
+    BadMode {
+        value: String,
+    },
+    BadId {
+        key: String,
+        value: String,
+    },
+    UnknownUser {
+        name: String,
+    },
+    UnknownGroup {
+        name: String,
+    },
+    Lookup {
+        key: String,
+        name: String,
+        source: io::Error,
+    },
+    TooLong {
+        path: PathBuf,
+        len: usize,
+    },
+    NotASocket {
+        path: PathBuf,
+    },
+    InUse {
+        path: PathBuf,
+    },
+    Inspect {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Bind {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Chmod {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
+    Chown {
+        path: PathBuf,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        source: io::Error,
+    },
+    Listen {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use SpecError::*;
+        match self {
+            Empty => f.write_str("-S needs a socket path, e.g. -S /run/haproxy-master.sock"),
+            NetworkAddress { arg } => write!(
+                f,
+                "-S {arg}: only unix sockets are supported (an admin socket on the network would \
+                 have no authentication); give an absolute path, e.g. -S /run/haproxy-master.sock"
+            ),
+            AbstractSocket { arg } => write!(
+                f,
+                "-S {arg}: abstract unix sockets have no file permissions to restrict who \
+                 connects; give an absolute path instead"
+            ),
+            RelativePath { path } => write!(
+                f,
+                "-S {path}: the socket path must be absolute (start with '/')"
+            ),
+            MissingValue { key } => write!(
+                f,
+                "-S option '{key}' has no value: options come in pairs, e.g. ,mode,600 or ,user,haproxy"
+            ),
+            UnknownKey { key } => write!(
+                f,
+                "-S option '{key}' is not supported; use mode, uid, gid, user or group"
+            ),
+            Duplicate { key, earlier } => write!(
+                f,
+                "-S option '{key}' sets what '{earlier}' already set; give it once"
+            ),
+            BadMode { value } => write!(
+                f,
+                "-S mode '{value}' is not an octal permission between 0 and 777, e.g. 600 or 660"
+            ),
+            BadId { key, value } => write!(
+                f,
+                "-S {key} '{value}' is not a number; use {key},<number> or {},<name>",
+                if key == "uid" { "user" } else { "group" }
+            ),
+            UnknownUser { name } => write!(f, "-S user '{name}': no such user"),
+            UnknownGroup { name } => write!(f, "-S group '{name}': no such group"),
+            Lookup { key, name, source } => {
+                write!(f, "-S {key} '{name}': cannot look it up: {source}")
+            }
+            TooLong { path, len } => write!(
+                f,
+                "control socket path {} is {len} bytes long, more than the {SUN_PATH_MAX} bytes a \
+                 unix socket path may have; choose a shorter one",
+                path.display()
+            ),
+            NotASocket { path } => write!(
+                f,
+                "{} exists and is not a socket; hapmaster will not remove it: remove it yourself \
+                 or choose another control socket path",
+                path.display()
+            ),
+            InUse { path } => write!(
+                f,
+                "another process is listening on {}; stop it (another hapmaster or haproxy -S?) \
+                 or choose another control socket path",
+                path.display()
+            ),
+            Inspect { path, source } => {
+                write!(f, "cannot inspect {}: {source}", path.display())
+            }
+            Bind { path, source } => write!(
+                f,
+                "cannot bind the control socket {}: {source}; check that its directory exists \
+                 and is writable",
+                path.display()
+            ),
+            Chmod { path, mode, source } => write!(
+                f,
+                "cannot set mode {mode:o} on {}: {source}",
+                path.display()
+            ),
+            Chown {
+                path,
+                uid,
+                gid,
+                source,
+            } => write!(
+                f,
+                "cannot give {} to uid {} gid {}: {source}; only root may give a file away",
+                path.display(),
+                uid.map_or("-".to_string(), |u| u.to_string()),
+                gid.map_or("-".to_string(), |g| g.to_string()),
+            ),
+            Listen { path, source } => {
+                write!(f, "cannot listen on {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        use SpecError::*;
+        match self {
+            Lookup { source, .. }
+            | Inspect { source, .. }
+            | Bind { source, .. }
+            | Chmod { source, .. }
+            | Chown { source, .. }
+            | Listen { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Plumbing of bounded exchanges on unix stream sockets, shared by both sides of `_getsocks`
+//! (handoff::fetch, handoff::serve) and the control client: a peer's name for errors, a
+//! conversation deadline, a connect and a send that cannot hang or raise SIGPIPE.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
+/// Both sides of the protocol use a 1 s socket timeout per operation, as haproxy does.
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A human-readable name of one end of a unix stream socket, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    pub fn path(path: &Path) -> Endpoint {
+        Endpoint(path.display().to_string())
+    }
+
+    /// The peer's bound name: for a connection to a listener, the listener's path.
+    pub fn peer_of(stream: &UnixStream) -> Endpoint {
+        Endpoint::from_addr(stream.peer_addr())
+    }
+
+    pub fn local_of(stream: &UnixStream) -> Endpoint {
+        Endpoint::from_addr(stream.local_addr())
+    }
+
+    fn from_addr(addr: io::Result<std::os::unix::net::SocketAddr>) -> Endpoint {
+        let Ok(addr) = addr else {
+            return Endpoint("unix socket of unknown name".to_string());
+        };
+        if let Some(path) = addr.as_pathname() {
+            Endpoint::path(path)
+        } else if let Some(name) = addr.as_abstract_name() {
+            Endpoint(format!("@{}", name.escape_ascii()))
+        } else {
+            Endpoint("unnamed unix socket".to_string())
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A unix stream connect bounded by `timeout`: Linux bounds a connect() that waits for backlog
+/// room by SO_SNDTIMEO (and reports EAGAIN when it runs out: an `ErrorKind::TimedOut` here).
+/// The stream is blocking and close-on-exec; its write timeout is left at `timeout`.
+pub fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let addr = UnixAddr::new(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let stream = UnixStream::from(fd);
+    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    loop {
+        match socket::connect(stream.as_raw_fd(), &addr) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Err(timed_out()),
+            Err(errno) => return Err(errno.into()),
+            Ok(()) => return Ok(stream),
+        }
+    }
+}
+
+pub(crate) fn timed_out() -> io::Error {
+    io::Error::from(io::ErrorKind::TimedOut)
+}
+
+/// The overall deadline of one conversation; each operation waits at most 1 s of it.
+pub(crate) struct Deadline {
+    end: Instant,
+    total: Duration,
+    /// The timeout `arm` last applied: what a timed-out operation actually waited.
+    armed: Cell<Option<Duration>>,
+}
+
+impl Deadline {
+    pub(crate) fn after(total: Duration) -> Deadline {
+        Deadline {
+            end: Instant::now() + total,
+            total,
+            armed: Cell::new(None),
+        }
+    }
+
+    pub(crate) fn total(&self) -> Duration {
+        self.total
+    }
+
+    /// How long the last armed operation could wait; what a socket timeout error means.
+    pub(crate) fn operation_waited(&self) -> Duration {
+        self.armed.get().unwrap_or(self.total)
+    }
+
+    /// `None` once the deadline has passed.
+    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
+        let left = self.end.checked_duration_since(Instant::now())?;
+        // A zero socket timeout means "forever": never let rounding produce one.
+        Some(left.min(OPERATION_TIMEOUT).max(Duration::from_millis(1)))
+    }
+
+    /// Applies the next operation's timeout to both directions of `stream`.
+    pub(crate) fn arm(&self, stream: &UnixStream) -> io::Result<bool> {
+        let Some(t) = self.operation_timeout() else {
+            return Ok(false);
+        };
+        stream.set_read_timeout(Some(t))?;
+        stream.set_write_timeout(Some(t))?;
+        self.armed.set(Some(t));
+        Ok(true)
+    }
+}
+
+/// `send` with MSG_NOSIGNAL so that a vanished peer is an EPIPE, not a SIGPIPE.
+pub(crate) fn send_nosignal(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match socket::send(sock.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+/// A socket timeout ran out (SO_RCVTIMEO/SO_SNDTIMEO report EAGAIN).
+pub(crate) fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The peer went away.
+pub(crate) fn is_disconnect(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,21 @@
+//! Configurations.
+
+/// The body every test frontend answers.
+pub const HELLO: &str = "hello from haproxy\n";
+
+/// A minimal haproxy config: one HTTP frontend with the given `bind` addresses answering 200 + [`HELLO`]
+/// itself (no backend). No `stats socket`: hapmaster adds its own.
+pub fn http_config(binds: &[String]) -> String {
+    let mut c = String::from(
+        "global\n    maxconn 4000\n\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\n\
+         frontend fe\n",
+    );
+    for b in binds {
+        c.push_str(&format!("    bind {b}\n"));
+    }
+    c.push_str(
+        "    http-request return status 200 content-type text/plain string \"hello from haproxy\\n\"\n",
+    );
+    c
+}
