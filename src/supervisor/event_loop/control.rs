@@ -240,7 +240,7 @@ impl Master<'_> {
                 .get(s.listener)
                 .map_or_else(|| "?".into(), |l| l.path.display().to_string())
         );
-        // Registered before the request: a reload that fails at once answers within `feed`.
+        // Registered before the request is decided, so a reload that fails at once is answered.
         let step = self.wait_for_reload(id, self.state.last_generation());
         self.request_reload(hard, &origin);
         step

@@ -202,7 +202,7 @@ impl Master<'_> {
         self.state = state;
         self.adopt_config_copies();
         for action in actions {
-            self.apply(action);
+            self.apply_action(action);
         }
         log::info!(
             "hapmaster {} took over after an upgrade in place: {} worker(s), {} listening socket(s)",

@@ -41,8 +41,10 @@ mod await_reload;
 mod control;
 mod handover;
 mod last_good;
+mod queue;
 
 use control::ControlListener;
+use queue::{EventQueue, Executor};
 
 /// What can keep the master from starting its loop at all.
 #[derive(Debug)]
@@ -122,6 +124,7 @@ pub fn run(
         opts,
         runtime,
         notifier,
+        events: EventQueue::default(),
         state: State::new(Policy {
             exit_on_failure: opts.exit_on_failure,
             max_old_workers: opts.max_old_workers,
@@ -157,10 +160,11 @@ pub fn run(
     match resume {
         None => {
             master.sweep_config_copies();
-            master.feed(Event::Boot)
+            master.push(Event::Boot)
         }
         Some(snapshot) => master.resume(snapshot),
     }
+    master.settle();
     while master.exit.is_none() {
         master.turn();
     }
@@ -200,6 +204,8 @@ struct Master<'a> {
     opts: &'a Options,
     runtime: &'a RuntimeDir,
     notifier: Option<&'a Notifier>,
+    /// Events observed and not yet decided.
+    events: EventQueue,
     state: State,
     signals: Signals,
     /// The master CLI: `master.sock` (also the `-x` target of new workers), then each `-S`.
@@ -315,10 +321,13 @@ impl Master<'_> {
                 Token::Output(pid) => self.outputs.drain(pid),
                 Token::Session(id) => self.on_session(id, revents),
             }
+            // What a client's command does next sees what an earlier signal changed.
+            self.settle();
         }
         let now = Instant::now();
         self.step_probe(now);
         self.fire_timers(now);
+        self.settle();
         self.expire_sessions(now);
         if self.upgrade_requested && self.state.is_settled() {
             self.upgrade_requested = false;
@@ -357,11 +366,11 @@ impl Master<'_> {
                 libc::SIGCHLD => self.reap(),
                 libc::SIGTERM | libc::SIGINT => {
                     log::info!("received {received}: stopping");
-                    self.feed(Event::StopRequested)
+                    self.push(Event::StopRequested)
                 }
                 libc::SIGUSR1 => {
                     log::info!("received {received}: soft stop");
-                    self.feed(Event::SoftStopRequested)
+                    self.push(Event::SoftStopRequested)
                 }
                 libc::SIGURG => {
                     if self.state.is_stopping() {
@@ -389,7 +398,7 @@ impl Master<'_> {
             ("reload", Event::ReloadRequested)
         };
         log::info!("{what} requested by {origin}");
-        self.feed(event)
+        self.push(event)
     }
 
     /// Every child, ours or an orphan handed to us as PID 1, is reaped here and only here.
@@ -401,7 +410,7 @@ impl Master<'_> {
                     if let Some(pid) = status.pid() {
                         let code = worker::exit_code(&status);
                         let status = worker::describe_wait_status(&status);
-                        self.feed(Event::WorkerExited {
+                        self.push(Event::WorkerExited {
                             pid: pid.as_raw(),
                             status,
                             code,
@@ -434,7 +443,7 @@ impl Master<'_> {
             Progress::TimedOut => {
                 let detail = probe.last_error().unwrap_or("no answer").to_string();
                 self.probe = None;
-                self.feed(Event::WorkerFailed {
+                self.push(Event::WorkerFailed {
                     pid,
                     reason: format!(
                         "not ready within {} ms ({detail}); raise --ready-timeout if it needs longer",
@@ -468,16 +477,16 @@ impl Master<'_> {
             Ok(set) => {
                 if let Err(e) = self.fire_first_ready(pid) {
                     // Dropping `set` closes the copies; the worker is stopped as a failed start.
-                    self.feed(Event::WorkerFailed {
+                    self.push(Event::WorkerFailed {
                         pid,
                         reason: format!("it is ready, but {e}"),
                     });
                     return;
                 }
                 self.fetched = Some((pid, set));
-                self.feed(Event::WorkerReady { pid });
+                self.push(Event::WorkerReady { pid });
             }
-            Err(e) => self.feed(Event::WorkerFailed {
+            Err(e) => self.push(Event::WorkerFailed {
                 pid,
                 reason: format!(
                     "could not take its listening sockets from {}: {e}",
@@ -508,26 +517,29 @@ impl Master<'_> {
             self.send_signal(pid, Signal::Kill);
         }
         for pid in take_due(&mut self.drain_deadlines, now) {
-            self.feed(Event::DrainDeadline { pid });
+            self.push(Event::DrainDeadline { pid });
         }
         if self.respawn_at.is_some_and(|at| at <= now) {
             self.respawn_at = None;
-            self.feed(Event::RespawnDue);
+            self.push(Event::RespawnDue);
         }
         if self.stop_deadline.is_some_and(|at| at <= now) {
             self.stop_deadline = None;
-            self.feed(Event::StopDeadline);
+            self.push(Event::StopDeadline);
         }
     }
 
-    fn feed(&mut self, event: Event) {
-        let actions = self.state.decide(event, Instant::now());
-        for action in actions {
-            self.apply(action);
-        }
+    /// Queued for `settle`: an event is never decided while actions are being carried out.
+    fn push(&mut self, event: Event) {
+        self.events.push(event);
     }
 
-    fn apply(&mut self, action: Action) {
+    /// Decides every queued event and carries out its actions (`queue::drain`).
+    fn settle(&mut self) {
+        queue::drain(self);
+    }
+
+    fn apply_action(&mut self, action: Action) {
         match action {
             Action::Spawn { generation, kind } => self.spawn(generation, kind),
             Action::CommitSockets { pid } => match self.fetched.take() {
@@ -615,7 +627,7 @@ impl Master<'_> {
         let fragment = match self.runtime.write_fragment(generation) {
             Ok(f) => f,
             Err(e) => {
-                self.feed(Event::SpawnFailed {
+                self.push(Event::SpawnFailed {
                     generation,
                     reason: e.to_string(),
                 });
@@ -668,7 +680,7 @@ impl Master<'_> {
                     Instant::now(),
                     self.opts.ready_timeout,
                 ));
-                self.feed(Event::Spawned { generation, pid });
+                self.push(Event::Spawned { generation, pid });
             }
             Err(e) => self.spawn_failed(generation, e.to_string()),
         }
@@ -678,7 +690,7 @@ impl Master<'_> {
     fn spawn_failed(&mut self, generation: u64, reason: String) {
         self.runtime.remove_worker_files(generation);
         self.config_forgotten(generation);
-        self.feed(Event::SpawnFailed { generation, reason });
+        self.push(Event::SpawnFailed { generation, reason });
     }
 
     /// Signals only children that have not been reaped: a reaped pid may already belong to
@@ -696,6 +708,20 @@ impl Master<'_> {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => log::warn!("cannot send {} to worker pid {pid}: {e}", sig.as_str()),
         }
+    }
+}
+
+impl Executor for Master<'_> {
+    fn queue(&mut self) -> &mut EventQueue {
+        &mut self.events
+    }
+
+    fn decide(&mut self, event: Event) -> Vec<Action> {
+        self.state.decide(event, Instant::now())
+    }
+
+    fn apply(&mut self, action: Action) {
+        self.apply_action(action);
     }
 }
 
