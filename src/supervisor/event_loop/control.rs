@@ -288,19 +288,13 @@ impl Master<'_> {
 
     /// What the worker of a reload that just ended said while starting, taken once.
     pub(super) fn startup_output(&mut self, generation: Generation, ready: bool) -> String {
-        let Some(pid) = self.generations.get(&generation).copied() else {
+        let Some((pid, record)) = self.workers.of_generation(generation) else {
             return String::new();
         };
         let bytes = if ready {
-            match self.last_startup.take() {
-                Some((p, out)) if p == pid => out,
-                other => {
-                    self.last_startup = other;
-                    Vec::new()
-                }
-            }
+            record.startup.take().unwrap_or_default()
         } else {
-            self.outputs.take_startup(pid)
+            record.output.take_startup(pid)
         };
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
         if !text.is_empty() && !text.ends_with('\n') {
@@ -388,7 +382,7 @@ impl Master<'_> {
         let mut current = Vec::new();
         let mut old = Vec::new();
         for w in self.state.workers() {
-            let extra = self.worker_extra.get(&w.pid);
+            let extra = self.workers.get(w.pid);
             let r = row(
                 w.pid,
                 "worker",

@@ -1,15 +1,18 @@
 //! The executor's side of what crosses a process boundary other than a reload: an upgrade in
 //! place (the master re-executes itself), sockets systemd passes at start, and systemd's fd store.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::{Master, WorkerExtra};
+use super::workers::WorkerRuntime;
+use super::Master;
 use crate::fdstore::FdStore;
 use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::{HeldSet, SocketInfo};
 use crate::handoff::wire::Record;
 use crate::notify::{monotonic_usec, Notifier};
+use crate::supervisor::output::Output;
 use crate::supervisor::state::{State, Worker};
 use crate::supervisor::upgrade::{
     self, instant_of_monotonic_usec, monotonic_usec_of, HeldSnapshot, MasterSnapshot, Snapshot,
@@ -37,7 +40,7 @@ impl Master<'_> {
             workers: workers
                 .into_iter()
                 .map(|w| {
-                    let extra = self.worker_extra.get(&w.pid);
+                    let extra = self.workers.get(w.pid);
                     WorkerSnapshot {
                         pid: w.pid,
                         generation: w.generation,
@@ -57,13 +60,13 @@ impl Master<'_> {
                 })
                 .collect(),
             outputs: self
-                .outputs
-                .fds()
-                .map(|(pid, fd)| (pid, fd.as_raw_fd()))
+                .workers
+                .iter()
+                .filter_map(|(pid, r)| r.output.fd().map(|fd| (pid, fd.as_raw_fd())))
                 .collect(),
         };
         let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
-        keep.extend(self.outputs.fds().map(|(_, fd)| fd));
+        keep.extend(self.workers.iter().filter_map(|(_, r)| r.output.fd()));
         keep.push(self.runtime.lock_fd());
         // SAFETY: the inherited fds stay open for the life of the process (nothing closes them).
         keep.extend(
@@ -160,9 +163,12 @@ impl Master<'_> {
             );
             HeldSet::default()
         });
+        let mut outputs = HashMap::new();
         for (pid, fd) in snapshot.outputs {
             match upgrade::adopt_fd(fd) {
-                Ok(fd) => self.outputs.adopt(pid, fd),
+                Ok(fd) => {
+                    outputs.insert(pid, Output::running(fd));
+                }
                 Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
             }
         }
@@ -176,13 +182,11 @@ impl Master<'_> {
         self.failed_reloads = snapshot.master.failed_reloads;
         let mut workers = Vec::with_capacity(snapshot.workers.len());
         for w in snapshot.workers {
-            self.worker_extra.insert(
-                w.pid,
-                WorkerExtra {
-                    version: w.version,
-                    reloads_at_spawn: w.reloads_at_spawn.min(self.reloads),
-                },
-            );
+            let output = outputs.remove(&w.pid).unwrap_or_else(Output::none);
+            let mut record =
+                WorkerRuntime::new(w.generation, output, w.reloads_at_spawn.min(self.reloads));
+            record.version = w.version;
+            self.workers.add(w.pid, record);
             workers.push(Worker {
                 pid: w.pid,
                 generation: w.generation,

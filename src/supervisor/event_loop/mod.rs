@@ -17,7 +17,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid as NixPid;
 
 use super::last_good::LastGood;
-use super::output::Outputs;
+use super::output::Output;
 use super::probe::{Probe, Progress};
 use super::sessions::Session;
 use super::signals;
@@ -42,9 +42,11 @@ mod control;
 mod handover;
 mod last_good;
 mod queue;
+mod workers;
 
 use control::ControlListener;
 use queue::{EventQueue, Executor};
+use workers::{WorkerRuntime, Workers};
 
 /// What can keep the master from starting its loop at all.
 #[derive(Debug)]
@@ -136,17 +138,12 @@ pub fn run(
         next_session: 0,
         held: HeldSet::default(),
         fdstore: FdStore::default(),
-        fetched: None,
-        probe: None,
         aborts: Vec::new(),
         drain_deadlines: Vec::new(),
         respawn_at: None,
         stop_deadline: None,
         exit: None,
-        outputs: Outputs::default(),
-        last_startup: None,
-        generations: HashMap::new(),
-        worker_extra: HashMap::new(),
+        workers: Workers::default(),
         reloads: 0,
         failed_reloads: 0,
         started: Instant::now(),
@@ -216,9 +213,6 @@ struct Master<'a> {
     held: HeldSet,
     /// systemd's copies of `held`.
     fdstore: FdStore,
-    /// Sockets fetched from a worker that just became ready, until the state commits them.
-    fetched: Option<(Pid, HeldSet)>,
-    probe: Option<Probe>,
     /// SIGKILL deadlines of workers that failed to start.
     aborts: Vec<(Pid, Instant)>,
     /// When draining workers hit `--drain-timeout`.
@@ -226,14 +220,8 @@ struct Master<'a> {
     respawn_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     exit: Option<i32>,
-    /// Workers' stderr pipes.
-    outputs: Outputs,
-    /// Start-up output of the worker that became ready last, until a reload answer takes it.
-    last_startup: Option<(Pid, Vec<u8>)>,
-    /// The pid of each live worker's generation.
-    generations: HashMap<u64, Pid>,
-    /// What `show proc` tells of each worker beyond the state.
-    worker_extra: HashMap<Pid, WorkerExtra>,
+    /// Everything the executor knows of each worker, beyond the state.
+    workers: Workers,
     /// Successful and failed reloads, as `show proc` counts them.
     reloads: u64,
     failed_reloads: u64,
@@ -247,11 +235,6 @@ struct Master<'a> {
     signal_reloads: await_reload::SignalReloads,
     /// Until the first worker is ready (fresh start only).
     first_ready: Option<FirstReady<'a>>,
-}
-
-struct WorkerExtra {
-    version: Option<String>,
-    reloads_at_spawn: u64,
 }
 
 /// What a polled fd belongs to.
@@ -277,13 +260,15 @@ impl Master<'_> {
                 fds.push(PollFd::new(l.listener.as_fd(), PollFlags::POLLIN));
             }
         }
-        if let Some(fd) = self.probe.as_ref().and_then(|p| p.poll_fd()) {
-            tokens.push(Token::Probe);
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        for (pid, fd) in self.outputs.fds() {
-            tokens.push(Token::Output(pid));
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        for (pid, record) in self.workers.iter() {
+            if let Some(fd) = record.probe.as_ref().and_then(Probe::poll_fd) {
+                tokens.push(Token::Probe);
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            if let Some(fd) = record.output.fd() {
+                tokens.push(Token::Output(pid));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
         }
         for (id, s) in &self.sessions {
             let mut flags = PollFlags::empty();
@@ -318,14 +303,18 @@ impl Master<'_> {
                 Token::Listener(i) => self.accept_clients(i),
                 // Stepped below in any case.
                 Token::Probe => {}
-                Token::Output(pid) => self.outputs.drain(pid),
+                Token::Output(pid) => {
+                    if let Some(record) = self.workers.get_mut(pid) {
+                        record.output.drain(pid);
+                    }
+                }
                 Token::Session(id) => self.on_session(id, revents),
             }
             // What a client's command does next sees what an earlier signal changed.
             self.settle();
         }
         let now = Instant::now();
-        self.step_probe(now);
+        self.step_probes(now);
         self.fire_timers(now);
         self.settle();
         self.expire_sessions(now);
@@ -339,7 +328,10 @@ impl Master<'_> {
     /// sub-millisecond remainder; no deadline at all means sleeping until an fd or signal wakes us.
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
         let deadlines = [
-            self.probe.as_ref().map(Probe::wakeup),
+            self.workers
+                .iter()
+                .filter_map(|(_, r)| r.probe.as_ref().map(Probe::wakeup))
+                .min(),
             self.aborts.iter().map(|(_, d)| *d).min(),
             self.drain_deadlines.iter().map(|(_, d)| *d).min(),
             self.respawn_at,
@@ -426,23 +418,35 @@ impl Master<'_> {
         }
     }
 
-    fn step_probe(&mut self, now: Instant) {
-        let Some(probe) = self.probe.as_mut() else {
+    fn step_probes(&mut self, now: Instant) {
+        let probing: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|(_, r)| r.probe.is_some())
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in probing {
+            self.step_probe(pid, now);
+        }
+    }
+
+    fn step_probe(&mut self, pid: Pid, now: Instant) {
+        let Some(record) = self.workers.get_mut(pid) else {
             return;
         };
-        let pid = probe.pid;
+        let Some(probe) = record.probe.as_mut() else {
+            return;
+        };
         match probe.step(now) {
             Progress::Waiting => {}
             Progress::Ready => {
-                if let (Some(v), Some(extra)) = (probe.version(), self.worker_extra.get_mut(&pid)) {
-                    extra.version = Some(v.to_string());
-                }
-                self.probe = None;
+                record.version = probe.version().map(str::to_string);
+                record.probe = None;
                 self.take_sockets_of(pid);
             }
             Progress::TimedOut => {
                 let detail = probe.last_error().unwrap_or("no answer").to_string();
-                self.probe = None;
+                record.probe = None;
                 self.push(Event::WorkerFailed {
                     pid,
                     reason: format!(
@@ -483,7 +487,9 @@ impl Master<'_> {
                     });
                     return;
                 }
-                self.fetched = Some((pid, set));
+                if let Some(record) = self.workers.get_mut(pid) {
+                    record.fetched = Some(set);
+                }
                 self.push(Event::WorkerReady { pid });
             }
             Err(e) => self.push(Event::WorkerFailed {
@@ -542,26 +548,11 @@ impl Master<'_> {
     fn apply_action(&mut self, action: Action) {
         match action {
             Action::Spawn { generation, kind } => self.spawn(generation, kind),
-            Action::CommitSockets { pid } => match self.fetched.take() {
-                Some((fetched_pid, set)) if fetched_pid == pid => {
-                    warn_rebound(&self.held, &set, pid);
-                    log::debug!(
-                        "holding {} listening sockets of worker pid {pid}",
-                        set.len()
-                    );
-                    // Dropping the previous set closes the copies the new worker did not take.
-                    self.held = set;
-                    self.sync_fdstore();
-                    // Ready: what it said while starting is kept for a waiting `reload` only.
-                    self.last_startup = Some((pid, self.outputs.take_startup(pid)));
-                    self.config_ready(pid);
-                }
-                other => self.fetched = other,
-            },
+            Action::CommitSockets { pid } => self.commit_sockets(pid),
             Action::Signal { pid, signal } => self.send_signal(pid, signal),
             Action::Abort { pid } => {
-                if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
-                    self.probe = None;
+                if let Some(record) = self.workers.get_mut(pid) {
+                    record.probe = None;
                 }
                 self.send_signal(pid, Signal::Terminate);
                 self.aborts.push((pid, Instant::now() + ABORT_GRACE));
@@ -569,20 +560,9 @@ impl Master<'_> {
             Action::Forget { pid, generation } => {
                 self.runtime.remove_worker_files(generation);
                 self.config_forgotten(generation);
-                self.outputs.forget(pid);
-                self.worker_extra.remove(&pid);
-                self.generations.remove(&generation);
-                if self.last_startup.as_ref().is_some_and(|(p, _)| *p == pid) {
-                    self.last_startup = None;
-                }
+                self.workers.forget(pid);
                 self.aborts.retain(|(p, _)| *p != pid);
                 self.drain_deadlines.retain(|(p, _)| *p != pid);
-                if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
-                    self.probe = None;
-                }
-                if self.fetched.as_ref().is_some_and(|(p, _)| *p == pid) {
-                    self.fetched = None;
-                }
             }
             Action::NotifyReady { status, first } => {
                 let mainpid = first.then(std::process::id);
@@ -613,6 +593,33 @@ impl Master<'_> {
                 self.answer_reloads(generation, reason.as_deref(), &startup);
             }
         }
+    }
+
+    /// The sockets fetched from worker `pid` become the held set.
+    fn commit_sockets(&mut self, pid: Pid) {
+        let Some(record) = self.workers.get_mut(pid) else {
+            return;
+        };
+        let Some(set) = record.fetched.take() else {
+            return;
+        };
+        // Ready: what it said while starting is kept for a waiting `reload` only.
+        let startup = record.output.take_startup(pid);
+        for (_, other) in self.workers.iter_mut() {
+            other.startup = None;
+        }
+        if let Some(record) = self.workers.get_mut(pid) {
+            record.startup = Some(startup);
+        }
+        warn_rebound(&self.held, &set, pid);
+        log::debug!(
+            "holding {} listening sockets of worker pid {pid}",
+            set.len()
+        );
+        // Dropping the previous set closes the copies the new worker did not take.
+        self.held = set;
+        self.sync_fdstore();
+        self.config_ready(pid);
     }
 
     fn notify(&self, send: impl FnOnce(&Notifier) -> io::Result<()>) {
@@ -665,21 +672,15 @@ impl Master<'_> {
         };
         match worker::spawn(&spec) {
             Ok((pid, stderr)) => {
-                self.outputs.add(pid, stderr);
-                self.worker_extra.insert(
-                    pid,
-                    WorkerExtra {
-                        version: None,
-                        reloads_at_spawn: self.reloads,
-                    },
-                );
-                self.generations.insert(generation, pid);
-                self.probe = Some(Probe::new(
+                let mut record =
+                    WorkerRuntime::new(generation, Output::starting(stderr), self.reloads);
+                record.probe = Some(Probe::new(
                     pid,
                     self.runtime.worker_socket(generation),
                     Instant::now(),
                     self.opts.ready_timeout,
                 ));
+                self.workers.add(pid, record);
                 self.push(Event::Spawned { generation, pid });
             }
             Err(e) => self.spawn_failed(generation, e.to_string()),
