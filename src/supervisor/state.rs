@@ -17,6 +17,9 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long workers get to exit after SIGTERM on a hard stop before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a worker stopped alone (it failed to start, drained too long, or one old worker too
+/// many) gets between SIGTERM and SIGKILL.
+pub const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a worker is being started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct Policy {
     pub exit_on_failure: bool,
     pub max_old_workers: usize,
     pub drain_timeout: Option<Duration>,
+    /// `--ready-timeout`: how long a starting worker has to answer.
+    pub ready_timeout: Duration,
 }
 
 impl Default for Policy {
@@ -66,6 +71,7 @@ impl Default for Policy {
             exit_on_failure: false,
             max_old_workers: 50,
             drain_timeout: None,
+            ready_timeout: crate::options::DEFAULT_READY_TIMEOUT,
         }
     }
 }
@@ -78,6 +84,32 @@ pub enum Signal {
     Terminate,
     /// SIGKILL.
     Kill,
+}
+
+/// A deadline the state machine set (`Action::Arm`) and decides about when it is due
+/// (`Event::Timer`): every escalation and every wait is one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// `--ready-timeout` of a starting worker.
+    Ready { pid: Pid },
+    /// SIGKILL for a worker sent SIGTERM alone (`Action::Abort`), after `ABORT_GRACE`.
+    Kill { pid: Pid },
+    /// `--drain-timeout` of a soft-stopped worker.
+    Drain { pid: Pid },
+    /// The crash-loop backoff is over: start the replacement.
+    Respawn,
+    /// `STOP_GRACE` after a hard stop's SIGTERM: SIGKILL whatever is left.
+    Stop,
+}
+
+impl Timer {
+    /// The worker the timer is about, if it is about one.
+    pub fn pid(&self) -> Option<Pid> {
+        match *self {
+            Timer::Ready { pid } | Timer::Kill { pid } | Timer::Drain { pid } => Some(pid),
+            Timer::Respawn | Timer::Stop => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,14 +149,12 @@ pub enum Event {
         status: String,
         code: i32,
     },
-    /// `Action::ArmDrainDeadline` has elapsed for this worker.
-    DrainDeadline {
-        pid: Pid,
+    /// A timer armed by `Action::Arm` is due. `detail` is what the executor knows of why the
+    /// awaited thing did not happen (for `Timer::Ready`: the readiness probe's last error).
+    Timer {
+        timer: Timer,
+        detail: Option<String>,
     },
-    /// The crash-loop backoff has elapsed.
-    RespawnDue,
-    /// The hard-stop grace has elapsed.
-    StopDeadline,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +171,8 @@ pub enum Action {
         pid: Pid,
         signal: Signal,
     },
-    /// Stop a worker that failed to start: SIGTERM now, SIGKILL after a grace period.
+    /// Stop a worker alone: end its readiness probe, SIGTERM it. (The state arms its
+    /// `Timer::Kill` alongside.)
     Abort {
         pid: Pid,
     },
@@ -163,18 +194,10 @@ pub enum Action {
     NotifyStopping {
         status: String,
     },
-    /// Feed `Event::RespawnDue` after this delay.
-    ScheduleRespawn {
-        after: Duration,
-    },
-    /// Feed `Event::StopDeadline` after this delay.
-    ArmStopDeadline {
-        after: Duration,
-    },
-    /// Feed `Event::DrainDeadline { pid }` after this delay.
-    ArmDrainDeadline {
-        pid: Pid,
-        after: Duration,
+    /// Push `Event::Timer { timer, .. }` at `at`; arming an armed timer moves it.
+    Arm {
+        at: Instant,
+        timer: Timer,
     },
     Log {
         level: log::Level,
@@ -221,6 +244,8 @@ pub struct State {
     crash_streak: u32,
     exit_code: i32,
     exited: bool,
+    /// The time of the event being decided: timers are armed relative to it.
+    now: Instant,
 }
 
 impl Default for State {
@@ -244,6 +269,7 @@ impl State {
             crash_streak: 0,
             exit_code: 0,
             exited: false,
+            now: Instant::now(),
         }
     }
 }
@@ -259,6 +285,15 @@ pub fn backoff(streak: u32) -> Duration {
 
 fn log(level: log::Level, message: String) -> Action {
     Action::Log { level, message }
+}
+
+/// SIGTERM now, SIGKILL if it has not exited `ABORT_GRACE` later.
+fn abort(pid: Pid, now: Instant, out: &mut Vec<Action>) {
+    out.push(Action::Abort { pid });
+    out.push(Action::Arm {
+        at: now + ABORT_GRACE,
+        timer: Timer::Kill { pid },
+    });
 }
 
 impl State {
@@ -309,20 +344,23 @@ impl State {
         current: Option<Pid>,
         next_generation: Generation,
         crash_streak: u32,
+        now: Instant,
     ) -> (State, Vec<Action>) {
         let mut state = State::new(policy);
+        state.now = now;
         state.next_generation = next_generation;
         state.crash_streak = crash_streak;
         state.current = current.filter(|pid| workers.iter().any(|w| w.pid == *pid));
         let mut out = Vec::new();
         for w in workers {
             match w.role {
-                Role::Failed | Role::Terminating | Role::Starting => {
-                    out.push(Action::Abort { pid: w.pid })
-                }
+                Role::Failed | Role::Terminating | Role::Starting => abort(w.pid, now, &mut out),
                 Role::Draining => {
                     if let Some(after) = policy.drain_timeout {
-                        out.push(Action::ArmDrainDeadline { pid: w.pid, after });
+                        out.push(Action::Arm {
+                            at: now + after,
+                            timer: Timer::Drain { pid: w.pid },
+                        });
                     }
                 }
                 Role::Current => {}
@@ -340,6 +378,7 @@ impl State {
         if self.exited {
             return Vec::new();
         }
+        self.now = now;
         let mut out = Vec::new();
         match event {
             Event::Boot => self.start(StartKind::Initial, &mut out),
@@ -354,26 +393,48 @@ impl State {
                 }
             }
             Event::WorkerReady { pid } => self.on_ready(pid, &mut out),
-            Event::WorkerFailed { pid, reason } => {
-                if self.starting_pid() == Some(pid) {
-                    if let Some(w) = self.workers.get_mut(&pid) {
-                        w.role = Role::Failed;
-                    }
-                    out.push(Action::Abort { pid });
-                    self.on_start_failed(Some(pid), reason, &mut out);
-                }
-            }
+            Event::WorkerFailed { pid, reason } => self.on_failed(pid, reason, &mut out),
             Event::WorkerExited { pid, status, code } => {
                 self.on_exited(pid, status, code, now, &mut out)
             }
-            Event::DrainDeadline { pid } => self.on_drain_deadline(pid, &mut out),
-            Event::RespawnDue => {
-                self.respawn_scheduled = false;
-                if self.stopping.is_none() && self.pending.is_none() && self.current.is_none() {
-                    self.start(StartKind::Replace, &mut out);
+            Event::Timer { timer, detail } => self.on_timer(timer, detail, &mut out),
+        }
+        out
+    }
+
+    fn on_timer(&mut self, timer: Timer, detail: Option<String>, out: &mut Vec<Action>) {
+        match timer {
+            Timer::Ready { pid } => {
+                let reason = format!(
+                    "not ready within {} ms ({}); raise --ready-timeout if it needs longer",
+                    self.policy.ready_timeout.as_millis(),
+                    detail.as_deref().unwrap_or("no answer")
+                );
+                self.on_failed(pid, reason, out)
+            }
+            Timer::Kill { pid } => {
+                if self.workers.contains_key(&pid) {
+                    out.push(log(
+                        log::Level::Warn,
+                        format!(
+                            "worker pid {pid} did not exit {} s after SIGTERM: SIGKILL",
+                            ABORT_GRACE.as_secs()
+                        ),
+                    ));
+                    out.push(Action::Signal {
+                        pid,
+                        signal: Signal::Kill,
+                    });
                 }
             }
-            Event::StopDeadline => {
+            Timer::Drain { pid } => self.on_drain_deadline(pid, out),
+            Timer::Respawn => {
+                self.respawn_scheduled = false;
+                if self.stopping.is_none() && self.pending.is_none() && self.current.is_none() {
+                    self.start(StartKind::Replace, out);
+                }
+            }
+            Timer::Stop => {
                 for pid in self.workers.keys() {
                     out.push(Action::Signal {
                         pid: *pid,
@@ -391,7 +452,17 @@ impl State {
                 }
             }
         }
-        out
+    }
+
+    /// The worker starting is alive but will not be ready (no answer in time, handoff error).
+    fn on_failed(&mut self, pid: Pid, reason: String, out: &mut Vec<Action>) {
+        if self.starting_pid() == Some(pid) {
+            if let Some(w) = self.workers.get_mut(&pid) {
+                w.role = Role::Failed;
+            }
+            abort(pid, self.now, out);
+            self.on_start_failed(Some(pid), reason, out);
+        }
     }
 
     fn start(&mut self, kind: StartKind, out: &mut Vec<Action>) {
@@ -459,6 +530,10 @@ impl State {
             log::Level::Info,
             format!("worker pid {pid} (generation {generation}) started"),
         ));
+        out.push(Action::Arm {
+            at: now + self.policy.ready_timeout,
+            timer: Timer::Ready { pid },
+        });
     }
 
     /// The generation most recently allocated: a reload requested now is answered by the first
@@ -492,6 +567,7 @@ impl State {
             w.role = Role::Current;
         }
         out.push(Action::CommitSockets { pid });
+        let now = self.now;
         // Every older worker that still serves gets soft-stopped, not only the last current one: a
         // replacement raced by a reload may have left more than one.
         for w in self.workers.values_mut() {
@@ -500,7 +576,7 @@ impl State {
             }
             if pending.hard {
                 w.role = Role::Terminating;
-                out.push(Action::Abort { pid: w.pid });
+                abort(w.pid, now, out);
                 continue;
             }
             w.role = Role::Draining;
@@ -509,7 +585,10 @@ impl State {
                 signal: Signal::SoftStop,
             });
             if let Some(after) = self.policy.drain_timeout {
-                out.push(Action::ArmDrainDeadline { pid: w.pid, after });
+                out.push(Action::Arm {
+                    at: now + after,
+                    timer: Timer::Drain { pid: w.pid },
+                });
             }
         }
         self.limit_old_workers(out);
@@ -589,7 +668,7 @@ impl State {
                 w.generation
             ),
         ));
-        out.push(Action::Abort { pid });
+        abort(pid, self.now, out);
     }
 
     fn run_queued_reload(&mut self, out: &mut Vec<Action>) {
@@ -676,7 +755,10 @@ impl State {
                     after.as_millis()
                 ),
             ));
-            out.push(Action::ScheduleRespawn { after });
+            out.push(Action::Arm {
+                at: self.now + after,
+                timer: Timer::Respawn,
+            });
         }
     }
 
@@ -835,7 +917,10 @@ impl State {
             out.push(Action::Signal { pid: w.pid, signal });
         }
         if how == Stopping::Hard {
-            out.push(Action::ArmStopDeadline { after: STOP_GRACE });
+            out.push(Action::Arm {
+                at: self.now + STOP_GRACE,
+                timer: Timer::Stop,
+            });
         }
         if self.workers.is_empty() {
             self.exited = true;
@@ -852,6 +937,13 @@ mod tests {
 
     fn has(actions: &[Action], pred: impl Fn(&Action) -> bool) -> bool {
         actions.iter().any(pred)
+    }
+
+    fn fired(timer: Timer) -> Event {
+        Event::Timer {
+            timer,
+            detail: None,
+        }
     }
 
     fn spawn_gen(actions: &[Action]) -> Option<Generation> {
@@ -1056,11 +1148,12 @@ mod tests {
             t,
         );
         assert!(has(&a, |a| *a
-            == Action::ScheduleRespawn {
-                after: Duration::from_millis(100)
+            == Action::Arm {
+                at: t + Duration::from_millis(100),
+                timer: Timer::Respawn
             }));
         assert!(spawn_gen(&a).is_none());
-        let a = s.decide(Event::RespawnDue, t);
+        let a = s.decide(fired(Timer::Respawn), t);
         assert!(spawn_gen(&a).is_some());
     }
 
@@ -1147,7 +1240,11 @@ mod tests {
                 pid: 11,
                 signal: Signal::Terminate
             }));
-        assert!(has(&a, |a| matches!(a, Action::ArmStopDeadline { .. })));
+        assert!(has(&a, |a| *a
+            == Action::Arm {
+                at: t + STOP_GRACE,
+                timer: Timer::Stop
+            }));
         let a = s.decide(
             Event::WorkerExited {
                 pid: 11,
@@ -1160,7 +1257,7 @@ mod tests {
             a,
             Action::Exit { .. } | Action::Spawn { .. }
         )));
-        let a = s.decide(Event::StopDeadline, t);
+        let a = s.decide(fired(Timer::Stop), t);
         assert_eq!(
             a[0],
             Action::Signal {
@@ -1190,7 +1287,7 @@ mod tests {
                 pid: 10,
                 signal: Signal::SoftStop
             }));
-        assert!(!has(&a, |a| matches!(a, Action::ArmStopDeadline { .. })));
+        assert!(!has(&a, |a| matches!(a, Action::Arm { .. })));
         let a = s.decide(Event::StopRequested, t);
         assert!(has(&a, |a| *a
             == Action::Signal {
@@ -1356,16 +1453,97 @@ mod tests {
         let mut s = running_with(policy, 10, t);
         let a = reload_to(&mut s, 11, t);
         assert!(has(&a, |a| *a
-            == Action::ArmDrainDeadline {
-                pid: 10,
-                after: Duration::from_secs(30)
+            == Action::Arm {
+                at: t + Duration::from_secs(30),
+                timer: Timer::Drain { pid: 10 }
             }));
-        let a = s.decide(Event::DrainDeadline { pid: 10 }, t);
+        let a = s.decide(fired(Timer::Drain { pid: 10 }), t);
         assert!(has(&a, |a| *a == Action::Abort { pid: 10 }), "{a:?}");
         // Once gone, its deadline means nothing; nor does one for the current worker.
         s.decide(exited(10, 0), t);
-        assert!(s.decide(Event::DrainDeadline { pid: 10 }, t).is_empty());
-        assert!(s.decide(Event::DrainDeadline { pid: 11 }, t).is_empty());
+        assert!(s.decide(fired(Timer::Drain { pid: 10 }), t).is_empty());
+        assert!(s.decide(fired(Timer::Drain { pid: 11 }), t).is_empty());
+    }
+
+    #[test]
+    fn a_starting_worker_not_ready_in_time_fails_with_the_probe_detail() {
+        let t = Instant::now();
+        let policy = Policy {
+            ready_timeout: Duration::from_secs(3),
+            ..Policy::default()
+        };
+        let mut s = running_with(policy, 10, t);
+        let a = s.decide(Event::ReloadRequested, t);
+        let generation = spawn_gen(&a).unwrap();
+        let a = s.decide(
+            Event::Spawned {
+                generation,
+                pid: 11,
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a
+            == Action::Arm {
+                at: t + Duration::from_secs(3),
+                timer: Timer::Ready { pid: 11 }
+            }));
+        let later = t + Duration::from_secs(3);
+        let a = s.decide(
+            Event::Timer {
+                timer: Timer::Ready { pid: 11 },
+                detail: Some("connection refused".into()),
+            },
+            later,
+        );
+        assert!(has(&a, |a| *a == Action::Abort { pid: 11 }), "{a:?}");
+        assert!(has(&a, |a| *a
+            == Action::Arm {
+                at: later + ABORT_GRACE,
+                timer: Timer::Kill { pid: 11 }
+            }));
+        let (_, reason) = reload_done(&a).unwrap();
+        assert_eq!(
+            reason.as_deref(),
+            Some(
+                "not ready within 3000 ms (connection refused); raise --ready-timeout if it \
+                 needs longer"
+            )
+        );
+        assert_eq!(s.current().unwrap().pid, 10);
+        // A worker that became ready in time ignores its timer.
+        let mut s = running_with(policy, 10, t);
+        assert!(s.decide(fired(Timer::Ready { pid: 10 }), later).is_empty());
+    }
+
+    #[test]
+    fn an_aborted_worker_that_lingers_is_killed_and_a_gone_one_is_not() {
+        let t = Instant::now();
+        let mut s = running(10, t);
+        start_reload(&mut s, 11, t);
+        let a = s.decide(
+            Event::WorkerFailed {
+                pid: 11,
+                reason: "handoff".into(),
+            },
+            t,
+        );
+        assert!(has(&a, |a| *a
+            == Action::Arm {
+                at: t + ABORT_GRACE,
+                timer: Timer::Kill { pid: 11 }
+            }));
+        let a = s.decide(fired(Timer::Kill { pid: 11 }), t + ABORT_GRACE);
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid: 11,
+                signal: Signal::Kill
+            }));
+        assert!(
+            logs(&a)[0].contains("did not exit 5 s after SIGTERM"),
+            "{a:?}"
+        );
+        s.decide(exited(11, 137), t);
+        assert!(s.decide(fired(Timer::Kill { pid: 11 }), t).is_empty());
     }
 
     fn reload_done(actions: &[Action]) -> Option<(Generation, Option<String>)> {
@@ -1500,7 +1678,7 @@ mod tests {
         all.extend(s.decide(exited(11, 9), t));
         all.extend(s.decide(exited(10, 0), t));
         all.extend(s.decide(Event::StopRequested, t));
-        all.extend(s.decide(Event::StopDeadline, t));
+        all.extend(s.decide(fired(Timer::Stop), t));
         let logs = logs(&all);
         assert!(logs.len() >= 6, "{all:?}");
         for line in logs {

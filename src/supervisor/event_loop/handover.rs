@@ -202,6 +202,7 @@ impl Master<'_> {
             snapshot.current,
             snapshot.next_generation,
             snapshot.crash_streak,
+            Instant::now(),
         );
         self.state = state;
         self.adopt_config_copies();

@@ -22,7 +22,7 @@ use super::probe::{Probe, Progress};
 use super::sessions::Session;
 use super::signals;
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Policy, Signal, StartKind, State};
+use super::state::{Action, Event, Pid, Policy, Signal, StartKind, State, Timer};
 use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, WorkerSpec};
 use crate::fdstore::FdStore;
@@ -32,8 +32,6 @@ use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
 
-/// A worker that failed to start gets this long between SIGTERM and SIGKILL.
-const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// Bound on one `_getsocks` exchange with a worker, either direction.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,10 +40,12 @@ mod control;
 mod handover;
 mod last_good;
 mod queue;
+mod timers;
 mod workers;
 
 use control::ControlListener;
 use queue::{EventQueue, Executor};
+use timers::Timers;
 use workers::{WorkerRuntime, Workers};
 
 /// What can keep the master from starting its loop at all.
@@ -131,6 +131,7 @@ pub fn run(
             exit_on_failure: opts.exit_on_failure,
             max_old_workers: opts.max_old_workers,
             drain_timeout: opts.drain_timeout,
+            ready_timeout: opts.ready_timeout,
         }),
         signals,
         listeners,
@@ -138,10 +139,7 @@ pub fn run(
         next_session: 0,
         held: HeldSet::default(),
         fdstore: FdStore::default(),
-        aborts: Vec::new(),
-        drain_deadlines: Vec::new(),
-        respawn_at: None,
-        stop_deadline: None,
+        timers: Timers::default(),
         exit: None,
         workers: Workers::default(),
         reloads: 0,
@@ -213,12 +211,8 @@ struct Master<'a> {
     held: HeldSet,
     /// systemd's copies of `held`.
     fdstore: FdStore,
-    /// SIGKILL deadlines of workers that failed to start.
-    aborts: Vec<(Pid, Instant)>,
-    /// When draining workers hit `--drain-timeout`.
-    drain_deadlines: Vec<(Pid, Instant)>,
-    respawn_at: Option<Instant>,
-    stop_deadline: Option<Instant>,
+    /// Every deadline the state armed.
+    timers: Timers,
     exit: Option<i32>,
     /// Everything the executor knows of each worker, beyond the state.
     workers: Workers,
@@ -330,12 +324,9 @@ impl Master<'_> {
         let deadlines = [
             self.workers
                 .iter()
-                .filter_map(|(_, r)| r.probe.as_ref().map(Probe::wakeup))
+                .filter_map(|(_, r)| r.probe.as_ref().and_then(Probe::wakeup))
                 .min(),
-            self.aborts.iter().map(|(_, d)| *d).min(),
-            self.drain_deadlines.iter().map(|(_, d)| *d).min(),
-            self.respawn_at,
-            self.stop_deadline,
+            self.timers.earliest(),
             self.sessions
                 .values()
                 .filter(|s| s.awaiting_reload.is_none())
@@ -444,17 +435,6 @@ impl Master<'_> {
                 record.probe = None;
                 self.take_sockets_of(pid);
             }
-            Progress::TimedOut => {
-                let detail = probe.last_error().unwrap_or("no answer").to_string();
-                record.probe = None;
-                self.push(Event::WorkerFailed {
-                    pid,
-                    reason: format!(
-                        "not ready within {} ms ({detail}); raise --ready-timeout if it needs longer",
-                        self.opts.ready_timeout.as_millis()
-                    ),
-                });
-            }
         }
     }
 
@@ -514,24 +494,19 @@ impl Master<'_> {
         }
     }
 
+    /// Due timers become events; what each means is the state's to decide.
     fn fire_timers(&mut self, now: Instant) {
-        for pid in take_due(&mut self.aborts, now) {
-            log::warn!(
-                "worker pid {pid} did not exit {} s after SIGTERM: SIGKILL",
-                ABORT_GRACE.as_secs()
-            );
-            self.send_signal(pid, Signal::Kill);
-        }
-        for pid in take_due(&mut self.drain_deadlines, now) {
-            self.push(Event::DrainDeadline { pid });
-        }
-        if self.respawn_at.is_some_and(|at| at <= now) {
-            self.respawn_at = None;
-            self.push(Event::RespawnDue);
-        }
-        if self.stop_deadline.is_some_and(|at| at <= now) {
-            self.stop_deadline = None;
-            self.push(Event::StopDeadline);
+        for timer in self.timers.take_due(now) {
+            let detail = match timer {
+                Timer::Ready { pid } => self
+                    .workers
+                    .get(pid)
+                    .and_then(|r| r.probe.as_ref())
+                    .and_then(|p| p.last_error())
+                    .map(str::to_string),
+                _ => None,
+            };
+            self.push(Event::Timer { timer, detail });
         }
     }
 
@@ -555,14 +530,12 @@ impl Master<'_> {
                     record.probe = None;
                 }
                 self.send_signal(pid, Signal::Terminate);
-                self.aborts.push((pid, Instant::now() + ABORT_GRACE));
             }
             Action::Forget { pid, generation } => {
                 self.runtime.remove_worker_files(generation);
                 self.config_forgotten(generation);
                 self.workers.forget(pid);
-                self.aborts.retain(|(p, _)| *p != pid);
-                self.drain_deadlines.retain(|(p, _)| *p != pid);
+                self.timers.forget_worker(pid);
             }
             Action::NotifyReady { status, first } => {
                 let mainpid = first.then(std::process::id);
@@ -575,11 +548,7 @@ impl Master<'_> {
                 self.notify(|n| n.status(&status))
             }
             Action::NotifyStopping { status } => self.notify(|n| n.stopping(&status)),
-            Action::ScheduleRespawn { after } => self.respawn_at = Some(Instant::now() + after),
-            Action::ArmDrainDeadline { pid, after } => {
-                self.drain_deadlines.push((pid, Instant::now() + after))
-            }
-            Action::ArmStopDeadline { after } => self.stop_deadline = Some(Instant::now() + after),
+            Action::Arm { at, timer } => self.timers.arm(at, timer),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
             Action::ReloadDone { generation, reason } => {
@@ -678,7 +647,6 @@ impl Master<'_> {
                     pid,
                     self.runtime.worker_socket(generation),
                     Instant::now(),
-                    self.opts.ready_timeout,
                 ));
                 self.workers.add(pid, record);
                 self.push(Event::Spawned { generation, pid });
@@ -724,17 +692,6 @@ impl Executor for Master<'_> {
     fn apply(&mut self, action: Action) {
         self.apply_action(action);
     }
-}
-
-/// Removes and returns the pids whose deadline has come.
-fn take_due(deadlines: &mut Vec<(Pid, Instant)>, now: Instant) -> Vec<Pid> {
-    let due = deadlines
-        .iter()
-        .filter(|(_, at)| *at <= now)
-        .map(|(pid, _)| *pid)
-        .collect();
-    deadlines.retain(|(_, at)| *at > now);
-    due
 }
 
 /// A listener the new worker bound afresh instead of taking over is not seamless: say so, with
