@@ -27,9 +27,29 @@ pub enum StartKind {
     /// The first worker of this master.
     Initial,
     /// A reload requested by a signal or a control command.
-    Reload,
+    Reload(ReloadKind),
     /// The current worker died and is being replaced.
     Replace,
+}
+
+/// What a reload does to the old workers once the new one is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadKind {
+    /// SIGUSR1: they finish their connections (`reload`, SIGUSR2, SIGHUP).
+    Soft,
+    /// SIGTERM (`hard-reload`).
+    Hard,
+}
+
+impl ReloadKind {
+    /// Requests coalesced into one reload: hard if any of them was.
+    fn join(self, other: ReloadKind) -> ReloadKind {
+        if self == ReloadKind::Hard || other == ReloadKind::Hard {
+            ReloadKind::Hard
+        } else {
+            ReloadKind::Soft
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,9 +136,7 @@ impl Timer {
 pub enum Event {
     /// The master has just started.
     Boot,
-    ReloadRequested,
-    /// A reload whose old workers get SIGTERM instead of a soft stop (`hard-reload`).
-    HardReloadRequested,
+    ReloadRequested(ReloadKind),
     /// SIGTERM / SIGINT.
     StopRequested,
     /// SIGUSR1.
@@ -220,13 +238,29 @@ enum Stopping {
     Hard,
 }
 
+/// The worker being started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Pending {
+struct Start {
     generation: Generation,
     kind: StartKind,
+    /// Once spawned.
     pid: Option<Pid>,
-    /// Old workers get SIGTERM, not a soft stop, once this one is ready.
-    hard: bool,
+}
+
+/// Where the master is in its life: what a request or a worker's news leads to depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Nothing starting (serving, or waiting out a crash backoff).
+    Idle,
+    /// A worker is starting; reload requests meanwhile are coalesced into one, run after it.
+    Starting {
+        start: Start,
+        queued: Option<ReloadKind>,
+    },
+    /// Workers were signalled; the master exits with `code` once they are all reaped.
+    Stopping { how: Stopping, code: i32 },
+    /// Every worker is gone after a stop: nothing more is decided.
+    Exited,
 }
 
 #[derive(Debug)]
@@ -234,16 +268,12 @@ pub struct State {
     policy: Policy,
     workers: BTreeMap<Pid, Worker>,
     current: Option<Pid>,
-    pending: Option<Pending>,
-    reload_queued: bool,
-    /// One of the queued reload requests was a hard one.
-    queued_hard: bool,
-    stopping: Option<Stopping>,
+    phase: Phase,
+    /// `Timer::Respawn` is armed. Not a phase: a reload may start (and fail) meanwhile, and the
+    /// replacement still comes when the timer is due.
     respawn_scheduled: bool,
     next_generation: Generation,
     crash_streak: u32,
-    exit_code: i32,
-    exited: bool,
     /// The time of the event being decided: timers are armed relative to it.
     now: Instant,
 }
@@ -260,15 +290,10 @@ impl State {
             policy,
             workers: BTreeMap::new(),
             current: None,
-            pending: None,
-            reload_queued: false,
-            queued_hard: false,
-            stopping: None,
+            phase: Phase::Idle,
             respawn_scheduled: false,
             next_generation: 1,
             crash_streak: 0,
-            exit_code: 0,
-            exited: false,
             now: Instant::now(),
         }
     }
@@ -309,19 +334,38 @@ impl State {
         self.current.and_then(|p| self.workers.get(&p))
     }
 
-    /// The worker being started, once it has a pid.
-    pub fn starting_pid(&self) -> Option<Pid> {
-        self.pending.and_then(|p| p.pid)
+    fn starting(&self) -> Option<Start> {
+        match self.phase {
+            Phase::Starting { start, .. } => Some(start),
+            _ => None,
+        }
     }
 
+    /// The worker being started, once it has a pid.
+    pub fn starting_pid(&self) -> Option<Pid> {
+        self.starting().and_then(|s| s.pid)
+    }
+
+    /// Stopping, or stopped.
     pub fn is_stopping(&self) -> bool {
-        self.stopping.is_some()
+        matches!(self.phase, Phase::Stopping { .. } | Phase::Exited)
     }
 
     /// Whether an upgrade in place may run now: not while a worker starts (its probe and
     /// handoff would be cut), nor while stopping.
     pub fn is_settled(&self) -> bool {
-        self.pending.is_none() && self.stopping.is_none() && !self.exited
+        self.phase == Phase::Idle
+    }
+
+    /// The start in progress ends (ready or failed); returns it and the reload queued behind it.
+    fn end_start(&mut self) -> Option<(Start, Option<ReloadKind>)> {
+        match self.phase {
+            Phase::Starting { start, queued } => {
+                self.phase = Phase::Idle;
+                Some((start, queued))
+            }
+            _ => None,
+        }
     }
 
     /// What an upgrade in place hands to the next image: (workers, current, next generation,
@@ -375,20 +419,19 @@ impl State {
     }
 
     pub fn decide(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        if self.exited {
+        if self.phase == Phase::Exited {
             return Vec::new();
         }
         self.now = now;
         let mut out = Vec::new();
         match event {
             Event::Boot => self.start(StartKind::Initial, &mut out),
-            Event::ReloadRequested => self.on_reload_requested(false, &mut out),
-            Event::HardReloadRequested => self.on_reload_requested(true, &mut out),
+            Event::ReloadRequested(kind) => self.on_reload_requested(kind, &mut out),
             Event::StopRequested => self.on_stop(Stopping::Hard, &mut out),
             Event::SoftStopRequested => self.on_stop(Stopping::Soft, &mut out),
             Event::Spawned { generation, pid } => self.on_spawned(generation, pid, now, &mut out),
             Event::SpawnFailed { generation, reason } => {
-                if self.pending.is_some_and(|p| p.generation == generation) {
+                if self.starting().is_some_and(|s| s.generation == generation) {
                     self.on_start_failed(None, reason, &mut out);
                 }
             }
@@ -430,7 +473,7 @@ impl State {
             Timer::Drain { pid } => self.on_drain_deadline(pid, out),
             Timer::Respawn => {
                 self.respawn_scheduled = false;
-                if self.stopping.is_none() && self.pending.is_none() && self.current.is_none() {
+                if self.phase == Phase::Idle && self.current.is_none() {
                     self.start(StartKind::Replace, out);
                 }
             }
@@ -465,20 +508,19 @@ impl State {
         }
     }
 
+    /// Only from `Phase::Idle`.
     fn start(&mut self, kind: StartKind, out: &mut Vec<Action>) {
-        self.start_with(kind, false, out)
-    }
-
-    fn start_with(&mut self, kind: StartKind, hard: bool, out: &mut Vec<Action>) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.pending = Some(Pending {
-            generation,
-            kind,
-            pid: None,
-            hard,
-        });
-        if kind == StartKind::Reload {
+        self.phase = Phase::Starting {
+            start: Start {
+                generation,
+                kind,
+                pid: None,
+            },
+            queued: None,
+        };
+        if matches!(kind, StartKind::Reload(_)) {
             out.push(Action::NotifyReloading {
                 status: format!("Reloading: starting generation {generation}"),
             });
@@ -486,23 +528,22 @@ impl State {
         out.push(Action::Spawn { generation, kind });
     }
 
-    fn on_reload_requested(&mut self, hard: bool, out: &mut Vec<Action>) {
-        if self.stopping.is_some() {
-            out.push(log(
+    fn on_reload_requested(&mut self, kind: ReloadKind, out: &mut Vec<Action>) {
+        match &mut self.phase {
+            Phase::Stopping { .. } | Phase::Exited => out.push(log(
                 log::Level::Warn,
                 "reload requested while stopping: ignored".into(),
-            ));
-        } else if self.pending.is_some() {
-            let message = if self.reload_queued {
-                "a reload is already queued: this request is coalesced into it"
-            } else {
-                "reload requested while a worker is starting: it will run right after"
-            };
-            out.push(log(log::Level::Info, message.into()));
-            self.reload_queued = true;
-            self.queued_hard |= hard;
-        } else {
-            self.start_with(StartKind::Reload, hard, out);
+            )),
+            Phase::Starting { queued, .. } => {
+                let message = if queued.is_some() {
+                    "a reload is already queued: this request is coalesced into it"
+                } else {
+                    "reload requested while a worker is starting: it will run right after"
+                };
+                out.push(log(log::Level::Info, message.into()));
+                *queued = Some(queued.map_or(kind, |q| q.join(kind)));
+            }
+            Phase::Idle => self.start(StartKind::Reload(kind), out),
         }
     }
 
@@ -513,8 +554,10 @@ impl State {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        match self.pending.as_mut() {
-            Some(p) if p.generation == generation => p.pid = Some(pid),
+        match &mut self.phase {
+            Phase::Starting { start, .. } if start.generation == generation => {
+                start.pid = Some(pid)
+            }
             _ => return,
         }
         self.workers.insert(
@@ -555,13 +598,12 @@ impl State {
     }
 
     fn on_ready(&mut self, pid: Pid, out: &mut Vec<Action>) {
-        let Some(pending) = self.pending.filter(|p| p.pid == Some(pid)) else {
-            return;
-        };
-        if self.stopping.is_some() {
+        if self.starting_pid() != Some(pid) {
             return;
         }
-        self.pending = None;
+        let Some((start, queued)) = self.end_start() else {
+            return;
+        };
         let old = self.current.replace(pid);
         if let Some(w) = self.workers.get_mut(&pid) {
             w.role = Role::Current;
@@ -574,7 +616,7 @@ impl State {
             if w.pid == pid || w.role != Role::Current {
                 continue;
             }
-            if pending.hard {
+            if start.kind == StartKind::Reload(ReloadKind::Hard) {
                 w.role = Role::Terminating;
                 abort(w.pid, now, out);
                 continue;
@@ -592,33 +634,32 @@ impl State {
             }
         }
         self.limit_old_workers(out);
-        if pending.kind == StartKind::Reload {
+        if matches!(start.kind, StartKind::Reload(_)) {
             out.push(Action::ReloadDone {
-                generation: pending.generation,
+                generation: start.generation,
                 reason: None,
             });
         }
         let status = format!("Serving: {}", self.serving_status());
-        let message = match (pending.kind, old) {
+        let message = match (start.kind, old) {
             (StartKind::Initial, _) => format!("worker pid {pid} ready"),
-            (StartKind::Reload, Some(old)) => {
-                let how = if pending.hard {
-                    "terminated"
-                } else {
-                    "soft-stopped"
+            (StartKind::Reload(kind), Some(old)) => {
+                let how = match kind {
+                    ReloadKind::Hard => "terminated",
+                    ReloadKind::Soft => "soft-stopped",
                 };
                 format!("reload complete: worker pid {pid} ready, old worker pid {old} {how}")
             }
-            (StartKind::Reload, None) | (StartKind::Replace, _) => {
+            (StartKind::Reload(_), None) | (StartKind::Replace, _) => {
                 format!("worker pid {pid} ready (replacement)")
             }
         };
         out.push(log(log::Level::Info, message));
         out.push(Action::NotifyReady {
             status,
-            first: pending.kind == StartKind::Initial,
+            first: start.kind == StartKind::Initial,
         });
-        self.run_queued_reload(out);
+        self.run_queued_reload(queued, out);
     }
 
     /// Beyond `max_old_workers` draining workers, the oldest are stopped: each holds memory and
@@ -671,32 +712,27 @@ impl State {
         abort(pid, self.now, out);
     }
 
-    fn run_queued_reload(&mut self, out: &mut Vec<Action>) {
-        if self.reload_queued && self.stopping.is_none() && self.pending.is_none() {
-            self.reload_queued = false;
-            let hard = std::mem::take(&mut self.queued_hard);
-            self.start_with(StartKind::Reload, hard, out);
+    fn run_queued_reload(&mut self, queued: Option<ReloadKind>, out: &mut Vec<Action>) {
+        if let (Some(kind), Phase::Idle) = (queued, self.phase) {
+            self.start(StartKind::Reload(kind), out);
         }
     }
 
     fn on_start_failed(&mut self, pid: Option<Pid>, reason: String, out: &mut Vec<Action>) {
-        let Some(pending) = self.pending.take() else {
+        let Some((start, queued)) = self.end_start() else {
             return;
         };
-        if pending.kind == StartKind::Reload {
+        if matches!(start.kind, StartKind::Reload(_)) {
             out.push(Action::ReloadDone {
-                generation: pending.generation,
+                generation: start.generation,
                 reason: Some(reason.clone()),
             });
         }
-        if self.stopping.is_some() {
-            return;
-        }
         let who = match pid {
-            Some(pid) => format!("worker pid {pid} (generation {})", pending.generation),
-            None => format!("worker generation {}", pending.generation),
+            Some(pid) => format!("worker pid {pid} (generation {})", start.generation),
+            None => format!("worker generation {}", start.generation),
         };
-        match pending.kind {
+        match start.kind {
             StartKind::Initial => {
                 out.push(log(
                     log::Level::Error,
@@ -705,10 +741,9 @@ impl State {
                 out.push(Action::NotifyStatus {
                     status: format!("Failed to start: {reason}"),
                 });
-                self.exit_code = 1;
-                self.begin_stop(Stopping::Hard, out);
+                self.begin_stop(Stopping::Hard, 1, out);
             }
-            StartKind::Reload if self.current.is_some() => {
+            StartKind::Reload(_) if self.current.is_some() => {
                 out.push(log(
                     log::Level::Error,
                     format!(
@@ -723,9 +758,9 @@ impl State {
                     ),
                     first: false,
                 });
-                self.run_queued_reload(out);
+                self.run_queued_reload(queued, out);
             }
-            StartKind::Reload | StartKind::Replace => {
+            StartKind::Reload(_) | StartKind::Replace => {
                 out.push(log(
                     log::Level::Error,
                     format!("{who} failed to start: {reason}; no worker is serving"),
@@ -733,8 +768,7 @@ impl State {
                 out.push(Action::NotifyStatus {
                     status: format!("Worker failed to start: {reason}; retrying"),
                 });
-                self.reload_queued = false;
-                self.queued_hard = false;
+                // The queued reload is dropped: the replacement reads the files on disk anyway.
                 self.schedule_replacement(out);
             }
         }
@@ -782,12 +816,12 @@ impl State {
             );
         } else if self.current == Some(pid) {
             self.current = None;
-            if self.stopping.is_none() && self.policy.exit_on_failure {
+            if !self.is_stopping() && self.policy.exit_on_failure {
                 self.exit_with_worker(&worker, status, code, out);
-            } else if self.stopping.is_none() {
+            } else if !self.is_stopping() {
                 self.on_current_died(&worker, status, now, out);
             }
-        } else if self.stopping.is_none() {
+        } else if !self.is_stopping() {
             let level = if matches!(worker.role, Role::Draining | Role::Terminating) {
                 log::Level::Info
             } else {
@@ -806,12 +840,10 @@ impl State {
             pid,
             generation: worker.generation,
         });
-        if self.stopping.is_some() && self.workers.is_empty() && !self.exited {
-            self.exited = true;
+        if let (Phase::Stopping { code, .. }, true) = (self.phase, self.workers.is_empty()) {
+            self.phase = Phase::Exited;
             out.push(log(log::Level::Info, "all workers have exited".into()));
-            out.push(Action::Exit {
-                code: self.exit_code,
-            });
+            out.push(Action::Exit { code });
         }
     }
 
@@ -836,10 +868,9 @@ impl State {
             status: format!("Worker pid {} exited ({status}); exiting", worker.pid),
         });
         // A worker that exited 0 on its own still ended the service unexpectedly.
-        self.exit_code = if code == 0 { 1 } else { code };
-        self.pending = None;
-        self.reload_queued = false;
-        self.begin_stop(Stopping::Hard, out);
+        let code = if code == 0 { 1 } else { code };
+        // A worker starting meanwhile is stopped with the others; nobody waits for it.
+        self.begin_stop(Stopping::Hard, code, out);
     }
 
     fn on_current_died(
@@ -868,28 +899,48 @@ impl State {
         });
         // A worker already starting (a reload) will take over when ready; if it fails,
         // on_start_failed schedules the replacement.
-        if self.pending.is_none() {
+        if self.phase == Phase::Idle {
             self.schedule_replacement(out);
         }
     }
 
     fn on_stop(&mut self, how: Stopping, out: &mut Vec<Action>) {
-        match (self.stopping, how) {
-            (Some(Stopping::Hard), _) | (Some(Stopping::Soft), Stopping::Soft) => return,
-            _ => {}
-        }
-        if let Some(p) = self.pending.take().filter(|p| p.kind == StartKind::Reload) {
-            out.push(Action::ReloadDone {
-                generation: p.generation,
-                reason: Some("the master is stopping".into()),
-            });
-        }
-        self.reload_queued = false;
-        self.begin_stop(how, out);
+        let code = match (self.phase, how) {
+            (Phase::Exited, _)
+            | (
+                Phase::Stopping {
+                    how: Stopping::Hard,
+                    ..
+                },
+                _,
+            )
+            | (
+                Phase::Stopping {
+                    how: Stopping::Soft,
+                    ..
+                },
+                Stopping::Soft,
+            ) => return,
+            // A soft stop made hard keeps its exit code.
+            (Phase::Stopping { code, .. }, Stopping::Hard) => code,
+            (Phase::Starting { start, .. }, _) => {
+                if matches!(start.kind, StartKind::Reload(_)) {
+                    out.push(Action::ReloadDone {
+                        generation: start.generation,
+                        reason: Some("the master is stopping".into()),
+                    });
+                }
+                0
+            }
+            (Phase::Idle, _) => 0,
+        };
+        self.begin_stop(how, code, out);
     }
 
-    fn begin_stop(&mut self, how: Stopping, out: &mut Vec<Action>) {
-        self.stopping = Some(how);
+    /// Signals every worker (one starting included); the master exits with `code` once they are
+    /// all reaped.
+    fn begin_stop(&mut self, how: Stopping, code: i32, out: &mut Vec<Action>) {
+        self.phase = Phase::Stopping { how, code };
         let (signal, status, what) = match how {
             Stopping::Hard => (Signal::Terminate, "Stopping", "stopping"),
             Stopping::Soft => (
@@ -923,10 +974,8 @@ impl State {
             });
         }
         if self.workers.is_empty() {
-            self.exited = true;
-            out.push(Action::Exit {
-                code: self.exit_code,
-            });
+            self.phase = Phase::Exited;
+            out.push(Action::Exit { code });
         }
     }
 }
@@ -970,7 +1019,7 @@ mod tests {
 
     /// Requests a reload and reports its worker `pid` started; returns the reload's generation.
     fn start_reload(s: &mut State, pid: Pid, t: Instant) -> Generation {
-        let a = s.decide(Event::ReloadRequested, t);
+        let a = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
         assert!(has(&a, |a| matches!(a, Action::NotifyReloading { .. })));
         let generation = spawn_gen(&a).unwrap();
         s.decide(Event::Spawned { generation, pid }, t);
@@ -986,7 +1035,7 @@ mod tests {
     fn reload_soft_stops_old_after_new_is_ready() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::ReloadRequested, t);
+        let a = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
         let g = spawn_gen(&a).unwrap();
         assert_eq!(g, 2);
         let a = s.decide(
@@ -1080,10 +1129,10 @@ mod tests {
     fn reloads_during_a_reload_coalesce_into_one() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::ReloadRequested, t);
+        let a = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
         let g = spawn_gen(&a).unwrap();
         for _ in 0..50 {
-            let a = s.decide(Event::ReloadRequested, t);
+            let a = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
             assert!(spawn_gen(&a).is_none());
         }
         s.decide(
@@ -1274,7 +1323,9 @@ mod tests {
             t,
         );
         assert!(has(&a, |a| *a == Action::Exit { code: 0 }));
-        assert!(s.decide(Event::ReloadRequested, t).is_empty());
+        assert!(s
+            .decide(Event::ReloadRequested(ReloadKind::Soft), t)
+            .is_empty());
     }
 
     #[test]
@@ -1473,7 +1524,7 @@ mod tests {
             ..Policy::default()
         };
         let mut s = running_with(policy, 10, t);
-        let a = s.decide(Event::ReloadRequested, t);
+        let a = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
         let generation = spawn_gen(&a).unwrap();
         let a = s.decide(
             Event::Spawned {
@@ -1586,7 +1637,7 @@ mod tests {
     fn hard_reload_terminates_old_workers() {
         let t = Instant::now();
         let mut s = running(10, t);
-        let a = s.decide(Event::HardReloadRequested, t);
+        let a = s.decide(Event::ReloadRequested(ReloadKind::Hard), t);
         let generation = spawn_gen(&a).unwrap();
         s.decide(
             Event::Spawned {
@@ -1600,9 +1651,9 @@ mod tests {
         assert!(!has(&a, |a| matches!(a, Action::Signal { pid: 10, .. })));
         assert_eq!(s.worker(10).unwrap().role, Role::Terminating);
         // A hard request coalesced into a queued reload keeps it hard.
-        let a = s.decide(Event::ReloadRequested, t);
+        let a = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
         let generation = spawn_gen(&a).unwrap();
-        s.decide(Event::HardReloadRequested, t);
+        s.decide(Event::ReloadRequested(ReloadKind::Hard), t);
         s.decide(
             Event::Spawned {
                 generation,
@@ -1655,8 +1706,8 @@ mod tests {
         let t = Instant::now();
         let mut s = running(10, t);
         start_reload(&mut s, 11, t);
-        let first = s.decide(Event::ReloadRequested, t);
-        let second = s.decide(Event::HardReloadRequested, t);
+        let first = s.decide(Event::ReloadRequested(ReloadKind::Soft), t);
+        let second = s.decide(Event::ReloadRequested(ReloadKind::Hard), t);
         assert!(
             logs(&first)[0].contains("it will run right after"),
             "{first:?}"
@@ -1672,8 +1723,8 @@ mod tests {
         let mut s = running(10, t);
         all.extend(reload_to(&mut s, 11, t));
         start_reload(&mut s, 12, t);
-        all.extend(s.decide(Event::ReloadRequested, t));
-        all.extend(s.decide(Event::ReloadRequested, t));
+        all.extend(s.decide(Event::ReloadRequested(ReloadKind::Soft), t));
+        all.extend(s.decide(Event::ReloadRequested(ReloadKind::Soft), t));
         all.extend(s.decide(exited(12, 1), t));
         all.extend(s.decide(exited(11, 9), t));
         all.extend(s.decide(exited(10, 0), t));

@@ -22,7 +22,7 @@ use super::probe::{Probe, Progress};
 use super::sessions::Session;
 use super::signals;
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Policy, Signal, StartKind, State, Timer};
+use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, State, Timer};
 use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, WorkerSpec};
 use crate::fdstore::FdStore;
@@ -365,7 +365,7 @@ impl Master<'_> {
                 }
                 libc::SIGUSR2 | libc::SIGHUP => {
                     self.signal_reloads.requested(self.state.last_generation());
-                    self.request_reload(false, &received)
+                    self.request_reload(ReloadKind::Soft, &received)
                 }
                 _ => {}
             }
@@ -374,14 +374,13 @@ impl Master<'_> {
 
     /// Every reload request says who asked, before the state says what becomes of it (started,
     /// queued behind the one starting, joined with the queued one, ignored while stopping).
-    fn request_reload(&mut self, hard: bool, origin: &dyn std::fmt::Display) {
-        let (what, event) = if hard {
-            ("hard reload", Event::HardReloadRequested)
-        } else {
-            ("reload", Event::ReloadRequested)
+    fn request_reload(&mut self, kind: ReloadKind, origin: &dyn std::fmt::Display) {
+        let what = match kind {
+            ReloadKind::Soft => "reload",
+            ReloadKind::Hard => "hard reload",
         };
         log::info!("{what} requested by {origin}");
-        self.push(event)
+        self.push(Event::ReloadRequested(kind))
     }
 
     /// Every child, ours or an orphan handed to us as PID 1, is reaped here and only here.
@@ -623,7 +622,7 @@ impl Master<'_> {
             "starting worker generation {generation} ({}){}",
             match kind {
                 StartKind::Initial => "first worker",
-                StartKind::Reload => "reload",
+                StartKind::Reload(_) => "reload",
                 StartKind::Replace => "replacement",
             },
             if self.held.is_empty() {

@@ -47,7 +47,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::supervisor::state::{Signal, State};
+    use crate::supervisor::state::{ReloadKind, Signal, State};
 
     /// A real `State` behind the queue; applying an action only records it, and a `Spawn` pushes
     /// the pid it would have produced, as the executor does.
@@ -120,7 +120,7 @@ mod tests {
         drain(&mut r);
         r.queue.push(Event::WorkerReady { pid: 101 });
         drain(&mut r);
-        r.queue.push(Event::ReloadRequested);
+        r.queue.push(Event::ReloadRequested(ReloadKind::Soft));
         drain(&mut r);
         r.on_commit = Some(Event::WorkerExited {
             pid: 101,
