@@ -263,6 +263,17 @@ enum Phase {
     Exited,
 }
 
+/// What the state machine hands across an upgrade in place (`State::snapshot`) and resumes
+/// from (`State::resume`); the executor's own part of each worker travels beside it
+/// (`upgrade::Snapshot`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateSnapshot {
+    pub workers: Vec<Worker>,
+    pub current: Option<Pid>,
+    pub next_generation: Generation,
+    pub crash_streak: u32,
+}
+
 #[derive(Debug)]
 pub struct State {
     policy: Policy,
@@ -368,28 +379,26 @@ impl State {
         }
     }
 
-    /// What an upgrade in place hands to the next image: (workers, current, next generation,
-    /// crash streak).
-    pub fn snapshot(&self) -> (Vec<Worker>, Option<Pid>, Generation, u32) {
-        (
-            self.workers.values().cloned().collect(),
-            self.current,
-            self.next_generation,
-            self.crash_streak,
-        )
+    /// What an upgrade in place hands to the next image.
+    pub fn snapshot(&self) -> StateSnapshot {
+        StateSnapshot {
+            workers: self.workers.values().cloned().collect(),
+            current: self.current,
+            next_generation: self.next_generation,
+            crash_streak: self.crash_streak,
+        }
     }
 
     /// The state of a master re-executed by an upgrade in place, and what to do at once: timers
     /// did not survive the exec, so workers being stopped are signalled again and draining ones
     /// get a fresh drain deadline.
-    pub fn resume(
-        policy: Policy,
-        workers: Vec<Worker>,
-        current: Option<Pid>,
-        next_generation: Generation,
-        crash_streak: u32,
-        now: Instant,
-    ) -> (State, Vec<Action>) {
+    pub fn resume(policy: Policy, snapshot: StateSnapshot, now: Instant) -> (State, Vec<Action>) {
+        let StateSnapshot {
+            workers,
+            current,
+            next_generation,
+            crash_streak,
+        } = snapshot;
         let mut state = State::new(policy);
         state.now = now;
         state.next_generation = next_generation;

@@ -1,7 +1,6 @@
 //! The executor's side of what crosses a process boundary other than a reload: an upgrade in
 //! place (the master re-executes itself), sockets systemd passes at start, and systemd's fd store.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
@@ -11,44 +10,33 @@ use crate::fdstore::FdStore;
 use crate::handoff::fetch::ReceivedSocket;
 use crate::handoff::listeners::{HeldSet, SocketInfo};
 use crate::handoff::wire::Record;
-use crate::notify::{monotonic_usec, Notifier};
+use crate::notify::Notifier;
 use crate::supervisor::output::Output;
-use crate::supervisor::state::{State, Worker};
-use crate::supervisor::upgrade::{
-    self, instant_of_monotonic_usec, monotonic_usec_of, HeldSnapshot, MasterSnapshot, Snapshot,
-    WorkerSnapshot,
-};
+use crate::supervisor::state::State;
+use crate::supervisor::upgrade::{self, HeldSnapshot, MasterSnapshot, Snapshot, WorkerSnapshot};
 
 impl Master<'_> {
     /// Re-executes the binary on disk, keeping pid, workers and held sockets. Returns only if
     /// the exec failed; the master then goes on unchanged.
     pub(super) fn upgrade(&mut self) {
-        let (workers, current, next_generation, crash_streak) = self.state.snapshot();
-        let (now, now_usec) = (Instant::now(), monotonic_usec());
         let snapshot = Snapshot {
             runtime_dir: self.runtime.path().to_path_buf(),
             runtime_created: self.runtime.created(),
             lock_fd: self.runtime.lock_fd().as_raw_fd(),
             master: MasterSnapshot {
-                started: Some(monotonic_usec_of(self.started, now, now_usec)),
+                started: self.started,
                 reloads: self.reloads,
                 failed_reloads: self.failed_reloads,
             },
-            next_generation,
-            current,
-            crash_streak,
-            workers: workers
-                .into_iter()
-                .map(|w| {
-                    let extra = self.workers.get(w.pid);
-                    WorkerSnapshot {
-                        pid: w.pid,
-                        generation: w.generation,
-                        role: w.role,
-                        started: Some(monotonic_usec_of(w.started, now, now_usec)),
-                        reloads_at_spawn: extra.map_or(self.reloads, |e| e.reloads_at_spawn),
-                        version: extra.and_then(|e| e.version.clone()),
-                    }
+            state: self.state.snapshot(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(pid, r)| WorkerSnapshot {
+                    pid,
+                    reloads_at_spawn: r.reloads_at_spawn,
+                    version: r.version.clone(),
+                    output: r.output.fd().map(|fd| fd.as_raw_fd()),
                 })
                 .collect(),
             held: self
@@ -58,11 +46,6 @@ impl Master<'_> {
                     fd: h.fd.as_raw_fd(),
                     record: h.record.clone(),
                 })
-                .collect(),
-            outputs: self
-                .workers
-                .iter()
-                .filter_map(|(pid, r)| r.output.fd().map(|fd| (pid, fd.as_raw_fd())))
                 .collect(),
         };
         let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
@@ -78,7 +61,7 @@ impl Master<'_> {
         log::info!(
             "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
             self.launch.exe.display(),
-            snapshot.workers.len(),
+            snapshot.state.workers.len(),
             snapshot.held.len()
         );
         let err = upgrade::exec(
@@ -163,47 +146,40 @@ impl Master<'_> {
             );
             HeldSet::default()
         });
-        let mut outputs = HashMap::new();
-        for (pid, fd) in snapshot.outputs {
-            match upgrade::adopt_fd(fd) {
-                Ok(fd) => {
-                    outputs.insert(pid, Output::running(fd));
-                }
-                Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
-            }
-        }
         // `show proc` goes on counting where the previous image stopped.
-        let (now, now_usec) = (Instant::now(), monotonic_usec());
-        let since = |started: Option<u64>| {
-            started.map_or(now, |usec| instant_of_monotonic_usec(usec, now, now_usec))
-        };
-        self.started = since(snapshot.master.started);
+        self.started = snapshot.master.started;
         self.reloads = snapshot.master.reloads;
         self.failed_reloads = snapshot.master.failed_reloads;
-        let mut workers = Vec::with_capacity(snapshot.workers.len());
         for w in snapshot.workers {
-            let output = outputs.remove(&w.pid).unwrap_or_else(Output::none);
+            let output = match w.output.map(upgrade::adopt_fd) {
+                Some(Ok(fd)) => Output::running(fd),
+                Some(Err(e)) => {
+                    log::warn!(
+                        "after the upgrade in place: stderr of worker pid {}: {e}",
+                        w.pid
+                    );
+                    Output::none()
+                }
+                None => Output::none(),
+            };
+            // A record with no worker in the state (none is written) only closes its pipe.
+            let Some(generation) = snapshot
+                .state
+                .workers
+                .iter()
+                .find(|s| s.pid == w.pid)
+                .map(|s| s.generation)
+            else {
+                continue;
+            };
             let mut record =
-                WorkerRuntime::new(w.generation, output, w.reloads_at_spawn.min(self.reloads));
+                WorkerRuntime::new(generation, output, w.reloads_at_spawn.min(self.reloads));
             record.version = w.version;
             self.workers.add(w.pid, record);
-            workers.push(Worker {
-                pid: w.pid,
-                generation: w.generation,
-                role: w.role,
-                started: since(w.started),
-            });
         }
         // What the store holds is unknown here; storing a socket systemd has already is a no-op.
         self.sync_fdstore();
-        let (state, actions) = State::resume(
-            self.state.policy(),
-            workers,
-            snapshot.current,
-            snapshot.next_generation,
-            snapshot.crash_streak,
-            Instant::now(),
-        );
+        let (state, actions) = State::resume(self.state.policy(), snapshot.state, Instant::now());
         self.state = state;
         self.adopt_config_copies();
         for action in actions {
