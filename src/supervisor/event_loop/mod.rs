@@ -1,7 +1,33 @@
 //! The executor: one poll loop over the signal pipe, the control sockets and their clients, the
-//! readiness probe and the workers' stderr, with the earliest deadline as its timeout. It turns what it observes into
-//! `Event`s for `State::decide` and carries out the `Action`s that come back. All syscalls of the
-//! supervisor live here or in the modules it calls.
+//! workers' readiness probes and stderr, with the earliest deadline as its timeout. It turns what
+//! it observes into `Event`s for `State::decide` and carries out the `Action`s that come back.
+//! All syscalls of the supervisor live here or in the modules it calls.
+//!
+//! Who owns what:
+//! - this file: `Master`, the loop (`wait`, `turn`), signals and reaping, spawning a worker, and
+//!   `apply_action`, which carries out one action.
+//! - `queue.rs`: the event queue. What the loop observes, and what an action produces (a spawned
+//!   pid, a failed spawn), is pushed; `settle` decides one event at a time and carries out all
+//!   its actions before deciding the next. Only `queue::drain` calls `State::decide`.
+//! - `timers.rs`: the one timer list. `State` arms every timer (`Action::Arm`) and decides what
+//!   a due one means (`Event::Timer`); the list keeps them, gives the poll timeout (the
+//!   earliest) and hands back the due ones.
+//! - `workers.rs`: one record per worker (`WorkerRuntime`: stderr, readiness probe, fetched
+//!   sockets, start-up output, version, reloads at spawn), made at spawn and dropped whole, with
+//!   the worker's timers, at `Action::Forget`.
+//! - `control.rs`: the master CLI's sessions and commands; `await_reload.rs`: which reload a
+//!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
+//!   store; `last_good.rs`: configuration copies.
+//!
+//! Where a task goes: an exchange with a peer that takes more than one step (the probe now;
+//! fetching a worker's sockets, serving `_getsocks`, a forwarded `@` command, which are still
+//! blocking calls bounded in time) is a non-blocking state machine with its own deadline and
+//! buffers. One that talks to a worker lives in that worker's `WorkerRuntime`, as `probe` does
+//! (so it ends when the worker is forgotten); one that serves a client lives in its session.
+//! `wait` polls the fds a task wants, `poll_timeout` includes its deadline, and when it ends it
+//! pushes its outcome as an `Event` (the probe's answer leads to `Event::WorkerReady`); it never
+//! calls `State::decide` itself. How long the master waits for a worker is a state timer (as
+//! `Timer::Ready` bounds the probe), not the task's own.
 
 use std::collections::HashMap;
 use std::io;
