@@ -574,6 +574,7 @@ impl Master<'_> {
             }
             Action::NotifyStopping { status } => self.notify(|n| n.stopping(&status)),
             Action::Arm { at, timer } => self.timers.arm(at, timer),
+            Action::Disarm { timer } => self.timers.disarm(timer),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
             Action::ReloadDone { generation, reason } => {

@@ -15,8 +15,12 @@ pub(super) struct Timers {
 impl Timers {
     /// Arming a timer that is already armed moves it to `at`.
     pub(super) fn arm(&mut self, at: Instant, timer: Timer) {
-        self.entries.retain(|(_, t)| *t != timer);
+        self.disarm(timer);
         self.entries.push((at, timer));
+    }
+
+    pub(super) fn disarm(&mut self, timer: Timer) {
+        self.entries.retain(|(_, t)| *t != timer);
     }
 
     /// When the loop must wake up at the latest.
@@ -82,11 +86,13 @@ mod tests {
     }
 
     #[test]
-    fn rearming_moves_a_timer() {
+    fn rearming_moves_a_timer_and_disarming_removes_it() {
         let t = Instant::now();
         let mut timers = Timers::default();
         timers.arm(t + Duration::from_secs(1), Timer::Kill { pid: 10 });
         timers.arm(t + Duration::from_secs(9), Timer::Kill { pid: 10 });
+        timers.arm(t + Duration::from_secs(2), Timer::Ready { pid: 11 });
+        timers.disarm(Timer::Ready { pid: 11 });
         assert_eq!(timers.earliest(), Some(t + Duration::from_secs(9)));
         assert_eq!(
             timers.take_due(t + Duration::from_secs(9)),

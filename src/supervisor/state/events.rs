@@ -158,6 +158,10 @@ pub enum Action {
         at: Instant,
         timer: Timer,
     },
+    /// What the timer waited for has happened: it is not to wake the loop.
+    Disarm {
+        timer: Timer,
+    },
     Log {
         level: log::Level,
         message: String,

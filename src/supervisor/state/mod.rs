@@ -349,6 +349,9 @@ impl State {
             if let Some(w) = self.workers.get_mut(&pid) {
                 w.role = Role::Failed;
             }
+            out.push(Action::Disarm {
+                timer: Timer::Ready { pid },
+            });
             abort(pid, self.now, out);
             self.on_start_failed(Some(pid), reason, out);
         }
@@ -450,6 +453,9 @@ impl State {
         let Some((start, queued)) = self.end_start() else {
             return;
         };
+        out.push(Action::Disarm {
+            timer: Timer::Ready { pid },
+        });
         let old = self.current.replace(pid);
         if let Some(w) = self.workers.get_mut(&pid) {
             w.role = Role::Current;

@@ -33,6 +33,10 @@ fn running(pid: Pid, t: Instant) -> State {
         Action::NotifyReady { first: true, .. }
     )));
     assert!(has(&a, |a| *a == Action::CommitSockets { pid }));
+    assert!(has(&a, |a| *a
+        == Action::Disarm {
+            timer: Timer::Ready { pid }
+        }));
     s
 }
 
