@@ -227,7 +227,7 @@ fn run_master(opts: Options) -> ExitCode {
     if let Some(s) = &resume {
         known.push(s.lock_fd);
         known.extend(s.held.iter().map(|h| h.fd));
-        known.extend(s.outputs.iter().map(|(_, fd)| *fd));
+        known.extend(s.workers.iter().filter_map(|w| w.output));
     }
     let stray = inherited_fds::seal(&known);
     if let Some(line) = inherited_fds::describe(&stray) {

@@ -1,7 +1,6 @@
-//! Workers' stderr, forwarded line by line to the master's own stderr, with what a starting
-//! worker says kept aside for the `reload` command's answer.
+//! A worker's stderr, forwarded line by line to the master's own stderr, with what a starting
+//! worker says kept aside for the `reload` command's answer. Each worker's record holds its own.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,36 +17,50 @@ struct Stream {
     partial: Vec<u8>,
 }
 
-#[derive(Default)]
-pub struct Outputs {
-    streams: HashMap<Pid, Stream>,
-    /// What each worker still starting has written so far.
-    startup: HashMap<Pid, Vec<u8>>,
+/// One worker's stderr pipe (until it reaches EOF), and what it said while starting.
+pub struct Output {
+    stream: Option<Stream>,
+    /// What the worker has written while starting, until `take_startup`.
+    startup: Option<Vec<u8>>,
 }
 
-impl Outputs {
+impl Output {
     /// A new worker's stderr: forwarded, and recorded until `take_startup`.
-    pub fn add(&mut self, pid: Pid, pipe: OwnedFd) {
-        self.adopt(pid, pipe);
-        self.startup.insert(pid, Vec::new());
+    pub fn starting(pipe: OwnedFd) -> Output {
+        Output {
+            startup: Some(Vec::new()),
+            ..Output::running(pipe)
+        }
     }
 
     /// A running worker's stderr (taken over in an upgrade in place): forwarded only.
-    pub fn adopt(&mut self, pid: Pid, pipe: OwnedFd) {
+    pub fn running(pipe: OwnedFd) -> Output {
         let stream = Stream {
             pipe: File::from(pipe),
             partial: Vec::new(),
         };
-        self.streams.insert(pid, stream);
+        Output {
+            stream: Some(stream),
+            startup: None,
+        }
     }
 
-    pub fn fds(&self) -> impl Iterator<Item = (Pid, BorrowedFd<'_>)> {
-        self.streams.iter().map(|(pid, s)| (*pid, s.pipe.as_fd()))
+    /// A worker whose pipe the master does not hold (lost in an upgrade in place).
+    pub fn none() -> Output {
+        Output {
+            stream: None,
+            startup: None,
+        }
+    }
+
+    /// The pipe to poll, until EOF.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.stream.as_ref().map(|s| s.pipe.as_fd())
     }
 
     /// Reads what the worker wrote and forwards complete lines; closes the pipe at EOF.
     pub fn drain(&mut self, pid: Pid) {
-        let Some(stream) = self.streams.get_mut(&pid) else {
+        let Some(stream) = self.stream.as_mut() else {
             return;
         };
         let mut buf = [0u8; 16 * 1024];
@@ -61,13 +74,13 @@ impl Outputs {
                     0
                 }
             };
-            if let Some(startup) = self.startup.get_mut(&pid) {
+            if let Some(startup) = self.startup.as_mut() {
                 let room = MAX_STARTUP.saturating_sub(startup.len());
                 startup.extend_from_slice(&buf[..n.min(room)]);
             }
             stream.forward(&buf[..n], n == 0);
             if n == 0 {
-                self.streams.remove(&pid);
+                self.stream = None;
                 return;
             }
         }
@@ -76,14 +89,14 @@ impl Outputs {
     /// The start-up output of a worker, taken once: it is ready, or it failed.
     pub fn take_startup(&mut self, pid: Pid) -> Vec<u8> {
         self.drain(pid);
-        self.startup.remove(&pid).unwrap_or_default()
+        self.startup.take().unwrap_or_default()
     }
 
     /// The worker is reaped: forward what is left and close its pipe.
-    pub fn forget(&mut self, pid: Pid) {
+    pub fn finish(&mut self, pid: Pid) {
         self.drain(pid);
-        self.streams.remove(&pid);
-        self.startup.remove(&pid);
+        self.stream = None;
+        self.startup = None;
     }
 }
 

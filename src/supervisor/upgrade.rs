@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
-use super::state::{Generation, Pid, Role};
+use super::state::{Generation, Pid, Role, StateSnapshot, Worker};
 use crate::handoff::wire::Record;
 
 /// The environment variable that carries a `Snapshot` to the re-executed image.
@@ -44,24 +44,51 @@ pub fn instant_of_monotonic_usec(
         .unwrap_or(now)
 }
 
+/// One reading of both clocks: what converts an `Instant` to a CLOCK_MONOTONIC reading and back.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Instant,
+    pub usec: MonotonicUsec,
+}
+
+impl Clock {
+    pub fn read() -> Clock {
+        Clock {
+            now: Instant::now(),
+            usec: crate::notify::monotonic_usec(),
+        }
+    }
+
+    fn usec_of(&self, at: Instant) -> MonotonicUsec {
+        monotonic_usec_of(at, self.now, self.usec)
+    }
+
+    /// `None` (unknown, from a format 1 snapshot) is now.
+    fn instant_of(&self, usec: Option<MonotonicUsec>) -> Instant {
+        usec.map_or(self.now, |u| {
+            instant_of_monotonic_usec(u, self.now, self.usec)
+        })
+    }
+}
+
+/// The executor's record of a worker, as much of it as crosses the exec; what the state machine
+/// knows of the worker is in `Snapshot::state`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSnapshot {
     pub pid: Pid,
-    pub generation: Generation,
-    pub role: Role,
-    /// `None` from a format 1 snapshot.
-    pub started: Option<MonotonicUsec>,
     /// The master's reload count when it was started (`show proc` counts the reloads since).
     pub reloads_at_spawn: u64,
     /// The haproxy version it reported, once ready.
     pub version: Option<String>,
+    /// The read end of its stderr pipe.
+    pub output: Option<RawFd>,
 }
 
 /// What `show proc` says of the master itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MasterSnapshot {
-    /// `None` from a format 1 snapshot.
-    pub started: Option<MonotonicUsec>,
+    /// Now, from a format 1 snapshot.
+    pub started: Instant,
     pub reloads: u64,
     pub failed_reloads: u64,
 }
@@ -79,13 +106,11 @@ pub struct Snapshot {
     pub runtime_created: bool,
     pub lock_fd: RawFd,
     pub master: MasterSnapshot,
-    pub next_generation: Generation,
-    pub current: Option<Pid>,
-    pub crash_streak: u32,
+    /// The state machine's, handed to `State::resume` as it is.
+    pub state: StateSnapshot,
+    /// The executor's record of each worker.
     pub workers: Vec<WorkerSnapshot>,
     pub held: Vec<HeldSnapshot>,
-    /// The read ends of the workers' stderr pipes.
-    pub outputs: Vec<(Pid, RawFd)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -132,11 +157,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A value that may be unknown (`-`).
-fn optional(value: Option<u64>) -> String {
-    value.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if text == "-" {
         return Some(Vec::new());
@@ -151,38 +171,45 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Snapshot {
-    pub fn encode(&self) -> String {
+    /// Times are written as CLOCK_MONOTONIC readings, by `clock`.
+    pub fn encode(&self, clock: Clock) -> String {
         use std::os::unix::ffi::OsStrExt;
         let mut out = format!(
             "{FORMAT}\nruntime {} {} {}\ngeneration {} {}\n",
             hex(self.runtime_dir.as_os_str().as_bytes()),
             u8::from(self.runtime_created),
             self.lock_fd,
-            self.next_generation,
-            self.crash_streak,
+            self.state.next_generation,
+            self.state.crash_streak,
         );
         out.push_str(&format!(
             "master {} {} {}\n",
-            optional(self.master.started),
+            clock.usec_of(self.master.started),
             self.master.reloads,
             self.master.failed_reloads
         ));
-        if let Some(pid) = self.current {
+        if let Some(pid) = self.state.current {
             out.push_str(&format!("current {pid}\n"));
         }
-        for w in &self.workers {
+        for w in &self.state.workers {
+            let record = self.workers.iter().find(|r| r.pid == w.pid);
+            let version = record
+                .and_then(|r| r.version.as_deref())
+                .unwrap_or_default();
             out.push_str(&format!(
                 "worker {} {} {} {} {} {}\n",
                 w.pid,
                 w.generation,
                 role_word(w.role),
-                optional(w.started),
-                w.reloads_at_spawn,
-                hex(w.version.as_deref().unwrap_or_default().as_bytes())
+                clock.usec_of(w.started),
+                record.map_or(self.master.reloads, |r| r.reloads_at_spawn),
+                hex(version.as_bytes())
             ));
         }
-        for (pid, fd) in &self.outputs {
-            out.push_str(&format!("output {pid} {fd}\n"));
+        for r in &self.workers {
+            if let Some(fd) = r.output {
+                out.push_str(&format!("output {} {fd}\n", r.pid));
+            }
         }
         for h in &self.held {
             out.push_str(&format!(
@@ -196,7 +223,8 @@ impl Snapshot {
         out
     }
 
-    pub fn decode(text: &str) -> Result<Snapshot, SnapshotError> {
+    /// Times are read back by `clock`; those a format 1 snapshot lacks are `clock.now`.
+    pub fn decode(text: &str, clock: Clock) -> Result<Snapshot, SnapshotError> {
         use std::os::unix::ffi::OsStringExt;
         let mut lines = text.lines();
         let first = lines.next();
@@ -212,13 +240,19 @@ impl Snapshot {
             runtime_dir: PathBuf::new(),
             runtime_created: false,
             lock_fd: -1,
-            master: MasterSnapshot::default(),
-            next_generation: 0,
-            current: None,
-            crash_streak: 0,
+            master: MasterSnapshot {
+                started: clock.now,
+                reloads: 0,
+                failed_reloads: 0,
+            },
+            state: StateSnapshot {
+                workers: Vec::new(),
+                current: None,
+                next_generation: 0,
+                crash_streak: 0,
+            },
             workers: Vec::new(),
             held: Vec::new(),
-            outputs: Vec::new(),
         };
         for (n, line) in lines.enumerate() {
             let bad = || SnapshotError(format!("line {}: {line:?}", n + 2));
@@ -237,40 +271,58 @@ impl Snapshot {
                     snap.lock_fd = RawFd::try_from(num(3)?).map_err(|_| bad())?;
                 }
                 ("generation", 3) => {
-                    snap.next_generation = Generation::try_from(num(1)?).map_err(|_| bad())?;
-                    snap.crash_streak = u32::try_from(num(2)?).map_err(|_| bad())?;
+                    snap.state.next_generation =
+                        Generation::try_from(num(1)?).map_err(|_| bad())?;
+                    snap.state.crash_streak = u32::try_from(num(2)?).map_err(|_| bad())?;
                 }
-                ("current", 2) => snap.current = Some(Pid::try_from(num(1)?).map_err(|_| bad())?),
+                ("current", 2) => {
+                    snap.state.current = Some(Pid::try_from(num(1)?).map_err(|_| bad())?)
+                }
                 ("master", 4) if !v1 && master.is_none() => {
                     master = Some(MasterSnapshot {
-                        started: when(1)?,
+                        started: clock.instant_of(when(1)?),
                         reloads: count(2)?,
                         failed_reloads: count(3)?,
                     })
                 }
-                ("worker", 4) if v1 => snap.workers.push(WorkerSnapshot {
-                    pid: Pid::try_from(num(1)?).map_err(|_| bad())?,
-                    generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
-                    role: parse_role(f[3]).ok_or_else(bad)?,
-                    started: None,
-                    reloads_at_spawn: 0,
-                    version: None,
-                }),
-                ("worker", 7) if !v1 => snap.workers.push(WorkerSnapshot {
-                    pid: Pid::try_from(num(1)?).map_err(|_| bad())?,
-                    generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
-                    role: parse_role(f[3]).ok_or_else(bad)?,
-                    started: when(4)?,
-                    reloads_at_spawn: count(5)?,
-                    version: match unhex(f[6]).ok_or_else(bad)? {
-                        v if v.is_empty() => None,
-                        v => Some(String::from_utf8(v).map_err(|_| bad())?),
-                    },
-                }),
-                ("output", 3) => snap.outputs.push((
-                    Pid::try_from(num(1)?).map_err(|_| bad())?,
-                    RawFd::try_from(num(2)?).map_err(|_| bad())?,
-                )),
+                ("worker", 4 | 7) if v1 == (f.len() == 4) => {
+                    let pid = Pid::try_from(num(1)?).map_err(|_| bad())?;
+                    snap.state.workers.push(Worker {
+                        pid,
+                        generation: Generation::try_from(num(2)?).map_err(|_| bad())?,
+                        role: parse_role(f[3]).ok_or_else(bad)?,
+                        started: clock.instant_of(if v1 { None } else { when(4)? }),
+                    });
+                    let (reloads_at_spawn, version) = if v1 {
+                        (0, None)
+                    } else {
+                        let version = match unhex(f[6]).ok_or_else(bad)? {
+                            v if v.is_empty() => None,
+                            v => Some(String::from_utf8(v).map_err(|_| bad())?),
+                        };
+                        (count(5)?, version)
+                    };
+                    snap.workers.push(WorkerSnapshot {
+                        pid,
+                        reloads_at_spawn,
+                        version,
+                        output: None,
+                    });
+                }
+                ("output", 3) => {
+                    let pid = Pid::try_from(num(1)?).map_err(|_| bad())?;
+                    let fd = RawFd::try_from(num(2)?).map_err(|_| bad())?;
+                    match snap.workers.iter_mut().find(|r| r.pid == pid) {
+                        Some(record) => record.output = Some(fd),
+                        // Not a worker's: still an fd to take over and close.
+                        None => snap.workers.push(WorkerSnapshot {
+                            pid,
+                            reloads_at_spawn: 0,
+                            version: None,
+                            output: Some(fd),
+                        }),
+                    }
+                }
                 ("held", 5) => {
                     let options: [u8; 4] = unhex(f[4])
                         .and_then(|o| o.try_into().ok())
@@ -304,7 +356,7 @@ impl Snapshot {
         let text = std::env::var_os(STATE_ENV)?;
         std::env::remove_var(STATE_ENV);
         Some(match text.into_string() {
-            Ok(t) => Snapshot::decode(&t),
+            Ok(t) => Snapshot::decode(&t, Clock::read()),
             Err(_) => Err(SnapshotError("not UTF-8".into())),
         })
     }
@@ -373,7 +425,7 @@ pub fn exec(
             return e;
         }
     }
-    std::env::set_var(STATE_ENV, snapshot.encode());
+    std::env::set_var(STATE_ENV, snapshot.encode(Clock::read()));
     if let Some(value) = notify_socket {
         // from_env removed it at start; the new image reads (and removes) it again.
         std::env::set_var(crate::notify::NOTIFY_SOCKET, value);
@@ -421,35 +473,55 @@ pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
-    fn sample() -> Snapshot {
+    fn clock() -> Clock {
+        Clock {
+            now: Instant::now(),
+            usec: 50_000_000,
+        }
+    }
+
+    fn sample(c: Clock) -> Snapshot {
+        let at = |usec| c.instant_of(Some(usec));
         Snapshot {
             runtime_dir: PathBuf::from("/run/hap master"),
             runtime_created: true,
             lock_fd: 4,
             master: MasterSnapshot {
-                started: Some(1_000_000),
+                started: at(1_000_000),
                 reloads: 7,
                 failed_reloads: 2,
             },
-            next_generation: 9,
-            current: Some(120),
-            crash_streak: 2,
+            state: StateSnapshot {
+                next_generation: 9,
+                current: Some(120),
+                crash_streak: 2,
+                workers: vec![
+                    Worker {
+                        pid: 120,
+                        generation: 8,
+                        role: Role::Current,
+                        started: at(9_000_000),
+                    },
+                    Worker {
+                        pid: 110,
+                        generation: 7,
+                        role: Role::Draining,
+                        started: at(8_000_000),
+                    },
+                ],
+            },
             workers: vec![
                 WorkerSnapshot {
                     pid: 120,
-                    generation: 8,
-                    role: Role::Current,
-                    started: Some(9_000_000),
                     reloads_at_spawn: 6,
                     version: Some("2.6.12-1+deb12u4 custom".into()),
+                    output: Some(9),
                 },
                 WorkerSnapshot {
                     pid: 110,
-                    generation: 7,
-                    role: Role::Draining,
-                    started: None,
                     reloads_at_spawn: 5,
                     version: None,
+                    output: Some(10),
                 },
             ],
             held: vec![
@@ -466,44 +538,60 @@ mod tests {
                     },
                 },
             ],
-            outputs: vec![(120, 9), (110, 10)],
         }
     }
 
     #[test]
     fn round_trips() {
-        let s = sample();
-        assert_eq!(Snapshot::decode(&s.encode()), Ok(s));
-        let mut empty = sample();
-        empty.current = None;
+        let c = clock();
+        let s = sample(c);
+        assert_eq!(Snapshot::decode(&s.encode(c), c), Ok(s));
+        let mut empty = sample(c);
+        empty.state.current = None;
+        empty.state.workers.clear();
         empty.workers.clear();
         empty.held.clear();
-        empty.outputs.clear();
-        assert_eq!(Snapshot::decode(&empty.encode()), Ok(empty));
+        assert_eq!(Snapshot::decode(&empty.encode(c), c), Ok(empty));
+    }
+
+    /// Read by a later image, times keep their age: the clock has moved on by then.
+    #[test]
+    fn times_cross_as_ages() {
+        let c = clock();
+        let text = sample(c).encode(c);
+        let later = Clock {
+            now: c.now + Duration::from_secs(2),
+            usec: c.usec + 2_000_000,
+        };
+        let s = Snapshot::decode(&text, later).unwrap();
+        assert_eq!(s.master.started, sample(c).master.started);
+        assert_eq!(s.state.workers, sample(c).state.workers);
     }
 
     #[test]
     fn rejects_other_formats_and_garbage() {
-        let good = sample().encode();
-        assert!(Snapshot::decode("").is_err());
-        assert!(Snapshot::decode(&good.replace(FORMAT, "hapmaster-upgrade 3")).is_err());
+        let c = clock();
+        let good = sample(c).encode(c);
+        let decode = |text: &str| Snapshot::decode(text, c);
+        assert!(decode("").is_err());
+        assert!(decode(&good.replace(FORMAT, "hapmaster-upgrade 3")).is_err());
         let no_master: String = good
             .lines()
             .filter(|l| !l.starts_with("master "))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert!(Snapshot::decode(&no_master).is_err());
-        assert!(Snapshot::decode(&format!("{good}master - 1 1\n")).is_err());
-        assert!(Snapshot::decode(&format!("{good}worker 1 2 current - 0 zz\n")).is_err());
-        assert!(Snapshot::decode(&format!("{good}worker 1 2 current\n")).is_err());
-        assert!(Snapshot::decode(&format!("{good}held x - - 00000000\n")).is_err());
-        assert!(Snapshot::decode(&format!("{good}worker 1 2 sleeping\n")).is_err());
-        assert!(Snapshot::decode(&format!("{good}held 3 - - 0000\n")).is_err());
-        assert!(Snapshot::decode(&format!("{good}unknown line\n")).is_err());
-        assert!(Snapshot::decode(&format!("{FORMAT}\ngeneration 1 0\n")).is_err());
+        assert!(decode(&no_master).is_err());
+        assert!(decode(&format!("{good}master - 1 1\n")).is_err());
+        assert!(decode(&format!("{good}worker 1 2 current - 0 zz\n")).is_err());
+        assert!(decode(&format!("{good}worker 1 2 current\n")).is_err());
+        assert!(decode(&format!("{good}held x - - 00000000\n")).is_err());
+        assert!(decode(&format!("{good}worker 1 2 sleeping\n")).is_err());
+        assert!(decode(&format!("{good}held 3 - - 0000\n")).is_err());
+        assert!(decode(&format!("{good}unknown line\n")).is_err());
+        assert!(decode(&format!("{FORMAT}\ngeneration 1 0\n")).is_err());
         // Every truncation is an error or a shorter valid snapshot, never a panic.
         for i in 0..good.len() {
-            let _ = Snapshot::decode(&good[..i]);
+            let _ = decode(&good[..i]);
         }
     }
 
@@ -511,28 +599,43 @@ mod tests {
     /// counters and times started afresh.
     #[test]
     fn reads_format_1() {
+        let c = clock();
         let text = format!(
             "{FORMAT_1}\nruntime {} 1 4\ngeneration 9 2\ncurrent 120\nworker 120 8 current\n\
              output 120 9\nheld 7 - - 00000000\n",
             hex(b"/run/hm")
         );
-        let snap = Snapshot::decode(&text).unwrap();
-        assert_eq!(snap.master, MasterSnapshot::default());
+        let snap = Snapshot::decode(&text, c).unwrap();
+        assert_eq!(
+            snap.master,
+            MasterSnapshot {
+                started: c.now,
+                reloads: 0,
+                failed_reloads: 0
+            }
+        );
+        assert_eq!(
+            snap.state.workers,
+            vec![Worker {
+                pid: 120,
+                generation: 8,
+                role: Role::Current,
+                started: c.now,
+            }]
+        );
         assert_eq!(
             snap.workers,
             vec![WorkerSnapshot {
                 pid: 120,
-                generation: 8,
-                role: Role::Current,
-                started: None,
                 reloads_at_spawn: 0,
                 version: None,
+                output: Some(9),
             }]
         );
-        assert_eq!(snap.current, Some(120));
+        assert_eq!(snap.state.current, Some(120));
         // Format 1 has no master line, nor format 2's worker lines.
-        assert!(Snapshot::decode(&format!("{text}master 1 0 0\n")).is_err());
-        assert!(Snapshot::decode(&format!("{text}worker 1 2 current 5 0 -\n")).is_err());
+        assert!(Snapshot::decode(&format!("{text}master 1 0 0\n"), c).is_err());
+        assert!(Snapshot::decode(&format!("{text}worker 1 2 current 5 0 -\n"), c).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::control::command::{
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::handoff::serve::serve_getsocks_after_command;
 use crate::supervisor::sessions::{Input, Session};
-use crate::supervisor::state::{Generation, Role};
+use crate::supervisor::state::{Generation, ReloadKind, Role};
 
 /// Bound on a command forwarded to a worker's stats socket (`@1 show stat`, ...).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,8 +202,8 @@ impl Master<'_> {
             Request::Help => Step::Answer(help_text()),
             Request::ShowProc => Step::Answer(self.show_proc()),
             Request::ShowListeners => Step::Answer(self.show_listeners()),
-            Request::Reload => self.start_reload(id, false),
-            Request::HardReload => self.start_reload(id, true),
+            Request::Reload => self.start_reload(id, ReloadKind::Soft),
+            Request::HardReload => self.start_reload(id, ReloadKind::Hard),
             Request::AwaitReload => match self.await_reload(peer) {
                 super::await_reload::Awaited::Ended(text) => Step::ReloadAnswer(text),
                 super::await_reload::Awaited::After(after) => self.wait_for_reload(id, after),
@@ -225,7 +225,7 @@ impl Master<'_> {
         }
     }
 
-    fn start_reload(&mut self, id: u64, hard: bool) -> Step {
+    fn start_reload(&mut self, id: u64, kind: ReloadKind) -> Step {
         if self.state.is_stopping() {
             return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
         }
@@ -240,9 +240,9 @@ impl Master<'_> {
                 .get(s.listener)
                 .map_or_else(|| "?".into(), |l| l.path.display().to_string())
         );
-        // Registered before the request: a reload that fails at once answers within `feed`.
+        // Registered before the request is decided, so a reload that fails at once is answered.
         let step = self.wait_for_reload(id, self.state.last_generation());
-        self.request_reload(hard, &origin);
+        self.request_reload(kind, &origin);
         step
     }
 
@@ -288,19 +288,13 @@ impl Master<'_> {
 
     /// What the worker of a reload that just ended said while starting, taken once.
     pub(super) fn startup_output(&mut self, generation: Generation, ready: bool) -> String {
-        let Some(pid) = self.generations.get(&generation).copied() else {
+        let Some((pid, record)) = self.workers.of_generation(generation) else {
             return String::new();
         };
         let bytes = if ready {
-            match self.last_startup.take() {
-                Some((p, out)) if p == pid => out,
-                other => {
-                    self.last_startup = other;
-                    Vec::new()
-                }
-            }
+            record.startup.take().unwrap_or_default()
         } else {
-            self.outputs.take_startup(pid)
+            record.output.take_startup(pid)
         };
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
         if !text.is_empty() && !text.ends_with('\n') {
@@ -388,7 +382,7 @@ impl Master<'_> {
         let mut current = Vec::new();
         let mut old = Vec::new();
         for w in self.state.workers() {
-            let extra = self.worker_extra.get(&w.pid);
+            let extra = self.workers.get(w.pid);
             let r = row(
                 w.pid,
                 "worker",

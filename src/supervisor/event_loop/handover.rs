@@ -4,47 +4,38 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::{Master, WorkerExtra};
+use super::workers::WorkerRuntime;
+use super::Master;
 use crate::fdstore::FdStore;
 use crate::handoff::listeners::{HeldSet, SocketInfo};
 use crate::handoff::wire::Record;
-use crate::notify::{monotonic_usec, Notifier};
-use crate::supervisor::state::{State, Worker};
-use crate::supervisor::upgrade::{
-    self, instant_of_monotonic_usec, monotonic_usec_of, HeldSnapshot, MasterSnapshot, Snapshot,
-    WorkerSnapshot,
-};
+use crate::notify::Notifier;
+use crate::supervisor::output::Output;
+use crate::supervisor::state::State;
+use crate::supervisor::upgrade::{self, HeldSnapshot, MasterSnapshot, Snapshot, WorkerSnapshot};
 
 impl Master<'_> {
     /// Re-executes the binary on disk, keeping pid, workers and held sockets. Returns only if
     /// the exec failed; the master then goes on unchanged.
     pub(super) fn upgrade(&mut self) {
-        let (workers, current, next_generation, crash_streak) = self.state.snapshot();
-        let (now, now_usec) = (Instant::now(), monotonic_usec());
         let snapshot = Snapshot {
             runtime_dir: self.runtime.path().to_path_buf(),
             runtime_created: self.runtime.created(),
             lock_fd: self.runtime.lock_fd().as_raw_fd(),
             master: MasterSnapshot {
-                started: Some(monotonic_usec_of(self.started, now, now_usec)),
+                started: self.started,
                 reloads: self.reloads,
                 failed_reloads: self.failed_reloads,
             },
-            next_generation,
-            current,
-            crash_streak,
-            workers: workers
-                .into_iter()
-                .map(|w| {
-                    let extra = self.worker_extra.get(&w.pid);
-                    WorkerSnapshot {
-                        pid: w.pid,
-                        generation: w.generation,
-                        role: w.role,
-                        started: Some(monotonic_usec_of(w.started, now, now_usec)),
-                        reloads_at_spawn: extra.map_or(self.reloads, |e| e.reloads_at_spawn),
-                        version: extra.and_then(|e| e.version.clone()),
-                    }
+            state: self.state.snapshot(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(pid, r)| WorkerSnapshot {
+                    pid,
+                    reloads_at_spawn: r.reloads_at_spawn,
+                    version: r.version.clone(),
+                    output: r.output.fd().map(|fd| fd.as_raw_fd()),
                 })
                 .collect(),
             held: self
@@ -55,14 +46,9 @@ impl Master<'_> {
                     record: h.record.clone(),
                 })
                 .collect(),
-            outputs: self
-                .outputs
-                .fds()
-                .map(|(pid, fd)| (pid, fd.as_raw_fd()))
-                .collect(),
         };
         let mut keep: Vec<_> = self.held.iter().map(|h| h.fd.as_fd()).collect();
-        keep.extend(self.outputs.fds().map(|(_, fd)| fd));
+        keep.extend(self.workers.iter().filter_map(|(_, r)| r.output.fd()));
         keep.push(self.runtime.lock_fd());
         // SAFETY: the inherited fds stay open for the life of the process (nothing closes them).
         keep.extend(
@@ -74,7 +60,7 @@ impl Master<'_> {
         log::info!(
             "upgrading in place: executing {} with {} worker(s) and {} listening socket(s)",
             self.launch.exe.display(),
-            snapshot.workers.len(),
+            snapshot.state.workers.len(),
             snapshot.held.len()
         );
         let err = upgrade::exec(
@@ -153,49 +139,44 @@ impl Master<'_> {
             );
             HeldSet::default()
         });
-        for (pid, fd) in snapshot.outputs {
-            match upgrade::adopt_fd(fd) {
-                Ok(fd) => self.outputs.adopt(pid, fd),
-                Err(e) => log::warn!("after the upgrade in place: stderr of worker pid {pid}: {e}"),
-            }
-        }
         // `show proc` goes on counting where the previous image stopped.
-        let (now, now_usec) = (Instant::now(), monotonic_usec());
-        let since = |started: Option<u64>| {
-            started.map_or(now, |usec| instant_of_monotonic_usec(usec, now, now_usec))
-        };
-        self.started = since(snapshot.master.started);
+        self.started = snapshot.master.started;
         self.reloads = snapshot.master.reloads;
         self.failed_reloads = snapshot.master.failed_reloads;
-        let mut workers = Vec::with_capacity(snapshot.workers.len());
         for w in snapshot.workers {
-            self.worker_extra.insert(
-                w.pid,
-                WorkerExtra {
-                    version: w.version,
-                    reloads_at_spawn: w.reloads_at_spawn.min(self.reloads),
-                },
-            );
-            workers.push(Worker {
-                pid: w.pid,
-                generation: w.generation,
-                role: w.role,
-                started: since(w.started),
-            });
+            let output = match w.output.map(upgrade::adopt_fd) {
+                Some(Ok(fd)) => Output::running(fd),
+                Some(Err(e)) => {
+                    log::warn!(
+                        "after the upgrade in place: stderr of worker pid {}: {e}",
+                        w.pid
+                    );
+                    Output::none()
+                }
+                None => Output::none(),
+            };
+            // A record with no worker in the state (none is written) only closes its pipe.
+            let Some(generation) = snapshot
+                .state
+                .workers
+                .iter()
+                .find(|s| s.pid == w.pid)
+                .map(|s| s.generation)
+            else {
+                continue;
+            };
+            let mut record =
+                WorkerRuntime::new(generation, output, w.reloads_at_spawn.min(self.reloads));
+            record.version = w.version;
+            self.workers.add(w.pid, record);
         }
         // What the store holds is unknown here; storing a socket systemd has already is a no-op.
         self.sync_fdstore();
-        let (state, actions) = State::resume(
-            self.state.policy(),
-            workers,
-            snapshot.current,
-            snapshot.next_generation,
-            snapshot.crash_streak,
-        );
+        let (state, actions) = State::resume(self.state.policy(), snapshot.state, Instant::now());
         self.state = state;
         self.adopt_config_copies();
         for action in actions {
-            self.apply(action);
+            self.apply_action(action);
         }
         log::info!(
             "hapmaster {} took over after an upgrade in place: {} worker(s), {} listening socket(s)",

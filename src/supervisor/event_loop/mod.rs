@@ -1,7 +1,33 @@
 //! The executor: one poll loop over the signal pipe, the control sockets and their clients, the
-//! readiness probe and the workers' stderr, with the earliest deadline as its timeout. It turns what it observes into
-//! `Event`s for `State::decide` and carries out the `Action`s that come back. All syscalls of the
-//! supervisor live here or in the modules it calls.
+//! workers' readiness probes and stderr, with the earliest deadline as its timeout. It turns what
+//! it observes into `Event`s for `State::decide` and carries out the `Action`s that come back.
+//! All syscalls of the supervisor live here or in the modules it calls.
+//!
+//! Who owns what:
+//! - this file: `Master`, the loop (`wait`, `turn`), signals and reaping, spawning a worker, and
+//!   `apply_action`, which carries out one action.
+//! - `queue.rs`: the event queue. What the loop observes, and what an action produces (a spawned
+//!   pid, a failed spawn), is pushed; `settle` decides one event at a time and carries out all
+//!   its actions before deciding the next. Only `queue::drain` calls `State::decide`.
+//! - `timers.rs`: the one timer list. `State` arms every timer (`Action::Arm`) and decides what
+//!   a due one means (`Event::Timer`); the list keeps them, gives the poll timeout (the
+//!   earliest) and hands back the due ones.
+//! - `workers.rs`: one record per worker (`WorkerRuntime`: stderr, readiness probe, fetched
+//!   sockets, start-up output, version, reloads at spawn), made at spawn and dropped whole, with
+//!   the worker's timers, at `Action::Forget`.
+//! - `control.rs`: the master CLI's sessions and commands; `await_reload.rs`: which reload a
+//!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
+//!   store; `last_good.rs`: configuration copies.
+//!
+//! Where a task goes: an exchange with a peer that takes more than one step (the probe now;
+//! fetching a worker's sockets, serving `_getsocks`, a forwarded `@` command, which are still
+//! blocking calls bounded in time) is a non-blocking state machine with its own deadline and
+//! buffers. One that talks to a worker lives in that worker's `WorkerRuntime`, as `probe` does
+//! (so it ends when the worker is forgotten); one that serves a client lives in its session.
+//! `wait` polls the fds a task wants, `poll_timeout` includes its deadline, and when it ends it
+//! pushes its outcome as an `Event` (the probe's answer leads to `Event::WorkerReady`); it never
+//! calls `State::decide` itself. How long the master waits for a worker is a state timer (as
+//! `Timer::Ready` bounds the probe), not the task's own.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,12 +43,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid as NixPid;
 
 use super::last_good::LastGood;
-use super::output::Outputs;
+use super::output::Output;
 use super::probe::{Probe, Progress};
 use super::sessions::Session;
 use super::signals;
 use super::signals::Signals;
-use super::state::{Action, Event, Pid, Policy, Signal, StartKind, State};
+use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, State, Timer};
 use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, WorkerSpec};
 use crate::fdstore::FdStore;
@@ -32,8 +58,6 @@ use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
 
-/// A worker that failed to start gets this long between SIGTERM and SIGKILL.
-const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// Bound on one `_getsocks` exchange with a worker, either direction.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,8 +65,14 @@ mod await_reload;
 mod control;
 mod handover;
 mod last_good;
+mod queue;
+mod timers;
+mod workers;
 
 use control::ControlListener;
+use queue::{EventQueue, Executor};
+use timers::Timers;
+use workers::{WorkerRuntime, Workers};
 
 /// What can keep the master from starting its loop at all.
 #[derive(Debug)]
@@ -122,10 +152,12 @@ pub fn run(
         opts,
         runtime,
         notifier,
+        events: EventQueue::default(),
         state: State::new(Policy {
             exit_on_failure: opts.exit_on_failure,
             max_old_workers: opts.max_old_workers,
             drain_timeout: opts.drain_timeout,
+            ready_timeout: opts.ready_timeout,
         }),
         signals,
         listeners,
@@ -133,17 +165,9 @@ pub fn run(
         next_session: 0,
         held: HeldSet::default(),
         fdstore: FdStore::default(),
-        fetched: None,
-        probe: None,
-        aborts: Vec::new(),
-        drain_deadlines: Vec::new(),
-        respawn_at: None,
-        stop_deadline: None,
+        timers: Timers::default(),
         exit: None,
-        outputs: Outputs::default(),
-        last_startup: None,
-        generations: HashMap::new(),
-        worker_extra: HashMap::new(),
+        workers: Workers::default(),
         reloads: 0,
         failed_reloads: 0,
         started: Instant::now(),
@@ -157,10 +181,11 @@ pub fn run(
     match resume {
         None => {
             master.sweep_config_copies();
-            master.feed(Event::Boot)
+            master.push(Event::Boot)
         }
         Some(snapshot) => master.resume(snapshot),
     }
+    master.settle();
     while master.exit.is_none() {
         master.turn();
     }
@@ -200,6 +225,8 @@ struct Master<'a> {
     opts: &'a Options,
     runtime: &'a RuntimeDir,
     notifier: Option<&'a Notifier>,
+    /// Events observed and not yet decided.
+    events: EventQueue,
     state: State,
     signals: Signals,
     /// The master CLI: `master.sock` (also the `-x` target of new workers), then each `-S`.
@@ -210,24 +237,11 @@ struct Master<'a> {
     held: HeldSet,
     /// systemd's copies of `held`.
     fdstore: FdStore,
-    /// Sockets fetched from a worker that just became ready, until the state commits them.
-    fetched: Option<(Pid, HeldSet)>,
-    probe: Option<Probe>,
-    /// SIGKILL deadlines of workers that failed to start.
-    aborts: Vec<(Pid, Instant)>,
-    /// When draining workers hit `--drain-timeout`.
-    drain_deadlines: Vec<(Pid, Instant)>,
-    respawn_at: Option<Instant>,
-    stop_deadline: Option<Instant>,
+    /// Every deadline the state armed.
+    timers: Timers,
     exit: Option<i32>,
-    /// Workers' stderr pipes.
-    outputs: Outputs,
-    /// Start-up output of the worker that became ready last, until a reload answer takes it.
-    last_startup: Option<(Pid, Vec<u8>)>,
-    /// The pid of each live worker's generation.
-    generations: HashMap<u64, Pid>,
-    /// What `show proc` tells of each worker beyond the state.
-    worker_extra: HashMap<Pid, WorkerExtra>,
+    /// Everything the executor knows of each worker, beyond the state.
+    workers: Workers,
     /// Successful and failed reloads, as `show proc` counts them.
     reloads: u64,
     failed_reloads: u64,
@@ -241,11 +255,6 @@ struct Master<'a> {
     signal_reloads: await_reload::SignalReloads,
     /// Until the first worker is ready (fresh start only).
     first_ready: Option<FirstReady<'a>>,
-}
-
-struct WorkerExtra {
-    version: Option<String>,
-    reloads_at_spawn: u64,
 }
 
 /// What a polled fd belongs to.
@@ -271,13 +280,15 @@ impl Master<'_> {
                 fds.push(PollFd::new(l.listener.as_fd(), PollFlags::POLLIN));
             }
         }
-        if let Some(fd) = self.probe.as_ref().and_then(|p| p.poll_fd()) {
-            tokens.push(Token::Probe);
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        for (pid, fd) in self.outputs.fds() {
-            tokens.push(Token::Output(pid));
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        for (pid, record) in self.workers.iter() {
+            if let Some(fd) = record.probe.as_ref().and_then(Probe::poll_fd) {
+                tokens.push(Token::Probe);
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            if let Some(fd) = record.output.fd() {
+                tokens.push(Token::Output(pid));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
         }
         for (id, s) in &self.sessions {
             let mut flags = PollFlags::empty();
@@ -312,13 +323,20 @@ impl Master<'_> {
                 Token::Listener(i) => self.accept_clients(i),
                 // Stepped below in any case.
                 Token::Probe => {}
-                Token::Output(pid) => self.outputs.drain(pid),
+                Token::Output(pid) => {
+                    if let Some(record) = self.workers.get_mut(pid) {
+                        record.output.drain(pid);
+                    }
+                }
                 Token::Session(id) => self.on_session(id, revents),
             }
+            // What a client's command does next sees what an earlier signal changed.
+            self.settle();
         }
         let now = Instant::now();
-        self.step_probe(now);
+        self.step_probes(now);
         self.fire_timers(now);
+        self.settle();
         self.expire_sessions(now);
         if self.upgrade_requested && self.state.is_settled() {
             self.upgrade_requested = false;
@@ -330,11 +348,11 @@ impl Master<'_> {
     /// sub-millisecond remainder; no deadline at all means sleeping until an fd or signal wakes us.
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
         let deadlines = [
-            self.probe.as_ref().map(Probe::wakeup),
-            self.aborts.iter().map(|(_, d)| *d).min(),
-            self.drain_deadlines.iter().map(|(_, d)| *d).min(),
-            self.respawn_at,
-            self.stop_deadline,
+            self.workers
+                .iter()
+                .filter_map(|(_, r)| r.probe.as_ref().and_then(Probe::wakeup))
+                .min(),
+            self.timers.earliest(),
             self.sessions
                 .values()
                 .filter(|s| s.awaiting_reload.is_none())
@@ -357,11 +375,11 @@ impl Master<'_> {
                 libc::SIGCHLD => self.reap(),
                 libc::SIGTERM | libc::SIGINT => {
                     log::info!("received {received}: stopping");
-                    self.feed(Event::StopRequested)
+                    self.push(Event::StopRequested)
                 }
                 libc::SIGUSR1 => {
                     log::info!("received {received}: soft stop");
-                    self.feed(Event::SoftStopRequested)
+                    self.push(Event::SoftStopRequested)
                 }
                 libc::SIGURG => {
                     if self.state.is_stopping() {
@@ -375,7 +393,7 @@ impl Master<'_> {
                     let sender = received.sender.map(|s| s.pid);
                     self.signal_reloads
                         .requested(self.state.last_generation(), sender);
-                    self.request_reload(false, &received)
+                    self.request_reload(ReloadKind::Soft, &received)
                 }
                 _ => {}
             }
@@ -384,14 +402,13 @@ impl Master<'_> {
 
     /// Every reload request says who asked, before the state says what becomes of it (started,
     /// queued behind the one starting, joined with the queued one, ignored while stopping).
-    fn request_reload(&mut self, hard: bool, origin: &dyn std::fmt::Display) {
-        let (what, event) = if hard {
-            ("hard reload", Event::HardReloadRequested)
-        } else {
-            ("reload", Event::ReloadRequested)
+    fn request_reload(&mut self, kind: ReloadKind, origin: &dyn std::fmt::Display) {
+        let what = match kind {
+            ReloadKind::Soft => "reload",
+            ReloadKind::Hard => "hard reload",
         };
         log::info!("{what} requested by {origin}");
-        self.feed(event)
+        self.push(Event::ReloadRequested(kind))
     }
 
     /// Every child, ours or an orphan handed to us as PID 1, is reaped here and only here.
@@ -403,7 +420,7 @@ impl Master<'_> {
                     if let Some(pid) = status.pid() {
                         let code = worker::exit_code(&status);
                         let status = worker::describe_wait_status(&status);
-                        self.feed(Event::WorkerExited {
+                        self.push(Event::WorkerExited {
                             pid: pid.as_raw(),
                             status,
                             code,
@@ -419,30 +436,31 @@ impl Master<'_> {
         }
     }
 
-    fn step_probe(&mut self, now: Instant) {
-        let Some(probe) = self.probe.as_mut() else {
+    fn step_probes(&mut self, now: Instant) {
+        let probing: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|(_, r)| r.probe.is_some())
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in probing {
+            self.step_probe(pid, now);
+        }
+    }
+
+    fn step_probe(&mut self, pid: Pid, now: Instant) {
+        let Some(record) = self.workers.get_mut(pid) else {
             return;
         };
-        let pid = probe.pid;
+        let Some(probe) = record.probe.as_mut() else {
+            return;
+        };
         match probe.step(now) {
             Progress::Waiting => {}
             Progress::Ready => {
-                if let (Some(v), Some(extra)) = (probe.version(), self.worker_extra.get_mut(&pid)) {
-                    extra.version = Some(v.to_string());
-                }
-                self.probe = None;
+                record.version = probe.version().map(str::to_string);
+                record.probe = None;
                 self.take_sockets_of(pid);
-            }
-            Progress::TimedOut => {
-                let detail = probe.last_error().unwrap_or("no answer").to_string();
-                self.probe = None;
-                self.feed(Event::WorkerFailed {
-                    pid,
-                    reason: format!(
-                        "not ready within {} ms ({detail}); raise --ready-timeout if it needs longer",
-                        self.opts.ready_timeout.as_millis()
-                    ),
-                });
             }
         }
     }
@@ -470,16 +488,18 @@ impl Master<'_> {
             Ok(set) => {
                 if let Err(e) = self.fire_first_ready(pid) {
                     // Dropping `set` closes the copies; the worker is stopped as a failed start.
-                    self.feed(Event::WorkerFailed {
+                    self.push(Event::WorkerFailed {
                         pid,
                         reason: format!("it is ready, but {e}"),
                     });
                     return;
                 }
-                self.fetched = Some((pid, set));
-                self.feed(Event::WorkerReady { pid });
+                if let Some(record) = self.workers.get_mut(pid) {
+                    record.fetched = Some(set);
+                }
+                self.push(Event::WorkerReady { pid });
             }
-            Err(e) => self.feed(Event::WorkerFailed {
+            Err(e) => self.push(Event::WorkerFailed {
                 pid,
                 reason: format!(
                     "could not take its listening sockets from {}: {e}",
@@ -501,78 +521,48 @@ impl Master<'_> {
         }
     }
 
+    /// Due timers become events; what each means is the state's to decide.
     fn fire_timers(&mut self, now: Instant) {
-        for pid in take_due(&mut self.aborts, now) {
-            log::warn!(
-                "worker pid {pid} did not exit {} s after SIGTERM: SIGKILL",
-                ABORT_GRACE.as_secs()
-            );
-            self.send_signal(pid, Signal::Kill);
-        }
-        for pid in take_due(&mut self.drain_deadlines, now) {
-            self.feed(Event::DrainDeadline { pid });
-        }
-        if self.respawn_at.is_some_and(|at| at <= now) {
-            self.respawn_at = None;
-            self.feed(Event::RespawnDue);
-        }
-        if self.stop_deadline.is_some_and(|at| at <= now) {
-            self.stop_deadline = None;
-            self.feed(Event::StopDeadline);
+        for timer in self.timers.take_due(now) {
+            let detail = match timer {
+                Timer::Ready { pid } => self
+                    .workers
+                    .get(pid)
+                    .and_then(|r| r.probe.as_ref())
+                    .and_then(|p| p.last_error())
+                    .map(str::to_string),
+                _ => None,
+            };
+            self.push(Event::Timer { timer, detail });
         }
     }
 
-    fn feed(&mut self, event: Event) {
-        let actions = self.state.decide(event, Instant::now());
-        for action in actions {
-            self.apply(action);
-        }
+    /// Queued for `settle`: an event is never decided while actions are being carried out.
+    fn push(&mut self, event: Event) {
+        self.events.push(event);
     }
 
-    fn apply(&mut self, action: Action) {
+    /// Decides every queued event and carries out its actions (`queue::drain`).
+    fn settle(&mut self) {
+        queue::drain(self);
+    }
+
+    fn apply_action(&mut self, action: Action) {
         match action {
             Action::Spawn { generation, kind } => self.spawn(generation, kind),
-            Action::CommitSockets { pid } => match self.fetched.take() {
-                Some((fetched_pid, set)) if fetched_pid == pid => {
-                    warn_rebound(&self.held, &set, pid);
-                    log::debug!(
-                        "holding {} listening sockets of worker pid {pid}",
-                        set.len()
-                    );
-                    // Dropping the previous set closes the copies the new worker did not take.
-                    self.held = set;
-                    self.sync_fdstore();
-                    // Ready: what it said while starting is kept for a waiting `reload` only.
-                    self.last_startup = Some((pid, self.outputs.take_startup(pid)));
-                    self.config_ready(pid);
-                }
-                other => self.fetched = other,
-            },
+            Action::CommitSockets { pid } => self.commit_sockets(pid),
             Action::Signal { pid, signal } => self.send_signal(pid, signal),
             Action::Abort { pid } => {
-                if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
-                    self.probe = None;
+                if let Some(record) = self.workers.get_mut(pid) {
+                    record.probe = None;
                 }
                 self.send_signal(pid, Signal::Terminate);
-                self.aborts.push((pid, Instant::now() + ABORT_GRACE));
             }
             Action::Forget { pid, generation } => {
                 self.runtime.remove_worker_files(generation);
                 self.config_forgotten(generation);
-                self.outputs.forget(pid);
-                self.worker_extra.remove(&pid);
-                self.generations.remove(&generation);
-                if self.last_startup.as_ref().is_some_and(|(p, _)| *p == pid) {
-                    self.last_startup = None;
-                }
-                self.aborts.retain(|(p, _)| *p != pid);
-                self.drain_deadlines.retain(|(p, _)| *p != pid);
-                if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
-                    self.probe = None;
-                }
-                if self.fetched.as_ref().is_some_and(|(p, _)| *p == pid) {
-                    self.fetched = None;
-                }
+                self.workers.forget(pid);
+                self.timers.forget_worker(pid);
             }
             Action::NotifyReady { status, first } => {
                 let mainpid = first.then(std::process::id);
@@ -585,11 +575,8 @@ impl Master<'_> {
                 self.notify(|n| n.status(&status))
             }
             Action::NotifyStopping { status } => self.notify(|n| n.stopping(&status)),
-            Action::ScheduleRespawn { after } => self.respawn_at = Some(Instant::now() + after),
-            Action::ArmDrainDeadline { pid, after } => {
-                self.drain_deadlines.push((pid, Instant::now() + after))
-            }
-            Action::ArmStopDeadline { after } => self.stop_deadline = Some(Instant::now() + after),
+            Action::Arm { at, timer } => self.timers.arm(at, timer),
+            Action::Disarm { timer } => self.timers.disarm(timer),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
             Action::ReloadDone { generation, reason } => {
@@ -605,6 +592,33 @@ impl Master<'_> {
         }
     }
 
+    /// The sockets fetched from worker `pid` become the held set.
+    fn commit_sockets(&mut self, pid: Pid) {
+        let Some(record) = self.workers.get_mut(pid) else {
+            return;
+        };
+        let Some(set) = record.fetched.take() else {
+            return;
+        };
+        // Ready: what it said while starting is kept for a waiting `reload` only.
+        let startup = record.output.take_startup(pid);
+        for (_, other) in self.workers.iter_mut() {
+            other.startup = None;
+        }
+        if let Some(record) = self.workers.get_mut(pid) {
+            record.startup = Some(startup);
+        }
+        warn_rebound(&self.held, &set, pid);
+        log::debug!(
+            "holding {} listening sockets of worker pid {pid}",
+            set.len()
+        );
+        // Dropping the previous set closes the copies the new worker did not take.
+        self.held = set;
+        self.sync_fdstore();
+        self.config_ready(pid);
+    }
+
     fn notify(&self, send: impl FnOnce(&Notifier) -> io::Result<()>) {
         if let Some(n) = self.notifier {
             if let Err(e) = send(n) {
@@ -617,7 +631,7 @@ impl Master<'_> {
         let fragment = match self.runtime.write_fragment(generation) {
             Ok(f) => f,
             Err(e) => {
-                self.feed(Event::SpawnFailed {
+                self.push(Event::SpawnFailed {
                     generation,
                     reason: e.to_string(),
                 });
@@ -637,7 +651,7 @@ impl Master<'_> {
             "starting worker generation {generation} ({}){}",
             match kind {
                 StartKind::Initial => "first worker",
-                StartKind::Reload => "reload",
+                StartKind::Reload(_) => "reload",
                 StartKind::Replace => "replacement",
             },
             if self.held.is_empty() {
@@ -655,22 +669,15 @@ impl Master<'_> {
         };
         match worker::spawn(&spec) {
             Ok((pid, stderr)) => {
-                self.outputs.add(pid, stderr);
-                self.worker_extra.insert(
-                    pid,
-                    WorkerExtra {
-                        version: None,
-                        reloads_at_spawn: self.reloads,
-                    },
-                );
-                self.generations.insert(generation, pid);
-                self.probe = Some(Probe::new(
+                let mut record =
+                    WorkerRuntime::new(generation, Output::starting(stderr), self.reloads);
+                record.probe = Some(Probe::new(
                     pid,
                     self.runtime.worker_socket(generation),
                     Instant::now(),
-                    self.opts.ready_timeout,
                 ));
-                self.feed(Event::Spawned { generation, pid });
+                self.workers.add(pid, record);
+                self.push(Event::Spawned { generation, pid });
             }
             Err(e) => self.spawn_failed(generation, e.to_string()),
         }
@@ -680,7 +687,7 @@ impl Master<'_> {
     fn spawn_failed(&mut self, generation: u64, reason: String) {
         self.runtime.remove_worker_files(generation);
         self.config_forgotten(generation);
-        self.feed(Event::SpawnFailed { generation, reason });
+        self.push(Event::SpawnFailed { generation, reason });
     }
 
     /// Signals only children that have not been reaped: a reaped pid may already belong to
@@ -701,15 +708,18 @@ impl Master<'_> {
     }
 }
 
-/// Removes and returns the pids whose deadline has come.
-fn take_due(deadlines: &mut Vec<(Pid, Instant)>, now: Instant) -> Vec<Pid> {
-    let due = deadlines
-        .iter()
-        .filter(|(_, at)| *at <= now)
-        .map(|(pid, _)| *pid)
-        .collect();
-    deadlines.retain(|(_, at)| *at > now);
-    due
+impl Executor for Master<'_> {
+    fn queue(&mut self) -> &mut EventQueue {
+        &mut self.events
+    }
+
+    fn decide(&mut self, event: Event) -> Vec<Action> {
+        self.state.decide(event, Instant::now())
+    }
+
+    fn apply(&mut self, action: Action) {
+        self.apply_action(action);
+    }
 }
 
 /// A listener the new worker bound afresh instead of taking over is not seamless: say so, with
