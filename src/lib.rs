@@ -16,6 +16,7 @@ pub mod orphans;
 pub mod pidfd;
 pub mod pidfile;
 pub mod runtime_dir;
+pub mod stderr_buffer;
 pub mod supervisor;
 #[cfg(test)]
 mod test_dir;
