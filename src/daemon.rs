@@ -84,8 +84,12 @@ impl Detached {
             }
         );
         if !self.keep_stderr {
-            if let Err(e) = redirect(&self.devnull, libc::STDERR_FILENO) {
-                log::warn!("cannot point stderr at /dev/null: {e}; it stays the caller's");
+            match redirect(&self.devnull, libc::STDERR_FILENO) {
+                // The master's own copy of the caller's stderr goes too.
+                Ok(()) => crate::stderr_buffer::reattach(),
+                Err(e) => {
+                    log::warn!("cannot point stderr at /dev/null: {e}; it stays the caller's")
+                }
             }
         }
         // The parent may be gone (killed while waiting): nobody is left to tell.

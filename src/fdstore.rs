@@ -2,6 +2,10 @@
 //! name of its own (`FDSTORE=1`, `FDNAME=sock-<inode>`), and removed (`FDSTOREREMOVE=1`) when the
 //! master closes it. If the master itself dies, systemd keeps them and passes them back to the
 //! restarted master (`LISTEN_FDS`), so the ports are never closed.
+//!
+//! Never waits for systemd: a sync stops at a full receiver queue and goes on once the notify
+//! socket has room (the event loop polls it), so a service manager that does not read costs no
+//! time per socket, at start or at any reload.
 
 use std::collections::BTreeSet;
 
@@ -30,6 +34,8 @@ pub struct FdStore {
     /// which does not say (it discards them if `FileDescriptorStoreMax=` is 0).
     limit: Option<usize>,
     warned: bool,
+    /// The receiver's queue was full: sync again once the notify socket has room.
+    waiting: bool,
 }
 
 impl FdStore {
@@ -42,10 +48,22 @@ impl FdStore {
             stored: passed.into_iter().collect(),
             limit,
             warned: false,
+            waiting: false,
         }
     }
 
+    /// True when a sync stopped at a full receiver queue: call [`FdStore::sync`] again once the
+    /// notify socket is writable.
+    pub fn waiting(&self) -> bool {
+        self.waiting
+    }
+
+    /// Sends what brings systemd's store to `held`, never waiting: it stops at the first
+    /// datagram that cannot go. A full queue is resumed when the socket has room; any other
+    /// error is one warning, and the rest is tried once more at the next sync (the next
+    /// reload), not once per socket.
     pub fn sync(&mut self, notifier: &Notifier, held: &HeldSet) {
+        self.waiting = false;
         if self.limit == Some(0) {
             return;
         }
@@ -59,23 +77,39 @@ impl FdStore {
             );
         }
         let (add, remove) = plan(&self.stored, &wanted);
+        let changes = add.len() + remove.len();
+        let mut done = 0;
+        let mut failed = None;
         for inode in remove {
             let msg = format!("FDSTOREREMOVE=1\nFDNAME={}", fd_name(inode));
-            match notifier.send(&msg) {
-                Ok(()) => {
-                    self.stored.remove(&inode);
-                }
-                Err(e) => log::warn!("fd store: cannot remove {}: {e}", fd_name(inode)),
+            if let Err(e) = notifier.send_with_fds(&msg, &[]) {
+                failed = Some(e);
+                break;
             }
+            self.stored.remove(&inode);
+            done += 1;
         }
+        let add: BTreeSet<u64> = add.into_iter().collect();
         for h in held.iter().filter(|h| add.contains(&h.info.inode)) {
-            let msg = format!("FDSTORE=1\nFDNAME={}", fd_name(h.info.inode));
-            match notifier.send_with_fds(&msg, &[std::os::fd::AsFd::as_fd(&h.fd)]) {
-                Ok(()) => {
-                    self.stored.insert(h.info.inode);
-                }
-                Err(e) => log::warn!("fd store: cannot store {}: {e}", h.info.local),
+            if failed.is_some() {
+                break;
             }
+            let msg = format!("FDSTORE=1\nFDNAME={}", fd_name(h.info.inode));
+            if let Err(e) = notifier.send_with_fds(&msg, &[std::os::fd::AsFd::as_fd(&h.fd)]) {
+                failed = Some(e);
+                break;
+            }
+            self.stored.insert(h.info.inode);
+            done += 1;
+        }
+        match failed {
+            None => {}
+            Some(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.waiting = true,
+            Some(e) => log::warn!(
+                "systemd's fd store: {} of {changes} changes not sent: {e}; the sockets not \
+                 stored are not kept if the master dies; tried again at the next reload",
+                changes - done
+            ),
         }
     }
 }

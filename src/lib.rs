@@ -17,6 +17,7 @@ pub mod pidfd;
 pub mod pidfile;
 pub mod proc_stat;
 pub mod runtime_dir;
+pub mod stderr_buffer;
 pub mod supervisor;
 #[cfg(test)]
 mod test_dir;

@@ -1,11 +1,11 @@
 //! The `log` backend: haproxy-style lines on stderr, or sd-daemon priority prefixes when stderr
-//! is the journal.
+//! is the journal. The master's lines go through `crate::stderr_buffer`, which never waits for
+//! a reader once [`make_stderr_nonblocking`] was called.
 //!
 //! Hand-written because no logging crate produces haproxy's `[NOTICE]   (pid) : text` layout,
 //! and operators grep for it alongside the workers' own messages on the same stderr.
 
 use std::ffi::OsStr;
-use std::io::Write;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -114,24 +114,36 @@ impl Log for StderrLogger {
             std::process::id(),
             &record.args().to_string(),
         );
-        // std's stderr is unbuffered, so this is a single write(2) for lines shorter than the
-        // pipe buffer, which keeps them whole next to the workers' lines on the same stderr.
-        // A failed log write has nowhere to be reported.
-        let _ = std::io::stderr().lock().write_all(&line);
+        crate::stderr_buffer::write(&line, crate::stderr_buffer::Origin::Master);
     }
 
     fn flush(&self) {}
 }
 
+fn current_style() -> Style {
+    style_for(
+        std::env::var_os("JOURNAL_STREAM").as_deref(),
+        stderr_dev_ino(),
+    )
+}
+
 /// Installs the logger. A second call (tests, re-init) keeps the first logger's style but takes
 /// the new level.
 pub fn init(level: LevelFilter) {
-    let style = style_for(
-        std::env::var_os("JOURNAL_STREAM").as_deref(),
-        stderr_dev_ino(),
-    );
+    let style = current_style();
     let _ = log::set_boxed_logger(Box::new(StderrLogger { style }));
     log::set_max_level(level);
+}
+
+/// The master's stderr is written without waiting from now on (see `crate::stderr_buffer`);
+/// its drop notices look like the master's other warnings.
+pub fn make_stderr_nonblocking() {
+    let style = current_style();
+    let notice =
+        Box::new(move |text: &str| format_record(style, Level::Warn, std::process::id(), text));
+    if let Some(note) = crate::stderr_buffer::make_nonblocking(notice) {
+        log::debug!("{note}");
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,12 @@ fn main() -> ExitCode {
             }
             run_haproxy(&opts.haproxy, &args)
         }
-        options::Command::Run(opts) => run_master(opts),
+        options::Command::Run(opts) => {
+            let code = run_master(opts);
+            // A bounded wait for a slow reader to take the last lines; a stuck one loses them.
+            hapmaster::stderr_buffer::drain_for(hapmaster::stderr_buffer::LAST_WORDS);
+            code
+        }
     }
 }
 
@@ -210,6 +215,7 @@ fn run_haproxy(haproxy: &std::path::Path, args: &[OsString]) -> ExitCode {
 
 fn run_master(opts: Options) -> ExitCode {
     logging::init(logging::level_for(opts.quiet, opts.verbose));
+    logging::make_stderr_nonblocking();
     // Taken (and removed from the environment) before any child exists.
     let passed = hapmaster::listen_fds::take();
     raise_nofile_limit();

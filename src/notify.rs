@@ -1,22 +1,40 @@
-//! sd_notify(3): tell systemd when we are ready, reloading or stopping.
+//! sd_notify(3): tell systemd when we are ready, reloading or stopping, without ever waiting.
+//!
+//! The socket is non-blocking and connected to `NOTIFY_SOCKET`. Connected, because for a unix
+//! datagram socket poll's POLLOUT then says whether the *receiver's* queue has room; unconnected,
+//! it reports only our own send buffer, always looks writable, and a retry would spin. A
+//! receiver that does not read (its queue holds `net.unix.max_dgram_qlen` datagrams: 10 by
+//! default, 512 with systemd's sysctl) costs the master nothing:
+//! - a state message (READY=1, RELOADING=1, STATUS=, STOPPING=1) that cannot go at once waits,
+//!   in order, in a queue of at most [`QUEUE`] messages, sent when the event loop sees POLLOUT;
+//!   when the queue is full the oldest is dropped and the caller warns, once for that message;
+//! - an fd store message (it carries fds) is never queued: [`Notifier::send_with_fds`] says
+//!   `WouldBlock`, and `crate::fdstore` goes on where it stopped once the socket has room;
+//! - a receiver gone (ECONNREFUSED: the socket was bound anew, as after some systemd
+//!   daemon-reexecs) gets one new connect and one more try;
+//! - any other error drops the datagram; the caller warns once for it.
 //!
 //! Hand-written rather than the `sd-notify` crate (0.5): that crate reads `NOTIFY_SOCKET` on every
 //! call, so it cannot send anything once we unset the variable for our children; it does not
-//! handle `@abstract` addresses; and fd passing needs its extra `sendfd` dependency.
+//! handle `@abstract` addresses; it sends blocking; and fd passing needs its extra `sendfd`
+//! dependency.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use nix::errno::Errno;
+use nix::sys::socket::{connect, sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
-/// How long one datagram may wait for room in the receiver's queue.
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// State messages that wait for a receiver that does not read; beyond, the oldest is dropped.
+pub const QUEUE: usize = 32;
 
 #[derive(Debug)]
 pub enum NotifyError {
@@ -51,10 +69,12 @@ impl std::error::Error for NotifyError {
 /// Sends notifications to the service manager.
 #[derive(Debug)]
 pub struct Notifier {
-    // Unbound and unconnected: the address is given on each send so that a systemd
-    // daemon-reexec, which re-creates its notify socket, does not leave us talking to a dead one.
+    /// Non-blocking; connected at the first send, and again after ECONNREFUSED.
     socket: UnixDatagram,
     addr: UnixAddr,
+    connected: Cell<bool>,
+    /// State messages waiting for room in the receiver's queue, oldest first.
+    queue: RefCell<VecDeque<String>>,
     /// The `NOTIFY_SOCKET` value, handed on across an upgrade in place.
     value: std::ffi::OsString,
 }
@@ -78,20 +98,18 @@ impl Notifier {
         }
     }
 
-    /// A notifier for an explicit `NOTIFY_SOCKET` value.
+    /// A notifier for an explicit `NOTIFY_SOCKET` value. Nothing is connected yet: the
+    /// receiver need not exist before the first message.
     pub fn new(value: &OsStr) -> Result<Notifier, NotifyError> {
         let addr = parse_address(value)?;
         // std creates it with SOCK_CLOEXEC.
         let socket = UnixDatagram::unbound().map_err(NotifyError::Socket)?;
-        // A receiver's queue holds only net.unix.max_dgram_qlen (10) datagrams: a burst (the fd
-        // store of many sockets) must wait for systemd to read, but never hang the master on a
-        // receiver that stopped reading.
-        socket
-            .set_write_timeout(Some(SEND_TIMEOUT))
-            .map_err(NotifyError::Socket)?;
+        socket.set_nonblocking(true).map_err(NotifyError::Socket)?;
         Ok(Notifier {
             socket,
             addr,
+            connected: Cell::new(false),
+            queue: RefCell::new(VecDeque::new()),
             value: value.to_os_string(),
         })
     }
@@ -101,9 +119,27 @@ impl Notifier {
         &self.value
     }
 
-    /// Sends one datagram.
+    /// What the event loop polls for POLLOUT while [`Notifier::wants_writable`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// State messages wait for room in the receiver's queue.
+    pub fn wants_writable(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
+    /// Sends one state message now, or queues it behind those waiting. `Err` when it (or, the
+    /// queue being full, the oldest waiting message) is dropped: the caller warns once.
     pub fn send(&self, msg: &str) -> io::Result<()> {
-        self.send_with_fds(msg, &[])
+        self.flush();
+        if self.wants_writable() {
+            return self.enqueue(msg);
+        }
+        match self.try_send(msg, &[]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.enqueue(msg),
+            other => other,
+        }
     }
 
     pub fn ready(&self, status: &str, mainpid: Option<u32>) -> io::Result<()> {
@@ -124,31 +160,90 @@ impl Notifier {
         self.send(&stopping_message(status))
     }
 
-    /// One datagram carrying `fds` as SCM_RIGHTS (for `FDSTORE=1`).
+    /// One datagram carrying `fds` as SCM_RIGHTS (for `FDSTORE=1`), now or not at all: never
+    /// queued, `WouldBlock` while state messages wait or the receiver's queue is full.
     pub fn send_with_fds(&self, msg: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.flush();
+        if self.wants_writable() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.try_send(msg, fds)
+    }
+
+    /// Sends what waits, until the receiver's queue is full again.
+    pub fn flush(&self) {
+        loop {
+            let Some(msg) = self.queue.borrow().front().cloned() else {
+                return;
+            };
+            match self.try_send(&msg, &[]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(()) => {
+                    self.queue.borrow_mut().pop_front();
+                }
+                Err(e) => {
+                    self.queue.borrow_mut().pop_front();
+                    log::warn!("sd_notify: dropped {}: {e}", first_line(&msg));
+                }
+            }
+        }
+    }
+
+    fn enqueue(&self, msg: &str) -> io::Result<()> {
+        let mut queue = self.queue.borrow_mut();
+        let dropped = (queue.len() >= QUEUE).then(|| queue.pop_front()).flatten();
+        queue.push_back(msg.to_string());
+        match dropped {
+            None => Ok(()),
+            Some(old) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the service manager does not read {}: {QUEUE} messages wait, the oldest \
+                     ({}) is dropped",
+                    self.value.to_string_lossy(),
+                    first_line(&old)
+                ),
+            )),
+        }
+    }
+
+    /// One non-blocking send on the connected socket; one new connect if the receiver is gone.
+    fn try_send(&self, msg: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let rights = [ControlMessage::ScmRights(&raw)];
         // An SCM_RIGHTS message with no fds is rejected by the kernel.
         let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
         let iov = [io::IoSlice::new(msg.as_bytes())];
-        let sent = sendmsg(
-            self.socket.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            Some(&self.addr),
-        )?;
-        if sent != msg.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!(
-                    "sd_notify datagram truncated: {sent} of {} bytes",
-                    msg.len()
-                ),
-            ));
+        let mut retried = false;
+        loop {
+            if !self.connected.get() {
+                connect(self.socket.as_raw_fd(), &self.addr)?;
+                self.connected.set(true);
+            }
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            match sendmsg::<UnixAddr>(self.socket.as_raw_fd(), &iov, cmsgs, flags, None) {
+                Ok(sent) if sent == msg.len() => return Ok(()),
+                Ok(sent) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!(
+                            "sd_notify datagram truncated: {sent} of {} bytes",
+                            msg.len()
+                        ),
+                    ))
+                }
+                Err(Errno::ECONNREFUSED | Errno::ENOTCONN) if !retried => {
+                    retried = true;
+                    self.connected.set(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(())
     }
+}
+
+fn first_line(msg: &str) -> &str {
+    msg.split('\n').next().unwrap_or(msg)
 }
 
 /// `/absolute/path`, or `@name` for the abstract namespace (the `@` is not part of the name).
@@ -368,6 +463,86 @@ mod tests {
             assert!(matches!(e, NotifyError::InvalidAddress { .. }), "{bad}");
             assert!(e.to_string().contains("NOTIFY_SOCKET"), "{e}");
         }
+    }
+
+    /// Datagrams waiting in `rx`, without waiting for more.
+    fn recv_all(rx: &UnixDatagram) -> Vec<String> {
+        rx.set_nonblocking(true).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = rx.recv(&mut buf) {
+            out.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+        }
+        rx.set_nonblocking(false).unwrap();
+        out
+    }
+
+    fn writable(n: &Notifier) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(n.fd(), PollFlags::POLLOUT)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn a_receiver_that_does_not_read_costs_no_wait_and_gets_the_messages_later() {
+        let (_dir, path, rx) = receiver_at_path();
+        let n = Notifier::new(path.as_os_str()).unwrap();
+        // Until the receiver's queue is full (net.unix.max_dgram_qlen), datagrams go at once;
+        // the first that does not is queued.
+        let mut sent = 0;
+        loop {
+            n.status(&format!("s{sent}")).unwrap();
+            if n.wants_writable() {
+                break;
+            }
+            sent += 1;
+            assert!(sent < 10_000, "the receiver's queue never filled");
+        }
+        // Full: the socket does not poll writable (no spinning), fds are refused at once, and
+        // the queue keeps the newest QUEUE messages.
+        assert!(!writable(&n));
+        let (pipe_r, _pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let e = n
+            .send_with_fds("FDSTORE=1\nFDNAME=x", &[pipe_r.as_fd()])
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let mut dropped = 0;
+        for i in 0..QUEUE + 2 {
+            if let Err(e) = n.status(&format!("q{i}")) {
+                assert!(e.to_string().contains("does not read"), "{e}");
+                dropped += 1;
+            }
+        }
+        // s{sent} (queued first), q0, q1.
+        assert_eq!(dropped, 3);
+
+        // The receiver reads: the socket is writable, and what waited goes, in order.
+        let first = recv_all(&rx);
+        assert_eq!(first.len(), sent);
+        assert_eq!(first[0], "STATUS=s0");
+        assert!(writable(&n));
+        let mut later = Vec::new();
+        while n.wants_writable() {
+            n.flush();
+            later.extend(recv_all(&rx));
+        }
+        later.extend(recv_all(&rx));
+        let want: Vec<String> = (2..QUEUE + 2).map(|i| format!("STATUS=q{i}")).collect();
+        assert_eq!(later, want);
+    }
+
+    #[test]
+    fn a_receiver_bound_anew_is_connected_again() {
+        let (_dir, path, rx) = receiver_at_path();
+        let n = Notifier::new(path.as_os_str()).unwrap();
+        n.status("one").unwrap();
+        assert_eq!(recv(&rx), "STATUS=one");
+        drop(rx);
+        std::fs::remove_file(&path).unwrap();
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        n.status("two").unwrap();
+        assert_eq!(recv(&rx), "STATUS=two");
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! A worker's stderr, forwarded line by line to the master's own stderr, with what a starting
-//! worker says kept aside for the `reload` command's answer. Each worker's record holds its own.
+//! A worker's stderr, forwarded line by line to the master's own stderr (through
+//! `crate::stderr_buffer`, which never waits for a reader: a worker's pipe is always read, and
+//! what stderr cannot take is dropped and counted there), with what a starting worker says kept
+//! aside for the `reload` command's answer. Each worker's record holds its own.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::state::Pid;
@@ -118,7 +120,7 @@ impl Stream {
         if !out.ends_with(b"\n") {
             out.push(b'\n');
         }
-        // One write of whole lines, so they do not interleave with the master's own lines.
-        let _ = io::stderr().lock().write_all(&out);
+        // Whole lines, so they do not interleave with the master's own lines; never waits.
+        crate::stderr_buffer::write(&out, crate::stderr_buffer::Origin::Worker);
     }
 }

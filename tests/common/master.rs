@@ -501,6 +501,22 @@ pub fn hapmaster_command(runtime_dir: &Path, extra: &[&str], cfg: &Path) -> Comm
     cmd
 }
 
+/// One command on a master CLI socket, its answer read to the end; `Err` (saying which step) if
+/// the master does not take or answer it within `limit`: for a test whose point is that the
+/// master answers, where [`Hapmaster::cli`] would wait [`EVENT`] and panic.
+pub fn cli_within(socket: &Path, line: &str, limit: Duration) -> Result<String, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("connecting: {e}"))?;
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.set_write_timeout(Some(limit)).unwrap();
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("sending {line:?}: {e}"))?;
+    let _ = s.shutdown(Shutdown::Write);
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("no answer to {line:?} within {limit:?}: {e}"))?;
+    Ok(answer)
+}
+
 /// A hapmaster started by hand (not through `Hapmaster`): on drop, if the test did not wait for
 /// it (a failed assertion), it gets SIGTERM so that it stops its workers too, then SIGKILL after
 /// [`EVENT`], and is reaped.

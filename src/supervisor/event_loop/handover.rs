@@ -63,6 +63,8 @@ impl Master<'_> {
             snapshot.state.workers.len(),
             snapshot.held.len()
         );
+        // The new image starts with an empty stderr buffer: what waits goes now, or never.
+        crate::stderr_buffer::drain_for(crate::stderr_buffer::LAST_WORDS);
         let err = upgrade::exec(
             self.launch,
             &snapshot,
@@ -116,6 +118,16 @@ impl Master<'_> {
     pub(super) fn sync_fdstore(&mut self) {
         if let Some(n) = self.notifier {
             self.fdstore.sync(n, &self.held);
+        }
+    }
+
+    /// The notify socket has room: queued state messages first, then the fd store.
+    pub(super) fn notify_writable(&mut self) {
+        if let Some(n) = self.notifier {
+            n.flush();
+            if !n.wants_writable() && self.fdstore.waiting() {
+                self.fdstore.sync(n, &self.held);
+            }
         }
     }
 

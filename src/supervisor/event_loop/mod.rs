@@ -1,5 +1,6 @@
 //! The executor: one poll loop over the signal pipe, the control sockets and their clients, the
-//! workers' readiness probes and stderr, with the earliest deadline as its timeout. It turns what
+//! workers' readiness probes and stderr (and, only while something waits for room, the master's
+//! own stderr and the notify socket), with the earliest deadline as its timeout. It turns what
 //! it observes into `Event`s for `State::decide` and carries out the `Action`s that come back.
 //! All syscalls of the supervisor live here or in the modules it calls.
 //!
@@ -265,11 +266,16 @@ enum Token {
     Probe,
     Output(Pid),
     Session(u64),
+    /// Our stderr has room for what waits in `crate::stderr_buffer`.
+    Stderr,
+    /// The notify socket has room for what waits (queued messages, the fd store).
+    Notify,
 }
 
 impl Master<'_> {
     /// Polls every fd the master watches; returns those with events.
     fn wait(&self, timeout: PollTimeout) -> Vec<(Token, PollFlags)> {
+        let stderr = io::stderr();
         let mut tokens = vec![Token::Signals];
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         // At a socket's client limit, its new clients wait in the listen backlog. The limit is
@@ -301,6 +307,18 @@ impl Master<'_> {
             tokens.push(Token::Session(*id));
             fds.push(PollFd::new(s.fd(), flags));
         }
+        // Only while something waits: an idle master polls neither.
+        if crate::stderr_buffer::wants_writable() {
+            tokens.push(Token::Stderr);
+            fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLOUT));
+        }
+        if let Some(n) = self
+            .notifier
+            .filter(|n| n.wants_writable() || self.fdstore.waiting())
+        {
+            tokens.push(Token::Notify);
+            fds.push(PollFd::new(n.fd(), PollFlags::POLLOUT));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => log::error!("poll failed: {e}"),
@@ -329,6 +347,8 @@ impl Master<'_> {
                     }
                 }
                 Token::Session(id) => self.on_session(id, revents),
+                Token::Stderr => crate::stderr_buffer::flush(),
+                Token::Notify => self.notify_writable(),
             }
             // What a client's command does next sees what an earlier signal changed.
             self.settle();
