@@ -1,0 +1,471 @@
+//! Issue 12: no peer can stall the master. Each test sets up one stalled or hostile peer of the
+//! issue's list (a worker that does not answer a forwarded command, clients that fill the master
+//! CLI, clients that flood or trickle, a `_getsocks` client that never acks) and asserts the
+//! issue's figure for everyone else: `show proc` answered within 100 ms, reloads that succeed.
+//! Cases 3 and 4 (the master's stderr, sd_notify) are in e2e_stall_output.rs and
+//! e2e_stall_notify.rs. See tests/stalls/mod.rs for how the latencies are measured.
+mod common;
+mod stalls;
+
+use common::*;
+use stalls::*;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SIGSTOP: i32 = libc::SIGSTOP;
+const SIGCONT: i32 = libc::SIGCONT;
+
+fn serving(port: u16, extra: &[&str]) -> Hapmaster {
+    Hapmaster::start_ready(http_config(&[format!("127.0.0.1:{port}")]), extra)
+}
+
+/// Starts with an extra `-S <dir>/cli.sock,mode,666` socket; returns its path too.
+fn serving_with_cli(port: u16, extra: &[&str]) -> (Hapmaster, std::path::PathBuf) {
+    let dir = TestDir::new();
+    let cli = dir.join("cli.sock");
+    let spec = format!("{},mode,666", cli.display());
+    let mut args = vec!["-S", spec.as_str()];
+    args.extend_from_slice(extra);
+    let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
+    hm.wait_serving(EVENT);
+    (hm, cli)
+}
+
+/// SIGCONT to a worker this test stopped, when the test ends however it ends.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = kill(self.0, SIGCONT);
+    }
+}
+
+/// Case 1: `@1` forwarded to a SIGSTOPped worker. `show proc` from another client answers
+/// within 100 ms while it is pending, and a reload at the same time succeeds (it ends while the
+/// forwarded commands still wait for the stopped worker).
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn forwarding_to_a_stopped_worker_delays_nothing_else() {
+    let port = free_port();
+    let mut hm = serving(port, &[]);
+    let old = hm.current_worker_pid().unwrap();
+    let master = master_sock(&hm.runtime_dir);
+    let resume = Resume(old);
+    kill(old, SIGSTOP).unwrap();
+    poll_until(EVENT, || (proc_stat(old)?.state == 'T').then_some(()))
+        .unwrap_or_else(|| panic!("worker {old} not stopped within {EVENT:?}"));
+    // Four forwarded commands, each bounded by the master's forward timeout (5 s): 20 s during
+    // which this client waits, far longer than a reload takes.
+    let mut forward = UnixStream::connect(&master).unwrap();
+    forward
+        .write_all("@1 show info;".repeat(4).as_bytes())
+        .unwrap();
+    forward.write_all(b"\n").unwrap();
+    // The master has read the line and connected to the stopped worker's stats socket: its
+    // connection waits in that listener's queue.
+    let worker_sockets = hm.runtime_dir.join("worker-");
+    poll_until(EVENT, || {
+        (unaccepted_connections(&worker_sockets) > 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the master did not connect to worker {old}'s stats socket"));
+    let stalled = || -> Result<(), String> {
+        if peer_closed(&forward) {
+            return Err("the @1 client has its whole answer".into());
+        }
+        match proc_stat(old) {
+            Some(s) if s.state == 'T' => Ok(()),
+            other => Err(format!("worker {old} is no longer stopped: {other:?}")),
+        }
+    };
+    let show = during_stall("show proc on master.sock while @1 waits", &stalled, || {
+        show_proc_latency(&master)
+    });
+    // A reload while the forwarded commands wait.
+    let sent = Instant::now();
+    hm.signal(SIGUSR2);
+    let d = hm.wait_notify(
+        |d| (is_serving(d) && worker_pid_in(d) != Some(old)) || is_reload_failed(d),
+        EVENT,
+    );
+    let reload_took = sent.elapsed();
+    let pending = stalled();
+    let reload = format!(
+        "reload: {:?} after {reload_took:.1?}; the @1 client then: {}",
+        notify_field(&d, "STATUS").unwrap_or(""),
+        match &pending {
+            Ok(()) => "still waiting".to_string(),
+            Err(why) => why.clone(),
+        }
+    );
+    eprintln!("figures: {show}; {reload}");
+    drop(resume);
+    assert!(show.ok(), "{show}; {reload}");
+    assert!(is_serving(&d) && pending.is_ok(), "{show}; {reload}");
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+}
+
+/// Case 2, first half: 16 idle prompt sessions on master.sock, then a reload: Success.
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn idle_sessions_leave_the_handoff_its_channel() {
+    let port = free_port();
+    let mut hm = serving(port, &[]);
+    let old = hm.current_worker_pid().unwrap();
+    let master = master_sock(&hm.runtime_dir);
+    let idle: Vec<UnixStream> = (0..16)
+        .map(|_| prompt_session(UnixStream::connect(&master).unwrap()))
+        .collect();
+    hm.signal(SIGUSR2);
+    let d = hm.wait_notify(
+        |d| (is_serving(d) && worker_pid_in(d) != Some(old)) || is_reload_failed(d),
+        EVENT,
+    );
+    let status = notify_field(&d, "STATUS").unwrap_or("").to_string();
+    eprintln!("figures: reload with 16 idle prompt sessions: {status:?}");
+    assert!(
+        is_serving(&d),
+        "reload with 16 idle prompt sessions: {status:?}"
+    );
+    drop(idle);
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+}
+
+/// Case 2, second half: 50 concurrent `hapmaster reload` all exit 0 (coalesced into a few
+/// reloads).
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn fifty_concurrent_reload_clients_all_succeed() {
+    let port = free_port();
+    let mut hm = serving(port, &[]);
+    let master = master_sock(&hm.runtime_dir);
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_hapmaster"))
+                .args(["reload", "-S"])
+                .arg(&master)
+                .args(["--timeout", "60s"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning hapmaster reload")
+        })
+        .collect();
+    // Each client bounds its own wait (--timeout).
+    let outcomes: Vec<(Option<i32>, String)> = clients
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("waiting for hapmaster reload");
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+        .collect();
+    hm.settle_reloads();
+    let reloads = hm.history().iter().filter(|d| is_reloading(d)).count();
+    let failed_reloads = hm.history().iter().filter(|d| is_reload_failed(d)).count();
+    let ok = outcomes.iter().filter(|(c, _)| *c == Some(0)).count();
+    let first_failure = outcomes
+        .iter()
+        .find(|(c, _)| *c != Some(0))
+        .map(|(c, t)| format!("; first failure: exit {c:?}: {t}"))
+        .unwrap_or_default();
+    let figures = format!(
+        "50 concurrent reload clients: {ok} exit 0, {} not; {reloads} reloads ran, {failed_reloads} failed{first_failure}",
+        50 - ok
+    );
+    eprintln!("figures: {figures}");
+    assert_eq!(ok, 50, "{figures}");
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+}
+
+/// A client that sends `prompt` then writes `data` over and over without reading, until told to
+/// stop or the master closes; counts its writes.
+struct Flooder {
+    writes: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+fn flood(stream: &UnixStream, data: Arc<Vec<u8>>, stop: Arc<AtomicBool>) -> Flooder {
+    let mut s = stream.try_clone().unwrap();
+    let writes = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicBool::new(false));
+    let (w, c) = (writes.clone(), closed.clone());
+    let thread = thread::spawn(move || {
+        if s.write_all(b"prompt\n").is_err() {
+            c.store(true, Ordering::Relaxed);
+            return;
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut at = 0;
+        while !stop.load(Ordering::Relaxed) {
+            match (&s).write(&data[at..]) {
+                Ok(n) => {
+                    at = (at + n) % data.len();
+                    w.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wait for room (bounded, to look at `stop` again).
+                    let mut p = libc::pollfd {
+                        fd: s.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 50) };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    });
+    Flooder {
+        writes,
+        closed,
+        thread,
+    }
+}
+
+/// Bytes `s` has sent that its peer has not read yet (SIOCOUTQ).
+fn unread_by_peer(s: &UnixStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "SIOCOUTQ: {}", io::Error::last_os_error());
+    n as usize
+}
+
+/// True if the master is asleep while every flooder still open has data queued to it that no
+/// flooder wrote since before the look at the master: so it slept with their input readable, it
+/// does not read them (backpressure, or not accepted).
+fn master_ignores(master: u32, sessions: &[UnixStream], flooders: &[Flooder]) -> bool {
+    let writes = |f: &[Flooder]| -> Vec<usize> {
+        f.iter().map(|f| f.writes.load(Ordering::SeqCst)).collect()
+    };
+    let before = writes(flooders);
+    let asleep = proc_stat(master).is_some_and(|s| s.state == 'S');
+    let queued = sessions
+        .iter()
+        .zip(flooders)
+        .all(|(s, f)| f.closed.load(Ordering::SeqCst) || unread_by_peer(s) > 0);
+    asleep && queued && writes(flooders) == before
+}
+
+/// Case 5: 16 sessions as `nobody` on a mode-666 `-S` socket send `help;` × 13 000 per line and
+/// never read. The master stays under 32 MiB RSS and root's `show proc` on the same socket
+/// answers within 100 ms.
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn flooding_sessions_are_bounded_and_root_gets_in() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the flooding clients run as nobody)");
+        return;
+    }
+    const RSS_LIMIT_KIB: u64 = 32 * 1024;
+    let port = free_port();
+    let (mut hm, cli) = serving_with_cli(port, &[]);
+    let master_pid = hm.pid();
+    let sessions = connect_as(NOBODY, &cli, 16);
+    let mut line = "help;".repeat(13_000).into_bytes();
+    line.push(b'\n');
+    let line = Arc::new(line);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<Flooder> = sessions
+        .iter()
+        .map(|s| flood(s, line.clone(), stop.clone()))
+        .collect();
+    // Until the master takes no more of the flood (or has grown past the limit: no need to grow
+    // it further to see it fail).
+    let started = Instant::now();
+    let over = poll_until(EVENT, || {
+        if status_kib(master_pid, "VmRSS").unwrap_or(0) > RSS_LIMIT_KIB {
+            return Some(true);
+        }
+        master_ignores(master_pid, &sessions, &flooders).then_some(false)
+    });
+    let flooded_for = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let closed_by_master = flooders
+        .iter()
+        .filter(|f| f.closed.load(Ordering::Relaxed))
+        .count();
+    for f in flooders {
+        f.thread.join().unwrap();
+    }
+    let hwm = status_kib(master_pid, "VmHWM").unwrap_or(0);
+    // The sessions the master kept (it may refuse some of another user's) stay open.
+    let stalled = none_closed_from_now(&sessions);
+    let show = during_stall("root's show proc on the -S socket", &stalled, || {
+        show_proc_latency(&cli)
+    });
+    let figures = format!(
+        "master VmHWM {hwm} KiB after {flooded_for:.1?} of flooding ({}; {closed_by_master} \
+         sessions closed by the master); {show}",
+        match over {
+            Some(true) => "stopped when it passed the limit",
+            Some(false) => "the master took no more of it",
+            None => "the master still took more",
+        },
+    );
+    eprintln!("figures: {figures}");
+    assert!(over.is_some(), "{figures}");
+    assert!(hwm < RSS_LIMIT_KIB, "{figures}");
+    assert!(show.ok(), "{figures}");
+    drop(stalled);
+    drop(sessions);
+    assert!(hm.stop().success());
+}
+
+/// Case 6, first half: 16 prompt sessions from `nobody`, each sending a newline every 3 s, do
+/// not keep root out of that `-S` socket: root's `show proc` answers within 100 ms.
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn sessions_of_another_user_do_not_keep_root_out() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the idle clients run as nobody)");
+        return;
+    }
+    let port = free_port();
+    let (mut hm, cli) = serving_with_cli(port, &[]);
+    // Those the master lets in (it may refuse some of another user's, to keep room for root).
+    let sessions: Vec<UnixStream> = connect_as(NOBODY, &cli, 16)
+        .into_iter()
+        .filter_map(try_prompt_session)
+        .collect();
+    let refused = 16 - sessions.len();
+    // The hostile client's pace, not a wait for anything: a newline every 3 s keeps each
+    // session from ever being idle for --cli-timeout (10 s).
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let writers: Vec<UnixStream> = sessions.iter().map(|s| s.try_clone().unwrap()).collect();
+    let keepalive = thread::spawn(move || {
+        while let Err(mpsc::RecvTimeoutError::Timeout) =
+            stop_rx.recv_timeout(Duration::from_secs(3))
+        {
+            for mut w in &writers {
+                let _ = w.write_all(b"\n");
+            }
+        }
+    });
+    let stalled = none_closed_from_now(&sessions);
+    let show = during_stall(
+        "root's show proc on the -S socket beside 16 sessions of nobody",
+        &stalled,
+        || show_proc_latency(&cli),
+    );
+    drop(stop_tx);
+    keepalive.join().unwrap();
+    eprintln!("figures: {show} ({refused} of nobody's 16 sessions refused)");
+    assert!(
+        show.ok(),
+        "{show} ({refused} of nobody's 16 sessions refused)"
+    );
+    drop(stalled);
+    drop(sessions);
+    assert!(hm.stop().success());
+}
+
+/// Case 6, second half: a client sending one byte a second (a command line that never ends) is
+/// cut off by a total time per command, here `--cli-timeout 2s`; today each byte restarts the
+/// idle timeout and it stays forever.
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn a_trickling_client_is_cut_off() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the client runs as nobody)");
+        return;
+    }
+    let cli_timeout = Duration::from_secs(2);
+    // Five times the total time per command: ample for a busy machine, and the test's bound.
+    let give_up = 5 * cli_timeout;
+    let port = free_port();
+    let (mut hm, cli) = serving_with_cli(port, &["--cli-timeout", "2s"]);
+    let mut s = connect_as(NOBODY, &cli, 1).pop().unwrap();
+    let text = b"show proc";
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let cut_off = loop {
+        if started.elapsed() >= give_up {
+            break None;
+        }
+        // Wait up to a second for the master to close; else send the next byte.
+        let mut p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 1000) };
+        if n == 1 {
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break Some(started.elapsed()),
+                Ok(_) => continue,
+            }
+        }
+        let byte = if sent < text.len() { text[sent] } else { b' ' };
+        if s.write_all(&[byte]).is_err() {
+            break Some(started.elapsed());
+        }
+        sent += 1;
+    };
+    let figures = match cut_off {
+        Some(t) => format!("trickling client cut off after {t:.1?} ({sent} bytes sent)"),
+        None => format!("trickling client still connected after {give_up:?} ({sent} bytes sent)"),
+    };
+    eprintln!("figures: {figures} with --cli-timeout {cli_timeout:?}");
+    assert!(cut_off.is_some(), "{figures}");
+    assert!(hm.stop().success());
+}
+
+/// Case 7: a `_getsocks` client that takes the count and never acks delays nothing else:
+/// `show proc` from another client answers within 100 ms meanwhile.
+#[test]
+#[ignore = "issue 12: fails until the executor rebuild"]
+fn a_getsocks_client_that_never_acks_delays_nothing_else() {
+    let port = free_port();
+    let mut hm = serving(port, &[]);
+    let master = master_sock(&hm.runtime_dir);
+    let mut taker = UnixStream::connect(&master).unwrap();
+    taker.write_all(b"_getsocks\n").unwrap();
+    // The count has come: the master is serving this client, which now never acks.
+    let mut count = [0u8; 4];
+    taker.set_read_timeout(Some(EVENT)).unwrap();
+    taker
+        .read_exact(&mut count)
+        .expect("reading the socket count");
+    assert!(i32::from_ne_bytes(count) > 0, "count {count:?}");
+    let stalled = || -> Result<(), String> {
+        if peer_closed(&taker) {
+            Err("the master has given up on the _getsocks client".into())
+        } else {
+            Ok(())
+        }
+    };
+    let show = during_stall(
+        "show proc on master.sock while a _getsocks client does not ack",
+        &stalled,
+        || show_proc_latency(&master),
+    );
+    eprintln!("figures: {show}");
+    assert!(show.ok(), "{show}");
+    drop(taker);
+    assert!(hm.stop().success());
+}
