@@ -2,8 +2,8 @@
 //! issue's list (a worker that does not answer a forwarded command, clients that fill the master
 //! CLI, clients that flood or trickle, a `_getsocks` client that never acks) and asserts the
 //! issue's figure for everyone else: `show proc` answered within 100 ms, reloads that succeed.
-//! Cases 3 and 4 (the master's stderr, sd_notify) are in e2e_stall_output.rs and
-//! e2e_stall_notify.rs. See tests/stalls/mod.rs for how the latencies are measured.
+//! Cases 3 and 4 (the master's stderr, sd_notify) are in e2e_stderr_stall.rs and
+//! e2e_notify_stall.rs. See tests/stalls/mod.rs for how the latencies are measured.
 mod common;
 mod stalls;
 

@@ -1,6 +1,6 @@
-//! What the stall tests of issue 12 share (tests/e2e_stalls.rs, e2e_stall_output.rs,
-//! e2e_stall_notify.rs): a peer that stalls, and how long the master then takes to answer someone
-//! else.
+//! What the stall tests of issue 12 in tests/e2e_stalls.rs share: a peer that stalls, and how
+//! long the master then takes to answer someone else. (Cases 3 and 4 are e2e_stderr_stall.rs
+//! and e2e_notify_stall.rs, on their own.)
 //!
 //! Here a bound on time IS the requirement ("`show proc` answers within 100 ms while ..."), so the
 //! tests measure the latency of the very operation, never a sleep, and every precondition is an
@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{poll_until, Conn, Target, EVENT};
+use crate::common::{Conn, Target, EVENT};
 
 /// The issue's bound on an answer from a master that one peer stalls.
 pub const LIMIT: Duration = Duration::from_millis(100);
@@ -273,28 +273,6 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// The `show proc` answer lists a current worker (a row under `# workers`).
-pub fn lists_a_worker(answer: &str) -> bool {
-    answer
-        .lines()
-        .skip_while(|l| !l.starts_with("# workers"))
-        .skip(1)
-        .take_while(|l| !l.starts_with('#'))
-        .any(|l| l.split_whitespace().nth(1) == Some("worker"))
-}
-
-/// How long until `socket` answers a `show proc` that lists a worker; `None` if not within
-/// `timeout` (measured from `since`).
-pub fn time_to_worker(socket: &Path, since: Instant, timeout: Duration) -> Option<Duration> {
-    poll_until(timeout.saturating_sub(since.elapsed()), || {
-        let left = timeout.saturating_sub(since.elapsed());
-        show_proc(socket, left)
-            .ok()
-            .filter(|(_, a)| lists_a_worker(a))
-            .map(|_| since.elapsed())
-    })
 }
 
 /// `<runtime dir>/master.sock`.
