@@ -50,7 +50,6 @@ impl Drop for Resume {
 /// within 100 ms while it is pending, and a reload at the same time succeeds (it ends while the
 /// forwarded commands still wait for the stopped worker).
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn forwarding_to_a_stopped_worker_delays_nothing_else() {
     let port = free_port();
     let mut hm = serving(port, &[]);

@@ -1,6 +1,7 @@
 //! Worker lifecycle: a pure state machine (`state`), and the event loop that observes processes,
 //! signals and sockets and carries out the machine's decisions.
 pub mod event_loop;
+pub mod forward;
 pub mod last_good;
 pub mod output;
 pub mod probe;

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use super::forward::Forward;
 use super::state::Generation;
 
 /// Longest command line accepted; a client sending more without a newline is cut off.
@@ -25,6 +26,21 @@ pub enum Input {
     Broken(String),
 }
 
+/// An exchange a session's command started with another peer; the session runs its next
+/// command when it ends.
+pub enum Task {
+    /// `@1 ...`, `@!pid ...`: the worker's answer is relayed.
+    Forward(Forward),
+}
+
+impl Task {
+    pub fn deadline(&self) -> Instant {
+        match self {
+            Task::Forward(f) => f.deadline(),
+        }
+    }
+}
+
 pub struct Session {
     pub stream: UnixStream,
     pub peer_pid: i32,
@@ -37,6 +53,8 @@ pub struct Session {
     pub interactive: bool,
     /// Waiting for the first reload of a generation above this one to finish.
     pub awaiting_reload: Option<Generation>,
+    /// A command in progress with another peer (not bound by the idle deadline: it has its own).
+    pub task: Option<Task>,
     /// Lines received but not yet run (those behind a reload wait for it).
     pub queued: VecDeque<String>,
     /// The commands of the line being run; None marks the end of that line.
@@ -68,6 +86,7 @@ impl Session {
             listener,
             interactive: false,
             awaiting_reload: None,
+            task: None,
             queued: VecDeque::new(),
             commands: VecDeque::new(),
             closing: false,
@@ -91,6 +110,7 @@ impl Session {
         self.closing
             && self.outbuf.is_empty()
             && self.awaiting_reload.is_none()
+            && self.task.is_none()
             && self.queued.is_empty()
             && self.commands.is_empty()
     }

@@ -3,24 +3,22 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::{Master, HANDOFF_TIMEOUT};
-use crate::control::answer::{permission_denied_text, CANNOT_REACH_WORKER};
-use crate::control::client::exchange;
+use crate::control::answer::permission_denied_text;
 use crate::control::command::{
     help_text, no_such_worker_text, parse_request, shorten, split_line, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::handoff::serve::serve_getsocks_after_command;
-use crate::supervisor::sessions::{Input, Session};
+use crate::supervisor::forward::{Forward, Progress};
+use crate::supervisor::sessions::{Input, Session, Task};
 use crate::supervisor::state::{Generation, ReloadKind, Role};
 
-/// Bound on a command forwarded to a worker's stats socket (`@1 show stat`, ...).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 const PROMPT: &str = "master> ";
 
 /// A socket the master CLI is served on.
@@ -38,7 +36,7 @@ pub(super) struct ControlListener {
 /// What running one command leaves the session doing.
 enum Step {
     Answer(String),
-    /// A reload runs; the answer comes when it ends.
+    /// A reload runs, or a task (`Session::task`); the answer comes when it ends.
     Wait,
     /// A reload's answer, which ends without the blank line of other answers.
     ReloadAnswer(String),
@@ -104,6 +102,12 @@ impl Master<'_> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        // Both directions closed: nobody reads what a pending reload or task would answer, and
+        // polling the socket would report it again at once.
+        if s.closing && flags.contains(PollFlags::POLLHUP) {
+            self.sessions.remove(&id);
+            return;
+        }
         if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match s.read() {
                 Input::Lines => {}
@@ -135,7 +139,7 @@ impl Master<'_> {
             let Some(s) = self.sessions.get_mut(&id) else {
                 return;
             };
-            if s.awaiting_reload.is_some() {
+            if s.awaiting_reload.is_some() || s.task.is_some() {
                 return;
             }
             let Some(command) = s.commands.pop_front() else {
@@ -220,7 +224,7 @@ impl Master<'_> {
                 target: Target::Master,
                 command,
             } => self.execute(id, &command),
-            Request::Forward { target, command } => Step::Answer(self.forward(target, &command)),
+            Request::Forward { target, command } => self.forward(id, target, &command),
             Request::Unknown(text) => Step::Answer(text),
         }
     }
@@ -345,19 +349,54 @@ impl Master<'_> {
         Step::Close
     }
 
-    fn forward(&self, target: Target, command: &str) -> String {
+    /// Starts the exchange with the worker as the session's task (`step_tasks` ends it).
+    fn forward(&mut self, id: u64, target: Target, command: &str) -> Step {
         let worker = match target {
             Target::Current => self.state.current(),
             Target::Pid(pid) => self.state.worker(pid),
             Target::Master => None,
         };
         let Some(w) = worker else {
-            return no_such_worker_text(target);
+            return Step::Answer(no_such_worker_text(target));
         };
         let path = self.runtime.worker_socket(w.generation);
-        match exchange(&path, command, FORWARD_TIMEOUT) {
-            Ok(answer) => answer,
-            Err(e) => format!("{CANNOT_REACH_WORKER} {}: {e}\n", w.pid),
+        match Forward::start(&path, w.pid, command, Instant::now()) {
+            Ok(forward) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.task = Some(Task::Forward(forward));
+                }
+                Step::Wait
+            }
+            Err(text) => Step::Answer(text),
+        }
+    }
+
+    /// Advances every session's task as far as its peer allows; one that ends answers its
+    /// session, which then runs its next command.
+    pub(super) fn step_tasks(&mut self, now: Instant) {
+        let busy: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.task.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in busy {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            let answer = match s.task.as_mut() {
+                Some(Task::Forward(f)) => match f.step(now) {
+                    Progress::Waiting => continue,
+                    Progress::Done(text) => text,
+                },
+                None => continue,
+            };
+            s.task = None;
+            s.write(answer.as_bytes());
+            // haproxy's CLI ends every answer with an empty line.
+            s.write(b"\n");
+            self.run_session(id);
+            self.flush_session(id);
         }
     }
 
@@ -416,9 +455,10 @@ impl Master<'_> {
         show_listeners(&rows)
     }
 
-    /// Drops clients idle past their deadline (not those awaiting a reload).
+    /// Drops clients idle past their deadline (not those awaiting a reload or a task, which
+    /// has its own).
     pub(super) fn expire_sessions(&mut self, now: Instant) {
         self.sessions
-            .retain(|_, s| s.awaiting_reload.is_some() || s.deadline > now);
+            .retain(|_, s| s.awaiting_reload.is_some() || s.task.is_some() || s.deadline > now);
     }
 }

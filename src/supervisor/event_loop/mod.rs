@@ -20,11 +20,13 @@
 //!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
 //!   store; `last_good.rs`: configuration copies.
 //!
-//! Where a task goes: an exchange with a peer that takes more than one step (the probe now;
-//! fetching a worker's sockets, serving `_getsocks`, a forwarded `@` command, which are still
+//! Where a task goes: an exchange with a peer that takes more than one step (the probe, a
+//! forwarded `@` command; fetching a worker's sockets and serving `_getsocks`, which are still
 //! blocking calls bounded in time) is a non-blocking state machine with its own deadline and
 //! buffers. One that talks to a worker lives in that worker's `WorkerRuntime`, as `probe` does
-//! (so it ends when the worker is forgotten); one that serves a client lives in its session.
+//! (so it ends when the worker is forgotten); one that serves a client lives in its session
+//! (`Session::task`, stepped by `control::step_tasks`; the session runs its next command when
+//! the task has answered).
 //! `wait` polls the fds a task wants, `poll_timeout` includes its deadline, and when it ends it
 //! pushes its outcome as an `Event` (the probe's answer leads to `Event::WorkerReady`); it never
 //! calls `State::decide` itself. How long the master waits for a worker is a state timer (as
@@ -46,7 +48,7 @@ use nix::unistd::Pid as NixPid;
 use super::last_good::LastGood;
 use super::output::Output;
 use super::probe::{Probe, Progress};
-use super::sessions::Session;
+use super::sessions::{Session, Task};
 use super::signals;
 use super::signals::Signals;
 use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, State, Timer};
@@ -266,6 +268,8 @@ enum Token {
     Probe,
     Output(Pid),
     Session(u64),
+    /// A session's task has what it waits for (stepped below in any case).
+    Task,
     /// Our stderr has room for what waits in `crate::stderr_buffer`.
     Stderr,
     /// The notify socket has room for what waits (queued messages, the fd store).
@@ -306,6 +310,10 @@ impl Master<'_> {
             }
             tokens.push(Token::Session(*id));
             fds.push(PollFd::new(s.fd(), flags));
+            if let Some(Task::Forward(f)) = &s.task {
+                tokens.push(Token::Task);
+                fds.push(PollFd::new(f.fd(), f.interest()));
+            }
         }
         // Only while something waits: an idle master polls neither.
         if crate::stderr_buffer::wants_writable() {
@@ -347,6 +355,7 @@ impl Master<'_> {
                     }
                 }
                 Token::Session(id) => self.on_session(id, revents),
+                Token::Task => {}
                 Token::Stderr => crate::stderr_buffer::flush(),
                 Token::Notify => self.notify_writable(),
             }
@@ -355,6 +364,7 @@ impl Master<'_> {
         }
         let now = Instant::now();
         self.step_probes(now);
+        self.step_tasks(now);
         self.fire_timers(now);
         self.settle();
         self.expire_sessions(now);
@@ -375,8 +385,12 @@ impl Master<'_> {
             self.timers.earliest(),
             self.sessions
                 .values()
-                .filter(|s| s.awaiting_reload.is_none())
+                .filter(|s| s.awaiting_reload.is_none() && s.task.is_none())
                 .map(|s| s.deadline)
+                .min(),
+            self.sessions
+                .values()
+                .filter_map(|s| s.task.as_ref().map(Task::deadline))
                 .min(),
         ];
         match deadlines.into_iter().flatten().min() {
