@@ -1,15 +1,23 @@
 //! Server side of `_getsocks`: hand the held sockets to a new haproxy started with `-x`.
+//!
+//! The conversation is a resumable state machine ([`ServeTask`]): each step does what the socket
+//! allows without waiting (MSG_DONTWAIT, whatever the stream's mode) and says what to poll for,
+//! so that the master's loop serves a client among everything else. [`serve_getsocks`] drives it
+//! to the end with poll() for callers that may block.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, ControlMessage, MsgFlags, UnixAddr};
 
 use super::wire::{batch_ranges, encode_record, Record, WireError};
-use crate::unix_stream::{is_disconnect, is_timeout, send_nosignal, Deadline, Endpoint};
+use crate::unix_stream::{is_disconnect, Endpoint, OPERATION_TIMEOUT};
 
 /// Longest command line we read; `_getsocks\r\n` is 11 bytes.
 const MAX_COMMAND_LEN: usize = 64;
@@ -156,8 +164,7 @@ impl std::error::Error for ServeError {
 /// the client's acks. The caller keeps its own copies of the sockets. An empty list is refused
 /// ([`ServeError::NothingToServe`]): some haproxy versions fail on a count of 0.
 ///
-/// `timeout` bounds the whole conversation; each operation waits at most 1 s of it. Changes the
-/// stream's read and write timeouts.
+/// `timeout` bounds the whole conversation; each operation waits at most 1 s of it.
 ///
 /// ```no_run
 /// use std::os::fd::AsFd;
@@ -199,228 +206,384 @@ pub fn serve_getsocks_after_command(
     serve(stream, sockets, timeout, false)
 }
 
+/// Drives a [`ServeTask`] to its end, waiting in poll() for what it needs.
 fn serve(
     stream: &UnixStream,
     sockets: &[(BorrowedFd<'_>, &Record)],
     timeout: Duration,
     read_command: bool,
 ) -> Result<ServeOutcome, ServeError> {
-    if sockets.is_empty() {
-        return Err(ServeError::NothingToServe);
+    let mut task = ServeTask::new(stream, sockets, timeout, read_command, Instant::now())?;
+    loop {
+        let now = Instant::now();
+        let flags = match task.step(stream, sockets, now) {
+            ServeProgress::Done(result) => return result,
+            ServeProgress::Wants(flags) => flags,
+        };
+        let left = task.wakeup().saturating_duration_since(now);
+        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let mut fds = [PollFd::new(stream.as_fd(), flags)];
+        match nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(errno) => {
+                return Err(ServeError::Io {
+                    at: task.at.clone(),
+                    stage: task.stage(),
+                    sent: task.sent,
+                    source: errno.into(),
+                })
+            }
+        }
     }
-    let count = i32::try_from(sockets.len()).map_err(|_| ServeError::TooManySockets {
-        count: sockets.len(),
-    })?;
-    // Encode everything first, so that a bad record never leaves a client with half a transfer.
-    let batches = encode_batches(sockets)?;
-    let serve = Serve {
-        stream,
-        at: Endpoint::local_of(stream),
-        deadline: Deadline::after(timeout),
-        sent: 0,
-    };
-    serve.run(count, &batches, read_command)
 }
 
-struct Batch<'a> {
-    fds: Vec<BorrowedFd<'a>>,
+/// The sockets of one sendmsg (a range of the list) and their encoded records.
+struct Batch {
+    range: Range<usize>,
     data: Vec<u8>,
 }
 
-fn encode_batches<'a>(sockets: &[(BorrowedFd<'a>, &Record)]) -> Result<Vec<Batch<'a>>, ServeError> {
+fn encode_batches(sockets: &[(BorrowedFd<'_>, &Record)]) -> Result<Vec<Batch>, ServeError> {
     let mut batches = Vec::new();
     for range in batch_ranges(sockets.len()) {
-        let mut batch = Batch {
-            fds: Vec::with_capacity(range.len()),
-            data: Vec::new(),
-        };
-        for index in range {
-            let (fd, record) = sockets[index];
-            encode_record(record, &mut batch.data)
+        let mut data = Vec::new();
+        for index in range.clone() {
+            encode_record(sockets[index].1, &mut data)
                 .map_err(|source| ServeError::Record { index, source })?;
-            batch.fds.push(fd);
         }
-        batches.push(batch);
+        batches.push(Batch { range, data });
     }
     Ok(batches)
 }
 
-struct Serve<'a> {
-    stream: &'a UnixStream,
-    at: Endpoint,
-    deadline: Deadline,
-    sent: usize,
+/// Where a conversation stands.
+enum Stage {
+    ReadCommand {
+        line: [u8; MAX_COMMAND_LEN],
+        len: usize,
+    },
+    SendCount,
+    /// Batch `index`: `written` bytes of its data are out (None: its sendmsg has not gone yet).
+    SendBatch {
+        index: usize,
+        written: Option<usize>,
+    },
+    ReadAck {
+        index: usize,
+        got: usize,
+    },
 }
 
-impl Serve<'_> {
-    fn run(
-        mut self,
-        count: i32,
-        batches: &[Batch<'_>],
+/// What a step leaves to do.
+pub enum ServeProgress {
+    /// Step again when the stream is ready for these, or at [`ServeTask::wakeup`].
+    Wants(PollFlags),
+    Done(Result<ServeOutcome, ServeError>),
+}
+
+/// One `_getsocks` conversation that never waits: [`step`](ServeTask::step) it when the stream
+/// is ready for what it wants, or at its wakeup (which gives up on a stalled client).
+///
+/// Every step takes the same `sockets` as [`new`](ServeTask::new): the caller keeps them open
+/// until the conversation ends.
+pub struct ServeTask {
+    at: Endpoint,
+    count: i32,
+    batches: Vec<Batch>,
+    stage: Stage,
+    sent: usize,
+    /// The whole conversation's end, and its length.
+    end: Instant,
+    total: Duration,
+    /// The last progress: an operation that waits longer than OPERATION_TIMEOUT fails.
+    progress: Instant,
+}
+
+impl ServeTask {
+    /// Checks and encodes everything first, so that a bad record never leaves a client with half
+    /// a transfer. `read_command`: whether the `_getsocks` line is still to be read.
+    pub fn new(
+        stream: &UnixStream,
+        sockets: &[(BorrowedFd<'_>, &Record)],
+        timeout: Duration,
         read_command: bool,
-    ) -> Result<ServeOutcome, ServeError> {
-        if read_command {
-            self.read_command()?;
+        now: Instant,
+    ) -> Result<ServeTask, ServeError> {
+        if sockets.is_empty() {
+            return Err(ServeError::NothingToServe);
         }
-        self.send_count(count)?;
-        for (i, batch) in batches.iter().enumerate() {
-            self.send_batch(batch)?;
-            self.read_ack(i + 1 == batches.len())?;
-        }
-        Ok(ServeOutcome { sent: self.sent })
+        let count = i32::try_from(sockets.len()).map_err(|_| ServeError::TooManySockets {
+            count: sockets.len(),
+        })?;
+        let batches = encode_batches(sockets)?;
+        Ok(ServeTask {
+            at: Endpoint::local_of(stream),
+            count,
+            batches,
+            stage: if read_command {
+                Stage::ReadCommand {
+                    line: [0; MAX_COMMAND_LEN],
+                    len: 0,
+                }
+            } else {
+                Stage::SendCount
+            },
+            sent: 0,
+            end: now + timeout,
+            total: timeout,
+            progress: now,
+        })
     }
 
-    fn arm(&self, stage: ServeStage) -> Result<(), ServeError> {
-        match self.deadline.arm(self.stream) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.timeout(stage, self.deadline.total())),
-            Err(source) => Err(self.io(stage, source)),
+    /// When the conversation gives up if the client does nothing: step it then.
+    pub fn wakeup(&self) -> Instant {
+        self.end.min(self.progress + OPERATION_TIMEOUT)
+    }
+
+    /// Sockets handed over so far.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    fn stage(&self) -> ServeStage {
+        match self.stage {
+            Stage::ReadCommand { .. } => ServeStage::ReadCommand,
+            Stage::SendCount => ServeStage::SendCount,
+            Stage::SendBatch { .. } => ServeStage::SendBatch,
+            Stage::ReadAck { .. } => ServeStage::ReadAck,
+        }
+    }
+
+    /// Goes as far as `stream` allows without waiting.
+    pub fn step(
+        &mut self,
+        stream: &UnixStream,
+        sockets: &[(BorrowedFd<'_>, &Record)],
+        now: Instant,
+    ) -> ServeProgress {
+        debug_assert_eq!(
+            sockets.len(),
+            self.batches.last().map_or(0, |b| b.range.end),
+            "a _getsocks conversation's sockets changed under it"
+        );
+        loop {
+            match self.advance(stream, sockets) {
+                Ok(Advance::Progress) => self.progress = now,
+                Ok(Advance::Finished) => {
+                    return ServeProgress::Done(Ok(ServeOutcome { sent: self.sent }))
+                }
+                Ok(Advance::Blocked(flags)) => {
+                    if now < self.wakeup() {
+                        return ServeProgress::Wants(flags);
+                    }
+                    let waited = if now >= self.end {
+                        self.total
+                    } else {
+                        OPERATION_TIMEOUT
+                    };
+                    return ServeProgress::Done(self.tolerate(self.timeout(waited)));
+                }
+                Err(e) => return ServeProgress::Done(self.tolerate(e)),
+            }
+        }
+    }
+
+    /// 1.8, 2.0 and 2.6 clients may close before or instead of the final ack.
+    fn tolerate(&self, err: ServeError) -> Result<ServeOutcome, ServeError> {
+        let last_ack =
+            matches!(self.stage, Stage::ReadAck { index, .. } if index + 1 == self.batches.len());
+        let tolerated = matches!(
+            err,
+            ServeError::ClientClosed { .. } | ServeError::Timeout { .. }
+        );
+        if last_ack && tolerated {
+            log::debug!("no final _getsocks ack on {}: {err}", self.at);
+            return Ok(ServeOutcome { sent: self.sent });
+        }
+        Err(err)
+    }
+
+    /// One operation of the conversation.
+    fn advance(
+        &mut self,
+        stream: &UnixStream,
+        sockets: &[(BorrowedFd<'_>, &Record)],
+    ) -> Result<Advance, ServeError> {
+        let fd = stream.as_fd();
+        match &mut self.stage {
+            Stage::ReadCommand { line, len } => {
+                let n = match recv(fd, &mut line[*len..]) {
+                    Err(e) if would_block(&e) => return Ok(Advance::Blocked(PollFlags::POLLIN)),
+                    Err(e) => return Err(self.io(e)),
+                    Ok(0) if *len == 0 => return Err(self.closed()),
+                    Ok(n) => n,
+                };
+                *len += n;
+                if n > 0 && !line[..*len].contains(&b'\n') && *len < line.len() {
+                    return Ok(Advance::Progress);
+                }
+                match &line[..*len] {
+                    b"_getsocks\n" | b"_getsocks\r\n" => {
+                        self.stage = Stage::SendCount;
+                        Ok(Advance::Progress)
+                    }
+                    other => Err(ServeError::UnexpectedCommand {
+                        at: self.at.clone(),
+                        received: other.to_vec(),
+                    }),
+                }
+            }
+            Stage::SendCount => {
+                let bytes = self.count.to_ne_bytes();
+                match send(fd, &bytes) {
+                    Err(e) if would_block(&e) => Ok(Advance::Blocked(PollFlags::POLLOUT)),
+                    Err(e) => Err(self.io(e)),
+                    Ok(n) if n == bytes.len() => {
+                        self.stage = Stage::SendBatch {
+                            index: 0,
+                            written: None,
+                        };
+                        Ok(Advance::Progress)
+                    }
+                    Ok(n) => Err(ServeError::ShortWrite {
+                        at: self.at.clone(),
+                        stage: ServeStage::SendCount,
+                        written: n,
+                        expected: bytes.len(),
+                    }),
+                }
+            }
+            Stage::SendBatch { index, written } => {
+                let index = *index;
+                let batch = &self.batches[index];
+                let result = match *written {
+                    // One sendmsg: the fds as one SCM_RIGHTS message, exactly their records as
+                    // data.
+                    None => send_with_fds(fd, &sockets[batch.range.clone()], &batch.data),
+                    // A large batch that stalled was cut after `written` bytes, with the fds
+                    // already on the wire. The rest follows as plain data, as when the kernel
+                    // splits a batch itself.
+                    Some(done) if done < batch.data.len() => match send(fd, &batch.data[done..]) {
+                        Ok(0) => return Err(self.closed()),
+                        other => other,
+                    },
+                    Some(_) => {
+                        self.sent += batch.range.len();
+                        self.stage = Stage::ReadAck { index, got: 0 };
+                        return Ok(Advance::Progress);
+                    }
+                };
+                match result {
+                    Err(e) if would_block(&e) => Ok(Advance::Blocked(PollFlags::POLLOUT)),
+                    Err(e) => Err(self.io(e)),
+                    Ok(n) => {
+                        *written = Some(written.unwrap_or(0) + n);
+                        Ok(Advance::Progress)
+                    }
+                }
+            }
+            Stage::ReadAck { index, got } => {
+                let mut ack = [0u8; 4];
+                let n = match recv(fd, &mut ack[*got..]) {
+                    Err(e) if would_block(&e) => return Ok(Advance::Blocked(PollFlags::POLLIN)),
+                    Err(e) => return Err(self.io(e)),
+                    Ok(0) => return Err(self.closed()),
+                    Ok(n) => n,
+                };
+                *got += n;
+                if *got < ack.len() {
+                    return Ok(Advance::Progress);
+                }
+                let next = *index + 1;
+                if next == self.batches.len() {
+                    return Ok(Advance::Finished);
+                }
+                self.stage = Stage::SendBatch {
+                    index: next,
+                    written: None,
+                };
+                Ok(Advance::Progress)
+            }
         }
     }
 
     /// `waited`: the whole conversation's budget when it ran out, else the one operation's.
-    fn timeout(&self, stage: ServeStage, waited: Duration) -> ServeError {
+    fn timeout(&self, waited: Duration) -> ServeError {
         ServeError::Timeout {
             at: self.at.clone(),
-            stage,
+            stage: self.stage(),
             sent: self.sent,
             timeout: waited,
         }
     }
 
-    fn closed(&self, stage: ServeStage) -> ServeError {
+    fn closed(&self) -> ServeError {
         ServeError::ClientClosed {
             at: self.at.clone(),
-            stage,
+            stage: self.stage(),
             sent: self.sent,
         }
     }
 
-    fn io(&self, stage: ServeStage, source: io::Error) -> ServeError {
-        if is_timeout(&source) {
-            return self.timeout(stage, self.deadline.operation_waited());
-        }
+    fn io(&self, source: io::Error) -> ServeError {
         if is_disconnect(&source) {
-            return self.closed(stage);
+            return self.closed();
         }
         ServeError::Io {
             at: self.at.clone(),
-            stage,
+            stage: self.stage(),
             sent: self.sent,
             source,
         }
     }
+}
 
-    fn short_write(&self, stage: ServeStage, written: usize, expected: usize) -> ServeError {
-        ServeError::ShortWrite {
-            at: self.at.clone(),
-            stage,
-            written,
-            expected,
+enum Advance {
+    Progress,
+    Finished,
+    Blocked(PollFlags),
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
         }
     }
+}
 
-    fn read_command(&self) -> Result<(), ServeError> {
-        let stage = ServeStage::ReadCommand;
-        let mut line = [0u8; MAX_COMMAND_LEN];
-        let mut len = 0;
-        while !line[..len].contains(&b'\n') && len < line.len() {
-            self.arm(stage)?;
-            match (&*self.stream).read(&mut line[len..]) {
-                Ok(0) if len == 0 => return Err(self.closed(stage)),
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io(stage, e)),
-            }
-        }
-        match &line[..len] {
-            b"_getsocks\n" | b"_getsocks\r\n" => Ok(()),
-            other => Err(ServeError::UnexpectedCommand {
-                at: self.at.clone(),
-                received: other.to_vec(),
-            }),
+/// `send` that never waits and never raises SIGPIPE.
+fn send(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        match socket::send(fd.as_raw_fd(), bytes, flags) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
         }
     }
+}
 
-    fn send_count(&self, count: i32) -> Result<(), ServeError> {
-        let stage = ServeStage::SendCount;
-        self.arm(stage)?;
-        let bytes = count.to_ne_bytes();
-        match send_nosignal(self.stream.as_fd(), &bytes) {
-            Ok(n) if n == bytes.len() => Ok(()),
-            Ok(n) => Err(self.short_write(stage, n, bytes.len())),
-            Err(e) => Err(self.io(stage, e)),
+fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    sockets: &[(BorrowedFd<'_>, &Record)],
+    data: &[u8],
+) -> io::Result<usize> {
+    let raw: Vec<RawFd> = sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let iov = [IoSlice::new(data)];
+    loop {
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        match socket::sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, &rights, flags, None) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
         }
-    }
-
-    /// One sendmsg: the fds as one SCM_RIGHTS message, exactly their records as data.
-    fn send_batch(&mut self, batch: &Batch<'_>) -> Result<(), ServeError> {
-        let stage = ServeStage::SendBatch;
-        self.arm(stage)?;
-        let raw: Vec<RawFd> = batch.fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        let rights = [ControlMessage::ScmRights(&raw)];
-        let iov = [IoSlice::new(&batch.data)];
-        let written = loop {
-            let flags = MsgFlags::MSG_NOSIGNAL;
-            match socket::sendmsg::<UnixAddr>(self.stream.as_raw_fd(), &iov, &rights, flags, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(errno) => return Err(self.io(stage, errno.into())),
-                Ok(n) => break n,
-            }
-        };
-        // A large batch that stalled was cut after `written` bytes, with the fds already on the
-        // wire. The rest follows as plain data, as when the kernel splits a batch itself.
-        self.send_rest(&batch.data[written..])?;
-        self.sent += batch.fds.len();
-        Ok(())
-    }
-
-    fn send_rest(&self, mut rest: &[u8]) -> Result<(), ServeError> {
-        let stage = ServeStage::SendBatch;
-        while !rest.is_empty() {
-            self.arm(stage)?;
-            match send_nosignal(self.stream.as_fd(), rest) {
-                Ok(0) => return Err(self.closed(stage)),
-                Ok(n) => rest = &rest[n..],
-                Err(e) => return Err(self.io(stage, e)),
-            }
-        }
-        Ok(())
-    }
-
-    fn read_ack(&self, last: bool) -> Result<(), ServeError> {
-        let stage = ServeStage::ReadAck;
-        match self.read_exact_ack(stage) {
-            Ok(()) => Ok(()),
-            // 1.8, 2.0 and 2.6 clients may close before or instead of the final ack.
-            Err(e) if last && self.tolerated_after_last(&e) => {
-                log::debug!("no final _getsocks ack on {}: {e}", self.at);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn tolerated_after_last(&self, err: &ServeError) -> bool {
-        matches!(
-            err,
-            ServeError::ClientClosed { .. } | ServeError::Timeout { .. }
-        )
-    }
-
-    fn read_exact_ack(&self, stage: ServeStage) -> Result<(), ServeError> {
-        let mut ack = [0u8; 4];
-        let mut got = 0;
-        while got < ack.len() {
-            self.arm(stage)?;
-            match (&*self.stream).read(&mut ack[got..]) {
-                Ok(0) => return Err(self.closed(stage)),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io(stage, e)),
-            }
-        }
-        Ok(())
     }
 }
