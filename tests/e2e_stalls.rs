@@ -437,7 +437,6 @@ fn a_trickling_client_is_cut_off() {
 /// Case 7: a `_getsocks` client that takes the count and never acks delays nothing else:
 /// `show proc` from another client answers within 100 ms meanwhile.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn a_getsocks_client_that_never_acks_delays_nothing_else() {
     let port = free_port();
     let mut hm = serving(port, &[]);

@@ -5,10 +5,15 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
 
 use super::forward::Forward;
 use super::state::Generation;
+use crate::handoff::listeners::HeldSet;
+use crate::handoff::serve::ServeTask;
 
 /// Longest command line accepted; a client sending more without a newline is cut off.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -31,12 +36,37 @@ pub enum Input {
 pub enum Task {
     /// `@1 ...`, `@!pid ...`: the worker's answer is relayed.
     Forward(Forward),
+    /// `_getsocks` on the session's own stream: the sockets of `held` (kept open until the
+    /// conversation ends, even if the master holds another set by then). Ends the session.
+    Getsocks {
+        serve: ServeTask,
+        held: Rc<HeldSet>,
+        /// What the stream waits for next.
+        wants: PollFlags,
+    },
 }
 
 impl Task {
-    pub fn deadline(&self) -> Instant {
+    /// When to step it even if its fd says nothing.
+    pub fn wakeup(&self) -> Instant {
         match self {
             Task::Forward(f) => f.deadline(),
+            Task::Getsocks { serve, .. } => serve.wakeup(),
+        }
+    }
+
+    /// Its own fd; None: the session's stream.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Task::Forward(f) => Some(f.fd()),
+            Task::Getsocks { .. } => None,
+        }
+    }
+
+    pub fn interest(&self) -> PollFlags {
+        match self {
+            Task::Forward(f) => f.interest(),
+            Task::Getsocks { wants, .. } => *wants,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use nix::poll::PollFlags;
@@ -14,7 +15,7 @@ use crate::control::command::{
     help_text, no_such_worker_text, parse_request, shorten, split_line, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
-use crate::handoff::serve::serve_getsocks_after_command;
+use crate::handoff::serve::{ServeProgress, ServeTask};
 use crate::supervisor::forward::{Forward, Progress};
 use crate::supervisor::sessions::{Input, Session, Task};
 use crate::supervisor::state::{Generation, ReloadKind, Role};
@@ -325,27 +326,34 @@ impl Master<'_> {
         }
     }
 
-    /// `_getsocks`: the held sockets, with haproxy's protocol. Blocking but bounded: the client
-    /// is normally our own new worker in the middle of its start (`-x`).
+    /// `_getsocks`: the held sockets, with haproxy's protocol, as the session's task (its client
+    /// is normally our own new worker in the middle of its start, `-x`). The protocol leaves
+    /// nothing else to say on this connection.
     fn hand_over(&mut self, id: u64) -> Step {
-        let Some(s) = self.sessions.get(&id) else {
+        let held = Rc::clone(&self.held);
+        let Some(s) = self.sessions.get_mut(&id) else {
             return Step::Close;
         };
-        let peer = s.peer_pid;
-        let result = s
-            .stream
-            .set_nonblocking(false)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                serve_getsocks_after_command(&s.stream, &self.held.as_serve_list(), HANDOFF_TIMEOUT)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(outcome) => log::debug!("handed {} listening sockets to pid {peer}", outcome.sent),
-            Err(e) => log::warn!("handing the listening sockets to pid {peer} failed: {e}"),
+        let started = ServeTask::new(
+            &s.stream,
+            &held.as_serve_list(),
+            HANDOFF_TIMEOUT,
+            false,
+            Instant::now(),
+        );
+        match started {
+            Ok(serve) => {
+                s.task = Some(Task::Getsocks {
+                    serve,
+                    held,
+                    wants: PollFlags::POLLOUT,
+                })
+            }
+            Err(e) => log::warn!(
+                "handing the listening sockets to pid {} failed: {e}",
+                s.peer_pid
+            ),
         }
-        // The protocol leaves nothing else to say on this connection.
-        self.sessions.remove(&id);
         Step::Close
     }
 
@@ -371,8 +379,9 @@ impl Master<'_> {
         }
     }
 
-    /// Advances every session's task as far as its peer allows; one that ends answers its
-    /// session, which then runs its next command.
+    /// Advances every session's task as far as its peer allows. A forward that ends answers its
+    /// session, which then runs its next command; a `_getsocks` conversation that ends ends its
+    /// session.
     pub(super) fn step_tasks(&mut self, now: Instant) {
         let busy: Vec<u64> = self
             .sessions
@@ -384,19 +393,41 @@ impl Master<'_> {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            let answer = match s.task.as_mut() {
-                Some(Task::Forward(f)) => match f.step(now) {
-                    Progress::Waiting => continue,
-                    Progress::Done(text) => text,
-                },
-                None => continue,
-            };
-            s.task = None;
-            s.write(answer.as_bytes());
-            // haproxy's CLI ends every answer with an empty line.
-            s.write(b"\n");
-            self.run_session(id);
-            self.flush_session(id);
+            match s.task.as_mut() {
+                Some(Task::Forward(f)) => {
+                    let Progress::Done(answer) = f.step(now) else {
+                        continue;
+                    };
+                    s.task = None;
+                    s.write(answer.as_bytes());
+                    // haproxy's CLI ends every answer with an empty line.
+                    s.write(b"\n");
+                    self.run_session(id);
+                    self.flush_session(id);
+                }
+                Some(Task::Getsocks { serve, held, wants }) => {
+                    let result = match serve.step(&s.stream, &held.as_serve_list(), now) {
+                        ServeProgress::Wants(flags) => {
+                            *wants = flags;
+                            continue;
+                        }
+                        ServeProgress::Done(result) => result,
+                    };
+                    match result {
+                        Ok(outcome) => log::debug!(
+                            "handed {} listening sockets to pid {}",
+                            outcome.sent,
+                            s.peer_pid
+                        ),
+                        Err(e) => log::warn!(
+                            "handing the listening sockets to pid {} failed: {e}",
+                            s.peer_pid
+                        ),
+                    }
+                    self.sessions.remove(&id);
+                }
+                None => {}
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! place (the master re-executes itself), sockets systemd passes at start, and systemd's fd store.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::workers::WorkerRuntime;
@@ -109,7 +110,7 @@ impl Master<'_> {
             }
         }
         match HeldSet::from_received(received, |_| false) {
-            Ok(set) => self.held = set,
+            Ok(set) => self.held = Rc::new(set),
             Err(e) => log::error!("systemd's sockets: {e}"),
         }
         self.fdstore = FdStore::new(from_store);
@@ -144,13 +145,14 @@ impl Master<'_> {
                 }
             })
             .collect();
-        self.held = HeldSet::from_received(received, |_| false).unwrap_or_else(|e| {
+        let held = HeldSet::from_received(received, |_| false).unwrap_or_else(|e| {
             log::error!(
                 "after the upgrade in place: {e}; holding no listening sockets (the next \
                  reload binds them afresh)"
             );
             HeldSet::default()
         });
+        self.held = Rc::new(held);
         // `show proc` goes on counting where the previous image stopped.
         self.started = snapshot.master.started;
         self.reloads = snapshot.master.reloads;

@@ -21,9 +21,9 @@
 //!   store; `last_good.rs`: configuration copies.
 //!
 //! Where a task goes: an exchange with a peer that takes more than one step (the probe, a
-//! forwarded `@` command; fetching a worker's sockets and serving `_getsocks`, which are still
-//! blocking calls bounded in time) is a non-blocking state machine with its own deadline and
-//! buffers. One that talks to a worker lives in that worker's `WorkerRuntime`, as `probe` does
+//! forwarded `@` command, serving `_getsocks` to a client; fetching a worker's sockets, which is
+//! still a blocking call bounded in time) is a non-blocking state machine with its own deadline
+//! and buffers. One that talks to a worker lives in that worker's `WorkerRuntime`, as `probe` does
 //! (so it ends when the worker is forgotten); one that serves a client lives in its session
 //! (`Session::task`, stepped by `control::step_tasks`; the session runs its next command when
 //! the task has answered).
@@ -37,6 +37,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -166,7 +167,7 @@ pub fn run(
         listeners,
         sessions: HashMap::new(),
         next_session: 0,
-        held: HeldSet::default(),
+        held: Rc::default(),
         fdstore: FdStore::default(),
         timers: Timers::default(),
         exit: None,
@@ -236,8 +237,9 @@ struct Master<'a> {
     listeners: Vec<ControlListener>,
     sessions: HashMap<u64, Session>,
     next_session: u64,
-    /// One copy of each listening socket of the current worker.
-    held: HeldSet,
+    /// One copy of each listening socket of the current worker (shared with the `_getsocks`
+    /// conversations serving it, which keep it open until they end).
+    held: Rc<HeldSet>,
     /// systemd's copies of `held`.
     fdstore: FdStore,
     /// Every deadline the state armed.
@@ -308,11 +310,14 @@ impl Master<'_> {
             if s.wants_output() {
                 flags |= PollFlags::POLLOUT;
             }
-            tokens.push(Token::Session(*id));
-            fds.push(PollFd::new(s.fd(), flags));
-            if let Some(Task::Forward(f)) = &s.task {
+            // A task on the session's own stream (`_getsocks`) polls it alone.
+            if !(s.task.as_ref().is_some_and(|t| t.fd().is_none())) {
+                tokens.push(Token::Session(*id));
+                fds.push(PollFd::new(s.fd(), flags));
+            }
+            if let Some(task) = &s.task {
                 tokens.push(Token::Task);
-                fds.push(PollFd::new(f.fd(), f.interest()));
+                fds.push(PollFd::new(task.fd().unwrap_or(s.fd()), task.interest()));
             }
         }
         // Only while something waits: an idle master polls neither.
@@ -390,7 +395,7 @@ impl Master<'_> {
                 .min(),
             self.sessions
                 .values()
-                .filter_map(|s| s.task.as_ref().map(Task::deadline))
+                .filter_map(|s| s.task.as_ref().map(Task::wakeup))
                 .min(),
         ];
         match deadlines.into_iter().flatten().min() {
@@ -648,7 +653,7 @@ impl Master<'_> {
             set.len()
         );
         // Dropping the previous set closes the copies the new worker did not take.
-        self.held = set;
+        self.held = Rc::new(set);
         self.sync_fdstore();
         self.config_ready(pid);
     }
