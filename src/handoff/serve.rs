@@ -587,3 +587,67 @@ fn send_with_fds(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A client that is silent leaves the task waiting, without blocking its caller, until it
+    /// acks; a stall past the operation timeout then ends the conversation.
+    #[test]
+    fn steps_never_wait_for_the_client() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let (held, _peer) = UnixStream::pair().unwrap();
+        let record = Record::default();
+        let list = [(held.as_fd(), &record)];
+        let start = Instant::now();
+        let mut task = ServeTask::new(&server, &list, Duration::from_secs(5), true, start).unwrap();
+        // Nothing sent yet: the command is awaited.
+        assert!(matches!(
+            task.step(&server, &list, start),
+            ServeProgress::Wants(PollFlags::POLLIN)
+        ));
+        client.write_all(b"_getsocks\n").unwrap();
+        // Count and batch go out; the ack is awaited.
+        assert!(matches!(
+            task.step(&server, &list, start),
+            ServeProgress::Wants(PollFlags::POLLIN)
+        ));
+        assert_eq!(task.sent(), 1);
+        let mut count = [0u8; 4];
+        client.read_exact(&mut count).unwrap();
+        assert_eq!(i32::from_ne_bytes(count), 1);
+        assert_eq!(task.wakeup(), start + OPERATION_TIMEOUT);
+        // The last ack is optional: a stalled client past the wakeup ends it, successfully.
+        match task.step(&server, &list, task.wakeup()) {
+            ServeProgress::Done(Ok(outcome)) => assert_eq!(outcome.sent, 1),
+            ServeProgress::Done(Err(e)) => panic!("{e}"),
+            ServeProgress::Wants(flags) => panic!("still waiting for {flags:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stall_before_the_last_ack_is_a_timeout() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let (held, _peer) = UnixStream::pair().unwrap();
+        let record = Record::default();
+        let list = [(held.as_fd(), &record)];
+        let mut task = ServeTask::new(&server, &list, Duration::from_secs(5), true, start).unwrap();
+        client.write_all(b"_get").unwrap();
+        assert!(matches!(
+            task.step(&server, &list, start),
+            ServeProgress::Wants(PollFlags::POLLIN)
+        ));
+        match task.step(&server, &list, start + OPERATION_TIMEOUT) {
+            ServeProgress::Done(Err(ServeError::Timeout {
+                stage: ServeStage::ReadCommand,
+                timeout,
+                ..
+            })) => assert_eq!(timeout, OPERATION_TIMEOUT),
+            ServeProgress::Done(other) => panic!("{other:?}"),
+            ServeProgress::Wants(flags) => panic!("still waiting for {flags:?}"),
+        }
+    }
+}
