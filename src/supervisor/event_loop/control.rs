@@ -92,6 +92,15 @@ impl Master<'_> {
         }
     }
 
+    /// The ids of the sessions `pick` selects, to act on each in turn.
+    fn sessions_where(&self, pick: impl Fn(&Session) -> bool) -> Vec<u64> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| pick(s))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub(super) fn clients_of(&self, listener: usize) -> usize {
         self.sessions
             .values()
@@ -270,12 +279,7 @@ impl Master<'_> {
         reason: Option<&str>,
         startup: &str,
     ) {
-        let waiting: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.awaiting_reload.is_some_and(|after| after < generation))
-            .map(|(id, _)| *id)
-            .collect();
+        let waiting = self.sessions_where(|s| s.awaiting_reload.is_some_and(|a| a < generation));
         let text = match reason {
             None => format!("Success=1\n--\n{startup}"),
             Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
@@ -310,12 +314,7 @@ impl Master<'_> {
 
     /// A master stopping answers the reloads it will not run.
     pub(super) fn abandon_reloads(&mut self) {
-        let ids: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.awaiting_reload.is_some())
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self.sessions_where(|s| s.awaiting_reload.is_some());
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
@@ -383,12 +382,7 @@ impl Master<'_> {
     /// session, which then runs its next command; a `_getsocks` conversation that ends ends its
     /// session.
     pub(super) fn step_tasks(&mut self, now: Instant) {
-        let busy: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.task.is_some())
-            .map(|(id, _)| *id)
-            .collect();
+        let busy = self.sessions_where(|s| s.task.is_some());
         for id in busy {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
