@@ -111,13 +111,40 @@ fn forwarding_to_a_stopped_worker_delays_nothing_else() {
     assert!(hm.stop().success());
 }
 
+/// The `-x` a worker was started with, for haproxy 2.6 and later its own socketpair.
+fn handoff_argument(pid: u32) -> Option<String> {
+    let args = cmdline_args(pid);
+    let at = args.iter().position(|a| a == "-x")?;
+    args.get(at + 1).cloned()
+}
+
+/// The new worker took the listening socket it was handed over its own channel: same inode,
+/// and `-x sockpair@N`, not master.sock.
+fn assert_handed_over_its_own_channel(
+    port: u16,
+    before: &std::collections::BTreeSet<u64>,
+    pid: u32,
+) {
+    assert_eq!(
+        &tcp4_listen_inodes(port),
+        before,
+        "worker pid {pid} bound a new socket instead of taking over the held one"
+    );
+    let x = handoff_argument(pid);
+    assert!(
+        x.as_deref().is_some_and(|x| x.starts_with("sockpair@")),
+        "worker pid {pid} was started with -x {x:?}, not its own socketpair"
+    );
+}
+
 /// Case 2, first half: 16 idle prompt sessions on master.sock, then a reload: Success.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn idle_sessions_leave_the_handoff_its_channel() {
     let port = free_port();
     let mut hm = serving(port, &[]);
     let old = hm.current_worker_pid().unwrap();
+    let inodes = tcp4_listen_inodes(port);
+    assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
     let master = master_sock(&hm.runtime_dir);
     let idle: Vec<UnixStream> = (0..16)
         .map(|_| prompt_session(UnixStream::connect(&master).unwrap()))
@@ -133,6 +160,8 @@ fn idle_sessions_leave_the_handoff_its_channel() {
         is_serving(&d),
         "reload with 16 idle prompt sessions: {status:?}"
     );
+    let new = worker_pid_in(&d).unwrap();
+    assert_handed_over_its_own_channel(port, &inodes, new);
     drop(idle);
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
     assert!(hm.stop().success());
@@ -141,10 +170,11 @@ fn idle_sessions_leave_the_handoff_its_channel() {
 /// Case 2, second half: 50 concurrent `hapmaster reload` all exit 0 (coalesced into a few
 /// reloads).
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn fifty_concurrent_reload_clients_all_succeed() {
     let port = free_port();
     let mut hm = serving(port, &[]);
+    let inodes = tcp4_listen_inodes(port);
+    assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
     let master = master_sock(&hm.runtime_dir);
     let clients: Vec<_> = (0..50)
         .map(|_| {
@@ -189,6 +219,8 @@ fn fifty_concurrent_reload_clients_all_succeed() {
     );
     eprintln!("figures: {figures}");
     assert_eq!(ok, 50, "{figures}");
+    let current = hm.current_worker_pid().unwrap();
+    assert_handed_over_its_own_channel(port, &inodes, current);
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
     assert!(hm.stop().success());
 }

@@ -2,4 +2,5 @@
 pub mod fetch;
 pub mod listeners;
 pub mod serve;
+pub mod sockpair;
 pub mod wire;

@@ -4,7 +4,8 @@
 //! haproxy 2.6 does, with hapmaster's own `_getsocks` code (`hapmaster::handoff`); only the
 //! faults are hand-made.
 //!
-//! Started exactly like haproxy: `<passthrough args> -db -f <cfg>... -f <fragment> [-x <sock>]`.
+//! Started exactly like haproxy: `<passthrough args> -db -f <cfg>... -f <fragment> [-x <sock>]`,
+//! `<sock>` a path or `sockpair@N` (2.6).
 //! - `stats socket <path> ...` (the fragment hapmaster writes): its private stats socket, bound
 //!   as haproxy does (`<path>.<pid>.tmp`, then renamed to `<path>`). `show info` gets
 //!   `Pid: <own pid>`; `_getsocks` hands over its listeners and the stats socket itself.
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hapmaster::handoff::fetch::fetch_sockets;
+use hapmaster::handoff::fetch::{fetch_from_stream, fetch_sockets, ReceivedSocket};
 use hapmaster::handoff::listeners::SocketInfo;
 use hapmaster::handoff::serve::serve_getsocks;
 use hapmaster::handoff::wire::{encode_record, Record};
@@ -231,10 +232,31 @@ fn install_signals() -> io::Result<(Flag, Flag, UnixStream)> {
     Ok((stop, term, rx))
 }
 
+/// `-x <path>`, or `-x sockpair@N` as haproxy 2.6 does it: a socketpair, one end sent over the
+/// inherited fd N (two data bytes and the fd), `_getsocks` on the other.
+fn fetch_handoff(x: &Path) -> Result<Vec<ReceivedSocket>, String> {
+    let Some(fd) = x.to_str().and_then(|x| x.strip_prefix("sockpair@")) else {
+        return fetch_sockets(x, TIMEOUT).map_err(|e| e.to_string());
+    };
+    let fd: RawFd = fd.parse().map_err(|e| format!("-x {}: {e}", x.display()))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let raw = [theirs.as_raw_fd()];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let iov = [IoSlice::new(&[0, 0])];
+    socket::sendmsg::<UnixAddr>(fd, &iov, &rights, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| {
+        format!(
+            "Cannot transfer the fd {} over sockpair@{fd}. Giving up. ({e})",
+            raw[0]
+        )
+    })?;
+    drop(theirs);
+    fetch_from_stream(&ours, TIMEOUT).map_err(|e| e.to_string())
+}
+
 fn open_listeners(cfg: &Config) -> Result<Vec<TcpListener>, String> {
     let mut fetched: Vec<Option<OwnedFd>> = Vec::new();
     if let Some(path) = &cfg.handoff {
-        let received = fetch_sockets(path, TIMEOUT)
+        let received = fetch_handoff(path)
             .map_err(|e| format!("Failed to get the sockets from the old process! ({e})"))?;
         if cfg.reject_handoff {
             return Err(format!(

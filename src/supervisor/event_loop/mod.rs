@@ -51,10 +51,12 @@ use super::signals;
 use super::signals::Signals;
 use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, State, Timer};
 use super::upgrade::{Launch, Snapshot};
-use super::worker::{self, WorkerSpec};
+use super::worker::{self, Handoff, WorkerSpec};
 use crate::fdstore::FdStore;
 use crate::handoff::fetch::fetch_sockets;
 use crate::handoff::listeners::HeldSet;
+use crate::handoff::serve::serve_getsocks;
+use crate::handoff::sockpair::{HandoffChannel, Received};
 use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
@@ -264,6 +266,8 @@ enum Token {
     Signals,
     Listener(usize),
     Probe,
+    /// A new worker's `-x sockpair@N` channel.
+    Handoff(Pid),
     Output(Pid),
     Session(u64),
     /// Our stderr has room for what waits in `crate::stderr_buffer`.
@@ -290,6 +294,10 @@ impl Master<'_> {
             if let Some(fd) = record.probe.as_ref().and_then(Probe::poll_fd) {
                 tokens.push(Token::Probe);
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            if let Some(channel) = &record.handoff {
+                tokens.push(Token::Handoff(pid));
+                fds.push(PollFd::new(channel.poll_fd(), PollFlags::POLLIN));
             }
             if let Some(fd) = record.output.fd() {
                 tokens.push(Token::Output(pid));
@@ -341,6 +349,7 @@ impl Master<'_> {
                 Token::Listener(i) => self.accept_clients(i),
                 // Stepped below in any case.
                 Token::Probe => {}
+                Token::Handoff(pid) => self.hand_over_to(pid),
                 Token::Output(pid) => {
                     if let Some(record) = self.workers.get_mut(pid) {
                         record.output.drain(pid);
@@ -659,6 +668,16 @@ impl Master<'_> {
             }
         };
         let handoff_socket = self.runtime.master_socket();
+        let channel = match self.handoff_channel() {
+            Ok(c) => c,
+            Err(e) => {
+                self.spawn_failed(
+                    generation,
+                    format!("cannot make the socket handoff channel: {e}"),
+                );
+                return;
+            }
+        };
         let config_files = self.worker_config(generation, kind);
         // Before any process runs these files: a reload refused here leaves the old worker as
         // it was.
@@ -685,12 +704,21 @@ impl Master<'_> {
             passthrough: &self.opts.worker_args,
             config_files: &config_files,
             fragment: &fragment,
-            handoff_socket: (!self.held.is_empty()).then_some(handoff_socket.as_path()),
+            handoff: match &channel {
+                _ if self.held.is_empty() => None,
+                Some((_, worker_end)) => Some(Handoff::Sockpair(worker_end.as_fd())),
+                None => Some(Handoff::Path(&handoff_socket)),
+            },
         };
-        match worker::spawn(&spec) {
+        let spawned = worker::spawn(&spec);
+        // The worker's end is the worker's alone from here: closing ours lets the channel end
+        // when the worker does.
+        let channel = channel.map(|(channel, _)| channel);
+        match spawned {
             Ok((pid, stderr)) => {
                 let mut record =
                     WorkerRuntime::new(generation, Output::starting(stderr), self.reloads);
+                record.handoff = channel;
                 record.probe = Some(Probe::new(
                     pid,
                     self.runtime.worker_socket(generation),
@@ -700,6 +728,52 @@ impl Master<'_> {
                 self.push(Event::Spawned { generation, pid });
             }
             Err(e) => self.spawn_failed(generation, e.to_string()),
+        }
+    }
+
+    /// A channel of its own for the next worker (haproxy 2.6 and later), when there are sockets
+    /// to hand over; else the worker takes `-x master.sock` (older haproxy) or nothing.
+    fn handoff_channel(&self) -> io::Result<Option<(HandoffChannel, OwnedFd)>> {
+        if !self.opts.sockpair_handoff || self.held.is_empty() {
+            return Ok(None);
+        }
+        HandoffChannel::open().map(Some)
+    }
+
+    /// The new worker `pid` sent the socket it asks `_getsocks` on: the held sockets go to it.
+    /// The serve is still blocking, bounded by `HANDOFF_TIMEOUT`, but only this worker can be
+    /// at the other end, never a CLI client.
+    fn hand_over_to(&mut self, pid: Pid) {
+        let Some(record) = self.workers.get_mut(pid) else {
+            return;
+        };
+        let Some(channel) = &record.handoff else {
+            return;
+        };
+        let stream = match channel.receive() {
+            Received::Pending => return,
+            Received::Connection(stream) => stream,
+            Received::Closed(why) => {
+                // Its exit or its readiness timeout tells the rest.
+                log::debug!("worker pid {pid}: {why}");
+                record.handoff = None;
+                return;
+            }
+        };
+        record.handoff = None;
+        let result = stream
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                serve_getsocks(&stream, &self.held.as_serve_list(), HANDOFF_TIMEOUT)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(outcome) => log::debug!(
+                "handed {} listening sockets to worker pid {pid} over its own channel",
+                outcome.sent
+            ),
+            Err(e) => log::warn!("handing the listening sockets to worker pid {pid} failed: {e}"),
         }
     }
 
