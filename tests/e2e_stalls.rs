@@ -167,6 +167,61 @@ fn idle_sessions_leave_the_handoff_its_channel() {
     assert!(hm.stop().success());
 }
 
+/// Case 2 for haproxy 1.8 to 2.5, which only take `-x <path>` (played by the fake haproxy as
+/// 2.5.14): 16 idle prompt sessions on master.sock, then a reload: Success. The new worker was
+/// given its own `handoff-<G>.sock`, not master.sock, and the file is gone once it is served.
+#[test]
+fn idle_sessions_leave_an_older_haproxys_handoff_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let port = free_port();
+    let dir = TestDir::new();
+    let haproxy = dir.join("haproxy-2.5");
+    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
+    std::fs::write(
+        &haproxy,
+        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {fake} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    hm.wait_serving(EVENT);
+    let old = hm.current_worker_pid().unwrap();
+    let inodes = tcp4_listen_inodes(port);
+    assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
+    let master = master_sock(&hm.runtime_dir);
+    let idle: Vec<UnixStream> = (0..16)
+        .map(|_| prompt_session(UnixStream::connect(&master).unwrap()))
+        .collect();
+    hm.signal(SIGUSR2);
+    let d = hm.wait_notify(
+        |d| (is_serving(d) && worker_pid_in(d) != Some(old)) || is_reload_failed(d),
+        EVENT,
+    );
+    let status = notify_field(&d, "STATUS").unwrap_or("").to_string();
+    eprintln!("figures: reload of a 2.5 with 16 idle prompt sessions: {status:?}");
+    assert!(
+        is_serving(&d),
+        "reload with 16 idle prompt sessions: {status:?}"
+    );
+    let new = worker_pid_in(&d).unwrap();
+    assert_eq!(
+        &tcp4_listen_inodes(port),
+        &inodes,
+        "worker pid {new} bound a new socket"
+    );
+    let x = handoff_argument(new).map(std::path::PathBuf::from);
+    let own = x.as_ref().filter(|x| {
+        x.parent() == Some(hm.runtime_dir.as_path())
+            && x.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("handoff-"))
+    });
+    let own = own.unwrap_or_else(|| panic!("worker pid {new} was started with -x {x:?}"));
+    assert!(!own.exists(), "{} is left after the handoff", own.display());
+    drop(idle);
+    assert!(hm.stop().success());
+}
+
 /// Case 2, second half: 50 concurrent `hapmaster reload` all exit 0 (coalesced into a few
 /// reloads).
 #[test]

@@ -11,22 +11,12 @@ use std::os::unix::net::UnixStream;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
+use super::channel::Received;
 use super::fetch::{recv_with_fds, ControlBuffer};
 
 /// The master's end, kept non-blocking in the worker's record until the worker sent its socket.
 pub struct HandoffChannel {
     master_end: OwnedFd,
-}
-
-/// What one look at the master's end found.
-pub enum Received {
-    /// Nothing yet (the worker is still parsing its configuration).
-    Pending,
-    /// The connection to serve `_getsocks` on.
-    Connection(UnixStream),
-    /// The channel is over without a connection: the worker closed its end (it failed or exited
-    /// before asking) or sent something else; the reason says which.
-    Closed(String),
 }
 
 impl HandoffChannel {

@@ -13,7 +13,8 @@
 //!   `hello from haproxy\n`. With `-x` it is taken from the sockets fetched there, matched by
 //!   address; unmatched fetched sockets are closed. Without `-x` (or with no match) it is bound.
 //! - SIGUSR1: soft stop (stops accepting, exits 0). SIGTERM / SIGINT: exits 0.
-//! - `-v` / `-vv`: haproxy 2.6's version line.
+//! - `-v` / `-vv`: haproxy 2.6's version line, or `$FAKE_HAPROXY_VERSION`'s (which also decides
+//!   whether `-x sockpair@N` is understood).
 //!
 //! Faults, each a line `fake <key> [value]` in any config file:
 //! - `fake hang`: accepts `show info` but never answers.
@@ -122,7 +123,10 @@ fn warning(msg: &str) {
 fn main() -> ExitCode {
     // hapmaster reads the version before it starts a worker.
     if std::env::args_os().skip(1).any(|a| a == "-v" || a == "-vv") {
-        println!("HAProxy version 2.6.12-fake 2023/03/28 - https://haproxy.org/");
+        println!(
+            "HAProxy version {} 2023/03/28 - https://haproxy.org/",
+            version()
+        );
         return ExitCode::SUCCESS;
     }
     match run() {
@@ -232,10 +236,24 @@ fn install_signals() -> io::Result<(Flag, Flag, UnixStream)> {
     Ok((stop, term, rx))
 }
 
+/// `$FAKE_HAPROXY_VERSION` (e.g. `2.5.14`, to play a haproxy that only takes `-x <path>`), else
+/// 2.6.12.
+fn version() -> String {
+    std::env::var("FAKE_HAPROXY_VERSION").unwrap_or_else(|_| "2.6.12-fake".into())
+}
+
+fn takes_sockpair() -> bool {
+    let v = version();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 6)
+}
+
 /// `-x <path>`, or `-x sockpair@N` as haproxy 2.6 does it: a socketpair, one end sent over the
 /// inherited fd N (two data bytes and the fd), `_getsocks` on the other.
 fn fetch_handoff(x: &Path) -> Result<Vec<ReceivedSocket>, String> {
-    let Some(fd) = x.to_str().and_then(|x| x.strip_prefix("sockpair@")) else {
+    // Before 2.6, `sockpair@N` is a path like any other (and fails).
+    let sockpair = x.to_str().and_then(|x| x.strip_prefix("sockpair@"));
+    let Some(fd) = sockpair.filter(|_| takes_sockpair()) else {
         return fetch_sockets(x, TIMEOUT).map_err(|e| e.to_string());
     };
     let fd: RawFd = fd.parse().map_err(|e| format!("-x {}: {e}", x.display()))?;

@@ -322,7 +322,8 @@ impl Master<'_> {
     }
 
     /// `_getsocks`: the held sockets, with haproxy's protocol. Blocking but bounded: the client
-    /// is normally our own new worker in the middle of its start (`-x`).
+    /// is `hapmaster getsocks` or a haproxy an operator started with `-x master.sock`; our own new
+    /// workers have a channel of their own.
     fn hand_over(&mut self, id: u64) -> Step {
         let Some(s) = self.sessions.get(&id) else {
             return Step::Close;

@@ -53,10 +53,12 @@ use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, St
 use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, Handoff, WorkerSpec};
 use crate::fdstore::FdStore;
+use crate::handoff::channel::{Channel, Received};
 use crate::handoff::fetch::fetch_sockets;
 use crate::handoff::listeners::HeldSet;
+use crate::handoff::named::NamedChannel;
 use crate::handoff::serve::serve_getsocks;
-use crate::handoff::sockpair::{HandoffChannel, Received};
+use crate::handoff::sockpair::HandoffChannel;
 use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
@@ -232,7 +234,8 @@ struct Master<'a> {
     events: EventQueue,
     state: State,
     signals: Signals,
-    /// The master CLI: `master.sock` (also the `-x` target of new workers), then each `-S`.
+    /// The master CLI: `master.sock`, then each `-S`. New workers take their sockets over a
+    /// channel of their own (`WorkerRuntime::handoff`), never over these.
     listeners: Vec<ControlListener>,
     sessions: HashMap<u64, Session>,
     next_session: u64,
@@ -266,7 +269,7 @@ enum Token {
     Signals,
     Listener(usize),
     Probe,
-    /// A new worker's `-x sockpair@N` channel.
+    /// A new worker's own `-x` channel.
     Handoff(Pid),
     Output(Pid),
     Session(u64),
@@ -283,7 +286,7 @@ impl Master<'_> {
         let mut tokens = vec![Token::Signals];
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         // At a socket's client limit, its new clients wait in the listen backlog. The limit is
-        // per socket so that idle `-S` clients never keep a new worker's `-x` from master.sock.
+        // per socket so that idle `-S` clients never keep root out of master.sock.
         for (i, l) in self.listeners.iter().enumerate() {
             if self.clients_of(i) < crate::supervisor::sessions::MAX_SESSIONS {
                 tokens.push(Token::Listener(i));
@@ -667,13 +670,21 @@ impl Master<'_> {
                 return;
             }
         };
-        let handoff_socket = self.runtime.master_socket();
-        let channel = match self.handoff_channel() {
+        let handoff_socket = self.runtime.handoff_socket(generation);
+        let channel = match self.handoff_channel(generation) {
             Ok(c) => c,
             Err(e) => {
+                let what = if self.opts.sockpair_handoff {
+                    "a socketpair".to_string()
+                } else {
+                    handoff_socket.display().to_string()
+                };
                 self.spawn_failed(
                     generation,
-                    format!("cannot make the socket handoff channel: {e}"),
+                    format!(
+                        "cannot make the new worker's socket handoff channel ({what}): {e}; \
+                         check the runtime directory and the open files limit"
+                    ),
                 );
                 return;
             }
@@ -705,9 +716,9 @@ impl Master<'_> {
             config_files: &config_files,
             fragment: &fragment,
             handoff: match &channel {
-                _ if self.held.is_empty() => None,
-                Some((_, worker_end)) => Some(Handoff::Sockpair(worker_end.as_fd())),
-                None => Some(Handoff::Path(&handoff_socket)),
+                None => None,
+                Some((_, Some(worker_end))) => Some(Handoff::Sockpair(worker_end.as_fd())),
+                Some((_, None)) => Some(Handoff::Path(&handoff_socket)),
             },
         };
         let spawned = worker::spawn(&spec);
@@ -731,16 +742,24 @@ impl Master<'_> {
         }
     }
 
-    /// A channel of its own for the next worker (haproxy 2.6 and later), when there are sockets
-    /// to hand over; else the worker takes `-x master.sock` (older haproxy) or nothing.
-    fn handoff_channel(&self) -> io::Result<Option<(HandoffChannel, OwnedFd)>> {
-        if !self.opts.sockpair_handoff || self.held.is_empty() {
+    /// A channel of its own for worker `generation` when there are sockets to hand over: a
+    /// socketpair (with the worker's end) for haproxy 2.6 and later, else `handoff-<G>.sock`.
+    fn handoff_channel(&self, generation: u64) -> io::Result<Option<(Channel, Option<OwnedFd>)>> {
+        if self.held.is_empty() {
             return Ok(None);
         }
-        HandoffChannel::open().map(Some)
+        if self.opts.sockpair_handoff {
+            let (channel, worker_end) = HandoffChannel::open()?;
+            return Ok(Some((Channel::Pair(channel), Some(worker_end))));
+        }
+        let dir = crate::fs_at::Dir::open(self.runtime.path())?;
+        let name = crate::runtime_dir::handoff_socket_name(generation);
+        let channel = NamedChannel::bind(dir, std::ffi::OsStr::new(&name))?;
+        Ok(Some((Channel::Named(channel), None)))
     }
 
-    /// The new worker `pid` sent the socket it asks `_getsocks` on: the held sockets go to it.
+    /// The new worker `pid` sent (or connected) the socket it asks `_getsocks` on: the held
+    /// sockets go to it.
     /// The serve is still blocking, bounded by `HANDOFF_TIMEOUT`, but only this worker can be
     /// at the other end, never a CLI client.
     fn hand_over_to(&mut self, pid: Pid) {
@@ -750,7 +769,7 @@ impl Master<'_> {
         let Some(channel) = &record.handoff else {
             return;
         };
-        let stream = match channel.receive() {
+        let stream = match channel.receive(pid) {
             Received::Pending => return,
             Received::Connection(stream) => stream,
             Received::Closed(why) => {
