@@ -137,11 +137,12 @@ fn assert_handed_over_its_own_channel(
     );
 }
 
-/// Case 2, first half: 16 idle prompt sessions on master.sock, then a reload: Success.
-#[test]
-fn idle_sessions_leave_the_handoff_its_channel() {
-    let port = free_port();
-    let mut hm = serving(port, &[]);
+/// 16 idle prompt sessions on master.sock, then a reload, which must succeed. Returns the
+/// listening inodes of `port` before it, the new worker, and the sessions (still open).
+fn reload_beside_idle_sessions(
+    hm: &mut Hapmaster,
+    port: u16,
+) -> (std::collections::BTreeSet<u64>, u32, Vec<UnixStream>) {
     let old = hm.current_worker_pid().unwrap();
     let inodes = tcp4_listen_inodes(port);
     assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
@@ -160,7 +161,15 @@ fn idle_sessions_leave_the_handoff_its_channel() {
         is_serving(&d),
         "reload with 16 idle prompt sessions: {status:?}"
     );
-    let new = worker_pid_in(&d).unwrap();
+    (inodes, worker_pid_in(&d).unwrap(), idle)
+}
+
+/// Case 2, first half: 16 idle prompt sessions on master.sock, then a reload: Success.
+#[test]
+fn idle_sessions_leave_the_handoff_its_channel() {
+    let port = free_port();
+    let mut hm = serving(port, &[]);
+    let (inodes, new, idle) = reload_beside_idle_sessions(&mut hm, port);
     assert_handed_over_its_own_channel(port, &inodes, new);
     drop(idle);
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
@@ -186,25 +195,7 @@ fn idle_sessions_leave_an_older_haproxys_handoff_its_socket() {
     let cfg = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
     let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
     hm.wait_serving(EVENT);
-    let old = hm.current_worker_pid().unwrap();
-    let inodes = tcp4_listen_inodes(port);
-    assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
-    let master = master_sock(&hm.runtime_dir);
-    let idle: Vec<UnixStream> = (0..16)
-        .map(|_| prompt_session(UnixStream::connect(&master).unwrap()))
-        .collect();
-    hm.signal(SIGUSR2);
-    let d = hm.wait_notify(
-        |d| (is_serving(d) && worker_pid_in(d) != Some(old)) || is_reload_failed(d),
-        EVENT,
-    );
-    let status = notify_field(&d, "STATUS").unwrap_or("").to_string();
-    eprintln!("figures: reload of a 2.5 with 16 idle prompt sessions: {status:?}");
-    assert!(
-        is_serving(&d),
-        "reload with 16 idle prompt sessions: {status:?}"
-    );
-    let new = worker_pid_in(&d).unwrap();
+    let (inodes, new, idle) = reload_beside_idle_sessions(&mut hm, port);
     assert_eq!(
         &tcp4_listen_inodes(port),
         &inodes,
