@@ -38,6 +38,12 @@ impl Version {
     pub fn is_supported(&self) -> bool {
         (self.major, self.minor) >= OLDEST
     }
+
+    /// haproxy 2.6 and later take `-x sockpair@FD` (commit 2be557f7c, v2.6-dev1): the new worker
+    /// gets the listening sockets over a socketpair of its own instead of a named socket.
+    pub fn takes_sockpair_handoff(&self) -> bool {
+        (self.major, self.minor) >= (2, 6)
+    }
 }
 
 /// What the master makes of the binary's answer.

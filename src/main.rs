@@ -11,6 +11,7 @@ use hapmaster::control::usage;
 use hapmaster::daemon::Detached;
 use hapmaster::handoff::fetch::fetch_sockets;
 use hapmaster::handoff::listeners::SocketInfo;
+use hapmaster::haproxy_version::Version;
 use hapmaster::notify::Notifier;
 use hapmaster::options::{self, Options};
 use hapmaster::pidfile::{PidFile, PidPath};
@@ -213,7 +214,7 @@ fn run_haproxy(haproxy: &std::path::Path, args: &[OsString]) -> ExitCode {
     }
 }
 
-fn run_master(opts: Options) -> ExitCode {
+fn run_master(mut opts: Options) -> ExitCode {
     logging::init(logging::level_for(opts.quiet, opts.verbose));
     logging::make_stderr_nonblocking();
     // Taken (and removed from the environment) before any child exists.
@@ -253,13 +254,20 @@ fn run_master(opts: Options) -> ExitCode {
     }
     // Not after an upgrade in place: its workers already run, with the same binary and files.
     if resume.is_none() {
-        if let Err(e) = refuse_before_start(&opts) {
-            log::error!("refusing to start: {e}");
-            if let Some(n) = &notifier {
-                let _ = n.status(&format!("Failed to start: {e}"));
+        match refuse_before_start(&opts) {
+            Ok(version) => {
+                opts.sockpair_handoff = version.is_some_and(|v| v.takes_sockpair_handoff())
             }
-            return ExitCode::from(1);
+            Err(e) => {
+                log::error!("refusing to start: {e}");
+                if let Some(n) = &notifier {
+                    let _ = n.status(&format!("Failed to start: {e}"));
+                }
+                return ExitCode::from(1);
+            }
         }
+    } else {
+        opts.sockpair_handoff = handoff_version(&opts).is_some_and(|v| v.takes_sockpair_handoff());
     }
     let mut on_ready = OnFirstReady::default();
     if resume.is_none() {
@@ -362,18 +370,39 @@ fn master(
 /// than hapmaster supports, and `master-worker` in the configuration. The keyword is looked for
 /// again before every later worker starts (the event loop's `spawn`); the version only here
 /// (see `haproxy_version`).
-fn refuse_before_start(opts: &Options) -> Result<(), String> {
+/// Returns the version found, if the binary told it.
+fn refuse_before_start(opts: &Options) -> Result<Option<Version>, String> {
     use hapmaster::haproxy_version::{self, Found};
-    match haproxy_version::check(&opts.haproxy, haproxy_version::TIMEOUT) {
-        Ok(Found::Supported(v)) => log::debug!("{} is haproxy {}", opts.haproxy.display(), v.text),
-        Ok(unknown @ Found::Unknown { .. }) => log::warn!("{unknown}"),
+    let version = match haproxy_version::check(&opts.haproxy, haproxy_version::TIMEOUT) {
+        Ok(Found::Supported(v)) => {
+            log::debug!("{} is haproxy {}", opts.haproxy.display(), v.text);
+            Some(v)
+        }
+        Ok(unknown @ Found::Unknown { .. }) => {
+            log::warn!("{unknown}");
+            None
+        }
         Ok(too_old @ Found::TooOld { .. }) => return Err(too_old.to_string()),
         Err(e) => return Err(e.to_string()),
-    }
+    };
     let change_dir = opts.change_dir().map(std::path::Path::new);
     match hapmaster::master_worker_keyword::find(&opts.config_files, change_dir) {
         Some(found) => Err(found.to_string()),
-        None => Ok(()),
+        None => Ok(version),
+    }
+}
+
+/// After an upgrade in place the binary was checked by the first image; only which `-x` its
+/// workers take is read again. An unknown version keeps the `-x` path every haproxy takes.
+fn handoff_version(opts: &Options) -> Option<Version> {
+    use hapmaster::haproxy_version::{self, Found};
+    match haproxy_version::check(&opts.haproxy, haproxy_version::TIMEOUT) {
+        Ok(Found::Supported(v)) => Some(v),
+        Ok(_) => None,
+        Err(e) => {
+            log::warn!("{e}; new workers get the socket handoff on a named socket");
+            None
+        }
     }
 }
 

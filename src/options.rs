@@ -44,6 +44,9 @@ pub struct Options {
     /// `--cli-timeout DUR`: a master CLI client idle this long is disconnected (haproxy's
     /// `stats timeout`, 10 s by default).
     pub cli_timeout: Duration,
+    /// Whether workers take `-x sockpair@N` (haproxy 2.6 and later): set by the master from
+    /// `haproxy -v` before its loop starts, never from the command line. False: a `-x` path.
+    pub sockpair_handoff: bool,
 }
 
 impl Options {
@@ -286,6 +289,7 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         max_old_workers: p.max_old_workers.unwrap_or(DEFAULT_MAX_OLD_WORKERS),
         drain_timeout: p.drain_timeout,
         cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
+        sockpair_handoff: false,
     };
     Ok(if p.check {
         Command::Check(options)

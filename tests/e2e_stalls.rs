@@ -110,13 +110,41 @@ fn forwarding_to_a_stopped_worker_delays_nothing_else() {
     assert!(hm.stop().success());
 }
 
-/// Case 2, first half: 16 idle prompt sessions on master.sock, then a reload: Success.
-#[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
-fn idle_sessions_leave_the_handoff_its_channel() {
-    let port = free_port();
-    let mut hm = serving(port, &[]);
+/// The `-x` a worker was started with, for haproxy 2.6 and later its own socketpair.
+fn handoff_argument(pid: u32) -> Option<String> {
+    let args = cmdline_args(pid);
+    let at = args.iter().position(|a| a == "-x")?;
+    args.get(at + 1).cloned()
+}
+
+/// The new worker took the listening socket it was handed over its own channel: same inode,
+/// and `-x sockpair@N`, not master.sock.
+fn assert_handed_over_its_own_channel(
+    port: u16,
+    before: &std::collections::BTreeSet<u64>,
+    pid: u32,
+) {
+    assert_eq!(
+        &tcp4_listen_inodes(port),
+        before,
+        "worker pid {pid} bound a new socket instead of taking over the held one"
+    );
+    let x = handoff_argument(pid);
+    assert!(
+        x.as_deref().is_some_and(|x| x.starts_with("sockpair@")),
+        "worker pid {pid} was started with -x {x:?}, not its own socketpair"
+    );
+}
+
+/// 16 idle prompt sessions on master.sock, then a reload, which must succeed. Returns the
+/// listening inodes of `port` before it, the new worker, and the sessions (still open).
+fn reload_beside_idle_sessions(
+    hm: &mut Hapmaster,
+    port: u16,
+) -> (std::collections::BTreeSet<u64>, u32, Vec<UnixStream>) {
     let old = hm.current_worker_pid().unwrap();
+    let inodes = tcp4_listen_inodes(port);
+    assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
     let master = master_sock(&hm.runtime_dir);
     let idle: Vec<UnixStream> = (0..16)
         .map(|_| prompt_session(UnixStream::connect(&master).unwrap()))
@@ -132,18 +160,66 @@ fn idle_sessions_leave_the_handoff_its_channel() {
         is_serving(&d),
         "reload with 16 idle prompt sessions: {status:?}"
     );
+    (inodes, worker_pid_in(&d).unwrap(), idle)
+}
+
+/// Case 2, first half: 16 idle prompt sessions on master.sock, then a reload: Success.
+#[test]
+fn idle_sessions_leave_the_handoff_its_channel() {
+    let port = free_port();
+    let mut hm = serving(port, &[]);
+    let (inodes, new, idle) = reload_beside_idle_sessions(&mut hm, port);
+    assert_handed_over_its_own_channel(port, &inodes, new);
     drop(idle);
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+}
+
+/// Case 2 for haproxy 1.8 to 2.5, which only take `-x <path>` (played by the fake haproxy as
+/// 2.5.14): 16 idle prompt sessions on master.sock, then a reload: Success. The new worker was
+/// given its own `handoff-<G>.sock`, not master.sock, and the file is gone once it is served.
+#[test]
+fn idle_sessions_leave_an_older_haproxys_handoff_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let port = free_port();
+    let dir = TestDir::new();
+    let haproxy = dir.join("haproxy-2.5");
+    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
+    std::fs::write(
+        &haproxy,
+        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {fake} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    hm.wait_serving(EVENT);
+    let (inodes, new, idle) = reload_beside_idle_sessions(&mut hm, port);
+    assert_eq!(
+        &tcp4_listen_inodes(port),
+        &inodes,
+        "worker pid {new} bound a new socket"
+    );
+    let x = handoff_argument(new).map(std::path::PathBuf::from);
+    let own = x.as_ref().filter(|x| {
+        x.parent() == Some(hm.runtime_dir.as_path())
+            && x.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("handoff-"))
+    });
+    let own = own.unwrap_or_else(|| panic!("worker pid {new} was started with -x {x:?}"));
+    assert!(!own.exists(), "{} is left after the handoff", own.display());
+    drop(idle);
     assert!(hm.stop().success());
 }
 
 /// Case 2, second half: 50 concurrent `hapmaster reload` all exit 0 (coalesced into a few
 /// reloads).
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn fifty_concurrent_reload_clients_all_succeed() {
     let port = free_port();
     let mut hm = serving(port, &[]);
+    let inodes = tcp4_listen_inodes(port);
+    assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
     let master = master_sock(&hm.runtime_dir);
     let clients: Vec<_> = (0..50)
         .map(|_| {
@@ -188,6 +264,8 @@ fn fifty_concurrent_reload_clients_all_succeed() {
     );
     eprintln!("figures: {figures}");
     assert_eq!(ok, 50, "{figures}");
+    let current = hm.current_worker_pid().unwrap();
+    assert_handed_over_its_own_channel(port, &inodes, current);
     assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
     assert!(hm.stop().success());
 }

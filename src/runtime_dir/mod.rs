@@ -17,7 +17,9 @@ use crate::pidfile::{remove_quietly, write_atomic};
 use checks::{check_path, ensure_dir};
 pub use error::RuntimeDirError;
 use lock::{lock, write_lock_pid};
-pub use names::{choose_from, fragment_contents, LOCK_FILE, MASTER_SOCKET, SUN_PATH_MAX};
+pub use names::{
+    choose_from, fragment_contents, handoff_socket_name, LOCK_FILE, MASTER_SOCKET, SUN_PATH_MAX,
+};
 use names::{
     first_runtime_directory, is_digits, is_haproxy_temp_suffix, is_stale_file_name,
     is_worker_socket_file_name, RUNTIME_DIRECTORY,
@@ -75,6 +77,11 @@ impl RuntimeDir {
 
     pub fn worker_fragment(&self, generation: u64) -> PathBuf {
         self.path.join(format!("worker-{generation}.cfg"))
+    }
+
+    /// A new worker's own `-x` socket (haproxy 1.8 to 2.5).
+    pub fn handoff_socket(&self, generation: u64) -> PathBuf {
+        self.path.join(handoff_socket_name(generation))
     }
 
     pub fn master_socket(&self) -> PathBuf {
@@ -316,6 +323,7 @@ mod tests {
             "master.sock",
             "worker-3.sock.123.tmp",
             "worker-3.sock.123.bak",
+            "handoff-5.sock",
             ".worker-4.cfg.99.tmp",
             ".hapmaster.0123456789abcdef",
             ".hapmaster-bind.0123456789abcdef",
@@ -325,6 +333,8 @@ mod tests {
             "worker-x.sock",
             "worker-1.sock.tmp",
             "worker-.cfg",
+            "handoff-.sock",
+            "handoff-5.sock.1.tmp",
         ];
         for n in stale.iter().chain(&kept) {
             fs::write(path.join(n), "").unwrap();

@@ -58,6 +58,17 @@ pub fn fragment_contents(generation: u64, socket: &Path) -> String {
     )
 }
 
+/// A new worker's own `-x` socket (haproxy 1.8 to 2.5): "handoff-<generation>.sock".
+pub fn handoff_socket_name(generation: u64) -> String {
+    format!("handoff-{generation}.sock")
+}
+
+fn is_handoff_socket_name(name: &[u8]) -> bool {
+    name.strip_prefix(b"handoff-")
+        .and_then(|r| r.strip_suffix(b".sock"))
+        .is_some_and(is_digits)
+}
+
 /// "worker-<digits>" followed by the returned rest.
 fn strip_worker_prefix(name: &[u8]) -> Option<&[u8]> {
     let rest = name.strip_prefix(b"worker-")?;
@@ -103,6 +114,9 @@ pub(super) fn is_stale_file_name(name: &[u8]) -> bool {
             .strip_prefix(b".cfg.")
             .and_then(|r| r.strip_suffix(b".tmp"))
             .is_some_and(is_digits);
+    }
+    if is_handoff_socket_name(name) {
+        return true;
     }
     match strip_worker_prefix(name) {
         Some(b".sock") | Some(b".cfg") => true,

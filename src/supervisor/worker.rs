@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -17,8 +17,17 @@ pub struct WorkerSpec<'a> {
     pub config_files: &'a [OsString],
     /// The master-written fragment declaring the worker's private stats socket.
     pub fragment: &'a Path,
-    /// The master's `_getsocks` socket, when it holds sockets to hand over.
-    pub handoff_socket: Option<&'a Path>,
+    /// Where it takes the held sockets from, when the master holds any.
+    pub handoff: Option<Handoff<'a>>,
+}
+
+/// haproxy's `-x`: where a new worker asks for the listening sockets.
+#[derive(Clone, Copy)]
+pub enum Handoff<'a> {
+    /// A unix socket to connect to (every haproxy).
+    Path(&'a Path),
+    /// The worker's end of its own socketpair, inherited at the same fd (haproxy 2.6 and later).
+    Sockpair(BorrowedFd<'a>),
 }
 
 /// haproxy's argv (without argv[0]) for a worker.
@@ -35,9 +44,16 @@ pub fn worker_argv(spec: &WorkerSpec<'_>) -> Vec<OsString> {
     }
     argv.push("-f".into());
     argv.push(spec.fragment.into());
-    if let Some(sock) = spec.handoff_socket {
-        argv.push("-x".into());
-        argv.push(sock.into());
+    match spec.handoff {
+        None => {}
+        Some(Handoff::Path(sock)) => {
+            argv.push("-x".into());
+            argv.push(sock.into());
+        }
+        Some(Handoff::Sockpair(fd)) => {
+            argv.push("-x".into());
+            argv.push(crate::handoff::sockpair::argument(fd).into());
+        }
     }
     argv
 }
@@ -57,6 +73,9 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
     )?;
     let mut command = Command::new(spec.haproxy);
     soft_stop_when_master_dies(&mut command);
+    if let Some(Handoff::Sockpair(fd)) = spec.handoff {
+        inherit(&mut command, fd.as_raw_fd());
+    }
     let child = command
         .args(worker_argv(spec))
         .stdin(Stdio::null())
@@ -106,6 +125,13 @@ fn soft_stop_when_master_dies(command: &mut Command) {
     };
 }
 
+/// The child keeps `fd` (at the same number) across exec; the master's copy stays CLOEXEC.
+fn inherit(command: &mut Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only makes one fcntl, async-signal-safe.
+    unsafe { command.pre_exec(move || crate::handoff::sockpair::inherit_in_child(fd)) };
+}
+
 /// `waitpid` status in words, as logs and STATUS= show it.
 pub fn describe_wait_status(status: &nix::sys::wait::WaitStatus) -> String {
     use nix::sys::wait::WaitStatus;
@@ -135,6 +161,7 @@ pub fn exit_code(status: &nix::sys::wait::WaitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::path::PathBuf;
 
     #[test]
@@ -148,7 +175,7 @@ mod tests {
             passthrough: &pass,
             config_files: &files,
             fragment: &frag,
-            handoff_socket: Some(&sock),
+            handoff: Some(Handoff::Path(&sock)),
         };
         let argv: Vec<String> = worker_argv(&spec)
             .into_iter()
@@ -171,9 +198,22 @@ mod tests {
                 "/run/hm/master.sock"
             ]
         );
-        let no_handoff = WorkerSpec {
-            handoff_socket: None,
+        let (_channel, worker_end) = crate::handoff::sockpair::HandoffChannel::open().unwrap();
+        let sockpair = WorkerSpec {
+            handoff: Some(Handoff::Sockpair(worker_end.as_fd())),
             ..spec
+        };
+        let argv = worker_argv(&sockpair);
+        assert_eq!(
+            argv[argv.len() - 2..],
+            [
+                OsString::from("-x"),
+                format!("sockpair@{}", worker_end.as_raw_fd()).into()
+            ]
+        );
+        let no_handoff = WorkerSpec {
+            handoff: None,
+            ..sockpair
         };
         assert!(!worker_argv(&no_handoff).iter().any(|a| a == "-x"));
     }

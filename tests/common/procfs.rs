@@ -92,6 +92,18 @@ pub fn pids_with_cmdline_containing(path: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The argv of `pid` (lossy UTF-8); empty if it cannot be read.
+pub fn cmdline_args(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmd| {
+            cmd.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Number of open fds of `pid` (entries of /proc/PID/fd); `None` if it cannot be read.
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())

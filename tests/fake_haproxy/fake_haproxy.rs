@@ -4,7 +4,8 @@
 //! haproxy 2.6 does, with hapmaster's own `_getsocks` code (`hapmaster::handoff`); only the
 //! faults are hand-made.
 //!
-//! Started exactly like haproxy: `<passthrough args> -db -f <cfg>... -f <fragment> [-x <sock>]`.
+//! Started exactly like haproxy: `<passthrough args> -db -f <cfg>... -f <fragment> [-x <sock>]`,
+//! `<sock>` a path or `sockpair@N` (2.6).
 //! - `stats socket <path> ...` (the fragment hapmaster writes): its private stats socket, bound
 //!   as haproxy does (`<path>.<pid>.tmp`, then renamed to `<path>`). `show info` gets
 //!   `Pid: <own pid>`; `_getsocks` hands over its listeners and the stats socket itself.
@@ -12,7 +13,8 @@
 //!   `hello from haproxy\n`. With `-x` it is taken from the sockets fetched there, matched by
 //!   address; unmatched fetched sockets are closed. Without `-x` (or with no match) it is bound.
 //! - SIGUSR1: soft stop (stops accepting, exits 0). SIGTERM / SIGINT: exits 0.
-//! - `-v` / `-vv`: haproxy 2.6's version line.
+//! - `-v` / `-vv`: haproxy 2.6's version line, or `$FAKE_HAPROXY_VERSION`'s (which also decides
+//!   whether `-x sockpair@N` is understood).
 //!
 //! Faults, each a line `fake <key> [value]` in any config file:
 //! - `fake hang`: accepts `show info` but never answers.
@@ -34,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hapmaster::handoff::fetch::fetch_sockets;
+use hapmaster::handoff::fetch::{fetch_from_stream, fetch_sockets, ReceivedSocket};
 use hapmaster::handoff::listeners::SocketInfo;
 use hapmaster::handoff::serve::serve_getsocks;
 use hapmaster::handoff::wire::{encode_record, Record};
@@ -121,7 +123,10 @@ fn warning(msg: &str) {
 fn main() -> ExitCode {
     // hapmaster reads the version before it starts a worker.
     if std::env::args_os().skip(1).any(|a| a == "-v" || a == "-vv") {
-        println!("HAProxy version 2.6.12-fake 2023/03/28 - https://haproxy.org/");
+        println!(
+            "HAProxy version {} 2023/03/28 - https://haproxy.org/",
+            version()
+        );
         return ExitCode::SUCCESS;
     }
     match run() {
@@ -231,10 +236,45 @@ fn install_signals() -> io::Result<(Flag, Flag, UnixStream)> {
     Ok((stop, term, rx))
 }
 
+/// `$FAKE_HAPROXY_VERSION` (e.g. `2.5.14`, to play a haproxy that only takes `-x <path>`), else
+/// 2.6.12.
+fn version() -> String {
+    std::env::var("FAKE_HAPROXY_VERSION").unwrap_or_else(|_| "2.6.12-fake".into())
+}
+
+fn takes_sockpair() -> bool {
+    let v = version();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 6)
+}
+
+/// `-x <path>`, or `-x sockpair@N` as haproxy 2.6 does it: a socketpair, one end sent over the
+/// inherited fd N (two data bytes and the fd), `_getsocks` on the other.
+fn fetch_handoff(x: &Path) -> Result<Vec<ReceivedSocket>, String> {
+    // Before 2.6, `sockpair@N` is a path like any other (and fails).
+    let sockpair = x.to_str().and_then(|x| x.strip_prefix("sockpair@"));
+    let Some(fd) = sockpair.filter(|_| takes_sockpair()) else {
+        return fetch_sockets(x, TIMEOUT).map_err(|e| e.to_string());
+    };
+    let fd: RawFd = fd.parse().map_err(|e| format!("-x {}: {e}", x.display()))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let raw = [theirs.as_raw_fd()];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let iov = [IoSlice::new(&[0, 0])];
+    socket::sendmsg::<UnixAddr>(fd, &iov, &rights, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| {
+        format!(
+            "Cannot transfer the fd {} over sockpair@{fd}. Giving up. ({e})",
+            raw[0]
+        )
+    })?;
+    drop(theirs);
+    fetch_from_stream(&ours, TIMEOUT).map_err(|e| e.to_string())
+}
+
 fn open_listeners(cfg: &Config) -> Result<Vec<TcpListener>, String> {
     let mut fetched: Vec<Option<OwnedFd>> = Vec::new();
     if let Some(path) = &cfg.handoff {
-        let received = fetch_sockets(path, TIMEOUT)
+        let received = fetch_handoff(path)
             .map_err(|e| format!("Failed to get the sockets from the old process! ({e})"))?;
         if cfg.reject_handoff {
             return Err(format!(

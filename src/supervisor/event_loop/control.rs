@@ -325,9 +325,10 @@ impl Master<'_> {
         }
     }
 
-    /// `_getsocks`: the held sockets, with haproxy's protocol, as the session's task (its client
-    /// is normally our own new worker in the middle of its start, `-x`). The protocol leaves
-    /// nothing else to say on this connection.
+    /// `_getsocks`: the held sockets, with haproxy's protocol, as the session's task. The client
+    /// is `hapmaster getsocks` or a haproxy an operator started with `-x master.sock`; our own new
+    /// workers have a channel of their own. The protocol leaves nothing else to say on this
+    /// connection.
     fn hand_over(&mut self, id: u64) -> Step {
         let held = Rc::clone(&self.held);
         let Some(s) = self.sessions.get_mut(&id) else {

@@ -54,10 +54,14 @@ use super::signals;
 use super::signals::Signals;
 use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, State, Timer};
 use super::upgrade::{Launch, Snapshot};
-use super::worker::{self, WorkerSpec};
+use super::worker::{self, Handoff, WorkerSpec};
 use crate::fdstore::FdStore;
+use crate::handoff::channel::{Channel, Received};
 use crate::handoff::fetch::fetch_sockets;
 use crate::handoff::listeners::HeldSet;
+use crate::handoff::named::NamedChannel;
+use crate::handoff::serve::serve_getsocks;
+use crate::handoff::sockpair::HandoffChannel;
 use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
@@ -233,7 +237,8 @@ struct Master<'a> {
     events: EventQueue,
     state: State,
     signals: Signals,
-    /// The master CLI: `master.sock` (also the `-x` target of new workers), then each `-S`.
+    /// The master CLI: `master.sock`, then each `-S`. New workers take their sockets over a
+    /// channel of their own (`WorkerRuntime::handoff`), never over these.
     listeners: Vec<ControlListener>,
     sessions: HashMap<u64, Session>,
     next_session: u64,
@@ -268,6 +273,8 @@ enum Token {
     Signals,
     Listener(usize),
     Probe,
+    /// A new worker's own `-x` channel.
+    Handoff(Pid),
     Output(Pid),
     Session(u64),
     /// A session's task has what it waits for (stepped below in any case).
@@ -285,7 +292,7 @@ impl Master<'_> {
         let mut tokens = vec![Token::Signals];
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         // At a socket's client limit, its new clients wait in the listen backlog. The limit is
-        // per socket so that idle `-S` clients never keep a new worker's `-x` from master.sock.
+        // per socket so that idle `-S` clients never keep root out of master.sock.
         for (i, l) in self.listeners.iter().enumerate() {
             if self.clients_of(i) < crate::supervisor::sessions::MAX_SESSIONS {
                 tokens.push(Token::Listener(i));
@@ -296,6 +303,10 @@ impl Master<'_> {
             if let Some(fd) = record.probe.as_ref().and_then(Probe::poll_fd) {
                 tokens.push(Token::Probe);
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            if let Some(channel) = &record.handoff {
+                tokens.push(Token::Handoff(pid));
+                fds.push(PollFd::new(channel.poll_fd(), PollFlags::POLLIN));
             }
             if let Some(fd) = record.output.fd() {
                 tokens.push(Token::Output(pid));
@@ -354,6 +365,7 @@ impl Master<'_> {
                 Token::Listener(i) => self.accept_clients(i),
                 // Stepped below in any case.
                 Token::Probe => {}
+                Token::Handoff(pid) => self.hand_over_to(pid),
                 Token::Output(pid) => {
                     if let Some(record) = self.workers.get_mut(pid) {
                         record.output.drain(pid);
@@ -677,7 +689,25 @@ impl Master<'_> {
                 return;
             }
         };
-        let handoff_socket = self.runtime.master_socket();
+        let handoff_socket = self.runtime.handoff_socket(generation);
+        let channel = match self.handoff_channel(generation) {
+            Ok(c) => c,
+            Err(e) => {
+                let what = if self.opts.sockpair_handoff {
+                    "a socketpair".to_string()
+                } else {
+                    handoff_socket.display().to_string()
+                };
+                self.spawn_failed(
+                    generation,
+                    format!(
+                        "cannot make the new worker's socket handoff channel ({what}): {e}; \
+                         check the runtime directory and the open files limit"
+                    ),
+                );
+                return;
+            }
+        };
         let config_files = self.worker_config(generation, kind);
         // Before any process runs these files: a reload refused here leaves the old worker as
         // it was.
@@ -704,12 +734,21 @@ impl Master<'_> {
             passthrough: &self.opts.worker_args,
             config_files: &config_files,
             fragment: &fragment,
-            handoff_socket: (!self.held.is_empty()).then_some(handoff_socket.as_path()),
+            handoff: match &channel {
+                None => None,
+                Some((_, Some(worker_end))) => Some(Handoff::Sockpair(worker_end.as_fd())),
+                Some((_, None)) => Some(Handoff::Path(&handoff_socket)),
+            },
         };
-        match worker::spawn(&spec) {
+        let spawned = worker::spawn(&spec);
+        // The worker's end is the worker's alone from here: closing ours lets the channel end
+        // when the worker does.
+        let channel = channel.map(|(channel, _)| channel);
+        match spawned {
             Ok((pid, stderr)) => {
                 let mut record =
                     WorkerRuntime::new(generation, Output::starting(stderr), self.reloads);
+                record.handoff = channel;
                 record.probe = Some(Probe::new(
                     pid,
                     self.runtime.worker_socket(generation),
@@ -719,6 +758,60 @@ impl Master<'_> {
                 self.push(Event::Spawned { generation, pid });
             }
             Err(e) => self.spawn_failed(generation, e.to_string()),
+        }
+    }
+
+    /// A channel of its own for worker `generation` when there are sockets to hand over: a
+    /// socketpair (with the worker's end) for haproxy 2.6 and later, else `handoff-<G>.sock`.
+    fn handoff_channel(&self, generation: u64) -> io::Result<Option<(Channel, Option<OwnedFd>)>> {
+        if self.held.is_empty() {
+            return Ok(None);
+        }
+        if self.opts.sockpair_handoff {
+            let (channel, worker_end) = HandoffChannel::open()?;
+            return Ok(Some((Channel::Pair(channel), Some(worker_end))));
+        }
+        let dir = crate::fs_at::Dir::open(self.runtime.path())?;
+        let name = crate::runtime_dir::handoff_socket_name(generation);
+        let channel = NamedChannel::bind(dir, std::ffi::OsStr::new(&name))?;
+        Ok(Some((Channel::Named(channel), None)))
+    }
+
+    /// The new worker `pid` sent (or connected) the socket it asks `_getsocks` on: the held
+    /// sockets go to it.
+    /// The serve is still blocking, bounded by `HANDOFF_TIMEOUT`, but only this worker can be
+    /// at the other end, never a CLI client.
+    fn hand_over_to(&mut self, pid: Pid) {
+        let Some(record) = self.workers.get_mut(pid) else {
+            return;
+        };
+        let Some(channel) = &record.handoff else {
+            return;
+        };
+        let stream = match channel.receive(pid) {
+            Received::Pending => return,
+            Received::Connection(stream) => stream,
+            Received::Closed(why) => {
+                // Its exit or its readiness timeout tells the rest.
+                log::debug!("worker pid {pid}: {why}");
+                record.handoff = None;
+                return;
+            }
+        };
+        record.handoff = None;
+        let result = stream
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                serve_getsocks(&stream, &self.held.as_serve_list(), HANDOFF_TIMEOUT)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(outcome) => log::debug!(
+                "handed {} listening sockets to worker pid {pid} over its own channel",
+                outcome.sent
+            ),
+            Err(e) => log::warn!("handing the listening sockets to worker pid {pid} failed: {e}"),
         }
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use crate::handoff::channel::Channel;
 use crate::handoff::listeners::HeldSet;
 use crate::supervisor::output::Output;
 use crate::supervisor::probe::Probe;
@@ -21,6 +22,8 @@ pub(super) struct WorkerRuntime {
     pub output: Output,
     /// Asks it `show info` until it answers with its own pid (while it starts).
     pub probe: Option<Probe>,
+    /// Its own `-x` channel, until it asked for the held sockets over it.
+    pub handoff: Option<Channel>,
     /// Its listening sockets, fetched once it answered, until the state commits them.
     pub fetched: Option<HeldSet>,
     /// What it said while starting, kept once it is ready until a reload's answer takes it.
@@ -37,6 +40,7 @@ impl WorkerRuntime {
             generation,
             output,
             probe: None,
+            handoff: None,
             fetched: None,
             startup: None,
             version: None,
