@@ -323,17 +323,9 @@ mod tests {
         )
     }
 
-    struct TempDir(PathBuf);
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn receiver_at_path() -> (TempDir, PathBuf, UnixDatagram) {
-        let dir = TempDir(std::env::temp_dir().join(unique("dir")));
-        std::fs::create_dir(&dir.0).unwrap();
-        let path = dir.0.join("notify.sock");
+    fn receiver_at_path() -> (tempfile::TempDir, PathBuf, UnixDatagram) {
+        let dir = crate::test_dir::temp_dir("notify");
+        let path = dir.path().join("notify.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         (dir, path, rx)
