@@ -25,18 +25,6 @@ fn serving(port: u16, extra: &[&str]) -> Hapmaster {
     Hapmaster::start_ready(http_config(&[format!("127.0.0.1:{port}")]), extra)
 }
 
-/// Starts with an extra `-S <dir>/cli.sock,mode,666` socket; returns its path too.
-fn serving_with_cli(port: u16, extra: &[&str]) -> (Hapmaster, std::path::PathBuf) {
-    let dir = TestDir::new();
-    let cli = dir.join("cli.sock");
-    let spec = format!("{},mode,666", cli.display());
-    let mut args = vec!["-S", spec.as_str()];
-    args.extend_from_slice(extra);
-    let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
-    hm.wait_serving(EVENT);
-    (hm, cli)
-}
-
 /// SIGCONT to a worker this test stopped, when the test ends however it ends.
 struct Resume(u32);
 
@@ -357,8 +345,7 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
         return;
     }
     const RSS_LIMIT_KIB: u64 = 32 * 1024;
-    let port = free_port();
-    let (mut hm, cli) = serving_with_cli(port, &[]);
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
     let master_pid = hm.pid();
     let sessions = connect_as(NOBODY, &cli, 16);
     let mut line = "help;".repeat(13_000).into_bytes();
@@ -420,8 +407,7 @@ fn sessions_of_another_user_do_not_keep_root_out() {
         eprintln!("skipped: needs root (the idle clients run as nobody)");
         return;
     }
-    let port = free_port();
-    let (mut hm, cli) = serving_with_cli(port, &[]);
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
     // Those the master lets in (it may refuse some of another user's, to keep room for root).
     let sessions: Vec<UnixStream> = connect_as(NOBODY, &cli, 16)
         .into_iter()
@@ -472,8 +458,7 @@ fn a_trickling_client_is_cut_off() {
     let cli_timeout = Duration::from_secs(2);
     // Five times the total time per command: ample for a busy machine, and the test's bound.
     let give_up = 5 * cli_timeout;
-    let port = free_port();
-    let (mut hm, cli) = serving_with_cli(port, &["--cli-timeout", "2s"]);
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&["--cli-timeout", "2s"]);
     let mut s = connect_as(NOBODY, &cli, 1).pop().unwrap();
     let text = b"show proc";
     let started = Instant::now();
