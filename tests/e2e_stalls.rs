@@ -338,7 +338,6 @@ fn master_ignores(master: u32, sessions: &[UnixStream], flooders: &[Flooder]) ->
 /// never read. The master stays under 32 MiB RSS and root's `show proc` on the same socket
 /// answers within 100 ms.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn flooding_sessions_are_bounded_and_root_gets_in() {
     if !is_root() {
         eprintln!("skipped: needs root (the flooding clients run as nobody)");
@@ -401,7 +400,6 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
 /// Case 6, first half: 16 prompt sessions from `nobody`, each sending a newline every 3 s, do
 /// not keep root out of that `-S` socket: root's `show proc` answers within 100 ms.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn sessions_of_another_user_do_not_keep_root_out() {
     if !is_root() {
         eprintln!("skipped: needs root (the idle clients run as nobody)");
@@ -449,7 +447,6 @@ fn sessions_of_another_user_do_not_keep_root_out() {
 /// cut off by a total time per command, here `--cli-timeout 2s`; today each byte restarts the
 /// idle timeout and it stays forever.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn a_trickling_client_is_cut_off() {
     if !is_root() {
         eprintln!("skipped: needs root (the client runs as nobody)");
