@@ -334,19 +334,40 @@ fn master_ignores(master: u32, sessions: &[UnixStream], flooders: &[Flooder]) ->
     asleep && queued && writes(flooders) == before
 }
 
-/// Case 5: 16 sessions as `nobody` on a mode-666 `-S` socket send `help;` × 13 000 per line and
-/// never read. The master stays under 32 MiB RSS and root's `show proc` on the same socket
-/// answers within 100 ms.
-#[test]
-fn flooding_sessions_are_bounded_and_root_gets_in() {
-    if !is_root() {
-        eprintln!("skipped: needs root (the flooding clients run as nobody)");
-        return;
+/// The master's RSS (VmRSS, VmHWM) not to reach with 16 flooding sessions.
+const FLOOD_RSS_LIMIT_KIB: u64 = 32 * 1024;
+
+/// What flooding the master left.
+struct Flooded {
+    /// Some(true): stopped when the master passed the limit; Some(false): the master took no
+    /// more of the flood; None: it still took more after [`EVENT`].
+    over: Option<bool>,
+    flooded_for: Duration,
+    closed_by_master: usize,
+    /// The master's VmHWM in KiB.
+    hwm: u64,
+}
+
+impl std::fmt::Display for Flooded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "master VmHWM {} KiB after {:.1?} of flooding ({}; {} sessions closed by the master)",
+            self.hwm,
+            self.flooded_for,
+            match self.over {
+                Some(true) => "stopped when it passed the limit",
+                Some(false) => "the master took no more of it",
+                None => "the master still took more",
+            },
+            self.closed_by_master
+        )
     }
-    const RSS_LIMIT_KIB: u64 = 32 * 1024;
-    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
-    let master_pid = hm.pid();
-    let sessions = connect_as(NOBODY, &cli, 16);
+}
+
+/// Each of `sessions` sends `help;` × 13 000 per line and never reads, until the master takes no
+/// more of it (or has grown past the limit: no need to grow it further to see it fail).
+fn flood_master(master_pid: u32, sessions: &[UnixStream]) -> Flooded {
     let mut line = "help;".repeat(13_000).into_bytes();
     line.push(b'\n');
     let line = Arc::new(line);
@@ -355,14 +376,12 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
         .iter()
         .map(|s| flood(s, line.clone(), stop.clone()))
         .collect();
-    // Until the master takes no more of the flood (or has grown past the limit: no need to grow
-    // it further to see it fail).
     let started = Instant::now();
     let over = poll_until(EVENT, || {
-        if status_kib(master_pid, "VmRSS").unwrap_or(0) > RSS_LIMIT_KIB {
+        if status_kib(master_pid, "VmRSS").unwrap_or(0) > FLOOD_RSS_LIMIT_KIB {
             return Some(true);
         }
-        master_ignores(master_pid, &sessions, &flooders).then_some(false)
+        master_ignores(master_pid, sessions, &flooders).then_some(false)
     });
     let flooded_for = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -373,26 +392,55 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
     for f in flooders {
         f.thread.join().unwrap();
     }
-    let hwm = status_kib(master_pid, "VmHWM").unwrap_or(0);
+    Flooded {
+        over,
+        flooded_for,
+        closed_by_master,
+        hwm: status_kib(master_pid, "VmHWM").unwrap_or(0),
+    }
+}
+
+/// Case 5: 16 sessions as `nobody` on a mode-666 `-S` socket send `help;` × 13 000 per line and
+/// never read. The master stays under 32 MiB RSS and root's `show proc` on the same socket
+/// answers within 100 ms.
+#[test]
+fn flooding_sessions_are_bounded_and_root_gets_in() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the flooding clients run as nobody)");
+        return;
+    }
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
+    let sessions = connect_as(NOBODY, &cli, 16);
+    let flooded = flood_master(hm.pid(), &sessions);
     // The sessions the master kept (it may refuse some of another user's) stay open.
     let stalled = none_closed_from_now(&sessions);
     let show = during_stall("root's show proc on the -S socket", &stalled, || {
         show_proc_latency(&cli)
     });
-    let figures = format!(
-        "master VmHWM {hwm} KiB after {flooded_for:.1?} of flooding ({}; {closed_by_master} \
-         sessions closed by the master); {show}",
-        match over {
-            Some(true) => "stopped when it passed the limit",
-            Some(false) => "the master took no more of it",
-            None => "the master still took more",
-        },
-    );
+    let figures = format!("{flooded}; {show}");
     eprintln!("figures: {figures}");
-    assert!(over.is_some(), "{figures}");
-    assert!(hwm < RSS_LIMIT_KIB, "{figures}");
+    assert!(flooded.over.is_some(), "{figures}");
+    assert!(flooded.hwm < FLOOD_RSS_LIMIT_KIB, "{figures}");
     assert!(show.ok(), "{figures}");
     drop(stalled);
+    drop(sessions);
+    assert!(hm.stop().success());
+}
+
+/// Case 5 without the session limits' help: 16 sessions of root on master.sock (none is refused)
+/// send `help;` × 13 000 per line and never read. Backpressure alone keeps the master under
+/// 32 MiB RSS.
+#[test]
+fn flooding_sessions_of_root_are_bounded_too() {
+    let mut hm = serving(free_port(), &[]);
+    let master = master_sock(&hm.runtime_dir);
+    let sessions: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&master).unwrap())
+        .collect();
+    let flooded = flood_master(hm.pid(), &sessions);
+    eprintln!("figures: 16 sessions of root on master.sock: {flooded}");
+    assert!(flooded.over.is_some(), "{flooded}");
+    assert!(flooded.hwm < FLOOD_RSS_LIMIT_KIB, "{flooded}");
     drop(sessions);
     assert!(hm.stop().success());
 }
