@@ -542,6 +542,39 @@ fn a_trickling_client_is_cut_off() {
     assert!(hm.stop().success());
 }
 
+/// Case 6, what the total time per command leaves alone: a `reload` whose new worker takes
+/// longer than `--cli-timeout` to fail (the fake haproxy's `fake hang`, never ready, failed by
+/// `--ready-timeout 3s`) is still answered, not cut off at the `--cli-timeout 1s`.
+#[test]
+fn a_reload_longer_than_the_cli_timeout_is_still_answered() {
+    let port = free_port();
+    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
+    let config =
+        |fault: &str| format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n{fault}");
+    let mut hm = Hapmaster::start_ready(
+        config(""),
+        &[
+            "--haproxy",
+            fake,
+            "--cli-timeout",
+            "1s",
+            "--ready-timeout",
+            "3s",
+        ],
+    );
+    hm.write_config(&config("fake hang\n"));
+    let started = Instant::now();
+    let answer = cli_within(&master_sock(&hm.runtime_dir), "reload", EVENT);
+    let took = started.elapsed();
+    eprintln!("figures: reload answered after {took:.1?} with --cli-timeout 1s: {answer:?}");
+    let answer = answer.unwrap();
+    assert!(
+        answer.starts_with("Success=0") && answer.contains("not ready within 3000 ms"),
+        "{answer:?}"
+    );
+    assert!(hm.stop().success());
+}
+
 /// Case 7: a `_getsocks` client that takes the count and never acks delays nothing else:
 /// `show proc` from another client answers within 100 ms meanwhile.
 #[test]
