@@ -41,8 +41,9 @@ pub struct Options {
     /// `--drain-timeout DUR`: a draining worker still alive this long after its soft stop gets
     /// SIGTERM, then SIGKILL after a grace period. None: haproxy's `hard-stop-after` applies.
     pub drain_timeout: Option<Duration>,
-    /// `--cli-timeout DUR`: a master CLI client idle this long is disconnected (haproxy's
-    /// `stats timeout`, 10 s by default).
+    /// `--cli-timeout DUR`: a master CLI client idle this long, or whose command line has not
+    /// been answered (from its first byte until its answer is written) this long, is
+    /// disconnected (haproxy's `stats timeout`, 10 s by default).
     pub cli_timeout: Duration,
     /// Whether workers take `-x sockpair@N` (haproxy 2.6 and later): set by the master from
     /// `haproxy -v` before its loop starts, never from the command line. False: a `-x` path.
@@ -574,7 +575,8 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
                          replacing it on the held sockets (the default, with a backoff)
   --max-old-workers N    at most N old workers draining at once; beyond, the oldest gets
                          SIGTERM (default 50)
-  --cli-timeout DUR      a master CLI client idle this long is disconnected (default 10s)
+  --cli-timeout DUR      a master CLI client idle this long, or whose command line is not
+                         answered this long after its first byte, is disconnected (default 10s)
   --drain-timeout DUR    an old worker still draining DUR after its soft stop gets SIGTERM,
                          then SIGKILL 5s later (default: none; haproxy's hard-stop-after applies)
   Both `--opt VALUE` and `--opt=VALUE` are accepted.

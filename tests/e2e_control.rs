@@ -7,7 +7,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -39,21 +39,9 @@ fn raw(path: &Path, line: &[u8]) -> String {
     out
 }
 
-fn start(extra: &[&str]) -> (Hapmaster, u16, PathBuf) {
-    let port = free_port();
-    let dir = TestDir::new();
-    let cli = dir.join("cli.sock");
-    let spec = format!("{},mode,666", cli.display());
-    let mut args = vec!["-S", spec.as_str()];
-    args.extend_from_slice(extra);
-    let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
-    hm.wait_serving(EVENT);
-    (hm, port, cli)
-}
-
 #[test]
 fn show_proc_help_and_forwarding() {
-    let (mut hm, port, cli) = start(&[]);
+    let (mut hm, port, cli) = Hapmaster::serving_with_cli(&[]);
     let worker = hm.current_worker_pid().unwrap();
     let master = hm.pid();
     let cli_s = cli.to_str().unwrap();
@@ -95,7 +83,7 @@ fn show_proc_help_and_forwarding() {
 
 #[test]
 fn synchronous_reload_success_and_failure() {
-    let (mut hm, port, cli) = start(&[]);
+    let (mut hm, port, cli) = Hapmaster::serving_with_cli(&[]);
     let cli_s = cli.to_str().unwrap();
     let old = hm.current_worker_pid().unwrap();
     let out = client(&["reload", "-S", cli_s]);
@@ -148,7 +136,7 @@ fn reload_client_reports_a_missing_master() {
 
 #[test]
 fn getsocks_from_the_master() {
-    let (mut hm, port, cli) = start(&[]);
+    let (mut hm, port, cli) = Hapmaster::serving_with_cli(&[]);
     let cli_s = cli.to_str().unwrap();
     let out = client(&["getsocks", cli_s]);
     let t = text(&out);
@@ -186,7 +174,7 @@ fn refusals_say_permission_denied_and_what_gives_access() {
         eprintln!("skipped: needs root (the client runs as nobody)");
         return;
     }
-    let (mut hm, port, cli) = start(&[]);
+    let (mut hm, port, cli) = Hapmaster::serving_with_cli(&[]);
     let cli_s = cli.to_str().unwrap();
     let worker = hm.current_worker_pid().unwrap();
     // `nobody` may connect to the mode-666 socket and read...
@@ -235,7 +223,7 @@ fn refusals_say_permission_denied_and_what_gives_access() {
 
 #[test]
 fn cli_exit_status_follows_the_answer() {
-    let (mut hm, _port, cli) = start(&[]);
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
     let cli_s = cli.to_str().unwrap();
     let ok = |args: &[&str]| {
         let out = client(args);
@@ -282,7 +270,7 @@ fn cli_exit_status_follows_the_answer() {
 
 #[test]
 fn hostile_clients_do_not_hurt_the_master() {
-    let (mut hm, port, cli) = start(&[]);
+    let (mut hm, port, cli) = Hapmaster::serving_with_cli(&[]);
     let master = hm.pid();
     let fds = settled_fd_count(master);
     let listing = fd_listing(master);

@@ -25,18 +25,6 @@ fn serving(port: u16, extra: &[&str]) -> Hapmaster {
     Hapmaster::start_ready(http_config(&[format!("127.0.0.1:{port}")]), extra)
 }
 
-/// Starts with an extra `-S <dir>/cli.sock,mode,666` socket; returns its path too.
-fn serving_with_cli(port: u16, extra: &[&str]) -> (Hapmaster, std::path::PathBuf) {
-    let dir = TestDir::new();
-    let cli = dir.join("cli.sock");
-    let spec = format!("{},mode,666", cli.display());
-    let mut args = vec!["-S", spec.as_str()];
-    args.extend_from_slice(extra);
-    let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
-    hm.wait_serving(EVENT);
-    (hm, cli)
-}
-
 /// SIGCONT to a worker this test stopped, when the test ends however it ends.
 struct Resume(u32);
 
@@ -346,21 +334,40 @@ fn master_ignores(master: u32, sessions: &[UnixStream], flooders: &[Flooder]) ->
     asleep && queued && writes(flooders) == before
 }
 
-/// Case 5: 16 sessions as `nobody` on a mode-666 `-S` socket send `help;` × 13 000 per line and
-/// never read. The master stays under 32 MiB RSS and root's `show proc` on the same socket
-/// answers within 100 ms.
-#[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
-fn flooding_sessions_are_bounded_and_root_gets_in() {
-    if !is_root() {
-        eprintln!("skipped: needs root (the flooding clients run as nobody)");
-        return;
+/// The master's RSS (VmRSS, VmHWM) not to reach with 16 flooding sessions.
+const FLOOD_RSS_LIMIT_KIB: u64 = 32 * 1024;
+
+/// What flooding the master left.
+struct Flooded {
+    /// Some(true): stopped when the master passed the limit; Some(false): the master took no
+    /// more of the flood; None: it still took more after [`EVENT`].
+    over: Option<bool>,
+    flooded_for: Duration,
+    closed_by_master: usize,
+    /// The master's VmHWM in KiB.
+    hwm: u64,
+}
+
+impl std::fmt::Display for Flooded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "master VmHWM {} KiB after {:.1?} of flooding ({}; {} sessions closed by the master)",
+            self.hwm,
+            self.flooded_for,
+            match self.over {
+                Some(true) => "stopped when it passed the limit",
+                Some(false) => "the master took no more of it",
+                None => "the master still took more",
+            },
+            self.closed_by_master
+        )
     }
-    const RSS_LIMIT_KIB: u64 = 32 * 1024;
-    let port = free_port();
-    let (mut hm, cli) = serving_with_cli(port, &[]);
-    let master_pid = hm.pid();
-    let sessions = connect_as(NOBODY, &cli, 16);
+}
+
+/// Each of `sessions` sends `help;` × 13 000 per line and never reads, until the master takes no
+/// more of it (or has grown past the limit: no need to grow it further to see it fail).
+fn flood_master(master_pid: u32, sessions: &[UnixStream]) -> Flooded {
     let mut line = "help;".repeat(13_000).into_bytes();
     line.push(b'\n');
     let line = Arc::new(line);
@@ -369,14 +376,12 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
         .iter()
         .map(|s| flood(s, line.clone(), stop.clone()))
         .collect();
-    // Until the master takes no more of the flood (or has grown past the limit: no need to grow
-    // it further to see it fail).
     let started = Instant::now();
     let over = poll_until(EVENT, || {
-        if status_kib(master_pid, "VmRSS").unwrap_or(0) > RSS_LIMIT_KIB {
+        if status_kib(master_pid, "VmRSS").unwrap_or(0) > FLOOD_RSS_LIMIT_KIB {
             return Some(true);
         }
-        master_ignores(master_pid, &sessions, &flooders).then_some(false)
+        master_ignores(master_pid, sessions, &flooders).then_some(false)
     });
     let flooded_for = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -387,26 +392,55 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
     for f in flooders {
         f.thread.join().unwrap();
     }
-    let hwm = status_kib(master_pid, "VmHWM").unwrap_or(0);
+    Flooded {
+        over,
+        flooded_for,
+        closed_by_master,
+        hwm: status_kib(master_pid, "VmHWM").unwrap_or(0),
+    }
+}
+
+/// Case 5: 16 sessions as `nobody` on a mode-666 `-S` socket send `help;` × 13 000 per line and
+/// never read. The master stays under 32 MiB RSS and root's `show proc` on the same socket
+/// answers within 100 ms.
+#[test]
+fn flooding_sessions_are_bounded_and_root_gets_in() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the flooding clients run as nobody)");
+        return;
+    }
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
+    let sessions = connect_as(NOBODY, &cli, 16);
+    let flooded = flood_master(hm.pid(), &sessions);
     // The sessions the master kept (it may refuse some of another user's) stay open.
     let stalled = none_closed_from_now(&sessions);
     let show = during_stall("root's show proc on the -S socket", &stalled, || {
         show_proc_latency(&cli)
     });
-    let figures = format!(
-        "master VmHWM {hwm} KiB after {flooded_for:.1?} of flooding ({}; {closed_by_master} \
-         sessions closed by the master); {show}",
-        match over {
-            Some(true) => "stopped when it passed the limit",
-            Some(false) => "the master took no more of it",
-            None => "the master still took more",
-        },
-    );
+    let figures = format!("{flooded}; {show}");
     eprintln!("figures: {figures}");
-    assert!(over.is_some(), "{figures}");
-    assert!(hwm < RSS_LIMIT_KIB, "{figures}");
+    assert!(flooded.over.is_some(), "{figures}");
+    assert!(flooded.hwm < FLOOD_RSS_LIMIT_KIB, "{figures}");
     assert!(show.ok(), "{figures}");
     drop(stalled);
+    drop(sessions);
+    assert!(hm.stop().success());
+}
+
+/// Case 5 without the session limits' help: 16 sessions of root on master.sock (none is refused)
+/// send `help;` × 13 000 per line and never read. Backpressure alone keeps the master under
+/// 32 MiB RSS.
+#[test]
+fn flooding_sessions_of_root_are_bounded_too() {
+    let mut hm = serving(free_port(), &[]);
+    let master = master_sock(&hm.runtime_dir);
+    let sessions: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&master).unwrap())
+        .collect();
+    let flooded = flood_master(hm.pid(), &sessions);
+    eprintln!("figures: 16 sessions of root on master.sock: {flooded}");
+    assert!(flooded.over.is_some(), "{flooded}");
+    assert!(flooded.hwm < FLOOD_RSS_LIMIT_KIB, "{flooded}");
     drop(sessions);
     assert!(hm.stop().success());
 }
@@ -414,14 +448,12 @@ fn flooding_sessions_are_bounded_and_root_gets_in() {
 /// Case 6, first half: 16 prompt sessions from `nobody`, each sending a newline every 3 s, do
 /// not keep root out of that `-S` socket: root's `show proc` answers within 100 ms.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn sessions_of_another_user_do_not_keep_root_out() {
     if !is_root() {
         eprintln!("skipped: needs root (the idle clients run as nobody)");
         return;
     }
-    let port = free_port();
-    let (mut hm, cli) = serving_with_cli(port, &[]);
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&[]);
     // Those the master lets in (it may refuse some of another user's, to keep room for root).
     let sessions: Vec<UnixStream> = connect_as(NOBODY, &cli, 16)
         .into_iter()
@@ -463,7 +495,6 @@ fn sessions_of_another_user_do_not_keep_root_out() {
 /// cut off by a total time per command, here `--cli-timeout 2s`; today each byte restarts the
 /// idle timeout and it stays forever.
 #[test]
-#[ignore = "issue 12: fails until the executor rebuild"]
 fn a_trickling_client_is_cut_off() {
     if !is_root() {
         eprintln!("skipped: needs root (the client runs as nobody)");
@@ -472,8 +503,7 @@ fn a_trickling_client_is_cut_off() {
     let cli_timeout = Duration::from_secs(2);
     // Five times the total time per command: ample for a busy machine, and the test's bound.
     let give_up = 5 * cli_timeout;
-    let port = free_port();
-    let (mut hm, cli) = serving_with_cli(port, &["--cli-timeout", "2s"]);
+    let (mut hm, _port, cli) = Hapmaster::serving_with_cli(&["--cli-timeout", "2s"]);
     let mut s = connect_as(NOBODY, &cli, 1).pop().unwrap();
     let text = b"show proc";
     let started = Instant::now();
@@ -509,6 +539,39 @@ fn a_trickling_client_is_cut_off() {
     };
     eprintln!("figures: {figures} with --cli-timeout {cli_timeout:?}");
     assert!(cut_off.is_some(), "{figures}");
+    assert!(hm.stop().success());
+}
+
+/// Case 6, what the total time per command leaves alone: a `reload` whose new worker takes
+/// longer than `--cli-timeout` to fail (the fake haproxy's `fake hang`, never ready, failed by
+/// `--ready-timeout 3s`) is still answered, not cut off at the `--cli-timeout 1s`.
+#[test]
+fn a_reload_longer_than_the_cli_timeout_is_still_answered() {
+    let port = free_port();
+    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
+    let config =
+        |fault: &str| format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n{fault}");
+    let mut hm = Hapmaster::start_ready(
+        config(""),
+        &[
+            "--haproxy",
+            fake,
+            "--cli-timeout",
+            "1s",
+            "--ready-timeout",
+            "3s",
+        ],
+    );
+    hm.write_config(&config("fake hang\n"));
+    let started = Instant::now();
+    let answer = cli_within(&master_sock(&hm.runtime_dir), "reload", EVENT);
+    let took = started.elapsed();
+    eprintln!("figures: reload answered after {took:.1?} with --cli-timeout 1s: {answer:?}");
+    let answer = answer.unwrap();
+    assert!(
+        answer.starts_with("Success=0") && answer.contains("not ready within 3000 ms"),
+        "{answer:?}"
+    );
     assert!(hm.stop().success());
 }
 

@@ -66,28 +66,42 @@ impl Request {
 /// Each command is trimmed; empty ones are dropped. Other backslashes are kept as they are.
 pub fn split_line(line: &str) -> Vec<String> {
     let mut commands = Vec::new();
-    let mut current = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&';') => {
-                current.push(';');
-                chars.next();
-            }
-            ';' => push_trimmed(&mut commands, &mut current),
-            _ => current.push(c),
-        }
+    let mut at = 0;
+    while let Some((command, next)) = next_command(line, at) {
+        commands.push(command);
+        at = next;
     }
-    push_trimmed(&mut commands, &mut current);
     commands
 }
 
-fn push_trimmed(commands: &mut Vec<String>, current: &mut String) {
-    let trimmed = current.trim();
-    if !trimmed.is_empty() {
-        commands.push(trimmed.to_string());
+/// The next command of `line` from byte `at` on, as [`split_line`] splits it, and where the one
+/// after it starts; None when no command is left. Lets the master take a line's commands one
+/// at a time (a line of 64 KiB can hold 32 000 of them).
+pub fn next_command(line: &str, mut at: usize) -> Option<(String, usize)> {
+    while at < line.len() {
+        let mut current = String::new();
+        let mut end = line.len();
+        let mut chars = line[at..].char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' if chars.peek().map(|&(_, c)| c) == Some(';') => {
+                    current.push(';');
+                    chars.next();
+                }
+                ';' => {
+                    end = at + i + 1;
+                    break;
+                }
+                _ => current.push(c),
+            }
+        }
+        let trimmed = current.trim();
+        if !trimmed.is_empty() {
+            return Some((trimmed.to_string(), end));
+        }
+        at = end;
     }
-    current.clear();
+    None
 }
 
 /// Parses one command (one element of [`split_line`]'s result).

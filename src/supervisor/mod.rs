@@ -1,5 +1,6 @@
 //! Worker lifecycle: a pure state machine (`state`), and the event loop that observes processes,
 //! signals and sockets and carries out the machine's decisions.
+pub mod admission;
 pub mod event_loop;
 pub mod forward;
 pub mod last_good;

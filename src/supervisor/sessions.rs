@@ -1,7 +1,7 @@
-//! Control-socket clients as the event loop sees them: a non-blocking stream, bounded input
-//! split into lines, buffered output, a deadline, and who is on the other end.
+//! Control-socket clients as the event loop sees them: a non-blocking stream, input taken a line
+//! at a time, output buffered up to a mark (backpressure both ways: a client that does not read
+//! its answers is not read either), a deadline per command line, and who is on the other end.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -12,20 +12,26 @@ use nix::poll::PollFlags;
 
 use super::forward::Forward;
 use super::state::Generation;
+use crate::control::command::next_command;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::ServeTask;
 
 /// Longest command line accepted; a client sending more without a newline is cut off.
 pub const MAX_LINE: usize = 64 * 1024;
-/// Control clients served at once; beyond, the listeners are not polled until one leaves.
+/// Control clients served at once per socket; beyond, the listener is not polled until one
+/// leaves. On a `-S` socket, `admission` keeps some for root and the master's uid.
 pub const MAX_SESSIONS: usize = 16;
-/// Output a client has not read beyond this is dropped with the client.
-const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+/// Unwritten output at which a session's next command waits for the client to read (and the
+/// client is not read meanwhile). One answer may go past it, so a session holds at most this
+/// and one answer: well under 1 MiB for the master's own answers; a forwarded worker's answer
+/// is cut at `forward::MAX_FORWARD_ANSWER`. haproxy streams large answers instead; the master's
+/// are small enough to be made whole.
+pub const OUTPUT_MARK: usize = 64 * 1024;
 
 pub enum Input {
-    /// Complete lines were queued (maybe none yet).
+    /// Read what there was, up to a complete line (maybe none yet).
     Lines,
-    /// The client closed its side; queued lines are still answered.
+    /// The client closed its side; the lines it sent are still answered.
     Closed,
     /// A line exceeded MAX_LINE, or the stream failed.
     Broken(String),
@@ -83,19 +89,36 @@ pub struct Session {
     pub interactive: bool,
     /// Waiting for the first reload of a generation above this one to finish.
     pub awaiting_reload: Option<Generation>,
-    /// A command in progress with another peer (not bound by the idle deadline: it has its own).
+    /// A command in progress with another peer (not bound by the session's deadline: it has its
+    /// own).
     pub task: Option<Task>,
-    /// Lines received but not yet run (those behind a reload wait for it).
-    pub queued: VecDeque<String>,
-    /// The commands of the line being run; None marks the end of that line.
-    pub commands: VecDeque<Option<String>>,
     /// Nothing more will be read; close once the output is written.
     pub closing: bool,
+    /// When the session is cut off (not while it awaits a reload or a task): `--cli-timeout`
+    /// after it was accepted, after its last answer was written, or after the first byte of a
+    /// command line that came while it had nothing to do. So an idle client gets the idle
+    /// timeout, and a command line gets that long in all, from its first byte until its answer is
+    /// written: a client trickling a byte at a time, or not reading its answer, is cut off.
     pub deadline: Instant,
-    /// A client idle this long is disconnected (not while it awaits a reload): `--cli-timeout`.
-    idle_timeout: Duration,
+    /// `--cli-timeout`.
+    timeout: Duration,
+    /// Bytes received and not yet taken as a line. Reading stops once it holds a complete line,
+    /// so it holds at most one line and one read.
     inbuf: Vec<u8>,
+    /// Where the first newline of `inbuf` is, if it has one.
+    newline: Option<usize>,
+    /// The line being run, and where its next command starts; None between lines.
+    line: Option<(String, usize)>,
     outbuf: Vec<u8>,
+}
+
+/// What a session runs next.
+pub enum Next {
+    Command(String),
+    /// The line's commands have all run.
+    EndOfLine,
+    /// No complete line is waiting.
+    Nothing,
 }
 
 impl Session {
@@ -105,7 +128,7 @@ impl Session {
         peer_uid: u32,
         privileged: bool,
         listener: usize,
-        idle_timeout: Duration,
+        timeout: Duration,
     ) -> io::Result<Session> {
         stream.set_nonblocking(true)?;
         Ok(Session {
@@ -117,12 +140,12 @@ impl Session {
             interactive: false,
             awaiting_reload: None,
             task: None,
-            queued: VecDeque::new(),
-            commands: VecDeque::new(),
             closing: false,
-            deadline: Instant::now() + idle_timeout,
-            idle_timeout,
+            deadline: Instant::now() + timeout,
+            timeout,
             inbuf: Vec::new(),
+            newline: None,
+            line: None,
             outbuf: Vec::new(),
         })
     }
@@ -135,31 +158,70 @@ impl Session {
         !self.outbuf.is_empty()
     }
 
-    /// Whether the session is done: closing with everything written.
-    pub fn finished(&self) -> bool {
-        self.closing
-            && self.outbuf.is_empty()
-            && self.awaiting_reload.is_none()
-            && self.task.is_none()
-            && self.queued.is_empty()
-            && self.commands.is_empty()
+    /// Backpressure: whether the client should be read. Not while it has a line to run, waits
+    /// for a reload or a task, or has not read [`OUTPUT_MARK`] of answers: what it sends
+    /// meanwhile waits in the kernel's socket buffer, not in the master.
+    pub fn wants_input(&self) -> bool {
+        !self.closing && !self.busy() && self.outbuf.len() < OUTPUT_MARK
     }
 
-    /// Reads what is available and queues complete lines.
+    /// Whether it has a command to run now (the loop runs it without waiting for an fd).
+    pub fn runnable(&self) -> bool {
+        self.awaiting_reload.is_none()
+            && self.task.is_none()
+            && self.outbuf.len() < OUTPUT_MARK
+            && (self.line.is_some() || self.newline.is_some())
+    }
+
+    /// Whether the next command must wait: too much of the client's output is unwritten.
+    pub fn output_full(&self) -> bool {
+        self.outbuf.len() >= OUTPUT_MARK
+    }
+
+    /// A line to run, a reload or a task to wait for.
+    fn busy(&self) -> bool {
+        self.awaiting_reload.is_some()
+            || self.task.is_some()
+            || self.line.is_some()
+            || self.newline.is_some()
+    }
+
+    /// Whether the session is done: closing with everything written.
+    pub fn finished(&self) -> bool {
+        self.closing && self.outbuf.is_empty() && !self.busy()
+    }
+
+    /// A wait (reload, task) ended: what remains of the line, and writing its answer, get
+    /// `--cli-timeout` from now.
+    pub fn restart_deadline(&mut self) {
+        self.deadline = Instant::now() + self.timeout;
+    }
+
+    /// Reads until a complete line is in (or nothing more is available). A line is never read
+    /// beyond while it waits to run: backpressure for a client sending faster than it reads.
     pub fn read(&mut self) -> Input {
         let mut buf = [0u8; 16 * 1024];
-        loop {
+        while self.newline.is_none() {
+            let at_rest = self.inbuf.is_empty() && self.outbuf.is_empty() && !self.busy();
             match (&self.stream).read(&mut buf) {
                 Ok(0) => {
-                    self.split_lines(true);
+                    // A last command without its newline still counts when the client closes
+                    // after it.
+                    if !self.inbuf.is_empty() {
+                        self.newline = Some(self.inbuf.len());
+                        self.inbuf.push(b'\n');
+                    }
                     return Input::Closed;
                 }
                 Ok(n) => {
+                    // The first byte of a command line starts its time.
+                    if at_rest {
+                        self.restart_deadline();
+                    }
+                    let from = self.inbuf.len();
                     self.inbuf.extend_from_slice(&buf[..n]);
-                    self.deadline = Instant::now() + self.idle_timeout;
-                    self.split_lines(false);
-                    let too_long = self.queued.iter().any(|l| l.len() > MAX_LINE);
-                    if too_long || self.inbuf.len() > MAX_LINE {
+                    self.newline = buf[..n].iter().position(|&b| b == b'\n').map(|i| from + i);
+                    if self.newline.unwrap_or(self.inbuf.len()) > MAX_LINE {
                         return Input::Broken(format!("command line longer than {MAX_LINE} bytes"));
                     }
                 }
@@ -168,43 +230,72 @@ impl Session {
                 Err(e) => return Input::Broken(e.to_string()),
             }
         }
+        Input::Lines
     }
 
-    fn split_lines(&mut self, eof: bool) {
-        while let Some(i) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=i).collect();
-            self.queued.push_back(line_text(&line));
+    /// The next command to run: of the line being run, else of the next complete line.
+    pub fn next_command(&mut self) -> Next {
+        if let Some((line, at)) = &mut self.line {
+            return match next_command(line, *at) {
+                Some((command, next)) => {
+                    *at = next;
+                    Next::Command(command)
+                }
+                None => {
+                    self.line = None;
+                    Next::EndOfLine
+                }
+            };
         }
-        // A last command without its newline still counts when the client closes after it.
-        if eof && !self.inbuf.is_empty() {
-            let line = std::mem::take(&mut self.inbuf);
-            self.queued.push_back(line_text(&line));
-        }
+        let Some(end) = self.newline else {
+            return Next::Nothing;
+        };
+        let text = line_text(&self.inbuf[..end]);
+        self.inbuf.drain(..=end);
+        self.newline = self.inbuf.iter().position(|&b| b == b'\n');
+        self.line = Some((text, 0));
+        self.next_command()
     }
 
+    /// Forgets what the client sent and was not run yet.
+    pub fn discard_input(&mut self) {
+        self.inbuf = Vec::new();
+        self.newline = None;
+        self.line = None;
+    }
+
+    /// Output is bounded by backpressure, not here: a command runs only while less than
+    /// [`OUTPUT_MARK`] is unwritten, so this holds at most that and one answer.
     pub fn write(&mut self, text: &[u8]) {
-        if self.outbuf.len() + text.len() > MAX_OUTPUT {
-            self.closing = true;
-            return;
-        }
         self.outbuf.extend_from_slice(text);
     }
 
     /// Writes what the socket takes now. Err: the client is gone.
     pub fn flush(&mut self) -> io::Result<()> {
-        while !self.outbuf.is_empty() {
-            match (&self.stream).write(&self.outbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.outbuf.drain(..n);
-                    self.deadline = Instant::now() + self.idle_timeout;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+        let had_output = !self.outbuf.is_empty();
+        let mut written = 0;
+        let result = loop {
+            if written == self.outbuf.len() {
+                break Ok(());
+            }
+            match (&self.stream).write(&self.outbuf[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
+            }
+        };
+        self.outbuf.drain(..written);
+        if had_output && self.outbuf.is_empty() {
+            // Its answers are written: the next command line gets its time afresh. A buffer
+            // grown by a large answer is given back.
+            self.restart_deadline();
+            if self.outbuf.capacity() > OUTPUT_MARK {
+                self.outbuf = Vec::new();
             }
         }
-        Ok(())
+        result
     }
 }
 
@@ -212,4 +303,104 @@ fn line_text(line: &[u8]) -> String {
     String::from_utf8_lossy(line)
         .trim_end_matches(['\n', '\r'])
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Session, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let s = Session::new(ours, 1, 0, true, 0, Duration::from_secs(10)).unwrap();
+        (s, theirs)
+    }
+
+    fn commands(s: &mut Session) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match s.next_command() {
+                Next::Command(c) => out.push(c),
+                Next::EndOfLine => out.push("<end>".into()),
+                Next::Nothing => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn reading_stops_at_a_complete_line_until_it_has_run() {
+        let (mut s, mut client) = pair();
+        client.write_all(b"help;show proc\nhelp\n").unwrap();
+        assert!(matches!(s.read(), Input::Lines));
+        assert!(!s.wants_input() && s.runnable());
+        assert_eq!(
+            commands(&mut s),
+            ["help", "show proc", "<end>", "help", "<end>"]
+        );
+        assert!(s.wants_input() && !s.runnable());
+    }
+
+    #[test]
+    fn unread_output_stops_commands_and_reading() {
+        let (mut s, mut client) = pair();
+        s.write(&vec![b'x'; OUTPUT_MARK]);
+        client.write_all(b"help\n").unwrap();
+        assert!(s.output_full() && !s.wants_input());
+        assert!(matches!(s.read(), Input::Lines));
+        assert!(
+            !s.runnable(),
+            "a command runs while its client does not read"
+        );
+        // The client reads: what the socket took is gone, and the line may run.
+        s.flush().unwrap();
+        let mut buf = vec![0u8; 2 * OUTPUT_MARK];
+        client.set_nonblocking(true).unwrap();
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s.flush().unwrap();
+        }
+        assert!(!s.wants_output() && s.runnable());
+    }
+
+    #[test]
+    fn a_trickled_line_gets_no_more_time_per_byte() {
+        let (mut s, mut client) = pair();
+        client.write_all(b"sh").unwrap();
+        assert!(matches!(s.read(), Input::Lines));
+        let started = s.deadline;
+        client.write_all(b"ow").unwrap();
+        assert!(matches!(s.read(), Input::Lines));
+        assert_eq!(
+            s.deadline, started,
+            "a byte of the same line moved the deadline"
+        );
+    }
+
+    #[test]
+    fn a_last_line_without_newline_runs_at_close() {
+        let (mut s, mut client) = pair();
+        client.write_all(b"show proc").unwrap();
+        drop(client);
+        assert!(matches!(s.read(), Input::Closed));
+        assert_eq!(commands(&mut s), ["show proc", "<end>"]);
+    }
+
+    #[test]
+    fn a_line_too_long_is_refused() {
+        let (mut s, client) = pair();
+        let writer = std::thread::spawn(move || {
+            let _ = (&client).write_all(&vec![b'a'; MAX_LINE + 1]);
+            client
+        });
+        let broken = loop {
+            match s.read() {
+                Input::Broken(why) => break why,
+                Input::Lines => std::thread::yield_now(),
+                Input::Closed => panic!("closed"),
+            }
+        };
+        assert!(broken.contains("longer than"), "{broken}");
+        drop(writer.join());
+    }
 }

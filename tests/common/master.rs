@@ -79,6 +79,21 @@ impl Hapmaster {
         hm
     }
 
+    /// Serves [`http_config`] on a free port of 127.0.0.1, with an extra master CLI socket any
+    /// user may use (`-S <dir>/cli.sock,mode,666`); waits ([`EVENT`]) until it serves. Returns
+    /// the port and that socket's path too.
+    pub fn serving_with_cli(extra_args: &[&str]) -> (Hapmaster, u16, PathBuf) {
+        let port = free_port();
+        let dir = TestDir::new();
+        let cli = dir.join("cli.sock");
+        let spec = format!("{},mode,666", cli.display());
+        let mut args = vec!["-S", spec.as_str()];
+        args.extend_from_slice(extra_args);
+        let mut hm = Hapmaster::start_in(dir, http_config(&[format!("127.0.0.1:{port}")]), &args);
+        hm.wait_serving(EVENT);
+        (hm, port, cli)
+    }
+
     /// Like [`Hapmaster::start`] in a dir the caller already made (to put paths in the config).
     pub fn start_in(dir: TestDir, cfg: impl Into<Cfg>, extra_args: &[&str]) -> Hapmaster {
         Hapmaster::start_binary_in(

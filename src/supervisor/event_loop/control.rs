@@ -1,23 +1,25 @@
 //! The master CLI on the executor's side: accepting clients on the control sockets, running
 //! their commands against the master's state, and answering synchronous reloads when they end.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use nix::poll::PollFlags;
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
 
 use super::{Master, HANDOFF_TIMEOUT};
 use crate::control::answer::permission_denied_text;
 use crate::control::command::{
-    help_text, no_such_worker_text, parse_request, shorten, split_line, Request, Target,
+    help_text, no_such_worker_text, parse_request, shorten, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::handoff::serve::{ServeProgress, ServeTask};
+use crate::supervisor::admission::{self, Refusals};
 use crate::supervisor::forward::{Forward, Progress};
-use crate::supervisor::sessions::{Input, Session, Task};
+use crate::supervisor::sessions::{Input, Next, Session, Task, MAX_SESSIONS};
 use crate::supervisor::state::{Generation, ReloadKind, Role};
 
 const PROMPT: &str = "master> ";
@@ -32,6 +34,8 @@ pub(super) struct ControlListener {
     pub internal: bool,
     /// A `-S` socket's file, removed at exit while it is still ours.
     pub placed: Option<crate::fs_at::Placed>,
+    /// Clients refused a session here, for the log.
+    pub refusals: Refusals,
 }
 
 /// What running one command leaves the session doing.
@@ -50,8 +54,14 @@ fn may_change_state(uid: u32) -> bool {
 }
 
 impl Master<'_> {
+    /// Accepts what waits on listener `index`, up to its free slots and at most
+    /// [`MAX_SESSIONS`] connections a turn (a client connecting in a loop to be refused gets no
+    /// more of the loop than that).
     pub(super) fn accept_clients(&mut self, index: usize) {
-        loop {
+        for _ in 0..MAX_SESSIONS {
+            if self.clients_of(index) >= MAX_SESSIONS {
+                return;
+            }
             let Some(l) = self.listeners.get(index) else {
                 return;
             };
@@ -79,6 +89,9 @@ impl Master<'_> {
                 );
                 continue;
             }
+            if !self.admitted(index, stream.as_fd(), pid, uid, privileged) {
+                continue;
+            }
             match Session::new(stream, pid, uid, privileged, index, self.opts.cli_timeout) {
                 Ok(session) => {
                     self.next_session += 1;
@@ -86,8 +99,42 @@ impl Master<'_> {
                 }
                 Err(e) => log::warn!("control socket: {e}"),
             }
-            if self.clients_of(index) >= crate::supervisor::sessions::MAX_SESSIONS {
-                return;
+        }
+    }
+
+    /// Whether a client of `uid` gets a session on listener `index` (`admission`). A refused
+    /// one is told why in one line, if its socket takes it at once, before it is closed.
+    fn admitted(
+        &mut self,
+        index: usize,
+        stream: BorrowedFd<'_>,
+        pid: i32,
+        uid: u32,
+        privileged: bool,
+    ) -> bool {
+        let on_listener = || self.sessions.values().filter(move |s| s.listener == index);
+        let others = on_listener().filter(|s| !s.privileged).count();
+        let of_uid = on_listener().filter(|s| s.peer_uid == uid).count();
+        let Some(l) = self.listeners.get_mut(index) else {
+            return false;
+        };
+        match admission::admit(privileged, uid, others, of_uid) {
+            Ok(()) => {
+                if let Some(line) = l.refusals.admitted(uid) {
+                    log::info!("{}: {line}", l.path.display());
+                }
+                true
+            }
+            Err(why) => {
+                let _ = send(
+                    stream.as_raw_fd(),
+                    why.as_bytes(),
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                );
+                if let Some(line) = l.refusals.refused(uid, pid, &why) {
+                    log::warn!("{}: {line}", l.path.display());
+                }
+                false
             }
         }
     }
@@ -112,26 +159,42 @@ impl Master<'_> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        let hung_up = flags.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
         // Both directions closed: nobody reads what a pending reload or task would answer, and
         // polling the socket would report it again at once.
-        if s.closing && flags.contains(PollFlags::POLLHUP) {
+        if s.closing && hung_up {
             self.sessions.remove(&id);
             return;
         }
-        if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+        if hung_up || (flags.contains(PollFlags::POLLIN) && s.wants_input()) {
             match s.read() {
                 Input::Lines => {}
                 // A half-closed client (`echo reload | socat`) still gets its answers.
                 Input::Closed => s.closing = true,
                 Input::Broken(why) => {
-                    s.queued.clear();
+                    s.discard_input();
                     s.write(format!("{why}\n").as_bytes());
                     s.closing = true;
                 }
             }
-            self.run_session(id);
+            // What it sent is still run (a `reload` counts), but nothing more is read.
+            if hung_up {
+                s.closing = true;
+            }
         }
+        // Room for output may let the next command run.
         self.flush_session(id);
+        self.run_session(id);
+        self.flush_session(id);
+    }
+
+    /// Runs the commands of sessions that have one to run and room for its answer: those whose
+    /// output drained below the mark. Each runs until its output reaches the mark again.
+    pub(super) fn run_sessions(&mut self) {
+        for id in self.sessions_where(Session::runnable) {
+            self.run_session(id);
+            self.flush_session(id);
+        }
     }
 
     pub(super) fn flush_session(&mut self, id: u64) {
@@ -143,33 +206,30 @@ impl Master<'_> {
         }
     }
 
-    /// Runs queued commands until one waits for a reload or none is left.
+    /// Runs the session's commands until one waits (a reload, a task), none is left, or its
+    /// unwritten output reaches the mark (backpressure: the rest runs as the client reads).
     fn run_session(&mut self, id: u64) {
         loop {
             let Some(s) = self.sessions.get_mut(&id) else {
                 return;
             };
-            if s.awaiting_reload.is_some() || s.task.is_some() {
+            if s.awaiting_reload.is_some() || s.task.is_some() || s.output_full() {
                 return;
             }
-            let Some(command) = s.commands.pop_front() else {
-                let Some(line) = s.queued.pop_front() else {
-                    return;
-                };
-                s.commands.extend(split_line(&line).into_iter().map(Some));
-                s.commands.push_back(None);
-                continue;
-            };
-            let Some(command) = command else {
-                // End of a line: haproxy's CLI answers one line per connection unless `prompt`.
-                if s.interactive {
-                    s.write(PROMPT.as_bytes());
-                } else {
-                    s.closing = true;
-                    s.queued.clear();
-                    s.commands.clear();
+            let command = match s.next_command() {
+                Next::Nothing => return,
+                Next::Command(command) => command,
+                Next::EndOfLine => {
+                    // End of a line: haproxy's CLI answers one line per connection unless
+                    // `prompt`.
+                    if s.interactive {
+                        s.write(PROMPT.as_bytes());
+                    } else {
+                        s.closing = true;
+                        s.discard_input();
+                    }
+                    continue;
                 }
-                continue;
             };
             match self.execute(id, &command) {
                 Step::Answer(text) => {
@@ -188,8 +248,7 @@ impl Master<'_> {
                 Step::Close => {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         s.closing = true;
-                        s.queued.clear();
-                        s.commands.clear();
+                        s.discard_input();
                     }
                     return;
                 }
@@ -288,6 +347,7 @@ impl Master<'_> {
         for id in waiting {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
+                s.restart_deadline();
                 s.write(text.as_bytes());
             }
             self.run_session(id);
@@ -394,6 +454,7 @@ impl Master<'_> {
                         continue;
                     };
                     s.task = None;
+                    s.restart_deadline();
                     s.write(answer.as_bytes());
                     // haproxy's CLI ends every answer with an empty line.
                     s.write(b"\n");
@@ -481,8 +542,8 @@ impl Master<'_> {
         show_listeners(&rows)
     }
 
-    /// Drops clients idle past their deadline (not those awaiting a reload or a task, which
-    /// has its own).
+    /// Drops clients past their deadline (`Session::deadline`: idle, or a command line that took
+    /// too long), not those awaiting a reload or a task, which has its own.
     pub(super) fn expire_sessions(&mut self, now: Instant) {
         self.sessions
             .retain(|_, s| s.awaiting_reload.is_some() || s.task.is_some() || s.deadline > now);

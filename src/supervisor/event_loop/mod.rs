@@ -16,7 +16,12 @@
 //! - `workers.rs`: one record per worker (`WorkerRuntime`: stderr, readiness probe, fetched
 //!   sockets, start-up output, version, reloads at spawn), made at spawn and dropped whole, with
 //!   the worker's timers, at `Action::Forget`.
-//! - `control.rs`: the master CLI's sessions and commands; `await_reload.rs`: which reload a
+//! - `control.rs`: the master CLI's sessions and commands. Every session is bounded
+//!   (`sessions.rs`): it is read only while it has no line to run and has read its answers
+//!   (backpressure), its commands run one at a time while its unwritten output is below a mark
+//!   (`run_sessions` each turn runs those that regained room; the poll does not wait while one
+//!   can run), and `--cli-timeout` bounds each command line in all; `supervisor/admission.rs`
+//!   decides who gets a session on a `-S` socket. `await_reload.rs`: which reload a
 //!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
 //!   store; `last_good.rs`: configuration copies.
 //!
@@ -143,6 +148,7 @@ pub fn run(
         path: runtime.master_socket(),
         internal: true,
         placed: None,
+        refusals: Default::default(),
     }];
     for arg in &opts.master_sockets {
         let spec = crate::control::spec::parse_spec(arg).map_err(SetupError::ControlSocket)?;
@@ -154,6 +160,7 @@ pub fn run(
             path: spec.path,
             internal: false,
             placed: Some(placed),
+            refusals: Default::default(),
         });
     }
     let mut master = Master {
@@ -315,7 +322,8 @@ impl Master<'_> {
         }
         for (id, s) in &self.sessions {
             let mut flags = PollFlags::empty();
-            if !s.closing {
+            // Backpressure: a client with a line to run or answers it has not read is not read.
+            if s.wants_input() {
                 flags |= PollFlags::POLLIN;
             }
             if s.wants_output() {
@@ -382,6 +390,7 @@ impl Master<'_> {
         let now = Instant::now();
         self.step_probes(now);
         self.step_tasks(now);
+        self.run_sessions();
         self.fire_timers(now);
         self.settle();
         self.expire_sessions(now);
@@ -394,6 +403,10 @@ impl Master<'_> {
     /// The earliest deadline, rounded up to the millisecond so the loop never spins on a
     /// sub-millisecond remainder; no deadline at all means sleeping until an fd or signal wakes us.
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
+        // A session with a command to run and room for its answer runs it next turn.
+        if self.sessions.values().any(Session::runnable) {
+            return PollTimeout::ZERO;
+        }
         let deadlines = [
             self.workers
                 .iter()
