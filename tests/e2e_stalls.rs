@@ -445,6 +445,85 @@ fn flooding_sessions_of_root_are_bounded_too() {
     assert!(hm.stop().success());
 }
 
+/// Bytes `s` has received that it has not read yet (SIOCINQ).
+fn unread_by_us(s: &UnixStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD (SIOCINQ) writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "SIOCINQ: {}", io::Error::last_os_error());
+    n as usize
+}
+
+/// Case 5, for forwarded answers: `@1 show map` of a 200 000-entry map (about 8 MB) to a client
+/// that does not read is streamed with backpressure, not collected: the master grows by less
+/// than 1 MiB, answers `show proc` meanwhile, and the client gets the whole answer once it reads.
+#[test]
+fn a_large_forwarded_answer_is_streamed_with_backpressure() {
+    const ENTRIES: usize = 200_000;
+    const GROWTH_LIMIT_KIB: u64 = 1024;
+    let dir = TestDir::new();
+    let map = dir.join("big.map");
+    let mut text = String::with_capacity(ENTRIES * 32);
+    for i in 0..ENTRIES {
+        text.push_str(&format!("key{i:07} value{i:07}\n"));
+    }
+    std::fs::write(&map, text).unwrap();
+    let port = free_port();
+    let cfg = http_config(&[format!("127.0.0.1:{port}")]).replace(
+        "    http-request return",
+        &format!(
+            "    http-request set-var(txn.m) str(k),map({},none)\n    http-request return",
+            map.display()
+        ),
+    );
+    let mut hm = Hapmaster::start_in(dir, cfg, &[]);
+    hm.wait_serving(EVENT);
+    let master_pid = hm.pid();
+    let master = master_sock(&hm.runtime_dir);
+    let before = status_kib(master_pid, "VmRSS").unwrap();
+    let mut client = UnixStream::connect(&master).unwrap();
+    client
+        .write_all(format!("@1 show map {}\n", map.display()).as_bytes())
+        .unwrap();
+    // Until the answer reaches the client and the master, asleep, has stopped feeding it: what
+    // the client has not read stays the same across a look at the master.
+    let stalled = || -> Result<(), String> {
+        let queued = unread_by_us(&client);
+        let asleep = proc_stat(master_pid).is_some_and(|s| s.state == 'S');
+        if queued > 0 && asleep && unread_by_us(&client) == queued {
+            Ok(())
+        } else {
+            Err(format!(
+                "{queued} bytes queued to the client; master asleep: {asleep}"
+            ))
+        }
+    };
+    poll_until(EVENT, || stalled().ok())
+        .unwrap_or_else(|| panic!("the answer never stalled at the client: {:?}", stalled()));
+    let show = during_stall(
+        "show proc beside a large answer nobody reads",
+        &stalled,
+        || show_proc_latency(&master),
+    );
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    let grew = status_kib(master_pid, "VmHWM")
+        .unwrap()
+        .saturating_sub(before);
+    let answer = String::from_utf8_lossy(&answer);
+    let entries = answer.lines().filter(|l| l.contains(" key")).count();
+    let figures = format!(
+        "master grew {grew} KiB (VmHWM over VmRSS before) for a {} byte answer; {entries} of \
+         {ENTRIES} entries relayed; {show}",
+        answer.len()
+    );
+    eprintln!("figures: {figures}");
+    assert_eq!(entries, ENTRIES, "{figures}");
+    assert!(grew < GROWTH_LIMIT_KIB, "{figures}");
+    assert!(show.ok(), "{figures}");
+    assert!(hm.stop().success());
+}
+
 /// Case 6, first half: 16 prompt sessions from `nobody`, each sending a newline every 3 s, do
 /// not keep root out of that `-S` socket: root's `show proc` answers within 100 ms.
 #[test]

@@ -1,8 +1,10 @@
 //! A master CLI command forwarded to a worker (`@1 show info`, `@!pid ...`), as a task of the
 //! client's session: a non-blocking connection to the worker's stats socket that writes the
-//! command, reads the answer until the worker closes, and ends with the text to relay. Bounded
-//! in time (its deadline feeds the loop's poll timeout) and in bytes, so that a stopped or
-//! chatty worker delays only the client that asked.
+//! command and relays the answer as it comes, until the worker closes. It reads no more than the
+//! session has room for (backpressure: a client that does not read its answer holds the worker's
+//! answer in the worker's socket, not in the master), and the worker may stay silent at most
+//! [`FORWARD_TIMEOUT`] (its deadline feeds the loop's poll timeout), so that a stopped or chatty
+//! worker delays only the client that asked.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -17,10 +19,9 @@ use super::state::Pid;
 use crate::control::answer::CANNOT_REACH_WORKER;
 use crate::unix_stream::send_nosignal;
 
-/// Bound on one forwarded command, from connect to the worker's last byte.
+/// How long the worker may keep the master waiting: for the connection and the command, then
+/// between two parts of its answer. Time the client takes to read is not counted.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest answer relayed; a worker saying more is cut off with a note.
-pub const MAX_FORWARD_ANSWER: usize = 16 * 1024 * 1024;
 
 pub struct Forward {
     stream: UnixStream,
@@ -28,14 +29,14 @@ pub struct Forward {
     path: PathBuf,
     request: Vec<u8>,
     written: usize,
-    answer: Vec<u8>,
     deadline: Instant,
 }
 
 pub enum Progress {
-    Waiting,
-    /// The text to relay to the client: the worker's answer, or why there is none.
-    Done(String),
+    /// More to come; these bytes of the answer (maybe none) are to be relayed now.
+    Waiting(Vec<u8>),
+    /// The last bytes to relay: the end of the worker's answer, or why there is no (more).
+    Done(Vec<u8>),
 }
 
 impl Forward {
@@ -51,7 +52,6 @@ impl Forward {
             path: path.to_path_buf(),
             request,
             written: 0,
-            answer: Vec::new(),
             deadline: now + FORWARD_TIMEOUT,
         })
     }
@@ -73,22 +73,30 @@ impl Forward {
         self.deadline
     }
 
-    /// Does what the socket allows now; safe to call without readiness.
-    pub fn step(&mut self, now: Instant) -> Progress {
-        match self.advance() {
-            Ok(Some(text)) => Progress::Done(text),
-            Ok(None) if now >= self.deadline => Progress::Done(unreachable_text(
-                self.pid,
-                &self.path,
-                &format!("no complete answer within {FORWARD_TIMEOUT:?}"),
-            )),
-            Ok(None) => Progress::Waiting,
-            Err(e) => Progress::Done(unreachable_text(self.pid, &self.path, &e.to_string())),
+    /// Does what the socket allows now, reading at most `room` bytes of the answer; safe to call
+    /// without readiness. With no room the worker waits on the client: its clock restarts.
+    pub fn step(&mut self, now: Instant, room: usize) -> Progress {
+        let mut relay = Vec::new();
+        let outcome = self.advance(room, &mut relay);
+        if !relay.is_empty() || (room == 0 && self.written == self.request.len()) {
+            self.deadline = now + FORWARD_TIMEOUT;
         }
+        let why = match outcome {
+            Ok(true) => return Progress::Done(relay),
+            Ok(false) if now < self.deadline => return Progress::Waiting(relay),
+            Ok(false) => format!("no complete answer within {FORWARD_TIMEOUT:?}"),
+            Err(e) => e.to_string(),
+        };
+        if !relay.is_empty() && !relay.ends_with(b"\n") {
+            relay.push(b'\n');
+        }
+        relay.extend_from_slice(unreachable_text(self.pid, &self.path, &why).as_bytes());
+        Progress::Done(relay)
     }
 
-    /// Ok(Some): the whole answer; Ok(None): waiting for the worker.
-    fn advance(&mut self) -> io::Result<Option<String>> {
+    /// Sends the command, then appends to `relay` what the worker said, up to `room` bytes.
+    /// Ok(true): the worker closed (the answer is complete).
+    fn advance(&mut self, room: usize, relay: &mut Vec<u8>) -> io::Result<bool> {
         while self.written < self.request.len() {
             match send_nosignal(self.stream.as_fd(), &self.request[self.written..]) {
                 Ok(n) => {
@@ -98,33 +106,23 @@ impl Forward {
                         socket::shutdown(self.stream.as_raw_fd(), Shutdown::Write)?;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         let mut buf = [0u8; 16 * 1024];
-        loop {
-            match (&self.stream).read(&mut buf) {
-                Ok(0) => return Ok(Some(String::from_utf8_lossy(&self.answer).into_owned())),
-                Ok(n) => {
-                    let room = MAX_FORWARD_ANSWER - self.answer.len();
-                    if n > room {
-                        self.answer.extend_from_slice(&buf[..room]);
-                        let mut text = String::from_utf8_lossy(&self.answer).into_owned();
-                        text.push_str(&format!(
-                            "\n(answer of worker pid {} cut at {MAX_FORWARD_ANSWER} bytes)\n",
-                            self.pid
-                        ));
-                        return Ok(Some(text));
-                    }
-                    self.answer.extend_from_slice(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        while relay.len() < room {
+            let want = (room - relay.len()).min(buf.len());
+            match (&self.stream).read(&mut buf[..want]) {
+                Ok(0) => return Ok(true),
+                Ok(n) => relay.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(false)
     }
 }
 
@@ -165,11 +163,16 @@ mod tests {
 
     fn run(f: &mut Forward) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut answer = Vec::new();
         loop {
             let mut fds = [nix::poll::PollFd::new(f.fd(), f.interest())];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
-            if let Progress::Done(text) = f.step(Instant::now()) {
-                return text;
+            match f.step(Instant::now(), usize::MAX) {
+                Progress::Waiting(part) => answer.extend_from_slice(&part),
+                Progress::Done(last) => {
+                    answer.extend_from_slice(&last);
+                    return String::from_utf8(answer).unwrap();
+                }
             }
             assert!(Instant::now() < deadline, "forward never ended");
         }
@@ -192,6 +195,61 @@ mod tests {
         assert_eq!(server.join().unwrap(), "show info\n");
     }
 
+    /// A worker at `path` that reads the command, writes `answer` and closes.
+    fn worker_saying(path: &Path, answer: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).unwrap();
+            let _ = s.write_all(&answer);
+        })
+    }
+
+    /// Steps until the command is sent and `want` bytes are read (or the end is seen).
+    fn step_until(f: &mut Forward, room: usize, now: Instant) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        loop {
+            let mut fds = [nix::poll::PollFd::new(f.fd(), f.interest())];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            match f.step(now, room - got.len()) {
+                Progress::Waiting(part) => got.extend_from_slice(&part),
+                Progress::Done(last) => {
+                    got.extend_from_slice(&last);
+                    return (got, true);
+                }
+            }
+            if got.len() == room {
+                return (got, false);
+            }
+            assert!(Instant::now() < deadline, "forward never got {room} bytes");
+        }
+    }
+
+    #[test]
+    fn reads_no_more_of_the_answer_than_it_has_room_for() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("w.sock");
+        let answer: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let worker = worker_saying(&path, answer.clone());
+        let start = Instant::now();
+        let mut f = Forward::start(&path, 42, "show map big", start).unwrap();
+        let (first, ended) = step_until(&mut f, 1000, start);
+        assert_eq!((first.len(), ended), (1000, false));
+        // No room: nothing is read, however long the client takes, and the worker is not
+        // blamed for that time.
+        let later = start + 3 * FORWARD_TIMEOUT;
+        match f.step(later, 0) {
+            Progress::Waiting(part) => assert!(part.is_empty()),
+            Progress::Done(_) => panic!("ended while the client had no room"),
+        }
+        let (rest, ended) = step_until(&mut f, usize::MAX / 2, later);
+        assert!(ended);
+        assert_eq!([first, rest].concat(), answer);
+        worker.join().unwrap();
+    }
+
     #[test]
     fn a_silent_worker_ends_at_the_deadline() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -200,15 +258,16 @@ mod tests {
         let _listener = UnixListener::bind(&path).unwrap();
         let start = Instant::now();
         let mut f = Forward::start(&path, 42, "show info", start).unwrap();
-        assert!(matches!(f.step(start), Progress::Waiting));
-        match f.step(start + FORWARD_TIMEOUT) {
+        assert!(matches!(f.step(start, usize::MAX), Progress::Waiting(_)));
+        match f.step(start + FORWARD_TIMEOUT, usize::MAX) {
             Progress::Done(text) => {
+                let text = String::from_utf8(text).unwrap();
                 assert!(
                     text.starts_with(&format!("{CANNOT_REACH_WORKER} 42:")),
                     "{text}"
                 )
             }
-            Progress::Waiting => panic!("still waiting past the deadline"),
+            Progress::Waiting(_) => panic!("still waiting past the deadline"),
         }
     }
 

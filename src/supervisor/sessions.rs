@@ -23,9 +23,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_SESSIONS: usize = 16;
 /// Unwritten output at which a session's next command waits for the client to read (and the
 /// client is not read meanwhile). One answer may go past it, so a session holds at most this
-/// and one answer: well under 1 MiB for the master's own answers; a forwarded worker's answer
-/// is cut at `forward::MAX_FORWARD_ANSWER`. haproxy streams large answers instead; the master's
-/// are small enough to be made whole.
+/// and one answer: well under 1 MiB for the master's own answers, which are small enough to be
+/// made whole. A forwarded worker's answer, which can be any size, is streamed: read only up to
+/// the mark (`room`).
 pub const OUTPUT_MARK: usize = 64 * 1024;
 
 pub enum Input {
@@ -176,6 +176,23 @@ impl Session {
     /// Whether the next command must wait: too much of the client's output is unwritten.
     pub fn output_full(&self) -> bool {
         self.outbuf.len() >= OUTPUT_MARK
+    }
+
+    /// How much more output may be buffered for a streamed answer.
+    pub fn room(&self) -> usize {
+        OUTPUT_MARK.saturating_sub(self.outbuf.len())
+    }
+
+    /// A forwarded answer waits for the client to read: that wait is the client's, bound by the
+    /// session's deadline, not the worker's.
+    pub fn relay_stalled(&self) -> bool {
+        matches!(self.task, Some(Task::Forward(_))) && self.output_full()
+    }
+
+    /// Whether the session's deadline applies now: not while the master waits for a reload or
+    /// for another peer on the session's behalf.
+    pub fn on_its_own_time(&self) -> bool {
+        self.awaiting_reload.is_none() && (self.task.is_none() || self.relay_stalled())
     }
 
     /// A line to run, a reload or a task to wait for.

@@ -448,17 +448,21 @@ impl Master<'_> {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
+            let room = s.room();
             match s.task.as_mut() {
                 Some(Task::Forward(f)) => {
-                    let Progress::Done(answer) = f.step(now) else {
-                        continue;
-                    };
-                    s.task = None;
-                    s.restart_deadline();
-                    s.write(answer.as_bytes());
-                    // haproxy's CLI ends every answer with an empty line.
-                    s.write(b"\n");
-                    self.run_session(id);
+                    match f.step(now, room) {
+                        Progress::Waiting(part) if part.is_empty() => continue,
+                        Progress::Waiting(part) => s.write(&part),
+                        Progress::Done(last) => {
+                            s.task = None;
+                            s.restart_deadline();
+                            s.write(&last);
+                            // haproxy's CLI ends every answer with an empty line.
+                            s.write(b"\n");
+                            self.run_session(id);
+                        }
+                    }
                     self.flush_session(id);
                 }
                 Some(Task::Getsocks { serve, held, wants }) => {
@@ -546,6 +550,6 @@ impl Master<'_> {
     /// too long), not those awaiting a reload or a task, which has its own.
     pub(super) fn expire_sessions(&mut self, now: Instant) {
         self.sessions
-            .retain(|_, s| s.awaiting_reload.is_some() || s.task.is_some() || s.deadline > now);
+            .retain(|_, s| !s.on_its_own_time() || s.deadline > now);
     }
 }

@@ -334,7 +334,9 @@ impl Master<'_> {
                 tokens.push(Token::Session(*id));
                 fds.push(PollFd::new(s.fd(), flags));
             }
-            if let Some(task) = &s.task {
+            // A relay that waits for its client to read is not polled at all: a worker that
+            // has closed would report POLLHUP at every poll.
+            if let Some(task) = s.task.as_ref().filter(|_| !s.relay_stalled()) {
                 tokens.push(Token::Task);
                 fds.push(PollFd::new(task.fd().unwrap_or(s.fd()), task.interest()));
             }
@@ -415,11 +417,12 @@ impl Master<'_> {
             self.timers.earliest(),
             self.sessions
                 .values()
-                .filter(|s| s.awaiting_reload.is_none() && s.task.is_none())
+                .filter(|s| s.on_its_own_time())
                 .map(|s| s.deadline)
                 .min(),
             self.sessions
                 .values()
+                .filter(|s| !s.relay_stalled())
                 .filter_map(|s| s.task.as_ref().map(Task::wakeup))
                 .min(),
         ];
