@@ -599,7 +599,11 @@ class Capture:
         pm = self.start("prog_master", ["-W", "-S", psock, "-f", "haproxy.cfg"])
         self.add_subst(str(pm.pid), "@PID_PM@")
         try:
-            self.wait_for("the program master socket", lambda: os.path.exists(psock))
+            # haproxy 3.3+ has no program section: its master exits at once (output kept below)
+            self.wait_for("the program master socket or its exit",
+                          lambda: os.path.exists(psock) or pm.poll() is not None)
+            if pm.poll() is not None:
+                return
             w = self.wait_worker_ready(psock)
             self.add_subst(str(w), "@PID_PM_W1@")
             got = self.ask(psock, "program_show_proc", b"show proc\n", "item 9: show proc with a program")
@@ -616,7 +620,10 @@ class Capture:
                 self.add_subst(m.group(1).decode(), "@PID_PROG2@")
         finally:
             self.stop(pm, signal.SIGTERM, "program master, SIGTERM")
-        self.flush_norm()
+            with open(os.path.join(self.tmp, "prog_master.stderr"), "rb") as f:
+                self.record("program_master_stderr", "stderr",
+                            "item 9: the output of a -W master with a program section", b"", f.read())
+            self.flush_norm()
 
     def write_index(self):
         with open(os.path.join(self.out, "facts.json"), "w") as f:
