@@ -464,11 +464,17 @@ class Capture:
                                      b"@\n", b"show version\n", b"@master\n", b"quit\n"],
           "item 2: @1 alone in prompt mode switches the prompt to the worker")
         S(sock, "prompt_modes", [b"prompt\n", b"expert-mode on\n", b"experimental-mode on\n",
-                                  b"mcli-debug-mode on\n", b"@1\n", b"show cli level\n", b"@master\n",
+                                  b"@1\n", b"show cli level\n", b"expert-mode\n", b"@master\n",
+                                  b"mcli-debug-mode on\n", b"show cli level\n",
                                   b"expert-mode off\n", b"experimental-mode off\n",
                                   b"mcli-debug-mode off\n", b"operator\n", b"show cli level\n",
                                   b"user\n", b"show cli level\n", b"quit\n"],
           "item 4: mode flags in the prompt (x, e, d)")
+        S(sock, "prompt_mcli_debug_default_worker", [b"prompt\n", b"mcli-debug-mode on\n", b"@1\n",
+                                                      b"show cli level\n", b"quit\n"],
+          "haproxy bug, not to copy: with mcli-debug-mode on and @1 as the default target, "
+          "the master also sends mcli-debug-mode to the worker (pcli_parse_request tests "
+          "*next_pid <= 0, not the default target), which answers Unknown command")
         S(sock, "prompt_timed", [b"prompt timed\n", b"show version\n", b"@1\n", b"show cli level\n",
                                   b"prompt timed\n", b"quit\n"], "item 3: prompt timed (3.0+)")
         S(sock, "prompt_i_p", [b"prompt p\n", b"show version\n", b"prompt i\n", b"show version\n",
