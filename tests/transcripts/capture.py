@@ -404,6 +404,9 @@ class Capture:
           "item 3: the master intercepts a bare expert-mode (turns it off)")
         A(sock, "mcli_debug_show_env_var", b"mcli-debug-mode on; show env PATH\n",
           "item 3: mcli-debug-mode gives the master all commands")
+        A(sock, "mcli_debug_show_env", b"mcli-debug-mode on; show env\n",
+          "item 3: the master's whole environment (what haproxy sets: HAPROXY_*)")
+        A(sock, "at1_show_env", b"@1 show env\n", "the worker's environment (HAPROXY_MWORKER etc.)")
         A(sock, "mcli_debug_show_startup_logs", b"mcli-debug-mode on; show startup-logs\n",
           "item 3: startup logs in mcli-debug-mode")
         A(usock, "help_user_socket", b"help\n", "the master's help at level user")
