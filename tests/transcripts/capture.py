@@ -291,6 +291,7 @@ class Capture:
         - prompt-timed stamps "[0:00:00:03] " -> "[@UPTIME@] "
         - pointers "0x55d2c3a0b2f0" (show acl/map entries) -> @PTR@
         - remaining pids in "(1234)" (startup-logs) -> (@PID@)
+        - the host name in HAPROXY_LOCALPEER=... (show env) -> @HOST@
         - dates in startup logs / show env are not expected (TZ fixed, env fixed)
         """
         out = data
@@ -299,6 +300,7 @@ class Capture:
         out = re.sub(rb"\b\d+d\d\dh\d\dm\d\ds\b( *)", padded(b"@UPTIME@"), out)
         out = re.sub(rb"\[\d+:\d\d:\d\d:\d\d\] ", b"[@UPTIME@] ", out)
         out = re.sub(rb"0x[0-9a-f]{6,}", b"@PTR@", out)
+        out = re.sub(rb"HAPROXY_LOCALPEER=[^\n]*", b"HAPROXY_LOCALPEER=@HOST@", out)
         out = re.sub(rb"\((\d{2,})\)", b"(@PID@)", out)
         return out
 
