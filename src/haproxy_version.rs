@@ -123,10 +123,17 @@ pub fn parse(output: &str) -> Option<Version> {
             .trim_start()
             .strip_prefix("HAProxy version ")
             .or_else(|| line.trim_start().strip_prefix("HA-Proxy version "))?;
-        let text = rest.split_whitespace().next()?;
+        Version::of_word(rest.split_whitespace().next()?)
+    })
+}
+
+impl Version {
+    /// A version word as haproxy prints it (`haproxy -v`, `show info`'s `Version:`):
+    /// "2.6.12", "2.6.12-1+deb12u4", "3.2-dev5", "1.8".
+    pub fn of_word(text: &str) -> Option<Version> {
         let mut parts = text.split('.');
         let major = parts.next()?.parse().ok()?;
-        // "2.6.12", "3.2-dev5", "1.8": the minor is the digits after the first dot.
+        // The minor is the digits after the first dot.
         let minor_word = parts.next()?;
         let digits = minor_word
             .find(|c: char| !c.is_ascii_digit())
@@ -137,7 +144,14 @@ pub fn parse(output: &str) -> Option<Version> {
             minor,
             text: text.to_string(),
         })
-    })
+    }
+
+    /// `show proc` lists a `# programs` section, even an empty one: haproxy before 3.1 (3.1 and
+    /// 3.2 print it only when a `program` section exists, which hapmaster refuses; 3.3 removed
+    /// programs).
+    pub fn lists_programs(&self) -> bool {
+        (self.major, self.minor) < (3, 1)
+    }
 }
 
 /// Runs `binary -v` (bounded by `timeout`) and judges its version. Err only when the binary

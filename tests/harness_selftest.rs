@@ -152,3 +152,21 @@ fn monotonic_clock_moves() {
     });
     assert!(monotonic_usec() >= a + 50_000);
 }
+
+#[test]
+fn normalizes_like_capture_py() {
+    let mut n = Normalizer::new();
+    n.add(4080, "@PID_MASTER@").add(408, "@PID_W1@");
+    // A 4-digit pid in a 15-wide column, a shorter placeholder padded, a longer one kept one
+    // space away; a pid inside a longer number untouched.
+    assert_eq!(
+        n.normalize("4080            master          0 [failed: 0]   0d00h10m07s     2.6\n"),
+        "@PID_MASTER@    master          0 [failed: 0]   @UPTIME@        2.6\n"
+    );
+    assert_eq!(n.normalize("408 x 14080 4081"), "@PID_W1@ x 14080 4081");
+    assert_eq!(n.normalize("[0:00:01:02] master> "), "[@UPTIME@] master> ");
+    assert_eq!(
+        n.normalize("0x55d2c3a0b2f0 a\n(1234) (7)\nHAPROXY_LOCALPEER=host\nX=1\n"),
+        "@PTR@ a\n(@PID@) (7)\nHAPROXY_LOCALPEER=@HOST@\nX=1\n"
+    );
+}

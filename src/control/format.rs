@@ -15,13 +15,15 @@ pub struct ProcRow {
     pub pid: i32,
     /// `"master"` or `"worker"`.
     pub kind: &'static str,
-    /// Master: reloads since it started. Worker: reloads it has lived through.
+    /// Master: reload attempts since it started, failed ones included. Worker: reload attempts
+    /// since it was started (0 for the worker a reload started), as haproxy counts them.
     pub reloads: u64,
-    /// Master only (haproxy 2.6 prints `<reloads> [failed: <n>]` on the master line); ignored
-    /// for workers.
+    /// Master only: reloads failed in a row, 0 after a successful one (haproxy prints
+    /// `<reloads> [failed: <n>]` on the master line); ignored for workers.
     pub failed_reloads: u64,
     pub uptime: Duration,
-    /// The haproxy version the worker runs, or the master's own version.
+    /// The haproxy version the process runs; on the master's row, the version of the newest
+    /// worker, as haproxy's master re-executed at its last reload would run.
     pub version: String,
 }
 
@@ -62,8 +64,10 @@ fn proc_line(out: &mut String, pid: i32, kind: &str, reloads: &str, row: &ProcRo
 /// ```
 ///
 /// Every column is padded to 15 characters (so lines carry trailing spaces where a value is
-/// shorter); `# old workers` only appears when there are some; `# programs` is always empty.
-pub fn show_proc(master: &ProcRow, current: &[ProcRow], old: &[ProcRow]) -> String {
+/// shorter); `# old workers` only appears when there are some; `# programs` (always empty:
+/// hapmaster runs no programs) only with `programs`, for the haproxy versions that print it
+/// (`Version::lists_programs`).
+pub fn show_proc(master: &ProcRow, current: &[ProcRow], old: &[ProcRow], programs: bool) -> String {
     let mut out = format!(
         "#{:<14} {:<15} {:<15} {:<15} {:<15}\n",
         "<PID>", "<type>", "<reloads>", "<uptime>", "<version>"
@@ -80,7 +84,9 @@ pub fn show_proc(master: &ProcRow, current: &[ProcRow], old: &[ProcRow]) -> Stri
             proc_line(&mut out, w.pid, w.kind, &w.reloads.to_string(), w);
         }
     }
-    out.push_str("# programs\n");
+    if programs {
+        out.push_str("# programs\n");
+    }
     out
 }
 
@@ -388,7 +394,7 @@ mod tests {
             failed_reloads: 0,
             ..row(4080, "master", 0, 607)
         };
-        let out = show_proc(&master, &[row(4085, "worker", 0, 607)], &[]);
+        let out = show_proc(&master, &[row(4085, "worker", 0, 607)], &[], true);
         assert_eq!(
             out,
             "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
@@ -408,7 +414,7 @@ mod tests {
             ..row(1, "master", 0, 3_723)
         };
         let old = [row(200, "worker", 1, 125), row(150, "worker", 2, 3_000)];
-        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old);
+        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old, true);
         assert_eq!(
             out,
             "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
@@ -421,8 +427,12 @@ mod tests {
              # programs\n"
         );
         // No worker at all (between a crash and its replacement).
-        let out = show_proc(&master, &[], &[]);
+        let out = show_proc(&master, &[], &[], true);
         assert!(out.ends_with("\n# workers\n# programs\n"), "{out}");
+        // haproxy 3.1 and later: no programs section without programs.
+        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old, false);
+        assert!(out.ends_with("0d00h50m00s     2.6.12-1+deb12u4\n"), "{out}");
+        assert!(!out.contains("programs"), "{out}");
     }
 
     #[test]

@@ -89,7 +89,11 @@ pub struct WorkerSnapshot {
 pub struct MasterSnapshot {
     /// Now, from a format 1 snapshot.
     pub started: Instant,
+    /// Reload attempts, failed ones included. Images before issue 13 counted successes only
+    /// (and `failed_reloads` never went back to 0): the same fields, so format 2 is kept and
+    /// such counts read as they were written, until the next reload counts anew.
     pub reloads: u64,
+    /// Failed reloads in a row.
     pub failed_reloads: u64,
 }
 

@@ -23,13 +23,14 @@ mod ports;
 mod procfs;
 mod socket_holders;
 mod test_dir;
+mod transcript;
 mod util;
 
 // One namespace for the tests (`use common::*`); each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
     configs::*, http::*, listening::*, load::*, master::*, notify::*, ports::*, procfs::*,
-    socket_holders::*, test_dir::*, util::*,
+    socket_holders::*, test_dir::*, transcript::*, util::*,
 };
 
 use std::time::Duration;

@@ -502,12 +502,24 @@ impl Master<'_> {
                 uptime: now.saturating_duration_since(since),
                 version,
             };
+        // haproxy's master prints the version it runs, which is the one on disk at its last
+        // reload (it re-executes then): here the newest worker's. hapmaster's own version is
+        // `hapmaster -v`'s.
+        let version = self
+            .state
+            .workers()
+            .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
+            .max_by_key(|(started, _)| *started)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        let programs =
+            crate::haproxy_version::Version::of_word(&version).map_or(true, |v| v.lists_programs());
         let master = row(
             std::process::id() as i32,
             "master",
             self.reloads,
             self.started,
-            env!("CARGO_PKG_VERSION").to_string(),
+            version,
         );
         let mut current = Vec::new();
         let mut old = Vec::new();
@@ -527,7 +539,7 @@ impl Master<'_> {
                 _ => old.push(r),
             }
         }
-        let mut out = show_proc(&master, &current, &old);
+        let mut out = show_proc(&master, &current, &old, programs);
         // After haproxy's rows, as a comment, so that parsers of haproxy's output keep working.
         out.push_str(&comment_lines(self.last_good_note().as_slice()));
         out

@@ -259,7 +259,8 @@ struct Master<'a> {
     exit: Option<i32>,
     /// Everything the executor knows of each worker, beyond the state.
     workers: Workers,
-    /// Successful and failed reloads, as `show proc` counts them.
+    /// Reload attempts, and the failures in a row among the last ones, as `show proc` counts
+    /// them.
     reloads: u64,
     failed_reloads: u64,
     started: Instant,
@@ -647,8 +648,9 @@ impl Master<'_> {
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
             Action::ReloadDone { generation, reason } => {
+                // Failures in a row, as haproxy counts them (`spawn` counted the attempt).
                 if reason.is_none() {
-                    self.reloads += 1;
+                    self.failed_reloads = 0;
                 } else {
                     self.failed_reloads += 1;
                 }
@@ -695,6 +697,10 @@ impl Master<'_> {
     }
 
     fn spawn(&mut self, generation: u64, kind: StartKind) {
+        // haproxy counts a reload when it starts, whatever comes of it.
+        if matches!(kind, StartKind::Reload(_)) {
+            self.reloads += 1;
+        }
         let fragment = match self.runtime.write_fragment(generation) {
             Ok(f) => f,
             Err(e) => {
