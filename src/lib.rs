@@ -1,5 +1,6 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
 pub mod config_copy;
+pub mod config_scan;
 pub mod control;
 pub mod daemon;
 pub mod fdstore;
@@ -16,6 +17,8 @@ pub mod orphans;
 pub mod pidfd;
 pub mod pidfile;
 pub mod proc_stat;
+pub mod program_section;
+pub mod refused_config;
 pub mod runtime_dir;
 pub mod stderr_buffer;
 pub mod supervisor;

@@ -367,8 +367,9 @@ fn master(
 }
 
 /// What no worker could run, refused before the first one starts (and by `-c`): a haproxy older
-/// than hapmaster supports, and `master-worker` in the configuration. The keyword is looked for
-/// again before every later worker starts (the event loop's `spawn`); the version only here
+/// than hapmaster supports, and `master-worker` or a `program` section in the configuration
+/// (`refused_config`). Those lines are looked for again before every later worker starts (the
+/// event loop's `spawn`); the version only here
 /// (see `haproxy_version`).
 /// Returns the version found, if the binary told it.
 fn refuse_before_start(opts: &Options) -> Result<Option<Version>, String> {
@@ -386,7 +387,7 @@ fn refuse_before_start(opts: &Options) -> Result<Option<Version>, String> {
         Err(e) => return Err(e.to_string()),
     };
     let change_dir = opts.change_dir().map(std::path::Path::new);
-    match hapmaster::master_worker_keyword::find(&opts.config_files, change_dir) {
+    match hapmaster::refused_config::find(&opts.config_files, change_dir) {
         Some(found) => Err(found.to_string()),
         None => Ok(version),
     }

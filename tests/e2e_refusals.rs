@@ -1,7 +1,8 @@
 //! What hapmaster refuses before a worker runs it (issue 11): `master-worker` in the
-//! configuration (real haproxy, which accepts the keyword and would fork a worker of its own),
-//! at start, with `-c`, and arriving with a reload; and a haproxy older than 1.8 (a script that
-//! answers `-v` as haproxy 1.7 does: a fault the installed haproxy cannot produce).
+//! configuration (real haproxy, which accepts the keyword and would fork a worker of its own)
+//! and `program` sections (issue 13: haproxy runs them only from its own master), at start, with
+//! `-c`, and arriving with a reload; and a haproxy older than 1.8 (a script that answers `-v` as
+//! haproxy 1.7 does: a fault the installed haproxy cannot produce).
 mod common;
 
 use common::*;
@@ -62,16 +63,54 @@ fn assert_refused_before_any_worker(hm: &mut Hapmaster, port: u16) -> String {
 #[test]
 fn master_worker_in_global_is_refused_at_start() {
     let port = free_port();
-    let config = config_with_global_line(port, "master-worker");
-    let mut hm = Hapmaster::start(config.as_str(), &[]);
-    let log = assert_refused_before_any_worker(&mut hm, port);
-    let expected = format!(
-        "refusing to start: {}:2: `master-worker`",
-        hm.cfg_path.display()
+    refused_at_start(
+        port,
+        &config_with_global_line(port, "master-worker"),
+        |cfg| format!("{}:2: `master-worker`", cfg.display()),
+        &["hapmaster is the master", "remove the keyword"],
     );
+}
+
+/// `http_config` with a `program` section after it, and that section's line number.
+fn config_with_program(port: u16) -> (String, usize) {
+    let config = http_config(&[format!("127.0.0.1:{port}")]);
+    let line = config.lines().count() + 2;
+    (
+        format!("{config}\nprogram api\n    command sleep 300\n"),
+        line,
+    )
+}
+
+/// What hapmaster says instead of haproxy's "Can't use a 'program' section without master
+/// worker mode", which its workers (run without -W) would say.
+const PROGRAM_WHY: &[&str] = &[
+    "hapmaster does not run haproxy programs",
+    "systemd unit",
+    "remove the section",
+];
+
+#[test]
+fn program_section_is_refused_at_start() {
+    let port = free_port();
+    let (config, line) = config_with_program(port);
+    refused_at_start(
+        port,
+        &config,
+        |cfg| format!("{}:{line}: `program api`", cfg.display()),
+        PROGRAM_WHY,
+    );
+}
+
+/// The master, started on `config`, exits 1 before any worker with `expected(config path)`
+/// and each of `why` in its log.
+fn refused_at_start(port: u16, config: &str, expected: impl Fn(&Path) -> String, why: &[&str]) {
+    let mut hm = Hapmaster::start(config, &[]);
+    let log = assert_refused_before_any_worker(&mut hm, port);
+    let expected = format!("refusing to start: {}", expected(&hm.cfg_path));
     assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
-    assert!(log.contains("hapmaster is the master"), "{log}");
-    assert!(log.contains("remove the keyword"), "{log}");
+    for why in why {
+        assert!(log.contains(why), "expected {why:?} in:\n{log}");
+    }
 }
 
 #[test]
@@ -108,22 +147,66 @@ fn master_worker_is_refused_by_the_configuration_check() {
 }
 
 #[test]
+fn program_section_is_refused_by_the_configuration_check() {
+    let dir = TestDir::new();
+    let port = free_port();
+    let (config, line) = config_with_program(port);
+    let cfg = dir.join("haproxy.cfg");
+    fs::write(&cfg, config).unwrap();
+    let out = hapmaster_command(&dir.join("rt"), &["-c"], &cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let expected = format!("{}:{line}: `program api`", cfg.display());
+    assert!(err.contains(&expected), "expected {expected:?} in:\n{err}");
+    for why in PROGRAM_WHY {
+        assert!(err.contains(why), "expected {why:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn master_worker_arriving_by_reload_fails_it_and_the_old_worker_serves() {
     let port = free_port();
+    refused_by_reload(
+        port,
+        &config_with_global_line(port, "master-worker"),
+        |cfg| format!("{}:2: `master-worker`", cfg.display()),
+        &["hapmaster is the master"],
+    );
+}
+
+#[test]
+fn program_section_arriving_by_reload_fails_it_and_the_old_worker_serves() {
+    let port = free_port();
+    let (config, line) = config_with_program(port);
+    refused_by_reload(
+        port,
+        &config,
+        |cfg| format!("{}:{line}: `program api`", cfg.display()),
+        PROGRAM_WHY,
+    );
+}
+
+/// A reload onto `refused` fails (`Success=0`, `expected(config path)` and each of `why` in its
+/// answer) with no worker started, the old one serving; the files fixed, a reload serves them.
+fn refused_by_reload(port: u16, refused: &str, expected: impl Fn(&Path) -> String, why: &[&str]) {
     let good = http_config(&[format!("127.0.0.1:{port}")]);
     let mut hm = Hapmaster::start_ready(good.as_str(), &[]);
     let old = hm.current_worker_pid().unwrap();
     let inodes = tcp_listen_inodes(port);
 
-    hm.write_config(&config_with_global_line(port, "master-worker"));
+    hm.write_config(refused);
     let answer = hm.cli("reload");
-    let expected = format!("{}:2: `master-worker`", hm.cfg_path.display());
+    let expected = expected(&hm.cfg_path);
     assert!(answer.starts_with("Success=0\n"), "{answer}");
     assert!(
         answer.contains(&expected),
         "expected {expected:?} in:\n{answer}"
     );
-    assert!(answer.contains("hapmaster is the master"), "{answer}");
+    for why in why {
+        assert!(answer.contains(why), "expected {why:?} in:\n{answer}");
+    }
 
     hm.wait_notify(is_reloading, EVENT);
     let status = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);

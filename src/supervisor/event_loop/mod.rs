@@ -734,7 +734,7 @@ impl Master<'_> {
         // Before any process runs these files: a reload refused here leaves the old worker as
         // it was.
         let change_dir = self.opts.change_dir().map(std::path::Path::new);
-        if let Some(found) = crate::master_worker_keyword::find(&config_files, change_dir) {
+        if let Some(found) = crate::refused_config::find(&config_files, change_dir) {
             self.spawn_failed(generation, found.to_string());
             return;
         }
