@@ -85,3 +85,47 @@ fn worker_row_pid(proc: &str) -> u32 {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no worker row in `show proc`:\n{proc}"))
 }
+
+/// The exit code haproxy's own master gave in the capture (`facts.json` `exit_codes`).
+fn captured_exit_code(key: &str) -> i32 {
+    let facts = transcript("facts.json");
+    let quoted = format!("\"{key}\": ");
+    let at = facts
+        .find(&quoted)
+        .unwrap_or_else(|| panic!("no {quoted:?} in facts.json:\n{facts}"));
+    let digits: String = facts[at + quoted.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// haproxy's master passes SIGINT on to its workers and exits with their 130; SIGTERM ends
+/// them with 143, a normal end: 0.
+#[test]
+fn sigint_and_sigterm_exit_codes_as_haproxy() {
+    for (signal, key) in [
+        (SIGINT, "main master, SIGINT"),
+        (SIGTERM, "fd master, SIGTERM"),
+    ] {
+        let port = free_port();
+        let mut hm = Hapmaster::start_ready(http_config(&[format!("127.0.0.1:{port}")]), &[]);
+        let worker = hm.current_worker_pid().unwrap();
+        hm.signal(signal);
+        let status = hm
+            .wait_exit(EVENT)
+            .unwrap_or_else(|| panic!("no exit within {EVENT:?} of signal {signal}"));
+        let log = hm.stderr();
+        assert_eq!(
+            status.code(),
+            Some(captured_exit_code(key)),
+            "exit code after signal {signal} ({key}):\n{log}"
+        );
+        if signal == SIGINT {
+            // The worker got the same signal, as haproxy's master passes it on.
+            let line =
+                format!("current worker pid {worker} (generation 1) exited (killed by SIGINT)");
+            assert!(log.contains(&line), "expected {line:?} in:\n{log}");
+        }
+    }
+}

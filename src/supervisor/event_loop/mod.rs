@@ -443,7 +443,11 @@ impl Master<'_> {
                 libc::SIGCHLD => self.reap(),
                 libc::SIGTERM | libc::SIGINT => {
                     log::info!("received {received}: stopping");
-                    self.push(Event::StopRequested)
+                    self.push(if received.signal == libc::SIGINT {
+                        Event::InterruptRequested
+                    } else {
+                        Event::StopRequested
+                    })
                 }
                 libc::SIGUSR1 => {
                     log::info!("received {received}: soft stop");
@@ -853,6 +857,7 @@ impl Master<'_> {
         let sig = match signal {
             Signal::SoftStop => NixSignal::SIGUSR1,
             Signal::Terminate => NixSignal::SIGTERM,
+            Signal::Interrupt => NixSignal::SIGINT,
             Signal::Kill => NixSignal::SIGKILL,
         };
         match kill(NixPid::from_raw(pid), sig) {

@@ -43,6 +43,8 @@ pub enum Signal {
     SoftStop,
     /// SIGTERM: haproxy's hard stop.
     Terminate,
+    /// SIGINT: a hard stop too, which haproxy's workers report by exiting 130.
+    Interrupt,
     /// SIGKILL.
     Kill,
 }
@@ -78,8 +80,10 @@ pub enum Event {
     /// The master has just started.
     Boot,
     ReloadRequested(ReloadKind),
-    /// SIGTERM / SIGINT.
+    /// SIGTERM.
     StopRequested,
+    /// SIGINT: a hard stop, passed on to the workers as SIGINT.
+    InterruptRequested,
     /// SIGUSR1.
     SoftStopRequested,
     /// The executor started the process asked for by `Action::Spawn`.

@@ -124,6 +124,9 @@ pub struct State {
     crash_streak: u32,
     /// The time of the event being decided: timers are armed relative to it.
     now: Instant,
+    /// What a hard stop sends the workers: the signal the master got, as haproxy's master
+    /// passes it on (SIGINT makes a haproxy worker exit 130, SIGTERM 143).
+    hard_stop_signal: Signal,
 }
 
 impl Default for State {
@@ -143,6 +146,7 @@ impl State {
             next_generation: 1,
             crash_streak: 0,
             now: Instant::now(),
+            hard_stop_signal: Signal::Terminate,
         }
     }
 }
@@ -274,6 +278,18 @@ impl State {
             Event::Boot => self.start(StartKind::Initial, &mut out),
             Event::ReloadRequested(kind) => self.on_reload_requested(kind, &mut out),
             Event::StopRequested => self.on_stop(Stopping::Hard, &mut out),
+            Event::InterruptRequested => {
+                if !matches!(
+                    self.phase,
+                    Phase::Stopping {
+                        how: Stopping::Hard,
+                        ..
+                    }
+                ) {
+                    self.hard_stop_signal = Signal::Interrupt;
+                }
+                self.on_stop(Stopping::Hard, &mut out)
+            }
             Event::SoftStopRequested => self.on_stop(Stopping::Soft, &mut out),
             Event::Spawned { generation, pid } => self.on_spawned(generation, pid, now, &mut out),
             Event::SpawnFailed { generation, reason } => {
@@ -679,6 +695,23 @@ impl State {
             );
         } else if self.current == Some(pid) {
             self.current = None;
+            // haproxy's master exits with the status of the first current worker that ended
+            // neither with 0 nor by SIGTERM (143): 130 after SIGINT, a crash's signal.
+            if let Phase::Stopping {
+                code: stop_code, ..
+            } = &mut self.phase
+            {
+                if *stop_code == 0 && !matches!(code, 0 | 143) {
+                    *stop_code = code;
+                }
+                out.push(log(
+                    log::Level::Info,
+                    format!(
+                        "current worker pid {pid} (generation {}) exited ({status})",
+                        worker.generation
+                    ),
+                ));
+            }
             if !self.is_stopping() && self.policy.exit_on_failure {
                 self.exit_with_worker(&worker, status, code, out);
             } else if !self.is_stopping() {
@@ -805,7 +838,7 @@ impl State {
     fn begin_stop(&mut self, how: Stopping, code: i32, out: &mut Vec<Action>) {
         self.phase = Phase::Stopping { how, code };
         let (signal, status, what) = match how {
-            Stopping::Hard => (Signal::Terminate, "Stopping", "stopping"),
+            Stopping::Hard => (self.hard_stop_signal, "Stopping", "stopping"),
             Stopping::Soft => (
                 Signal::SoftStop,
                 "Soft-stopping: waiting for workers to finish",

@@ -351,6 +351,50 @@ fn stop_terminates_all_and_exits_when_reaped() {
         .is_empty());
 }
 
+/// haproxy's master passes SIGINT on and exits with the first current worker's status that is
+/// neither 0 nor 143; old workers' statuses do not count.
+#[test]
+fn interrupt_is_passed_on_and_the_current_workers_status_is_the_exit_code() {
+    let exited = |pid: Pid, code: i32| Event::WorkerExited {
+        pid,
+        status: format!("exit {code}"),
+        code,
+    };
+    let t = Instant::now();
+    let mut s = running(10, t);
+    reload_to(&mut s, 11, t);
+    let a = s.decide(Event::InterruptRequested, t);
+    for pid in [10, 11] {
+        assert!(has(&a, |a| *a
+            == Action::Signal {
+                pid,
+                signal: Signal::Interrupt
+            }));
+    }
+    // The old worker's own status is not the master's.
+    let a = s.decide(exited(10, 1), t);
+    assert!(!has(&a, |a| matches!(a, Action::Exit { .. })), "{a:?}");
+    let a = s.decide(exited(11, 130), t);
+    assert!(has(&a, |a| *a == Action::Exit { code: 130 }), "{a:?}");
+
+    // SIGTERM: the workers' 143 is a normal end.
+    let mut s = running(10, t);
+    let a = s.decide(Event::StopRequested, t);
+    assert!(has(&a, |a| *a
+        == Action::Signal {
+            pid: 10,
+            signal: Signal::Terminate
+        }));
+    let a = s.decide(exited(10, 143), t);
+    assert!(has(&a, |a| *a == Action::Exit { code: 0 }), "{a:?}");
+
+    // SIGINT after SIGTERM: the hard stop already runs with SIGTERM.
+    let mut s = running(10, t);
+    s.decide(Event::StopRequested, t);
+    let a = s.decide(Event::InterruptRequested, t);
+    assert!(!has(&a, |a| matches!(a, Action::Signal { .. })), "{a:?}");
+}
+
 #[test]
 fn soft_stop_then_hard_stop_escalates() {
     let t = Instant::now();
