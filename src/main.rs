@@ -231,6 +231,10 @@ fn run_master(mut opts: Options) -> ExitCode {
     };
     // Before any child exists: no worker inherits what our own parent left open.
     let mut known: Vec<RawFd> = passed.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    // -S fd@<n>: the master's to hold, and to hand to the next image of an upgrade in place at
+    // the same number (its argv names it again).
+    let master_cli_fds = hapmaster::control::spec::inherited_fd_numbers(&opts.master_sockets);
+    known.extend(&master_cli_fds);
     if let Some(s) = &resume {
         known.push(s.lock_fd);
         known.extend(s.held.iter().map(|h| h.fd));
@@ -240,7 +244,8 @@ fn run_master(mut opts: Options) -> ExitCode {
     if let Some(line) = inherited_fds::describe(&stray) {
         log::debug!("{line}");
     }
-    let launch = match Launch::of_current_process(stray.iter().map(|(fd, _)| *fd).collect()) {
+    let inherited = stray.iter().map(|(fd, _)| *fd).chain(master_cli_fds);
+    let launch = match Launch::of_current_process(inherited.collect()) {
         Ok(l) => l,
         Err(e) => {
             log::error!("cannot find this program's own path (needed for upgrades in place): {e}");

@@ -556,6 +556,8 @@ Used by the master:
                      user,NAME group,NAME; default mode 600); repeatable. Its clients run
                      read-only commands; reload, @-forwarding and _getsocks need root or the
                      master's uid. <runtime dir>/master.sock always serves the CLI too.
+                     -S fd@N: a listening socket passed as fd N (no OPTS; an inet one's
+                     clients run read-only commands only).
   -c                 only check the configuration (runs `haproxy -c`) and exit with its status
   -q                 quiet: the master logs warnings and alerts only; passed to the workers too
   -V                 verbose: the master logs debug messages; passed to the workers too

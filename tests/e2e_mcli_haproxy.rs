@@ -4,6 +4,9 @@
 mod common;
 
 use common::*;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::Stdio;
 
 /// What `show proc` shows after each step of the capture's reload sequence
 /// (tests/transcripts/capture.py: 2 good reloads, 2 failed, 1 more failed, 1 good).
@@ -128,4 +131,118 @@ fn sigint_and_sigterm_exit_codes_as_haproxy() {
             assert!(log.contains(&line), "expected {line:?} in:\n{log}");
         }
     }
+}
+
+/// `-S fd@3` (as haproxy takes it, and its test driver uses it): a unix listener the caller
+/// bound is the master CLI, held across an upgrade in place, never unlinked.
+#[test]
+fn master_cli_on_an_inherited_listener() {
+    let dir = TestDir::new();
+    let path = dir.join("passed.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let port = free_port();
+    let cfg = http_config(&[format!("127.0.0.1:{port}")]);
+    let mut hm = Hapmaster::start_in_passing(dir, cfg, &["-S", "fd@3"], listener.as_fd(), 3);
+    // From here only the master holds it: what answers is the master.
+    drop(listener);
+    let worker = hm.wait_serving(EVENT);
+    let log = hm.stderr();
+    let line = format!(
+        "master CLI on fd@3: a listening unix {} stream socket\n",
+        path.display()
+    );
+    assert!(log.contains(&line), "expected {line:?} in:\n{log}");
+
+    let mut norm = Normalizer::new();
+    norm.add(hm.pid(), "@PID_MASTER@").add(worker, "@PID_W1@");
+    let show_proc = |when: &str| {
+        let answer = cli_within(&path, "show proc", EVENT)
+            .unwrap_or_else(|e| panic!("show proc on fd@3 {when}: {e}"));
+        assert_eq!(
+            norm.normalize(&answer),
+            transcript("show_proc_start.norm"),
+            "show proc on fd@3 {when}:\n{answer}"
+        );
+    };
+    show_proc("at start");
+    // A forwarded command: the worker's answer (the transcript's fd_at1_show_version, up to the
+    // blank lines issue 13's item 4 settles).
+    let version = transcript("fd_at1_show_version.norm");
+    let answer = cli_within(&path, "@1 show version", EVENT).unwrap();
+    assert!(
+        answer.starts_with(version.trim_end()),
+        "{answer:?} vs {version:?}"
+    );
+
+    hm.signal(SIGURG);
+    hm.wait_notify(|d| d.contains("upgraded in place"), EVENT);
+    show_proc("after an upgrade in place");
+
+    assert!(hm.stop().success());
+    assert!(
+        path.exists(),
+        "the master removed the socket file it did not create"
+    );
+}
+
+/// `-S fd@3` that is not a listening stream socket: refused at start, saying what it is.
+#[test]
+fn inherited_fd_that_is_not_a_listener_is_refused() {
+    let (pipe_read, _pipe_write) = nix::unistd::pipe().unwrap();
+    let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    for (fd, what) in [
+        (pipe_read.as_raw_fd(), "it is a pipe, not a socket"),
+        (stream.as_raw_fd(), "it is not listening"),
+    ] {
+        let dir = TestDir::new();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, http_config(&[format!("127.0.0.1:{}", free_port())])).unwrap();
+        let log = dir.join("stderr.log");
+        let mut cmd = hapmaster_command(&dir.join("rt"), &["-S", "fd@3"], &cfg);
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        pass_fd(&mut cmd, fd, 3);
+        let mut child = ChildGuard(cmd.spawn().unwrap());
+        let status = poll_until(EVENT, || child.0.try_wait().unwrap())
+            .unwrap_or_else(|| panic!("not refused within {EVENT:?}"));
+        let err = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{err}");
+        let expected = format!("-S fd@3: {what}");
+        assert!(err.contains(&expected), "expected {expected:?} in:\n{err}");
+        assert!(!err.contains("starting worker"), "{err}");
+    }
+}
+
+/// `-S fd@3` on a TCP listener (127.0.0.1): its clients have no peer credentials, so they run
+/// the read-only commands only (haproxy would give them admin; hapmaster's uid rule cannot).
+#[test]
+fn inherited_inet_listener_serves_read_only_commands() {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let port = free_port();
+    let cfg = http_config(&[format!("127.0.0.1:{port}")]);
+    let mut hm = Hapmaster::start_in_passing(TestDir::new(), cfg, &["-S", "fd@3"], tcp.as_fd(), 3);
+    drop(tcp);
+    hm.wait_serving(EVENT);
+    let log = hm.stderr();
+    let line = format!("master CLI on fd@3: a listening inet {addr} stream socket (its clients");
+    assert!(log.contains(&line), "expected {line:?} in:\n{log}");
+    let ask = |line: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(EVENT)).unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let proc = ask("show proc");
+    assert!(proc.contains("# workers\n"), "{proc}");
+    let refused = ask("reload");
+    assert!(
+        refused.starts_with("Permission denied: 'reload'")
+            && refused.contains("without peer credentials"),
+        "{refused}"
+    );
+    assert!(hm.stop().success());
 }

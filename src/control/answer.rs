@@ -62,6 +62,16 @@ pub fn permission_denied_text(command: &str, master_uid: u32, peer_uid: u32) -> 
     )
 }
 
+/// [`permission_denied_text`] for a client without credentials (an inet `-S fd@<n>`
+/// socket's): it has no uid, so it runs the read-only commands only.
+pub fn no_credentials_text(command: &str, master_uid: u32) -> String {
+    format!(
+        "{PERMISSION_DENIED}: '{command}' needs root or the master's user (uid {master_uid}); \
+         this client came through a socket without peer credentials (not a unix socket), so \
+         it runs read-only commands only.\n"
+    )
+}
+
 /// The refusal a command's answer starts with, if it is one.
 pub fn refusal(answer: &str) -> Option<Refusal> {
     let first = first_line(answer);

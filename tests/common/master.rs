@@ -128,12 +128,38 @@ impl Hapmaster {
         Hapmaster::launch(binary, dir, runtime_dir, cfg, extra_args)
     }
 
+    /// Like [`Hapmaster::start_in`], with `fd` passed to hapmaster as fd `as_fd` (inheritable,
+    /// as a shell's `exec 3<>` or a supervisor would pass it), e.g. for `-S fd@3`.
+    pub fn start_in_passing(
+        dir: TestDir,
+        cfg: impl Into<Cfg>,
+        extra_args: &[&str],
+        fd: std::os::fd::BorrowedFd<'_>,
+        as_fd: i32,
+    ) -> Hapmaster {
+        let binary = Path::new(env!("CARGO_BIN_EXE_hapmaster"));
+        let runtime_dir = dir.join("rt");
+        let pass = (std::os::fd::AsRawFd::as_raw_fd(&fd), as_fd);
+        Hapmaster::launch_passing(binary, dir, &runtime_dir, cfg, extra_args, Some(pass))
+    }
+
     fn launch(
         binary: &Path,
         dir: TestDir,
         runtime_dir: &Path,
         cfg: impl Into<Cfg>,
         extra_args: &[&str],
+    ) -> Hapmaster {
+        Hapmaster::launch_passing(binary, dir, runtime_dir, cfg, extra_args, None)
+    }
+
+    fn launch_passing(
+        binary: &Path,
+        dir: TestDir,
+        runtime_dir: &Path,
+        cfg: impl Into<Cfg>,
+        extra_args: &[&str],
+        pass: Option<(i32, i32)>,
     ) -> Hapmaster {
         let runtime_dir = runtime_dir.to_path_buf();
         let cfg_path = match cfg.into() {
@@ -172,6 +198,9 @@ impl Hapmaster {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stderr.try_clone().unwrap()))
             .stderr(Stdio::from(stderr));
+        if let Some((fd, as_fd)) = pass {
+            pass_fd(&mut cmd, fd, as_fd);
+        }
         let child = cmd.spawn().expect("spawning hapmaster");
         let pid = child.id();
         Hapmaster {
@@ -514,6 +543,27 @@ pub fn hapmaster_command(runtime_dir: &Path, extra: &[&str], cfg: &Path) -> Comm
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null());
     cmd
+}
+
+/// Makes `cmd`'s process get `fd` as fd `as_fd`, inheritable (dup2 between fork and exec).
+pub fn pass_fd(cmd: &mut Command, fd: i32, as_fd: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only dup2 between fork and exec (async-signal-safe); dup2 leaves `as_fd`
+    // inheritable, as a shell's `exec 3<>` would.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would leave the close-on-exec flag set.
+            let done = if fd == as_fd {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, as_fd)
+            };
+            if done < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// One command on a master CLI socket, its answer read to the end; `Err` (saying which step) if

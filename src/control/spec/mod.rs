@@ -1,9 +1,12 @@
 //! `-S <path>[,mode,<octal>][,uid,<n>][,gid,<n>][,user,<name>][,group,<name>]`: where a control
-//! socket is bound and who may connect to it, and binding it safely.
+//! socket is bound and who may connect to it, and binding it safely; or `-S fd@<n>`, a listening
+//! socket the caller passes (`inherited`).
 //!
-//! Only unix sockets: an unauthenticated admin socket on the network is not offered.
+//! hapmaster binds only unix sockets: an unauthenticated admin socket on the network is not
+//! offered. A passed socket may be of any family: whoever passed it chose its address.
 
 mod bind;
+mod inherited;
 mod parse;
 
 use std::fmt;
@@ -12,6 +15,7 @@ use std::path::PathBuf;
 
 use crate::runtime_dir::SUN_PATH_MAX;
 pub use bind::bind;
+pub use inherited::{accept_any, adopt, inherited_fd_numbers, parse_fd, Family};
 pub use parse::parse_spec;
 
 /// The mode a control socket gets unless `mode,<octal>` says otherwise.
@@ -116,6 +120,19 @@ pub enum SpecError {
         path: PathBuf,
         source: io::Error,
     },
+    /// `fd@` without a number above 2.
+    BadFd {
+        arg: String,
+    },
+    /// `mode`, `user`, ... on `fd@<n>`: hapmaster did not create the socket.
+    OptionOnFd {
+        key: String,
+    },
+    /// `fd@<n>` that is not an open listening stream socket, or given twice.
+    NotAListener {
+        fd: i32,
+        what: String,
+    },
 }
 
 impl fmt::Display for SpecError {
@@ -210,6 +227,21 @@ impl fmt::Display for SpecError {
             Listen { path, source } => {
                 write!(f, "cannot listen on {}: {source}", path.display())
             }
+            BadFd { arg } => write!(
+                f,
+                "-S {arg}: give the number of an fd hapmaster inherits, 3 or above (0 to 2 are \
+                 stdin, stdout and stderr), e.g. -S fd@3"
+            ),
+            OptionOnFd { key } => write!(
+                f,
+                "-S option '{key}' does not apply to an fd@ socket: hapmaster did not create it; \
+                 set its permissions where it is bound"
+            ),
+            NotAListener { fd, what } => write!(
+                f,
+                "-S fd@{fd}: {what}; pass a listening stream socket (bound, then listen(2)) as \
+                 this fd"
+            ),
         }
     }
 }

@@ -101,7 +101,6 @@ fn parse_address(address: &str) -> Result<PathBuf, SpecError> {
         "udp6@",
         "quic4@",
         "quic6@",
-        "fd@",
         "sockpair@",
     ];
     if network_prefixes.iter().any(|p| address.starts_with(p)) || address.contains(':') {

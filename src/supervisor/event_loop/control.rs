@@ -11,11 +11,12 @@ use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
 
 use super::{Master, HANDOFF_TIMEOUT};
-use crate::control::answer::permission_denied_text;
+use crate::control::answer::{no_credentials_text, permission_denied_text};
 use crate::control::command::{
     help_text, no_such_worker_text, parse_request, shorten, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
+use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
 use crate::supervisor::admission::{self, Refusals};
 use crate::supervisor::forward::{Forward, Progress};
@@ -34,8 +35,66 @@ pub(super) struct ControlListener {
     pub internal: bool,
     /// A `-S` socket's file, removed at exit while it is still ours.
     pub placed: Option<crate::fs_at::Placed>,
+    /// Its peers have credentials (SO_PEERCRED: a unix socket). Not an inet `-S fd@<n>`'s,
+    /// whose clients are never privileged (`NO_PEER_UID`).
+    pub peer_credentials: bool,
     /// Clients refused a session here, for the log.
     pub refusals: Refusals,
+}
+
+/// The uid of a peer without credentials (an inet `-S fd@<n>` socket's): no user, so it runs
+/// the read-only commands only, whatever uid the master runs as.
+const NO_PEER_UID: u32 = u32::MAX;
+
+impl ControlListener {
+    /// The master CLI socket of one `-S` argument: bound at its path (made safely, see
+    /// `spec::bind`), or taken over from an inherited fd (`-S fd@<n>`, whose number must not be
+    /// in `taken`: fds already the master's; it is added).
+    pub fn open(
+        arg: &str,
+        staging: &crate::fs_at::Dir,
+        taken: &mut Vec<std::os::fd::RawFd>,
+    ) -> Result<ControlListener, SpecError> {
+        if let Some(fd) = spec::parse_fd(arg) {
+            let fd = fd?;
+            if taken.contains(&fd) {
+                return Err(SpecError::NotAListener {
+                    fd,
+                    what: "it is already the master's (another -S fd@, or systemd's LISTEN_FDS)"
+                        .into(),
+                });
+            }
+            let (listener, family) = spec::adopt(fd)?;
+            taken.push(fd);
+            log::info!(
+                "master CLI on fd@{fd}: a listening {family} stream socket{}",
+                if family.has_peer_credentials() {
+                    ""
+                } else {
+                    " (its clients have no credentials: read-only commands only)"
+                }
+            );
+            return Ok(ControlListener {
+                listener,
+                path: PathBuf::from(format!("fd@{fd}")),
+                internal: false,
+                placed: None,
+                peer_credentials: family.has_peer_credentials(),
+                refusals: Default::default(),
+            });
+        }
+        let spec = spec::parse_spec(arg)?;
+        let (listener, placed) = spec::bind(&spec, Some(staging))?;
+        log::info!("master CLI on {}", spec.path.display());
+        Ok(ControlListener {
+            listener,
+            path: spec.path,
+            internal: false,
+            placed: Some(placed),
+            peer_credentials: true,
+            refusals: Default::default(),
+        })
+    }
 }
 
 /// What running one command leaves the session doing.
@@ -65,8 +124,8 @@ impl Master<'_> {
             let Some(l) = self.listeners.get(index) else {
                 return;
             };
-            let (stream, internal) = match l.listener.accept() {
-                Ok((stream, _)) => (stream, l.internal),
+            let (stream, internal, credentials) = match spec::accept_any(&l.listener) {
+                Ok(stream) => (stream, l.internal, l.peer_credentials),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -74,14 +133,18 @@ impl Master<'_> {
                     return;
                 }
             };
-            let (pid, uid) = match getsockopt(&stream, PeerCredentials) {
-                Ok(c) => (c.pid(), c.uid()),
-                Err(e) => {
-                    log::warn!("control socket: cannot read the peer's credentials: {e}");
-                    continue;
+            let (pid, uid) = if !credentials {
+                (0, NO_PEER_UID)
+            } else {
+                match getsockopt(&stream, PeerCredentials) {
+                    Ok(c) => (c.pid(), c.uid()),
+                    Err(e) => {
+                        log::warn!("control socket: cannot read the peer's credentials: {e}");
+                        continue;
+                    }
                 }
             };
-            let privileged = may_change_state(uid);
+            let privileged = credentials && may_change_state(uid);
             if internal && !privileged {
                 log::warn!(
                     "{}: refused pid {pid} (uid {uid}): only root and the master's uid may use it",
@@ -265,11 +328,11 @@ impl Master<'_> {
         let request = parse_request(command);
         if request.changes_state() && !privileged {
             let master_uid = nix::unistd::geteuid().as_raw();
-            return Step::Answer(permission_denied_text(
-                &shorten(command),
-                master_uid,
-                peer_uid,
-            ));
+            return Step::Answer(if peer_uid == NO_PEER_UID {
+                no_credentials_text(&shorten(command), master_uid)
+            } else {
+                permission_denied_text(&shorten(command), master_uid, peer_uid)
+            });
         }
         match request {
             Request::Help => Step::Answer(help_text()),

@@ -148,20 +148,17 @@ pub fn run(
         path: runtime.master_socket(),
         internal: true,
         placed: None,
+        peer_credentials: true,
         refusals: Default::default(),
     }];
+    let mut taken: Vec<_> = passed
+        .iter()
+        .map(|(fd, _)| std::os::fd::AsRawFd::as_raw_fd(fd))
+        .collect();
     for arg in &opts.master_sockets {
-        let spec = crate::control::spec::parse_spec(arg).map_err(SetupError::ControlSocket)?;
-        let (listener, placed) =
-            crate::control::spec::bind(&spec, Some(&staging)).map_err(SetupError::ControlSocket)?;
-        log::info!("master CLI on {}", spec.path.display());
-        listeners.push(ControlListener {
-            listener,
-            path: spec.path,
-            internal: false,
-            placed: Some(placed),
-            refusals: Default::default(),
-        });
+        let listener =
+            ControlListener::open(arg, &staging, &mut taken).map_err(SetupError::ControlSocket)?;
+        listeners.push(listener);
     }
     let mut master = Master {
         opts,
