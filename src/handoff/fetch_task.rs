@@ -514,3 +514,98 @@ enum Advance {
     Finished,
     Blocked(PollFlags),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{IoSlice, Read, Write};
+
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+    use crate::handoff::wire::{encode_record, Record};
+
+    /// `fds` and their empty records as one message, as a server's batch.
+    fn send_batch(server: &UnixStream, fds: &[BorrowedFd<'_>]) {
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let mut data = Vec::new();
+        for _ in fds {
+            encode_record(&Record::default(), &mut data).unwrap();
+        }
+        let iov = [IoSlice::new(&data)];
+        let rights = [ControlMessage::ScmRights(&raw)];
+        sendmsg::<UnixAddr>(server.as_raw_fd(), &iov, &rights, MsgFlags::empty(), None).unwrap();
+    }
+
+    fn wants(progress: FetchProgress) -> PollFlags {
+        match progress {
+            FetchProgress::Wants(flags) => flags,
+            FetchProgress::Done(Ok(got)) => panic!("done with {} sockets", got.len()),
+            FetchProgress::Done(Err(e)) => panic!("{e}"),
+        }
+    }
+
+    /// A silent server leaves the task waiting, without blocking its caller; each step takes
+    /// what has come and acks it.
+    #[test]
+    fn steps_never_wait_for_the_server() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let mut task = FetchTask::on_stream(client, Duration::from_secs(5), start);
+        assert_eq!(wants(task.step(start)), PollFlags::POLLIN);
+        let mut command = [0u8; 10];
+        server.read_exact(&mut command).unwrap();
+        assert_eq!(&command, GETSOCKS_COMMAND);
+        server.write_all(&1i32.to_ne_bytes()).unwrap();
+        assert_eq!(wants(task.step(start)), PollFlags::POLLIN);
+        assert_eq!(task.stage(), FetchStage::ReceiveBatch);
+        let (held, _peer) = UnixStream::pair().unwrap();
+        send_batch(&server, &[held.as_fd()]);
+        match task.step(start) {
+            FetchProgress::Done(Ok(got)) => assert_eq!(got.len(), 1),
+            FetchProgress::Done(Err(e)) => panic!("{e}"),
+            FetchProgress::Wants(flags) => panic!("still waiting for {flags:?}"),
+        }
+        let mut ack = [0u8; 4];
+        server.read_exact(&mut ack).unwrap();
+        assert_eq!(i32::from_ne_bytes(ack), 0);
+    }
+
+    /// A server that stalls mid-transfer is given up at the wakeup, and the fds already received
+    /// are closed.
+    #[test]
+    fn a_stall_mid_transfer_is_a_timeout_that_closes_what_came() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let mut task = FetchTask::on_stream(client, Duration::from_secs(5), start);
+        server.write_all(&2i32.to_ne_bytes()).unwrap();
+        let (held, peer) = UnixStream::pair().unwrap();
+        send_batch(&server, &[held.as_fd()]);
+        drop(held);
+        assert_eq!(wants(task.step(start)), PollFlags::POLLIN);
+        assert_eq!(task.wakeup(), start + OPERATION_TIMEOUT);
+        match task.step(task.wakeup()) {
+            FetchProgress::Done(Err(FetchError::Timeout {
+                stage: FetchStage::ReceiveBatch,
+                timeout,
+                ..
+            })) => assert_eq!(timeout, OPERATION_TIMEOUT),
+            FetchProgress::Done(Err(e)) => panic!("{e}"),
+            FetchProgress::Done(Ok(_)) => panic!("done"),
+            FetchProgress::Wants(flags) => panic!("still waiting for {flags:?}"),
+        }
+        drop(task);
+        // The only other copy of `held` was the task's: its peer reads EOF.
+        assert_eq!((&peer).read(&mut [0u8; 1]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_refused_connect_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nothing.sock");
+        match FetchTask::connect(&path, Duration::from_secs(5), Instant::now()) {
+            Err(FetchError::Connect { path: p, .. }) => assert_eq!(p, path),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+    }
+}
