@@ -296,8 +296,8 @@ fn sockpair_stream(x: &Path, fd: &str) -> Result<UnixStream, String> {
 }
 
 /// `fake handoff-stall`: asks `_getsocks` on the `-x` channel one byte at a time, reads the
-/// count, then stalls
-/// until the master gives up on this conversation (closes it). The error to exit with.
+/// count, then stalls until the master gives up on this conversation (closes it). The error to
+/// exit with.
 fn stall_handoff(x: &Path, marker: Option<&Path>) -> String {
     let stream = match sockpair_fd(x) {
         None => UnixStream::connect(x).map_err(|e| format!("connect {}: {e}", x.display())),
