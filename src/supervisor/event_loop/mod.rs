@@ -568,9 +568,10 @@ impl Master<'_> {
                     let probe = r.probe.as_ref().and_then(|p| p.last_error());
                     let fetch = r.fetch.as_ref().map(|f| {
                         format!(
-                            "it answered; {} its listening sockets from {}",
-                            f.task.stage(),
-                            f.task.peer()
+                            "it answered; its listening sockets were still being taken from {} \
+                             ({})",
+                            f.task.peer(),
+                            f.task.stage()
                         )
                     });
                     probe.map(str::to_string).or(fetch)
