@@ -172,14 +172,13 @@ fn idle_sessions_leave_an_older_haproxys_handoff_its_socket() {
     let port = free_port();
     let dir = TestDir::new();
     let haproxy = dir.join("haproxy-2.5");
-    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
     std::fs::write(
         &haproxy,
-        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {fake} \"$@\"\n"),
+        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {FAKE_HAPROXY} \"$@\"\n"),
     )
     .unwrap();
     std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cfg = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
+    let cfg = fake_config::<&str>(port, &[]);
     let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
     hm.wait_serving(EVENT);
     let (inodes, new, idle) = reload_beside_idle_sessions(&mut hm, port);
@@ -627,21 +626,18 @@ fn a_trickling_client_is_cut_off() {
 #[test]
 fn a_reload_longer_than_the_cli_timeout_is_still_answered() {
     let port = free_port();
-    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
-    let config =
-        |fault: &str| format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n{fault}");
     let mut hm = Hapmaster::start_ready(
-        config(""),
+        fake_config::<&str>(port, &[]),
         &[
             "--haproxy",
-            fake,
+            FAKE_HAPROXY,
             "--cli-timeout",
             "1s",
             "--ready-timeout",
             "3s",
         ],
     );
-    hm.write_config(&config("fake hang\n"));
+    hm.write_config(&fake_config(port, &["hang"]));
     let started = Instant::now();
     let answer = cli_within(&master_sock(&hm.runtime_dir), "reload", EVENT);
     let took = started.elapsed();
@@ -688,17 +684,6 @@ fn a_getsocks_client_that_never_acks_delays_nothing_else() {
     assert!(hm.stop().success());
 }
 
-const FAKE: &str = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
-
-/// A config for the fake haproxy: one HTTP listener on 127.0.0.1:`port` and `fake <fault>` lines.
-fn fake_config(port: u16, faults: &[String]) -> String {
-    let mut c = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
-    for f in faults {
-        c.push_str(&format!("fake {f}\n"));
-    }
-    c
-}
-
 /// A reload to a fake haproxy worker that stalls the socket handoff with `fault` (a fault no
 /// real haproxy can be made to produce on demand): `show proc` answers within 100 ms while the
 /// master is in that conversation, and the reload fails, the old worker serving on.
@@ -711,9 +696,9 @@ fn stalled_handoff_delays_nothing_else(
     ended: impl Fn(u32) -> String,
 ) {
     let port = free_port();
-    let mut args = vec!["--haproxy", FAKE];
+    let mut args = vec!["--haproxy", FAKE_HAPROXY];
     args.extend_from_slice(extra);
-    let mut hm = Hapmaster::start(fake_config(port, &[]), &args);
+    let mut hm = Hapmaster::start(fake_config::<&str>(port, &[]), &args);
     let old = hm.wait_serving(EVENT);
     let master = master_sock(&hm.runtime_dir);
     let marker = hm.dir().join("stall-began");
