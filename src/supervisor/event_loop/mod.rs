@@ -23,8 +23,9 @@
 //!   (`sessions.rs`): it is read only while it has no line to run and has read its answers
 //!   (backpressure), its commands run one at a time while its unwritten output is below a mark
 //!   (`run_sessions` each turn runs those that regained room; the poll does not wait while one
-//!   can run), and `--cli-timeout` bounds each command line in all; `supervisor/admission.rs`
-//!   decides who gets a session on a `-S` socket. `await_reload.rs`: which reload a
+//!   can run), a forwarded `@` answer is streamed, read from the worker only as far as the
+//!   client has room (`supervisor/forward.rs`), and `--cli-timeout` bounds each command line in
+//!   all; `supervisor/admission.rs` decides who gets a session on a `-S` socket. `await_reload.rs`: which reload a
 //!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
 //!   store; `last_good.rs`: configuration copies.
 //!
@@ -37,8 +38,7 @@
 //! the task has answered).
 //! `wait` polls the fds a task wants, `poll_timeout` includes its deadline, and when it ends it
 //! pushes its outcome as an `Event` (the probe's answer starts the fetch, whose end is
-//! `Event::WorkerReady` or `Event::WorkerFailed`); it never
-//! calls `State::decide` itself. How long the master waits for a worker is a state timer (as
+//! `Event::WorkerReady` or `Event::WorkerFailed`); it never calls `State::decide` itself. How long the master waits for a worker is a state timer (as
 //! `Timer::Ready` bounds the probe), not the task's own.
 
 use std::collections::HashMap;
