@@ -55,6 +55,31 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// A unix stream connect that never waits: the connection is queued on the listener at once, or
+/// the listener's queue is full (EAGAIN), which is reported.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let addr = UnixAddr::new(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    loop {
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "its stats socket's accept queue is full (the worker is not accepting)",
+                ))
+            }
+            Err(errno) => return Err(errno.into()),
+            Ok(()) => return Ok(UnixStream::from(fd)),
+        }
+    }
+}
+
 /// A unix stream connect bounded by `timeout`: Linux bounds a connect() that waits for backlog
 /// room by SO_SNDTIMEO (and reports EAGAIN when it runs out: an `ErrorKind::TimedOut` here).
 /// The stream is blocking and close-on-exec; its write timeout is left at `timeout`.
