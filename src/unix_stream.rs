@@ -1,8 +1,8 @@
 //! Plumbing of bounded exchanges on unix stream sockets, shared by both sides of `_getsocks`
-//! (handoff::fetch, handoff::serve) and the control client: a peer's name for errors, a
-//! conversation deadline, a connect and a send that cannot hang or raise SIGPIPE.
+//! (handoff::fetch_task, handoff::serve) and the control client: a peer's name for errors, a
+//! connect and sends and receives that cannot hang or raise SIGPIPE, and the poll() the blocking
+//! drivers of the `_getsocks` tasks wait in.
 
-use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
 /// Both sides of the protocol use a 1 s socket timeout per operation, as haproxy does.
@@ -54,6 +55,31 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// A unix stream connect that never waits: the connection is queued on the listener at once, or
+/// the listener's queue is full (EAGAIN), which is reported.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let addr = UnixAddr::new(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    loop {
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "its stats socket's accept queue is full (the worker is not accepting)",
+                ))
+            }
+            Err(errno) => return Err(errno.into()),
+            Ok(()) => return Ok(UnixStream::from(fd)),
+        }
+    }
+}
+
 /// A unix stream connect bounded by `timeout`: Linux bounds a connect() that waits for backlog
 /// room by SO_SNDTIMEO (and reports EAGAIN when it runs out: an `ErrorKind::TimedOut` here).
 /// The stream is blocking and close-on-exec; its write timeout is left at `timeout`.
@@ -81,51 +107,6 @@ pub(crate) fn timed_out() -> io::Error {
     io::Error::from(io::ErrorKind::TimedOut)
 }
 
-/// The overall deadline of one conversation; each operation waits at most 1 s of it.
-pub(crate) struct Deadline {
-    end: Instant,
-    total: Duration,
-    /// The timeout `arm` last applied: what a timed-out operation actually waited.
-    armed: Cell<Option<Duration>>,
-}
-
-impl Deadline {
-    pub(crate) fn after(total: Duration) -> Deadline {
-        Deadline {
-            end: Instant::now() + total,
-            total,
-            armed: Cell::new(None),
-        }
-    }
-
-    pub(crate) fn total(&self) -> Duration {
-        self.total
-    }
-
-    /// How long the last armed operation could wait; what a socket timeout error means.
-    pub(crate) fn operation_waited(&self) -> Duration {
-        self.armed.get().unwrap_or(self.total)
-    }
-
-    /// `None` once the deadline has passed.
-    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
-        let left = self.end.checked_duration_since(Instant::now())?;
-        // A zero socket timeout means "forever": never let rounding produce one.
-        Some(left.min(OPERATION_TIMEOUT).max(Duration::from_millis(1)))
-    }
-
-    /// Applies the next operation's timeout to both directions of `stream`.
-    pub(crate) fn arm(&self, stream: &UnixStream) -> io::Result<bool> {
-        let Some(t) = self.operation_timeout() else {
-            return Ok(false);
-        };
-        stream.set_read_timeout(Some(t))?;
-        stream.set_write_timeout(Some(t))?;
-        self.armed.set(Some(t));
-        Ok(true)
-    }
-}
-
 /// `send` with MSG_NOSIGNAL so that a vanished peer is an EPIPE, not a SIGPIPE.
 pub(crate) fn send_nosignal(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     loop {
@@ -134,6 +115,46 @@ pub(crate) fn send_nosignal(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<us
             Err(errno) => return Err(errno.into()),
             Ok(n) => return Ok(n),
         }
+    }
+}
+
+/// `send` that never waits (MSG_DONTWAIT, whatever the socket's mode) and never raises SIGPIPE.
+pub(crate) fn send_dontwait(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        match socket::send(sock.as_raw_fd(), bytes, flags) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// `recv` that never waits (MSG_DONTWAIT, whatever the socket's mode).
+pub(crate) fn recv_dontwait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+pub(crate) fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Waits in poll() until `sock` is ready for `flags` or `until` has come (EINTR is a wake-up
+/// too): how the blocking drivers of the resumable `_getsocks` tasks wait between steps.
+pub(crate) fn wait_ready(sock: BorrowedFd<'_>, flags: PollFlags, until: Instant) -> io::Result<()> {
+    let left = until.saturating_duration_since(Instant::now());
+    let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    let mut fds = [PollFd::new(sock, flags)];
+    match nix::poll::poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    ) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(errno) => Err(errno.into()),
     }
 }
 

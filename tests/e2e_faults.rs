@@ -16,20 +16,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const FAKE: &str = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
-
-/// A config for the fake: one HTTP listener on 127.0.0.1:`port` and `fake <fault>` lines.
-fn fake_config(port: u16, faults: &[&str]) -> String {
-    let mut c = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
-    for f in faults {
-        c.push_str(&format!("fake {f}\n"));
-    }
-    c
-}
-
 /// hapmaster running the fake (in normal mode unless `faults` say otherwise).
 fn start_fake(port: u16, faults: &[&str], extra: &[&str]) -> Hapmaster {
-    let mut args = vec!["--haproxy", FAKE];
+    let mut args = vec!["--haproxy", FAKE_HAPROXY];
     args.extend_from_slice(extra);
     Hapmaster::start(fake_config(port, faults), &args)
 }
@@ -147,7 +136,7 @@ impl Baseline {
     /// A good reload after the fault: the new worker got the master's held sockets (the same
     /// inodes: it did not bind new ones). Returns the new worker.
     fn good_reload(&self, hm: &mut Hapmaster, old: u32, what: &str) -> u32 {
-        hm.write_config(&fake_config(self.port, &[]));
+        hm.write_config(&fake_config::<&str>(self.port, &[]));
         hm.signal(SIGUSR2);
         let new = wait_reload_ok(hm, old, what);
         let stderr = hm.stderr();

@@ -216,7 +216,9 @@ fn sigkill_worker_is_replaced_ports_stay_open() {
     // The request waits in the held socket's backlog until the replacement accepts it.
     conn.set_timeouts(EVENT).unwrap();
     assert_eq!(
-        conn.get().expect("request queued during the replacement"),
+        conn.get()
+            .expect("request queued during the replacement")
+            .body,
         HELLO
     );
 

@@ -172,14 +172,13 @@ fn idle_sessions_leave_an_older_haproxys_handoff_its_socket() {
     let port = free_port();
     let dir = TestDir::new();
     let haproxy = dir.join("haproxy-2.5");
-    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
     std::fs::write(
         &haproxy,
-        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {fake} \"$@\"\n"),
+        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {FAKE_HAPROXY} \"$@\"\n"),
     )
     .unwrap();
     std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cfg = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
+    let cfg = fake_config::<&str>(port, &[]);
     let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
     hm.wait_serving(EVENT);
     let (inodes, new, idle) = reload_beside_idle_sessions(&mut hm, port);
@@ -627,21 +626,18 @@ fn a_trickling_client_is_cut_off() {
 #[test]
 fn a_reload_longer_than_the_cli_timeout_is_still_answered() {
     let port = free_port();
-    let fake = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
-    let config =
-        |fault: &str| format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n{fault}");
     let mut hm = Hapmaster::start_ready(
-        config(""),
+        fake_config::<&str>(port, &[]),
         &[
             "--haproxy",
-            fake,
+            FAKE_HAPROXY,
             "--cli-timeout",
             "1s",
             "--ready-timeout",
             "3s",
         ],
     );
-    hm.write_config(&config("fake hang\n"));
+    hm.write_config(&fake_config(port, &["hang"]));
     let started = Instant::now();
     let answer = cli_within(&master_sock(&hm.runtime_dir), "reload", EVENT);
     let took = started.elapsed();
@@ -686,4 +682,90 @@ fn a_getsocks_client_that_never_acks_delays_nothing_else() {
     assert!(show.ok(), "{show}");
     drop(taker);
     assert!(hm.stop().success());
+}
+
+/// A reload to a fake haproxy worker that stalls the socket handoff with `fault` (a fault no
+/// real haproxy can be made to produce on demand): `show proc` answers within 100 ms while the
+/// master is in that conversation, and the reload fails, the old worker serving on.
+/// `ended`: what the master writes on its stderr, before it answers anyone else, once it has
+/// given up on the conversation with worker `pid`.
+fn stalled_handoff_delays_nothing_else(
+    fault: &str,
+    extra: &[&str],
+    what: &str,
+    ended: impl Fn(u32) -> String,
+) {
+    let port = free_port();
+    let mut args = vec!["--haproxy", FAKE_HAPROXY];
+    args.extend_from_slice(extra);
+    let mut hm = Hapmaster::start(fake_config::<&str>(port, &[]), &args);
+    let old = hm.wait_serving(EVENT);
+    let master = master_sock(&hm.runtime_dir);
+    let marker = hm.dir().join("stall-began");
+    let faults = [
+        fault.to_string(),
+        format!("stall-marker {}", marker.display()),
+    ];
+    hm.write_config(&fake_config(port, &faults));
+    hm.signal(SIGUSR2);
+    // The new worker writes its pid there once the master is in the stalled conversation.
+    let new: u32 = poll_until(EVENT, || {
+        std::fs::read_to_string(&marker).ok()?.trim().parse().ok()
+    })
+    .unwrap_or_else(|| panic!("{what}: the stall did not begin:\n{}", hm.stderr()));
+    let ended = ended(new);
+    let stalled = || -> Result<(), String> {
+        match hm.stderr().contains(&ended) {
+            true => Err(format!("the master has ended it ({ended:?})")),
+            false => Ok(()),
+        }
+    };
+    let show = during_stall(
+        &format!("show proc on master.sock while {what}"),
+        &stalled,
+        || show_proc_latency(&master),
+    );
+    let sent = Instant::now();
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
+    let reload = format!(
+        "reload: {:?} {:.1?} after the stall began",
+        notify_field(&d, "STATUS").unwrap_or(""),
+        sent.elapsed()
+    );
+    eprintln!("figures: {show}; {reload}");
+    assert!(show.ok(), "{show}; {reload}");
+    assert!(is_reload_failed(&d), "{reload}");
+    assert_eq!(worker_pid_in(&d), Some(old), "{reload}");
+    assert!(
+        hm.stderr().contains(&ended),
+        "{what}: no {ended:?} on stderr:\n{}",
+        hm.stderr()
+    );
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+}
+
+/// A new worker that trickles its sockets when the master takes them (one byte of their records
+/// every 600 ms, past the master's 5 s bound on the exchange).
+#[test]
+fn a_worker_trickling_its_sockets_delays_nothing_else() {
+    stalled_handoff_delays_nothing_else(
+        "getsocks-lie trickle",
+        &[],
+        "a new worker trickles its sockets",
+        |_| "could not take its listening sockets".to_string(),
+    );
+}
+
+/// A new worker that asks for the held sockets on its own channel one byte at a time, then
+/// never acks them.
+#[test]
+fn a_worker_stalling_its_handoff_delays_nothing_else() {
+    stalled_handoff_delays_nothing_else(
+        "handoff-stall",
+        // The end of a serve is a debug message.
+        &["-V"],
+        "a new worker stalls its handoff",
+        |pid| format!("listening sockets to worker pid {pid}"),
+    );
 }

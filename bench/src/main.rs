@@ -6,7 +6,6 @@
 //! cargo run --release -p reload-bench -- storm|ab|latency|handoff|crash|footprint|overhead ...
 //! ```
 
-mod load;
 mod methods;
 mod procfs;
 mod scenarios;

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::load::get_once;
+use hapmaster_loadgen::get_once;
+
 use crate::procfs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

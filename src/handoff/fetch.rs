@@ -2,21 +2,19 @@
 //!
 //! The peer is a `stats socket ... expose-fd listeners` of an old worker. That worker answers on
 //! its traffic thread and blocks up to 1 s per ack, so this side reads and acks without delay.
+//! The conversation itself is [`FetchTask`] (fetch_task.rs); this file has its errors, the
+//! blocking drivers, and the `recvmsg` that takes fds.
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::wire::{
-    complete_prefix, decode_records, Record, WireError, MAX_FDS_ACCEPTED_PER_MESSAGE,
-    MAX_RECORD_LEN,
-};
-use crate::unix_stream::{
-    connect_unix, is_disconnect, is_timeout, send_nosignal, timed_out, Deadline, Endpoint,
-};
+pub use super::fetch_task::{FetchProgress, FetchTask};
+use super::wire::{Record, WireError, MAX_FDS_ACCEPTED_PER_MESSAGE};
+use crate::unix_stream::{wait_ready, Endpoint};
 
 /// The command line a client sends, in one write.
 pub const GETSOCKS_COMMAND: &[u8] = b"_getsocks\n";
@@ -26,7 +24,7 @@ pub const GETSOCKS_COMMAND: &[u8] = b"_getsocks\n";
 pub const MAX_ANNOUNCED_FDS: usize = 1_000_000;
 
 /// How much of a text answer (instead of a socket count) is kept for the error.
-const MAX_TEXT_ANSWER: usize = 4096;
+pub(crate) const MAX_TEXT_ANSWER: usize = 4096;
 
 /// A socket received from the peer, with the metadata record that came with it.
 #[derive(Debug)]
@@ -253,6 +251,9 @@ impl std::error::Error for FetchError {
 /// [`FetchError::NothingExported`] means the peer closed without a count: the stats socket
 /// lacks `expose-fd listeners`, or the process has nothing to hand over.
 ///
+/// This drives a [`FetchTask`] to its end, waiting in poll(); a caller that must not block steps
+/// the task itself.
+///
 /// ```no_run
 /// use std::os::fd::AsFd;
 /// use std::path::Path;
@@ -269,36 +270,36 @@ impl std::error::Error for FetchError {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn fetch_sockets(path: &Path, timeout: Duration) -> Result<Vec<ReceivedSocket>, FetchError> {
-    let deadline = Deadline::after(timeout);
-    let stream = connect(path, &deadline).map_err(|source| FetchError::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Fetch {
-        stream: &stream,
-        peer: Endpoint::path(path),
-        deadline,
-    }
-    .run()
+    drive(FetchTask::connect(path, timeout, Instant::now())?)
 }
 
-/// Runs the client side of `_getsocks` on an already connected stream.
-///
-/// Changes the stream's read and write timeouts.
+/// Runs the client side of `_getsocks` on an already connected stream (a copy of it: the
+/// stream's mode and timeouts are left as they are).
 pub fn fetch_from_stream(
     stream: &UnixStream,
     timeout: Duration,
 ) -> Result<Vec<ReceivedSocket>, FetchError> {
-    Fetch {
-        stream,
+    let copy = stream.try_clone().map_err(|source| FetchError::Io {
         peer: Endpoint::peer_of(stream),
-        deadline: Deadline::after(timeout),
-    }
-    .run()
+        stage: FetchStage::SendCommand,
+        source,
+    })?;
+    drive(FetchTask::on_stream(copy, timeout, Instant::now()))
 }
 
-fn connect(path: &Path, deadline: &Deadline) -> io::Result<UnixStream> {
-    connect_unix(path, deadline.operation_timeout().ok_or_else(timed_out)?)
+/// Steps `task` to its end, waiting in poll() for what it needs.
+fn drive(mut task: FetchTask) -> Result<Vec<ReceivedSocket>, FetchError> {
+    loop {
+        let flags = match task.step(Instant::now()) {
+            FetchProgress::Done(result) => return result,
+            FetchProgress::Wants(flags) => flags,
+        };
+        wait_ready(task.fd(), flags, task.wakeup()).map_err(|source| FetchError::Io {
+            peer: task.peer().clone(),
+            stage: task.stage(),
+            source,
+        })?;
+    }
 }
 
 /// What one `recvmsg` brought. The fds are owned from the moment the call returned.
@@ -326,7 +327,7 @@ impl ControlBuffer {
     }
 }
 
-/// `recvmsg` with MSG_CMSG_CLOEXEC, retrying EINTR; every fd received is wrapped at once.
+/// `recvmsg` with MSG_CMSG_CLOEXEC that never waits (MSG_DONTWAIT), retrying EINTR; every fd received is wrapped at once.
 pub(crate) fn recv_with_fds(
     sock: BorrowedFd<'_>,
     data: &mut [u8],
@@ -344,7 +345,8 @@ pub(crate) fn recv_with_fds(
     msg.msg_controllen = control.len() as _;
     let bytes = loop {
         // SAFETY: msg describes buffers we own for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT;
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
         if n >= 0 {
             break n as usize;
         }
@@ -400,271 +402,6 @@ fn first_line(text: &str) -> String {
 }
 
 /// Printable ASCII and the whitespace a CLI answer contains.
-fn is_text_byte(b: u8) -> bool {
+pub(crate) fn is_text_byte(b: u8) -> bool {
     b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-struct Fetch<'a> {
-    stream: &'a UnixStream,
-    peer: Endpoint,
-    deadline: Deadline,
-}
-
-/// What has arrived so far of the batches.
-struct Progress {
-    announced: usize,
-    fds: Vec<OwnedFd>,
-    data: Vec<u8>,
-    /// Complete records at the front of `data`, and the bytes they span.
-    records: usize,
-    record_bytes: usize,
-}
-
-impl Progress {
-    fn complete(&self) -> bool {
-        self.fds.len() == self.announced && self.records >= self.announced
-    }
-
-    fn add_data(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
-        let (records, len) = complete_prefix(&self.data[self.record_bytes..]);
-        self.records += records;
-        self.record_bytes += len;
-    }
-}
-
-impl Fetch<'_> {
-    fn run(self) -> Result<Vec<ReceivedSocket>, FetchError> {
-        self.send_command()?;
-        let announced = self.read_count()?;
-        if announced == 0 {
-            // haproxy's own client takes a count of 0 as success with nothing to adopt.
-            return Ok(Vec::new());
-        }
-        let progress = self.receive_batches(announced)?;
-        let records =
-            decode_records(&progress.data, announced).map_err(|source| FetchError::Records {
-                peer: self.peer.clone(),
-                source,
-            })?;
-        Ok(progress
-            .fds
-            .into_iter()
-            .zip(records)
-            .map(|(fd, record)| ReceivedSocket { fd, record })
-            .collect())
-    }
-
-    fn sock(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
-    }
-
-    fn arm(&self, stage: FetchStage) -> Result<(), FetchError> {
-        match self.deadline.arm(self.stream) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.timeout(stage, self.deadline.total())),
-            Err(source) => Err(self.io(stage, source)),
-        }
-    }
-
-    /// `waited`: the whole conversation's budget when it ran out, else the one operation's.
-    fn timeout(&self, stage: FetchStage, waited: Duration) -> FetchError {
-        FetchError::Timeout {
-            peer: self.peer.clone(),
-            stage,
-            timeout: waited,
-        }
-    }
-
-    fn io(&self, stage: FetchStage, source: io::Error) -> FetchError {
-        if is_timeout(&source) {
-            return self.timeout(stage, self.deadline.operation_waited());
-        }
-        FetchError::Io {
-            peer: self.peer.clone(),
-            stage,
-            source,
-        }
-    }
-
-    fn send_command(&self) -> Result<(), FetchError> {
-        let stage = FetchStage::SendCommand;
-        self.arm(stage)?;
-        let sent = send_nosignal(self.sock(), GETSOCKS_COMMAND).map_err(|e| self.io(stage, e))?;
-        if sent != GETSOCKS_COMMAND.len() {
-            let short = io::Error::new(io::ErrorKind::WriteZero, "short write of the command");
-            return Err(self.io(stage, short));
-        }
-        Ok(())
-    }
-
-    fn read_count(&self) -> Result<usize, FetchError> {
-        let stage = FetchStage::ReadCount;
-        let mut count = [0u8; 4];
-        let mut got = 0;
-        let mut control = ControlBuffer::new();
-        while got < count.len() {
-            self.arm(stage)?;
-            // A 4-byte buffer keeps the first batch, which may follow at once, out of this read.
-            let received = recv_with_fds(self.sock(), &mut count[got..], &mut control)
-                .map_err(|e| self.io(stage, e))?;
-            self.check_control(&received, 0)?;
-            if !received.fds.is_empty() {
-                return Err(FetchError::FdsWithCount {
-                    peer: self.peer.clone(),
-                    fds: received.fds.len(),
-                });
-            }
-            if received.bytes == 0 {
-                return Err(self.eof_in_count(got));
-            }
-            got += received.bytes;
-        }
-        let value = i32::from_ne_bytes(count);
-        match usize::try_from(value) {
-            Ok(n) if n <= MAX_ANNOUNCED_FDS => Ok(n),
-            // No count in range has four text bytes (its high byte is 0): a CLI's answer, such
-            // as a refusal, instead of the protocol.
-            _ if count.iter().all(|b| is_text_byte(*b)) => Err(self.text_answer(&count)),
-            _ => Err(FetchError::BadCount {
-                peer: self.peer.clone(),
-                count: value,
-            }),
-        }
-    }
-
-    /// The rest of a text answer whose first bytes are `start`: what arrives until the peer
-    /// closes, up to [`MAX_TEXT_ANSWER`] bytes and within the deadline.
-    fn text_answer(&self, start: &[u8]) -> FetchError {
-        let mut text = start.to_vec();
-        let mut buf = [0u8; 512];
-        let mut control = ControlBuffer::new();
-        while text.len() < MAX_TEXT_ANSWER && self.arm(FetchStage::ReadCount).is_ok() {
-            // Any fd that came along is closed when `received` drops.
-            match recv_with_fds(self.sock(), &mut buf, &mut control) {
-                Ok(received) if received.bytes > 0 => {
-                    text.extend_from_slice(&buf[..received.bytes]);
-                }
-                _ => break,
-            }
-        }
-        text.truncate(MAX_TEXT_ANSWER);
-        FetchError::TextAnswer {
-            peer: self.peer.clone(),
-            text: String::from_utf8_lossy(&text).into_owned(),
-        }
-    }
-
-    fn eof_in_count(&self, bytes: usize) -> FetchError {
-        let peer = self.peer.clone();
-        if bytes == 0 {
-            FetchError::NothingExported { peer }
-        } else {
-            FetchError::TruncatedCount { peer, bytes }
-        }
-    }
-
-    fn check_control(&self, received: &Received, before: usize) -> Result<(), FetchError> {
-        if received.truncated {
-            return Err(FetchError::ControlTruncated {
-                peer: self.peer.clone(),
-                received: before + received.fds.len(),
-            });
-        }
-        if let Some((level, kind)) = received.foreign {
-            return Err(FetchError::ForeignControlMessage {
-                peer: self.peer.clone(),
-                level,
-                kind,
-            });
-        }
-        Ok(())
-    }
-
-    fn receive_batches(&self, announced: usize) -> Result<Progress, FetchError> {
-        let mut progress = Progress {
-            announced,
-            fds: Vec::with_capacity(announced.min(MAX_FDS_ACCEPTED_PER_MESSAGE)),
-            data: Vec::new(),
-            records: 0,
-            record_bytes: 0,
-        };
-        let mut buf = vec![0u8; MAX_FDS_ACCEPTED_PER_MESSAGE * MAX_RECORD_LEN];
-        let mut control = ControlBuffer::new();
-        while !progress.complete() {
-            self.arm(FetchStage::ReceiveBatch)?;
-            let received = recv_with_fds(self.sock(), &mut buf, &mut control)
-                .map_err(|e| self.io(FetchStage::ReceiveBatch, e))?;
-            if received.bytes == 0 && received.fds.is_empty() {
-                return self.eof_in_batches(progress);
-            }
-            let before = progress.fds.len();
-            self.accept_message(&mut progress, received, &buf)?;
-            self.send_ack(before, progress.complete())?;
-        }
-        Ok(progress)
-    }
-
-    fn accept_message(
-        &self,
-        progress: &mut Progress,
-        received: Received,
-        buf: &[u8],
-    ) -> Result<(), FetchError> {
-        let before = progress.fds.len();
-        self.check_control(&received, before)?;
-        // Data without fds is only the tail of a large batch the kernel split into several skbs.
-        if received.fds.is_empty() && progress.records >= before {
-            return Err(FetchError::DataWithoutFds {
-                peer: self.peer.clone(),
-                received: before,
-                bytes: received.bytes,
-            });
-        }
-        progress.fds.extend(received.fds);
-        if progress.fds.len() > progress.announced {
-            return Err(FetchError::TooManyFds {
-                peer: self.peer.clone(),
-                announced: progress.announced,
-                received: progress.fds.len(),
-            });
-        }
-        progress.add_data(&buf[..received.bytes]);
-        Ok(())
-    }
-
-    fn eof_in_batches(&self, progress: Progress) -> Result<Progress, FetchError> {
-        if progress.fds.len() < progress.announced {
-            return Err(FetchError::MissingFds {
-                peer: self.peer.clone(),
-                announced: progress.announced,
-                received: progress.fds.len(),
-            });
-        }
-        // All fds are here but their records are not: let the decoder say where they stop.
-        match decode_records(&progress.data, progress.announced) {
-            Err(source) => Err(FetchError::Records {
-                peer: self.peer.clone(),
-                source,
-            }),
-            Ok(_) => Ok(progress),
-        }
-    }
-
-    /// haproxy's client acks every read with the number of fds it had before that read.
-    fn send_ack(&self, before: usize, last: bool) -> Result<(), FetchError> {
-        let stage = FetchStage::SendAck;
-        self.arm(stage)?;
-        let ack = i32::try_from(before).unwrap_or(i32::MAX).to_ne_bytes();
-        match send_nosignal(self.sock(), &ack) {
-            Ok(4) => Ok(()),
-            // 1.8, 2.0 and 2.6 close right after the last batch without reading this ack.
-            Err(e) if last && is_disconnect(&e) => Ok(()),
-            Err(e) => Err(self.io(stage, e)),
-            Ok(_) => Err(self.io(
-                stage,
-                io::Error::new(io::ErrorKind::WriteZero, "short write of the ack"),
-            )),
-        }
-    }
 }

@@ -13,11 +13,14 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::PollFlags;
 use nix::sys::socket::{self, ControlMessage, MsgFlags, UnixAddr};
 
 use super::wire::{batch_ranges, encode_record, Record, WireError};
-use crate::unix_stream::{is_disconnect, Endpoint, OPERATION_TIMEOUT};
+use crate::unix_stream::{
+    is_disconnect, recv_dontwait as recv, send_dontwait as send, wait_ready, would_block, Endpoint,
+    OPERATION_TIMEOUT,
+};
 
 /// Longest command line we read; `_getsocks\r\n` is 11 bytes.
 const MAX_COMMAND_LEN: usize = 64;
@@ -215,28 +218,16 @@ fn serve(
 ) -> Result<ServeOutcome, ServeError> {
     let mut task = ServeTask::new(stream, sockets, timeout, read_command, Instant::now())?;
     loop {
-        let now = Instant::now();
-        let flags = match task.step(stream, sockets, now) {
+        let flags = match task.step(stream, sockets, Instant::now()) {
             ServeProgress::Done(result) => return result,
             ServeProgress::Wants(flags) => flags,
         };
-        let left = task.wakeup().saturating_duration_since(now);
-        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        let mut fds = [PollFd::new(stream.as_fd(), flags)];
-        match nix::poll::poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(errno) => {
-                return Err(ServeError::Io {
-                    at: task.at.clone(),
-                    stage: task.stage(),
-                    sent: task.sent,
-                    source: errno.into(),
-                })
-            }
-        }
+        wait_ready(stream.as_fd(), flags, task.wakeup()).map_err(|source| ServeError::Io {
+            at: task.at.clone(),
+            stage: task.stage(),
+            sent: task.sent,
+            source,
+        })?;
     }
 }
 
@@ -545,30 +536,6 @@ enum Advance {
     Progress,
     Finished,
     Blocked(PollFlags),
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
-            Err(Errno::EINTR) => continue,
-            other => return other.map_err(io::Error::from),
-        }
-    }
-}
-
-/// `send` that never waits and never raises SIGPIPE.
-fn send(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
-        match socket::send(fd.as_raw_fd(), bytes, flags) {
-            Err(Errno::EINTR) => continue,
-            other => return other.map_err(io::Error::from),
-        }
-    }
 }
 
 fn send_with_fds(

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
-use nix::sys::socket::{self, AddressFamily, Shutdown, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, Shutdown};
 
 use super::state::Pid;
 use crate::control::answer::CANNOT_REACH_WORKER;
-use crate::unix_stream::send_nosignal;
+use crate::unix_stream::{connect_nonblocking, send_nosignal};
 
 /// How long the worker may keep the master waiting: for the connection and the command, then
 /// between two parts of its answer. Time the client takes to read is not counted.
@@ -128,31 +128,6 @@ impl Forward {
 
 fn unreachable_text(pid: Pid, path: &Path, why: &str) -> String {
     format!("{CANNOT_REACH_WORKER} {pid}: {}: {why}\n", path.display())
-}
-
-/// A unix stream connect that never waits: the connection is queued on the listener at once, or
-/// the listener's queue is full (EAGAIN), which is reported.
-fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let addr = UnixAddr::new(path)?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    loop {
-        match socket::connect(fd.as_raw_fd(), &addr) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "its stats socket's accept queue is full (the worker is not accepting)",
-                ))
-            }
-            Err(errno) => return Err(errno.into()),
-            Ok(()) => return Ok(UnixStream::from(fd)),
-        }
-    }
 }
 
 #[cfg(test)]

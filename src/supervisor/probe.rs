@@ -3,13 +3,14 @@
 //! socket does not exist yet, and once connected the reply is awaited by poll, not by retries.
 //! It tries until it is dropped: how long a worker may take is the state's `Timer::Ready`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::state::Pid;
+use crate::unix_stream::{connect_nonblocking, send_nosignal};
 
 /// First retry delay; doubled up to `MAX_RETRY`. Short, because haproxy often binds within
 /// milliseconds and the probe's delay adds to every reload.
@@ -107,10 +108,15 @@ impl Probe {
     }
 
     fn connect(&mut self) -> io::Result<()> {
-        let mut stream = UnixStream::connect(&self.socket)?;
-        // Ten bytes into an empty socket buffer: this write cannot block.
-        stream.write_all(b"show info\n")?;
-        stream.set_nonblocking(true)?;
+        // A worker whose stats socket backlog is full is tried again later, not waited for.
+        let stream = connect_nonblocking(&self.socket)?;
+        // Ten bytes into an empty socket buffer go at once, or the worker is gone.
+        let command = b"show info\n";
+        if send_nosignal(stream.as_fd(), command)? != command.len() {
+            return Err(io::Error::other(
+                "the command did not fit in an empty socket buffer",
+            ));
+        }
         self.conn = Some((stream, Vec::new()));
         Ok(())
     }
@@ -155,6 +161,7 @@ pub fn reply_field(reply: &[u8], name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     #[test]

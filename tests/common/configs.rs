@@ -19,3 +19,16 @@ pub fn http_config(binds: &[String]) -> String {
     );
     c
 }
+
+/// The fake haproxy (tests/fake_haproxy): for faults a real haproxy cannot produce on demand.
+pub const FAKE_HAPROXY: &str = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
+
+/// A config for the fake haproxy: one HTTP listener on 127.0.0.1:`port` and a `fake <fault>`
+/// line per fault.
+pub fn fake_config<S: AsRef<str>>(port: u16, faults: &[S]) -> String {
+    let mut c = format!("# hapmaster-fake-haproxy\nfake listen 127.0.0.1:{port}\n");
+    for f in faults {
+        c.push_str(&format!("fake {}\n", f.as_ref()));
+    }
+    c
+}

@@ -265,12 +265,18 @@ impl Hapmaster {
         let mut buf = vec![0u8; 65536];
         match self.notify.recv(&mut buf) {
             Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            // EINTR too: a receive with SO_RCVTIMEO is not restarted after a stop signal.
             Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
             {
                 None
             }
-            Err(e) => panic!("notify socket recv: {e}"),
+            Err(e) => panic!("notify socket recv: {e} ({:?})", e.kind()),
         }
     }
 

@@ -5,9 +5,9 @@
 //! are bounded. Only processes this harness started (or whose pid hapmaster reported, checked by
 //! their start time) are ever signalled, by pid.
 //!
-//! Crates used besides std: `tempfile` for the test directories, and `libc` (already a dependency
-//! of hapmaster): for `kill(2)`, for `CLOCK_MONOTONIC`, and for a unix-socket `connect` bounded by
-//! `SO_SNDTIMEO`.
+//! Crates used besides std: `tempfile` for the test directories, `libc` (already a dependency of
+//! hapmaster) for `kill(2)` and `CLOCK_MONOTONIC`, and `hapmaster-loadgen` (loadgen/, this
+//! workspace's) for the HTTP client and the load generator, shared with the benchmark.
 #![allow(dead_code)]
 
 pub mod haproxy;

@@ -24,6 +24,11 @@
 //!   transfer fails ("Failed to get the sockets from the old process!", exit 1).
 //! - `fake getsocks-lie <lie>`: answers `_getsocks` on its stats socket (the master fetching
 //!   from it) with a lie, see [`Lie`].
+//! - `fake handoff-stall`: with `-x`, sends `_getsocks` one byte every 400 ms, reads the count,
+//!   then never acks nor reads on; once the master closes that connection, fails as
+//!   `reject-handoff` does.
+//! - `fake stall-marker <path>`: creates `<path>` once a stall (`handoff-stall`, the `trickle`
+//!   lie) has begun: the master is then in the middle of that conversation.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -72,6 +77,10 @@ enum Lie {
     Stall,
     /// Announces N, sends the first fd only, closes without waiting for the ack.
     CloseMid,
+    /// Announces N, sends the N fds with the first byte of their records, then one more byte
+    /// every 600 ms (from a thread of its own: the fake goes on answering): a client sees
+    /// progress, but the transfer lasts longer than its whole deadline.
+    Trickle,
 }
 
 impl Lie {
@@ -87,6 +96,7 @@ impl Lie {
             "no-acks" => Lie::NoAcks,
             "stall" => Lie::Stall,
             "close-mid" => Lie::CloseMid,
+            "trickle" => Lie::Trickle,
             _ => return None,
         })
     }
@@ -101,6 +111,8 @@ struct Config {
     ignore_sigterm: bool,
     exit_at_start: bool,
     reject_handoff: bool,
+    handoff_stall: bool,
+    stall_marker: Option<PathBuf>,
     lie: Option<Lie>,
 }
 
@@ -169,6 +181,8 @@ fn parse_file(path: &Path, cfg: &mut Config) -> Result<(), String> {
             ["fake", "ignore-sigterm"] => cfg.ignore_sigterm = true,
             ["fake", "exit-at-start"] => cfg.exit_at_start = true,
             ["fake", "reject-handoff"] => cfg.reject_handoff = true,
+            ["fake", "handoff-stall"] => cfg.handoff_stall = true,
+            ["fake", "stall-marker", path] => cfg.stall_marker = Some(PathBuf::from(path)),
             ["fake", "getsocks-lie", word] => {
                 cfg.lie = Some(
                     Lie::parse(word).ok_or_else(|| format!("{} : unknown lie '{word}'", at()))?,
@@ -251,11 +265,21 @@ fn takes_sockpair() -> bool {
 /// `-x <path>`, or `-x sockpair@N` as haproxy 2.6 does it: a socketpair, one end sent over the
 /// inherited fd N (two data bytes and the fd), `_getsocks` on the other.
 fn fetch_handoff(x: &Path) -> Result<Vec<ReceivedSocket>, String> {
-    // Before 2.6, `sockpair@N` is a path like any other (and fails).
+    match sockpair_fd(x) {
+        None => fetch_sockets(x, TIMEOUT).map_err(|e| e.to_string()),
+        Some(fd) => fetch_from_stream(&sockpair_stream(x, fd)?, TIMEOUT).map_err(|e| e.to_string()),
+    }
+}
+
+/// The N of `-x sockpair@N`, when this version takes it. Before 2.6, `sockpair@N` is a path like
+/// any other (and fails).
+fn sockpair_fd(x: &Path) -> Option<&str> {
     let sockpair = x.to_str().and_then(|x| x.strip_prefix("sockpair@"));
-    let Some(fd) = sockpair.filter(|_| takes_sockpair()) else {
-        return fetch_sockets(x, TIMEOUT).map_err(|e| e.to_string());
-    };
+    sockpair.filter(|_| takes_sockpair())
+}
+
+/// A socketpair whose other end went over the inherited fd `fd`: where `_getsocks` is asked.
+fn sockpair_stream(x: &Path, fd: &str) -> Result<UnixStream, String> {
     let fd: RawFd = fd.parse().map_err(|e| format!("-x {}: {e}", x.display()))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let raw = [theirs.as_raw_fd()];
@@ -268,12 +292,75 @@ fn fetch_handoff(x: &Path) -> Result<Vec<ReceivedSocket>, String> {
         )
     })?;
     drop(theirs);
-    fetch_from_stream(&ours, TIMEOUT).map_err(|e| e.to_string())
+    Ok(ours)
+}
+
+/// `fake handoff-stall`: asks `_getsocks` on the `-x` channel one byte at a time, reads the
+/// count, then stalls until the master gives up on this conversation (closes it). The error to
+/// exit with.
+fn stall_handoff(x: &Path, marker: Option<&Path>) -> String {
+    let stream = match sockpair_fd(x) {
+        None => UnixStream::connect(x).map_err(|e| format!("connect {}: {e}", x.display())),
+        Some(fd) => sockpair_stream(x, fd),
+    };
+    let stalled = stream.and_then(|mut stream| {
+        // The command one byte every 400 ms: the master's conversation lasts about as long as
+        // its whole bound on it (5 s), not just one operation's second.
+        for (i, byte) in b"_getsocks\n".iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            stream
+                .write_all(&[*byte])
+                .map_err(|e| format!("_getsocks: {e}"))?;
+            if i == 0 {
+                mark_stall(marker);
+            }
+        }
+        stream
+            .read_exact(&mut [0u8; 4])
+            .map_err(|e| format!("reading the count: {e}"))?;
+        notice("handoff-stall: got the socket count, not acking");
+        // POLLRDHUP: the master closed, whatever it had sent that this side never read. (nix's
+        // PollFlags has no POLLRDHUP.)
+        let mut p = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        while unsafe { libc::poll(&mut p, 1, -1) } < 1 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(format!("poll: {e}"));
+            }
+        }
+        Ok(())
+    });
+    format!(
+        "fake handoff-stall: {}, then: Failed to get the sockets from the old process!",
+        match stalled {
+            Ok(()) => "the master closed the handoff".to_string(),
+            Err(e) => e,
+        }
+    )
+}
+
+/// Creates the `fake stall-marker` file, if any: the stall has begun.
+fn mark_stall(marker: Option<&Path>) {
+    if let Some(path) = marker {
+        if let Err(e) = std::fs::write(path, format!("{}\n", pid())) {
+            warning(&format!("stall-marker {}: {e}", path.display()));
+        }
+    }
 }
 
 fn open_listeners(cfg: &Config) -> Result<Vec<TcpListener>, String> {
     let mut fetched: Vec<Option<OwnedFd>> = Vec::new();
     if let Some(path) = &cfg.handoff {
+        if cfg.handoff_stall {
+            return Err(stall_handoff(path, cfg.stall_marker.as_deref()));
+        }
         let received = fetch_handoff(path)
             .map_err(|e| format!("Failed to get the sockets from the old process! ({e})"))?;
         if cfg.reject_handoff {
@@ -502,9 +589,31 @@ impl Worker {
             Lie::CloseMid => {
                 send_count(&stream, n).and_then(|()| send_batch(&stream, &fds[..1], &records(1)))
             }
+            Lie::Trickle => {
+                let marker = self.cfg.stall_marker.clone();
+                send_count(&stream, n).and_then(|()| {
+                    let data = records(n);
+                    send_batch(&stream, &fds, &data[..1])?;
+                    mark_stall(marker.as_deref());
+                    // The fds are the worker's own, open as long as it runs.
+                    std::thread::spawn(move || trickle(&stream, &data[1..]));
+                    Ok(())
+                })
+            }
         };
         if let Err(e) = result {
             notice(&format!("_getsocks lie {lie:?}: {e}"));
+        }
+    }
+}
+
+/// One byte of `data` every 600 ms, until it is all out or the client has gone.
+fn trickle(stream: &UnixStream, data: &[u8]) {
+    for byte in data {
+        std::thread::sleep(Duration::from_millis(600));
+        if socket::send(stream.as_raw_fd(), &[*byte], MsgFlags::MSG_NOSIGNAL).is_err() {
+            notice("_getsocks trickle: the client has gone");
+            return;
         }
     }
 }

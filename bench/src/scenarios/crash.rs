@@ -2,11 +2,12 @@
 
 use std::fmt::Write as _;
 
+use hapmaster_loadgen::{FailKind, Load, LoadSpec};
+
 use super::{
-    kinds_cells, kinds_header, load_footer, load_header, secs, sleep_until, Plan, Section, Target,
-    REQ_TIMEOUT,
+    finish, kinds_cells, kinds_header, load_footer, load_header, secs, sleep_until, Plan, Section,
+    Target, REQ_TIMEOUT,
 };
-use crate::load::{FailKind, Load, LoadSpec};
 use crate::methods::{Env, Method, Running};
 use crate::procfs;
 use crate::svg::{self, Panel};
@@ -34,7 +35,7 @@ pub fn worker_crash(env: &Env, plan: &Plan) -> Result<Section, String> {
         let site = env.site(1, 4000)?;
         let mut running = Running::start(method, env, &site, secs(20.0))?;
         let spec = LoadSpec {
-            addr: site.addr,
+            targets: vec![site.addr.into()],
             clients: 20,
             keepalive: false,
             duration: secs(plan.crash_secs),
@@ -51,7 +52,7 @@ pub fn worker_crash(env: &Env, plan: &Plan) -> Result<Section, String> {
         let kill_ms = load.ms_now();
         procfs::kill(victim, libc::SIGKILL)?;
         sleep_until(load.started + secs(plan.crash_secs));
-        let r = load.finish()?;
+        let r = finish(load)?;
         let back = r
             .pid_first_ms
             .iter()

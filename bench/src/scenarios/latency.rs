@@ -49,7 +49,7 @@ fn measure_reloads(
         let wants_ready = method != Method::Naive;
         loop {
             if newpid.is_none() {
-                if let Ok(r) = crate::load::get_once(site.addr, Duration::from_secs(1)) {
+                if let Ok(r) = hapmaster_loadgen::get_once(site.addr, Duration::from_secs(1)) {
                     if r.pid.is_some_and(|p| p != old) {
                         newpid = Some(Instant::now() - sent.at);
                     }

@@ -13,7 +13,8 @@ use std::fmt::Write as _;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::load::{FailKind, LoadResult};
+use hapmaster_loadgen::{FailKind, Load, LoadResult};
+
 use crate::methods::Method;
 use crate::procfs;
 
@@ -100,6 +101,23 @@ pub struct Section {
 }
 
 const REQ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a stopped load may take to end the requests in flight (each step of one is bounded by
+/// [`REQ_TIMEOUT`]).
+const FINISH_WAIT: Duration = Duration::from_secs(60);
+
+/// Stops `load` and collects its result. A client still in a request after [`FINISH_WAIT`] (or one
+/// that panicked) makes the run an error of the benchmark, not a figure.
+fn finish(load: Load) -> Result<LoadResult, String> {
+    let r = load.finish(FINISH_WAIT);
+    if r.stuck > 0 {
+        return Err(format!(
+            "{} load clients did not end within {FINISH_WAIT:?} of the stop",
+            r.stuck
+        ));
+    }
+    Ok(r)
+}
 
 /// Prefix of a reload the method itself reported as failed: a result, not a benchmark error.
 const RELOAD_FAILED: &str = "reload failed";

@@ -3,24 +3,25 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use hapmaster_loadgen::{Load, LoadResult, LoadSpec};
+
 use super::{
-    load_footer, load_header, median, secs, sleep_until, Plan, Section, Target, REQ_TIMEOUT,
+    finish, load_footer, load_header, median, secs, sleep_until, Plan, Section, Target, REQ_TIMEOUT,
 };
-use crate::load::{Load, LoadResult, LoadSpec};
 use crate::methods::{wait_answer, Bare, Env, Method, Running};
 use crate::svg::{self, Panel};
 
 fn overhead_run(env: &Env, with_master: bool, spec: &LoadSpec) -> Result<LoadResult, String> {
     let site = env.site(1, 4000)?;
     let spec = LoadSpec {
-        addr: site.addr,
+        targets: vec![site.addr.into()],
         ..spec.clone()
     };
     if with_master {
         let running = Running::start(Method::Hapmaster, env, &site, secs(20.0))?;
         let r = Load::start(&spec)?;
         sleep_until(r.started + spec.duration);
-        let r = r.finish()?;
+        let r = finish(r)?;
         running.stop()?;
         Ok(r)
     } else {
@@ -30,7 +31,7 @@ fn overhead_run(env: &Env, with_master: bool, spec: &LoadSpec) -> Result<LoadRes
             .ok_or("bare haproxy does not answer")?;
         let r = Load::start(&spec)?;
         sleep_until(r.started + spec.duration);
-        r.finish()
+        finish(r)
     }
 }
 
@@ -51,7 +52,7 @@ pub fn overhead(env: &Env, plan: &Plan) -> Result<Section, String> {
     for keepalive in [false, true] {
         let mode = if keepalive { "keep-alive" } else { "new conn" };
         let spec = LoadSpec {
-            addr: "127.0.0.1:1".parse().map_err(|e| format!("address: {e}"))?,
+            targets: Vec::new(),
             clients: 20,
             keepalive,
             duration: secs(plan.overhead_secs),

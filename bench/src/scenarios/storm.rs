@@ -3,11 +3,12 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use hapmaster_loadgen::{Load, LoadResult, LoadSpec};
+
 use super::{
-    kinds_cells, kinds_header, load_footer, load_header, secs, sleep_until, Plan, Section, Target,
-    REQ_TIMEOUT,
+    finish, kinds_cells, kinds_header, load_footer, load_header, secs, sleep_until, Plan, Section,
+    Target, REQ_TIMEOUT,
 };
-use crate::load::{Load, LoadResult, LoadSpec};
 use crate::methods::{Env, Method, Running};
 use crate::svg::{self, Panel};
 
@@ -29,7 +30,7 @@ fn storm_once(
     let site = env.site(1, 4000)?;
     let mut running = Running::start(method, env, &site, secs(20.0))?;
     let spec = LoadSpec {
-        addr: site.addr,
+        targets: vec![site.addr.into()],
         duration: dur,
         ..spec.clone()
     };
@@ -52,7 +53,7 @@ fn storm_once(
         next = next.max(Instant::now());
     }
     sleep_until(load.started + dur);
-    let result = load.finish()?;
+    let result = finish(load)?;
     if running.exited() {
         errors.push(format!(
             "{} exited during the storm; log: {}",
@@ -104,7 +105,7 @@ pub fn reload_storm(env: &Env, plan: &Plan) -> Result<Section, String> {
             let mode = if keepalive { "keep-alive" } else { "new conn" };
             for method in plan.methods.clone() {
                 let spec = LoadSpec {
-                    addr: "127.0.0.1:1".parse().map_err(|e| format!("address: {e}"))?,
+                    targets: Vec::new(),
                     clients,
                     keepalive,
                     duration: secs(plan.storm_secs),

@@ -13,28 +13,32 @@
 //! - `timers.rs`: the one timer list. `State` arms every timer (`Action::Arm`) and decides what
 //!   a due one means (`Event::Timer`); the list keeps them, gives the poll timeout (the
 //!   earliest) and hands back the due ones.
-//! - `workers.rs`: one record per worker (`WorkerRuntime`: stderr, readiness probe, fetched
-//!   sockets, start-up output, version, reloads at spawn), made at spawn and dropped whole, with
-//!   the worker's timers, at `Action::Forget`.
+//! - `workers.rs`: one record per worker (`WorkerRuntime`: stderr, readiness probe, the socket
+//!   handoff tasks and fetched sockets, start-up output, version, reloads at spawn), made at
+//!   spawn and dropped whole, with the worker's timers, at `Action::Forget`.
+//! - `worker_tasks.rs`: the socket handoff with each worker, as tasks of its record: taking its
+//!   listening sockets once it answers (`fetch`), serving it the held ones on its own channel
+//!   (`handoff_serve`).
 //! - `control.rs`: the master CLI's sessions and commands. Every session is bounded
 //!   (`sessions.rs`): it is read only while it has no line to run and has read its answers
 //!   (backpressure), its commands run one at a time while its unwritten output is below a mark
 //!   (`run_sessions` each turn runs those that regained room; the poll does not wait while one
-//!   can run), and `--cli-timeout` bounds each command line in all; `supervisor/admission.rs`
-//!   decides who gets a session on a `-S` socket. `await_reload.rs`: which reload a
+//!   can run), a forwarded `@` answer is streamed, read from the worker only as far as the
+//!   client has room (`supervisor/forward.rs`), and `--cli-timeout` bounds each command line in
+//!   all; `supervisor/admission.rs` decides who gets a session on a `-S` socket. `await_reload.rs`: which reload a
 //!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
 //!   store; `last_good.rs`: configuration copies.
 //!
-//! Where a task goes: an exchange with a peer that takes more than one step (the probe, a
-//! forwarded `@` command, serving `_getsocks` to a client; fetching a worker's sockets, which is
-//! still a blocking call bounded in time) is a non-blocking state machine with its own deadline
-//! and buffers. One that talks to a worker lives in that worker's `WorkerRuntime`, as `probe` does
-//! (so it ends when the worker is forgotten); one that serves a client lives in its session
+//! Where a task goes: an exchange with a peer that takes more than one step (the probe, fetching
+//! a worker's sockets, serving `_getsocks` to a new worker or a client, a forwarded `@` command)
+//! is a non-blocking state machine with its own deadline and buffers. One that talks to a worker
+//! lives in that worker's `WorkerRuntime`, as `probe`, `fetch` and `handoff_serve` do (so it ends
+//! when the worker is forgotten or aborted); one that serves a client lives in its session
 //! (`Session::task`, stepped by `control::step_tasks`; the session runs its next command when
 //! the task has answered).
 //! `wait` polls the fds a task wants, `poll_timeout` includes its deadline, and when it ends it
-//! pushes its outcome as an `Event` (the probe's answer leads to `Event::WorkerReady`); it never
-//! calls `State::decide` itself. How long the master waits for a worker is a state timer (as
+//! pushes its outcome as an `Event` (the probe's answer starts the fetch, whose end is
+//! `Event::WorkerReady` or `Event::WorkerFailed`); it never calls `State::decide` itself. How long the master waits for a worker is a state timer (as
 //! `Timer::Ready` bounds the probe), not the task's own.
 
 use std::collections::HashMap;
@@ -61,11 +65,9 @@ use super::state::{Action, Event, Pid, Policy, ReloadKind, Signal, StartKind, St
 use super::upgrade::{Launch, Snapshot};
 use super::worker::{self, Handoff, WorkerSpec};
 use crate::fdstore::FdStore;
-use crate::handoff::channel::{Channel, Received};
-use crate::handoff::fetch::fetch_sockets;
+use crate::handoff::channel::Channel;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::named::NamedChannel;
-use crate::handoff::serve::serve_getsocks;
 use crate::handoff::sockpair::HandoffChannel;
 use crate::notify::Notifier;
 use crate::options::Options;
@@ -80,6 +82,7 @@ mod handover;
 mod last_good;
 mod queue;
 mod timers;
+mod worker_tasks;
 mod workers;
 
 use control::ControlListener;
@@ -280,6 +283,9 @@ enum Token {
     Probe,
     /// A new worker's own `-x` channel.
     Handoff(Pid),
+    /// A worker's task (taking its sockets, serving it the held ones) has what it waits for
+    /// (stepped below in any case).
+    WorkerTask,
     Output(Pid),
     Session(u64),
     /// A session's task has what it waits for (stepped below in any case).
@@ -312,6 +318,14 @@ impl Master<'_> {
             if let Some(channel) = &record.handoff {
                 tokens.push(Token::Handoff(pid));
                 fds.push(PollFd::new(channel.poll_fd(), PollFlags::POLLIN));
+            }
+            if let Some(fetch) = &record.fetch {
+                tokens.push(Token::WorkerTask);
+                fds.push(PollFd::new(fetch.task.fd(), fetch.wants));
+            }
+            if let Some(serve) = &record.handoff_serve {
+                tokens.push(Token::WorkerTask);
+                fds.push(PollFd::new(serve.stream.as_fd(), serve.wants));
             }
             if let Some(fd) = record.output.fd() {
                 tokens.push(Token::Output(pid));
@@ -372,7 +386,7 @@ impl Master<'_> {
                 Token::Signals => self.handle_signals(),
                 Token::Listener(i) => self.accept_clients(i),
                 // Stepped below in any case.
-                Token::Probe => {}
+                Token::Probe | Token::WorkerTask => {}
                 Token::Handoff(pid) => self.hand_over_to(pid),
                 Token::Output(pid) => {
                     if let Some(record) = self.workers.get_mut(pid) {
@@ -389,6 +403,7 @@ impl Master<'_> {
         }
         let now = Instant::now();
         self.step_probes(now);
+        self.step_worker_tasks(now);
         self.step_tasks(now);
         self.run_sessions();
         self.fire_timers(now);
@@ -411,6 +426,10 @@ impl Master<'_> {
             self.workers
                 .iter()
                 .filter_map(|(_, r)| r.probe.as_ref().and_then(Probe::wakeup))
+                .min(),
+            self.workers
+                .iter()
+                .filter_map(|(_, r)| r.task_wakeup())
                 .min(),
             self.timers.earliest(),
             self.sessions
@@ -529,52 +548,8 @@ impl Master<'_> {
             Progress::Ready => {
                 record.version = probe.version().map(str::to_string);
                 record.probe = None;
-                self.take_sockets_of(pid);
+                self.start_fetch(pid, now);
             }
-        }
-    }
-
-    /// A worker that answers is ready once the master holds its listening sockets.
-    fn take_sockets_of(&mut self, pid: Pid) {
-        let Some(generation) = self.state.worker(pid).map(|w| w.generation) else {
-            return;
-        };
-        let path = self.runtime.worker_socket(generation);
-        let runtime = self.runtime;
-        // The worker-private stats sockets die with their worker; holding a copy would keep a
-        // socket alive that nobody answers on.
-        let fetched = fetch_sockets(&path, HANDOFF_TIMEOUT)
-            .map_err(|e| e.to_string())
-            .and_then(|received| {
-                HeldSet::from_received(received, |info| {
-                    info.unix_path
-                        .as_deref()
-                        .is_some_and(|p| runtime.is_worker_socket_name(p))
-                })
-                .map_err(|e| format!("{e}; the worker does not speak haproxy's _getsocks protocol"))
-            });
-        match fetched {
-            Ok(set) => {
-                if let Err(e) = self.fire_first_ready(pid) {
-                    // Dropping `set` closes the copies; the worker is stopped as a failed start.
-                    self.push(Event::WorkerFailed {
-                        pid,
-                        reason: format!("it is ready, but {e}"),
-                    });
-                    return;
-                }
-                if let Some(record) = self.workers.get_mut(pid) {
-                    record.fetched = Some(set);
-                }
-                self.push(Event::WorkerReady { pid });
-            }
-            Err(e) => self.push(Event::WorkerFailed {
-                pid,
-                reason: format!(
-                    "could not take its listening sockets from {}: {e}",
-                    path.display()
-                ),
-            }),
         }
     }
 
@@ -594,12 +569,18 @@ impl Master<'_> {
     fn fire_timers(&mut self, now: Instant) {
         for timer in self.timers.take_due(now) {
             let detail = match timer {
-                Timer::Ready { pid } => self
-                    .workers
-                    .get(pid)
-                    .and_then(|r| r.probe.as_ref())
-                    .and_then(|p| p.last_error())
-                    .map(str::to_string),
+                Timer::Ready { pid } => self.workers.get(pid).and_then(|r| {
+                    let probe = r.probe.as_ref().and_then(|p| p.last_error());
+                    let fetch = r.fetch.as_ref().map(|f| {
+                        format!(
+                            "it answered; its listening sockets were still being taken from {} \
+                             ({})",
+                            f.task.peer(),
+                            f.task.stage()
+                        )
+                    });
+                    probe.map(str::to_string).or(fetch)
+                }),
                 _ => None,
             };
             self.push(Event::Timer { timer, detail });
@@ -624,6 +605,8 @@ impl Master<'_> {
             Action::Abort { pid } => {
                 if let Some(record) = self.workers.get_mut(pid) {
                     record.probe = None;
+                    record.fetch = None;
+                    record.handoff_serve = None;
                 }
                 self.send_signal(pid, Signal::Terminate);
             }
@@ -798,44 +781,6 @@ impl Master<'_> {
         let name = crate::runtime_dir::handoff_socket_name(generation);
         let channel = NamedChannel::bind(dir, std::ffi::OsStr::new(&name))?;
         Ok(Some((Channel::Named(channel), None)))
-    }
-
-    /// The new worker `pid` sent (or connected) the socket it asks `_getsocks` on: the held
-    /// sockets go to it.
-    /// The serve is still blocking, bounded by `HANDOFF_TIMEOUT`, but only this worker can be
-    /// at the other end, never a CLI client.
-    fn hand_over_to(&mut self, pid: Pid) {
-        let Some(record) = self.workers.get_mut(pid) else {
-            return;
-        };
-        let Some(channel) = &record.handoff else {
-            return;
-        };
-        let stream = match channel.receive(pid) {
-            Received::Pending => return,
-            Received::Connection(stream) => stream,
-            Received::Closed(why) => {
-                // Its exit or its readiness timeout tells the rest.
-                log::debug!("worker pid {pid}: {why}");
-                record.handoff = None;
-                return;
-            }
-        };
-        record.handoff = None;
-        let result = stream
-            .set_nonblocking(false)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                serve_getsocks(&stream, &self.held.as_serve_list(), HANDOFF_TIMEOUT)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(outcome) => log::debug!(
-                "handed {} listening sockets to worker pid {pid} over its own channel",
-                outcome.sent
-            ),
-            Err(e) => log::warn!("handing the listening sockets to worker pid {pid} failed: {e}"),
-        }
     }
 
     /// Worker `generation` was not started: its files go, and the state hears why.

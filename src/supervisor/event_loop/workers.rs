@@ -4,14 +4,21 @@
 //! holds, when the state forgets the worker (`Action::Forget`): nothing of a worker is kept in a
 //! map of its own, so nothing of it can be left behind.
 //!
-//! A task that talks to one worker (the readiness probe now; fetching its sockets or a forwarded
-//! `@` command once they are tasks) belongs in its record: it then ends with the worker, and the
-//! loop polls it through `Workers::poll_fds`.
+//! A task that talks to one worker (the readiness probe, fetching its listening sockets, serving
+//! it the held ones on its own channel) belongs in its record: it then ends with the worker. The
+//! loop polls what each wants (`Master::wait`), wakes for its deadline (`poll_timeout`) and steps
+//! it (`Master::step_worker_tasks`).
 
 use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+
+use nix::poll::PollFlags;
 
 use crate::handoff::channel::Channel;
+use crate::handoff::fetch::FetchTask;
 use crate::handoff::listeners::HeldSet;
+use crate::handoff::serve::ServeTask;
 use crate::supervisor::output::Output;
 use crate::supervisor::probe::Probe;
 use crate::supervisor::state::{Generation, Pid};
@@ -24,6 +31,10 @@ pub(super) struct WorkerRuntime {
     pub probe: Option<Probe>,
     /// Its own `-x` channel, until it asked for the held sockets over it.
     pub handoff: Option<Channel>,
+    /// Serving it the held sockets over that channel.
+    pub handoff_serve: Option<HandoffServe>,
+    /// Taking its listening sockets, once it answered the probe.
+    pub fetch: Option<Fetching>,
     /// Its listening sockets, fetched once it answered, until the state commits them.
     pub fetched: Option<HeldSet>,
     /// What it said while starting, kept once it is ready until a reload's answer takes it.
@@ -41,11 +52,40 @@ impl WorkerRuntime {
             output,
             probe: None,
             handoff: None,
+            handoff_serve: None,
+            fetch: None,
             fetched: None,
             startup: None,
             version: None,
             reloads_at_spawn,
         }
+    }
+}
+
+/// The `_getsocks` conversation that takes a worker's listening sockets.
+pub(super) struct Fetching {
+    pub task: FetchTask,
+    /// What its stream waits for next.
+    pub wants: PollFlags,
+}
+
+/// The `_getsocks` conversation that hands the held sockets to a new worker on its own channel.
+pub(super) struct HandoffServe {
+    pub stream: UnixStream,
+    pub task: ServeTask,
+    /// The set it serves, open until the conversation ends even if the master holds another by
+    /// then.
+    pub held: Rc<HeldSet>,
+    /// What its stream waits for next.
+    pub wants: PollFlags,
+}
+
+impl WorkerRuntime {
+    /// When its socket handoff tasks must be stepped even if their streams say nothing.
+    pub(super) fn task_wakeup(&self) -> Option<std::time::Instant> {
+        let fetch = self.fetch.as_ref().map(|f| f.task.wakeup());
+        let serve = self.handoff_serve.as_ref().map(|s| s.task.wakeup());
+        fetch.into_iter().chain(serve).min()
     }
 }
 

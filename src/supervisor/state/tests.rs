@@ -14,6 +14,15 @@ fn fired(timer: Timer) -> Event {
     }
 }
 
+/// Worker `pid` was reaped with this status text and exit code.
+fn reaped(pid: Pid, status: &str, code: i32) -> Event {
+    Event::WorkerExited {
+        pid,
+        status: status.into(),
+        code,
+    }
+}
+
 fn spawn_gen(actions: &[Action]) -> Option<Generation> {
     actions.iter().find_map(|a| match a {
         Action::Spawn { generation, .. } => Some(*generation),
@@ -81,14 +90,7 @@ fn reload_soft_stops_old_after_new_is_ready() {
     assert!(has(&a, |a| *a == Action::CommitSockets { pid: 11 }));
     assert_eq!(s.current().unwrap().pid, 11);
     assert_eq!(s.worker(10).unwrap().role, Role::Draining);
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 10,
-            status: "exit 0".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(10, "exit 0", 0), t);
     assert!(has(&a, |a| *a
         == Action::Forget {
             pid: 10,
@@ -102,14 +104,7 @@ fn failed_reload_leaves_old_worker_alone() {
     let t = Instant::now();
     let mut s = running(10, t);
     start_reload(&mut s, 11, t);
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 11,
-            status: "exit 1".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(11, "exit 1", 0), t);
     assert!(!has(&a, |a| matches!(a, Action::Signal { pid: 10, .. })));
     assert!(has(
         &a,
@@ -136,14 +131,7 @@ fn ready_timeout_aborts_new_worker() {
         |a| matches!(a, Action::NotifyReady { status, .. } if status.starts_with("Reload failed"))
     ));
     // Its later exit is only forgotten.
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 11,
-            status: "signal 15".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(11, "signal 15", 0), t);
     assert_eq!(a.len(), 2, "{a:?}");
     assert_eq!(s.current().unwrap().pid, 10);
 }
@@ -187,14 +175,7 @@ fn reloads_during_a_reload_coalesce_into_one() {
 fn crash_is_replaced_at_once_then_backs_off() {
     let t = Instant::now();
     let mut s = running(10, t);
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 10,
-            status: "signal 9".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(10, "signal 9", 0), t);
     assert!(has(&a, |a| matches!(
         a,
         Action::Spawn {
@@ -211,14 +192,7 @@ fn crash_is_replaced_at_once_then_backs_off() {
         t,
     );
     s.decide(Event::WorkerReady { pid: 11 }, t);
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 11,
-            status: "signal 9".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(11, "signal 9", 0), t);
     assert!(has(&a, |a| *a
         == Action::Arm {
             at: t + Duration::from_millis(100),
@@ -235,14 +209,7 @@ fn stable_worker_resets_backoff() {
     let mut s = running(10, t);
     s.crash_streak = 5;
     let later = t + STABLE_AFTER;
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 10,
-            status: "signal 9".into(),
-            code: 0,
-        },
-        later,
-    );
+    let a = s.decide(reaped(10, "signal 9", 0), later);
     assert!(spawn_gen(&a).is_some(), "{a:?}");
 }
 
@@ -266,14 +233,7 @@ fn initial_failure_exits_nonzero() {
         },
         t,
     );
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 10,
-            status: "exit 1".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(10, "exit 1", 0), t);
     assert!(has(&a, |a| *a == Action::Exit { code: 1 }), "{a:?}");
     assert!(
         logs(&a).contains(&"stopping: no worker left to signal"),
@@ -317,14 +277,7 @@ fn stop_terminates_all_and_exits_when_reaped() {
             at: t + STOP_GRACE,
             timer: Timer::Stop
         }));
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 11,
-            status: "exit 0".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(11, "exit 0", 0), t);
     assert!(!has(&a, |a| matches!(
         a,
         Action::Exit { .. } | Action::Spawn { .. }
@@ -337,14 +290,7 @@ fn stop_terminates_all_and_exits_when_reaped() {
             signal: Signal::Kill
         }
     );
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 10,
-            status: "signal 9".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(10, "signal 9", 0), t);
     assert!(has(&a, |a| *a == Action::Exit { code: 0 }));
     assert!(s
         .decide(Event::ReloadRequested(ReloadKind::Soft), t)
@@ -420,14 +366,7 @@ fn new_worker_dying_while_old_drains_keeps_serving_state() {
     let mut s = running(10, t);
     reload_to(&mut s, 11, t);
     // The new current worker crashes while the old one is still draining.
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 11,
-            status: "signal 11".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(11, "signal 11", 0), t);
     assert!(has(&a, |a| matches!(
         a,
         Action::Spawn {
@@ -443,14 +382,7 @@ fn current_dying_during_reload_waits_for_the_new_worker() {
     let t = Instant::now();
     let mut s = running(10, t);
     start_reload(&mut s, 11, t);
-    let a = s.decide(
-        Event::WorkerExited {
-            pid: 10,
-            status: "signal 9".into(),
-            code: 0,
-        },
-        t,
-    );
+    let a = s.decide(reaped(10, "signal 9", 0), t);
     assert!(spawn_gen(&a).is_none(), "the starting worker takes over");
     let a = s.decide(
         Event::WorkerFailed {
@@ -518,16 +450,7 @@ fn a_reload_queued_behind_a_failed_replacement_is_run_and_answered() {
 fn orphans_are_ignored() {
     let t = Instant::now();
     let mut s = running(10, t);
-    assert!(s
-        .decide(
-            Event::WorkerExited {
-                pid: 999,
-                status: "exit 0".into(),
-                code: 0,
-            },
-            t
-        )
-        .is_empty());
+    assert!(s.decide(reaped(999, "exit 0", 0), t).is_empty());
 }
 
 fn running_with(policy: Policy, pid: Pid, t: Instant) -> State {
