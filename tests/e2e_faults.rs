@@ -398,9 +398,11 @@ fn hostile_handoff_clients() {
     let sock = hm.runtime_dir.join("master.sock");
     let mut worker = base.worker;
 
-    // A command the master CLI does not know: answered with the command list, then closed.
+    // A command the master CLI does not know: answered with the command list, then closed
+    // (the client closed its side, as `socat` does).
     let (mut c, t) = connect_handoff(&sock);
     c.write_all(b"show info\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
     let (got, took) = read_until_closed(&mut c, t);
     let got = String::from_utf8_lossy(&got);
     assert!(got.contains("Unknown command"), "garbage command: {got:?}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::access::{connect_refusal_hint, getsocks_connect_refusal, refusal_message};
 use crate::control::answer::{refusal, verdict, Refusal, Verdict};
-use crate::control::command::{parse_request, shorten, split_line};
+use crate::control::command::{parse_request, shorten, split_line, Request, Target};
 use crate::handoff::fetch::FetchError;
 use crate::options::parse_duration;
 use crate::runtime_dir::{RuntimeDir, MASTER_SOCKET};
@@ -318,11 +318,17 @@ pub fn getsocks_failure(path: &Path, e: &FetchError) -> (u8, String) {
     }
 }
 
-/// Whether the master runs any command of `line` only for root and its own user.
+/// Whether the master runs any command of `line` only for root and its own user (a command
+/// after an `@<worker>` alone goes to that worker).
 fn is_privileged(line: &str) -> bool {
-    split_line(line)
-        .iter()
-        .any(|c| parse_request(c).changes_state())
+    let mut default = Target::Master;
+    split_line(line).iter().any(|c| {
+        let request = parse_request(c, default);
+        if let Request::SetTarget { target, .. } = request {
+            default = target;
+        }
+        request.changes_state()
+    })
 }
 
 #[derive(Debug)]

@@ -1,12 +1,16 @@
 //! The control socket's command language, parsed: pure, no I/O.
 //!
-//! Words and shapes follow haproxy's master CLI: commands separated by `;` (`\;` for a literal
-//! one), `@1 <command>` for the current worker, `@!<pid> <command>` for any live worker, `@` /
-//! `@0` / `@master` for the master itself.
+//! A line is read as haproxy's master CLI reads it (src/cli.c: `pcli_parse_request`): commands
+//! end at an unescaped `;`, a backslash keeps the byte after it (`\;`, `\\`, `\ `), and a
+//! command keeps its bytes, backslashes included: one sent to a worker (`@1 <command>`,
+//! `@!<pid> <command>`) reaches it as typed, and the worker's own parser unescapes it. The
+//! master's own commands are unescaped as haproxy's CLI parser does (`\x` → `x`). `@`, `@0`,
+//! `@master` name the master; a prefix alone makes its process the session's default target.
 
-use crate::control::answer::{
-    MISSING_COMMAND, NO_CURRENT_WORKER, ONE_PREFIX, TARGET_NOT_FOUND, UNKNOWN_COMMAND,
-};
+use crate::control::answer::{TARGET_NOT_FOUND, UNKNOWN_COMMAND};
+
+/// haproxy's `MAX_CLI_ARGS`: words past it are not split (their tabs stay tabs when forwarded).
+const MAX_CLI_ARGS: usize = 64;
 
 /// One request, as the master acts on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,11 +25,21 @@ pub enum Request {
     Getsocks,
     Prompt,
     Quit,
-    /// Sent as is to a worker's stats socket, its answer relayed.
+    /// `@<target>` alone: the session's commands go there from now on (haproxy's
+    /// `pcli_next_pid`); `word` is the prefix as sent.
+    SetTarget {
+        target: Target,
+        word: String,
+    },
+    /// Sent as is (escapes kept) to a worker's stats socket, its answer relayed. `prefix`: the
+    /// `@` word that named the worker; None when it is the session's default target.
     Forward {
         target: Target,
+        prefix: Option<String>,
         command: String,
     },
+    /// An `@` word that names no process: haproxy's line, [`bad_prefix_text`].
+    BadPrefix(String),
     /// Not a command: the complete answer to send (ends with a newline; the CLI's blank line
     /// that ends every answer is not included).
     Unknown(String),
@@ -57,13 +71,14 @@ impl Request {
             | Request::ShowListeners
             | Request::Prompt
             | Request::Quit
+            | Request::SetTarget { .. }
+            | Request::BadPrefix(_)
             | Request::Unknown(_) => false,
         }
     }
 }
 
-/// Splits one input line into commands: `;` separates them, `\;` stands for a literal `;`.
-/// Each command is trimmed; empty ones are dropped. Other backslashes are kept as they are.
+/// Splits one input line (without its newline) into commands, as [`next_command`] does.
 pub fn split_line(line: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut at = 0;
@@ -74,69 +89,132 @@ pub fn split_line(line: &str) -> Vec<String> {
     commands
 }
 
-/// The next command of `line` from byte `at` on, as [`split_line`] splits it, and where the one
-/// after it starts; None when no command is left. Lets the master take a line's commands one
-/// at a time (a line of 64 KiB can hold 32 000 of them).
-pub fn next_command(line: &str, mut at: usize) -> Option<(String, usize)> {
-    while at < line.len() {
-        let mut current = String::new();
-        let mut end = line.len();
-        let mut chars = line[at..].char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' if chars.peek().map(|&(_, c)| c) == Some(';') => {
-                    current.push(';');
-                    chars.next();
-                }
-                ';' => {
-                    end = at + i + 1;
-                    break;
-                }
-                _ => current.push(c),
-            }
-        }
-        let trimmed = current.trim();
-        if !trimmed.is_empty() {
-            return Some((trimmed.to_string(), end));
-        }
-        at = end;
+/// The next command of `line` from byte `at` on, and where the one after it starts; None when
+/// no command is left. A command ends at the first `;` not escaped by a backslash (a backslash
+/// and the byte after it are skipped together, so `\\;` is an escaped backslash and then the
+/// end); its bytes are kept as they are, untrimmed. Empty commands count, as in haproxy (an
+/// empty line, `a;;b`, `a;` are answered as unknown commands). Lets the master take a line's
+/// commands one at a time (a line of 64 KiB can hold 32 000 of them).
+pub fn next_command(line: &str, at: usize) -> Option<(String, usize)> {
+    if at > line.len() {
+        return None;
     }
-    None
+    let bytes = line.as_bytes();
+    let mut i = at;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            // `;` is ASCII: never inside a multi-byte character, so `i` is a char boundary.
+            b';' => return Some((line[at..i].to_string(), i + 1)),
+            _ => i += 1,
+        }
+    }
+    Some((line[at..].to_string(), line.len() + 1))
 }
 
-/// Parses one command (one element of [`split_line`]'s result).
-pub fn parse_request(cmd: &str) -> Request {
-    let cmd = cmd.trim();
-    let (prefix, rest) = match cmd.strip_prefix('@') {
-        None => return parse_master_command(cmd),
-        Some(_) => cmd
-            .split_once(char::is_whitespace)
-            .map_or((cmd, ""), |(p, r)| (p, r.trim())),
-    };
-    let target = match parse_prefix(prefix) {
-        Some(t) => t,
-        None => return Request::Unknown(target_not_found_text(prefix)),
-    };
-    if rest.is_empty() {
-        return Request::Unknown(format!(
-            "{MISSING_COMMAND} '{}': e.g. '{} show info'\n",
-            shorten(prefix),
-            shorten(prefix)
-        ));
-    }
-    match target {
-        Target::Master if rest.starts_with('@') => {
-            Request::Unknown(format!("{ONE_PREFIX}: '{}'\n", shorten(cmd)))
+/// The words of `cmd` as haproxy's master CLI finds them (byte ranges, escapes kept): split on
+/// spaces and tabs, a backslash keeping the byte after it in the word; at most
+/// [`MAX_CLI_ARGS`].
+fn words(cmd: &str) -> Vec<(usize, usize)> {
+    let bytes = cmd.as_bytes();
+    let blank = |b: u8| b == b' ' || b == b'\t';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < MAX_CLI_ARGS {
+        while i < bytes.len() && blank(bytes[i]) {
+            i += 1;
         }
-        Target::Master => parse_master_command(rest),
-        target => Request::Forward {
-            target,
-            command: rest.to_string(),
+        if i >= bytes.len() {
+            break;
+        }
+        let start = i;
+        while i < bytes.len() && !blank(bytes[i]) {
+            i += if bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        let end = i.min(bytes.len());
+        out.push((start, end));
+        // haproxy ends the word with a NUL over the byte after it.
+        i = end + 1;
+    }
+    out
+}
+
+/// What haproxy forwards of `cmd` from word `from` on (from the start of `cmd` when 0): the
+/// bytes as sent, except that the one blank ending each split word becomes a space (haproxy
+/// ends words with NULs, then turns every NUL into a space).
+fn forwarded(cmd: &str, words: &[(usize, usize)], from: usize) -> String {
+    let start = if from == 0 { 0 } else { words[from].0 };
+    let mut out = cmd.as_bytes().to_vec();
+    for &(_, end) in &words[from..] {
+        if out.get(end) == Some(&b'\t') {
+            out[end] = b' ';
+        }
+    }
+    // Only ASCII tabs were replaced: still UTF-8.
+    String::from_utf8(out.split_off(start)).expect("a tab replaced by a space keeps UTF-8")
+}
+
+/// The words of a command for the master itself, unescaped as haproxy's CLI parser does
+/// (`cli_parse_request`): `\\` is a backslash, `\x` is `x`.
+fn unescaped_words(cmd: &str) -> Vec<String> {
+    words(cmd)
+        .into_iter()
+        .map(|(start, end)| {
+            let mut word = String::new();
+            let mut chars = cmd[start..end].chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => word.extend(chars.next()),
+                    c => word.push(c),
+                }
+            }
+            word
+        })
+        .collect()
+}
+
+/// Parses one command (one element of [`split_line`]'s result); `default` is where a command
+/// without an `@` prefix goes (the master, or the worker an `@` alone chose).
+pub fn parse_request(cmd: &str, default: Target) -> Request {
+    let words = words(cmd);
+    let first = words.first().map(|&(s, e)| &cmd[s..e]);
+    match first {
+        Some(word) if word.starts_with('@') => {
+            let Some(target) = parse_prefix(word) else {
+                return Request::BadPrefix(word.to_string());
+            };
+            if words.len() == 1 {
+                return Request::SetTarget {
+                    target,
+                    word: word.to_string(),
+                };
+            }
+            let rest = forwarded(cmd, &words, 1);
+            match target {
+                Target::Master => parse_master_command(&rest),
+                target => Request::Forward {
+                    target,
+                    prefix: Some(word.to_string()),
+                    command: rest,
+                },
+            }
+        }
+        // Taken by the master whatever the target (haproxy's `pcli_find_and_exec_kw`).
+        Some("prompt") => Request::Prompt,
+        Some("quit") => Request::Quit,
+        _ => match default {
+            Target::Master => parse_master_command(cmd),
+            target => Request::Forward {
+                target,
+                prefix: None,
+                command: forwarded(cmd, &words, 0),
+            },
         },
     }
 }
 
-/// `@`, `@0`, `@master`, `@1`, `@!<pid>`; `None` for anything else.
+/// `@`, `@0`, `@master`, `@1`, `@!<pid>`; `None` for anything else (haproxy 2.5 and later know
+/// no other relative pid; `@@<pid>` is haproxy 3.2's, unknown before).
 fn parse_prefix(prefix: &str) -> Option<Target> {
     match prefix {
         "@" | "@0" | "@master" => Some(Target::Master),
@@ -154,27 +232,19 @@ fn parse_prefix(prefix: &str) -> Option<Target> {
     }
 }
 
-/// The answer when an `@` prefix names no process: haproxy's sentence, and what exists here.
-pub fn target_not_found_text(prefix: &str) -> String {
-    format!(
-        "{TARGET_NOT_FOUND} '{}': hapmaster has one current worker, \
-         @1; any live worker is @!<pid> (see 'show proc'); the master is @\n",
-        shorten(prefix)
-    )
+/// haproxy's answer when an `@` prefix names no process, byte for byte (no blank line after
+/// it: the master's proxy, not its CLI, says it).
+pub fn bad_prefix_text(word: &str) -> String {
+    format!("{TARGET_NOT_FOUND} '{word}'\n")
 }
 
-/// The answer when a `@!<pid>` names a pid that is not a live worker; for the session, which
-/// knows the workers.
-pub fn no_such_worker_text(target: Target) -> String {
-    match target {
-        Target::Pid(pid) => target_not_found_text(&format!("@!{pid}")),
-        Target::Current => format!("{NO_CURRENT_WORKER} (see 'show proc')\n"),
-        Target::Master => target_not_found_text("@"),
-    }
-}
+/// haproxy's answer when the session's default target (a worker's pid) is gone; the
+/// connection closes after it.
+pub const CANNOT_CONNECT: &str = "Can't connect to the target CLI!\n";
 
 fn parse_master_command(cmd: &str) -> Request {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let words = unescaped_words(cmd);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["help", ..] => Request::Help,
         ["show", "proc"] => Request::ShowProc,
@@ -183,12 +253,11 @@ fn parse_master_command(cmd: &str) -> Request {
         ["hard-reload"] => Request::HardReload,
         ["await-reload"] => Request::AwaitReload,
         ["_getsocks"] => Request::Getsocks,
-        ["prompt"] => Request::Prompt,
-        ["quit"] => Request::Quit,
-        _ => Request::Unknown(unknown_command_text(cmd)),
+        ["prompt", ..] => Request::Prompt,
+        ["quit", ..] => Request::Quit,
+        _ => Request::Unknown(unknown_command_text(cmd.trim())),
     }
 }
-
 /// At most 80 characters of `s`, printable, for quoting client input back in an answer.
 pub(crate) fn shorten(s: &str) -> String {
     let mut out: String = s
@@ -261,11 +330,16 @@ pub fn unknown_command_text(cmd: &str) -> String {
 mod tests {
     use super::*;
 
-    fn fwd(target: Target, command: &str) -> Request {
+    fn fwd(target: Target, prefix: &str, command: &str) -> Request {
         Request::Forward {
             target,
+            prefix: Some(prefix.to_string()),
             command: command.to_string(),
         }
+    }
+
+    fn parse(cmd: &str) -> Request {
+        parse_request(cmd, Target::Master)
     }
 
     #[test]
@@ -273,57 +347,183 @@ mod tests {
         assert_eq!(split_line("show proc"), vec!["show proc"]);
         assert_eq!(
             split_line(" show proc ; help;reload "),
-            vec!["show proc", "help", "reload"]
+            vec![" show proc ", " help", "reload "]
         );
-        assert!(split_line("").is_empty());
-        assert!(split_line("   \t ").is_empty());
-        assert!(split_line(";;").is_empty());
-        assert!(split_line(" ; ; ").is_empty());
-        assert_eq!(split_line("a;;b"), vec!["a", "b"]);
+        // Empty commands are commands, as in haproxy (answered as unknown).
+        assert_eq!(split_line(""), vec![""]);
+        assert_eq!(split_line(";;"), vec!["", "", ""]);
+        assert_eq!(split_line("a;"), vec!["a", ""]);
+        assert_eq!(split_line("a;;b"), vec!["a", "", "b"]);
+        // Escapes are kept: the worker unescapes what it is sent.
         assert_eq!(
             split_line(r"@1 set var x a\;b; help"),
-            vec!["@1 set var x a;b", "help"]
+            vec![r"@1 set var x a\;b", " help"]
         );
-        assert_eq!(split_line(r"\;"), vec![";"]);
-        // A backslash not before ';' stays, and does not escape what follows it.
+        assert_eq!(split_line(r"\;"), vec![r"\;"]);
         assert_eq!(split_line(r"a\b;c\\"), vec![r"a\b", r"c\\"]);
-        assert_eq!(split_line(r"a\\;b"), vec![r"a\;b"]);
+        // An escaped backslash, then the end of the command (haproxy's reading).
+        assert_eq!(split_line(r"a\\;b"), vec![r"a\\", "b"]);
+        assert_eq!(split_line(r"a\\\;b"), vec![r"a\\\;b"]);
         assert_eq!(split_line("trailing\\"), vec!["trailing\\"]);
         assert_eq!(split_line("héllo;wörld"), vec!["héllo", "wörld"]);
+        assert_eq!(split_line("\\é;x"), vec!["\\é", "x"]);
+    }
+
+    /// The transcripts' escaped lines (tests/transcripts/*/escape_*.in, tab_after_prefix.in):
+    /// what reaches the worker is what haproxy's master sends it.
+    #[test]
+    fn escapes_reach_the_worker_as_sent() {
+        let line = r"@1 add acl F Mon\ User\ Agent\;;@1 show acl F";
+        let commands: Vec<Request> = split_line(line).iter().map(|c| parse(c)).collect();
+        assert_eq!(
+            commands,
+            vec![
+                fwd(Target::Current, "@1", r"add acl F Mon\ User\ Agent\;"),
+                fwd(Target::Current, "@1", "show acl F"),
+            ]
+        );
+        let line = "@1 add acl F a\\\\b\\\tc;@1 show acl F";
+        assert_eq!(
+            parse(&split_line(line)[0]),
+            fwd(Target::Current, "@1", "add acl F a\\\\b\\\tc")
+        );
+        // A tab ending a word becomes a space, as haproxy sends it; an escaped one stays.
+        assert_eq!(
+            parse("@1\tshow\tversion"),
+            fwd(Target::Current, "@1", "show version")
+        );
+        assert_eq!(
+            parse("@1  show \t version  "),
+            fwd(Target::Current, "@1", "show \t version  ")
+        );
+        assert_eq!(
+            parse_request("\tshow\tinfo", Target::Pid(7)),
+            Request::Forward {
+                target: Target::Pid(7),
+                prefix: None,
+                // The blank before the first word is not a word's end: kept.
+                command: "\tshow info".into()
+            }
+        );
+    }
+
+    #[test]
+    fn words_keep_escapes_and_master_words_lose_them() {
+        let cmd = r"a\ b c\\ d\";
+        let w: Vec<&str> = words(cmd).iter().map(|&(s, e)| &cmd[s..e]).collect();
+        assert_eq!(w, vec![r"a\ b", r"c\\", r"d\"]);
+        assert_eq!(unescaped_words(cmd), vec!["a b", r"c\", "d"]);
+        assert_eq!(unescaped_words(r"show\ version"), vec!["show version"]);
+        // `show\ version` is one word on the master: unknown, as on haproxy's.
+        assert!(matches!(parse(r"show\ version"), Request::Unknown(_)));
+        assert_eq!(parse(r"show pr\oc"), Request::ShowProc);
+        let many = "w ".repeat(100);
+        assert_eq!(words(&many).len(), MAX_CLI_ARGS);
     }
 
     #[test]
     fn master_commands() {
-        assert_eq!(parse_request("help"), Request::Help);
-        assert_eq!(parse_request("help reload"), Request::Help);
-        assert_eq!(parse_request("show proc"), Request::ShowProc);
-        assert_eq!(parse_request("  show \t proc  "), Request::ShowProc);
-        assert_eq!(parse_request("show listeners"), Request::ShowListeners);
-        assert_eq!(parse_request("reload"), Request::Reload);
-        assert_eq!(parse_request("hard-reload"), Request::HardReload);
-        assert_eq!(parse_request("_getsocks"), Request::Getsocks);
-        assert_eq!(parse_request("prompt"), Request::Prompt);
-        assert_eq!(parse_request("quit"), Request::Quit);
+        assert_eq!(parse("help"), Request::Help);
+        assert_eq!(parse("help reload"), Request::Help);
+        assert_eq!(parse("show proc"), Request::ShowProc);
+        assert_eq!(parse("  show \t proc  "), Request::ShowProc);
+        assert_eq!(parse("show listeners"), Request::ShowListeners);
+        assert_eq!(parse("reload"), Request::Reload);
+        assert_eq!(parse("hard-reload"), Request::HardReload);
+        assert_eq!(parse("_getsocks"), Request::Getsocks);
+        assert_eq!(parse("prompt"), Request::Prompt);
+        assert_eq!(parse("quit"), Request::Quit);
     }
 
     #[test]
     fn prefixes() {
         assert_eq!(
-            parse_request("@1 show info"),
-            fwd(Target::Current, "show info")
+            parse("@1 show info"),
+            fwd(Target::Current, "@1", "show info")
         );
         assert_eq!(
-            parse_request("@!1234 show stat"),
-            fwd(Target::Pid(1234), "show stat")
+            parse("@!1234 show stat"),
+            fwd(Target::Pid(1234), "@!1234", "show stat")
         );
         assert_eq!(
-            parse_request("@!1234   show  stat "),
-            fwd(Target::Pid(1234), "show  stat")
+            parse("@!1234   show  stat "),
+            fwd(Target::Pid(1234), "@!1234", "show  stat ")
         );
-        assert_eq!(parse_request("@ help"), Request::Help);
-        assert_eq!(parse_request("@0 show proc"), Request::ShowProc);
-        assert_eq!(parse_request("@master reload"), Request::Reload);
-        assert_eq!(parse_request("@\tshow proc"), Request::ShowProc);
+        assert_eq!(parse("@ help"), Request::Help);
+        assert_eq!(parse("@0 show proc"), Request::ShowProc);
+        assert_eq!(parse("@master reload"), Request::Reload);
+        assert_eq!(parse("@\tshow proc"), Request::ShowProc);
+        // On the master, a second prefix is a word of an unknown command.
+        assert!(matches!(parse("@ @1 show info"), Request::Unknown(_)));
+    }
+
+    #[test]
+    fn a_prefix_alone_sets_the_default_target() {
+        for (word, target) in [
+            ("@1", Target::Current),
+            ("@", Target::Master),
+            ("@0", Target::Master),
+            ("@master", Target::Master),
+            ("@!42", Target::Pid(42)),
+        ] {
+            for cmd in [word.to_string(), format!(" {word}\t ")] {
+                assert_eq!(
+                    parse(&cmd),
+                    Request::SetTarget {
+                        target,
+                        word: word.into()
+                    }
+                );
+            }
+        }
+        // Then what has no prefix goes there, `prompt` and `quit` excepted; a prefix still wins.
+        let default = Target::Pid(42);
+        assert_eq!(
+            parse_request(" show version", default),
+            Request::Forward {
+                target: default,
+                prefix: None,
+                command: " show version".into()
+            }
+        );
+        assert!(matches!(
+            parse_request("reload", default),
+            Request::Forward { .. }
+        ));
+        assert_eq!(parse_request("prompt", default), Request::Prompt);
+        assert_eq!(parse_request("quit", default), Request::Quit);
+        assert_eq!(
+            parse_request("@master show proc", default),
+            Request::ShowProc
+        );
+    }
+
+    #[test]
+    fn bad_prefixes() {
+        for bad in [
+            "@2",
+            "@2 show info",
+            "@@1",
+            "@@1 show info",
+            "@!abc",
+            "@!",
+            "@!-5",
+            "@!0",
+            "@!99999999999",
+            "@!12a",
+            "@x",
+            "@01",
+            "@-1",
+        ] {
+            let word = bad.split(' ').next().unwrap();
+            assert_eq!(parse(bad), Request::BadPrefix(word.into()), "{bad}");
+        }
+        assert_eq!(
+            bad_prefix_text("@2"),
+            "Can't find the target PID matching the prefix '@2'\n"
+        );
+        // The word as sent, escapes and all.
+        assert_eq!(parse(r"@\1 x"), Request::BadPrefix(r"@\1".into()));
     }
 
     fn unknown(r: Request) -> String {
@@ -334,44 +534,6 @@ mod tests {
             }
             other => panic!("expected Unknown, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn bad_prefixes() {
-        let t = unknown(parse_request("@2 show info"));
-        assert!(
-            t.starts_with("Can't find the target PID matching the prefix '@2'"),
-            "{t}"
-        );
-        assert!(t.contains("@1") && t.contains("@!<pid>"), "{t}");
-        for bad in [
-            "@!abc show info",
-            "@! show info",
-            "@!",
-            "@!-5 x",
-            "@!0 x",
-            "@!99999999999 x",
-            "@!12a x",
-            "@x help",
-            "@01 x",
-        ] {
-            let t = unknown(parse_request(bad));
-            assert!(t.starts_with("Can't find the target PID"), "{bad}: {t}");
-        }
-        let t = unknown(parse_request("@1"));
-        assert!(
-            t.starts_with("Missing command after '@1': e.g. '@1 show info'"),
-            "{t}"
-        );
-        let t = unknown(parse_request("@!42"));
-        assert!(t.starts_with("Missing command after '@!42'"), "{t}");
-        let t = unknown(parse_request("@"));
-        assert!(t.starts_with("Missing command after '@'"), "{t}");
-        let t = unknown(parse_request("@ @1 show info"));
-        assert!(
-            t.starts_with("Only one @ prefix per command: '@ @1 show info'"),
-            "{t}"
-        );
     }
 
     #[test]
@@ -386,29 +548,31 @@ mod tests {
             "show proc\u{7}",
             "_getsocks x",
         ] {
-            let t = unknown(parse_request(bad));
+            let t = unknown(parse(bad));
             assert!(t.starts_with("Unknown command"), "{bad:?}: {t}");
             assert!(t.ends_with(&command_list()), "{t}");
         }
-        let t = unknown(parse_request("frobnicate"));
+        let t = unknown(parse("frobnicate"));
         assert!(t.starts_with("Unknown command 'frobnicate'. Please enter"));
         // Control characters are not echoed raw.
-        let t = unknown(parse_request("x\u{1b}[2J"));
+        let t = unknown(parse("x\u{1b}[2J"));
         assert!(t.starts_with("Unknown command 'x?[2J'"), "{t}");
     }
 
     #[test]
     fn very_long_lines() {
         let long = "a".repeat(1 << 20);
-        let t = unknown(parse_request(&long));
+        let t = unknown(parse(&long));
         assert!(t.len() < 4096, "the answer quotes a bounded part");
         assert!(t.contains("..."));
         let many = "help;".repeat(100_000);
-        assert_eq!(split_line(&many).len(), 100_000);
+        assert_eq!(split_line(&many).len(), 100_001);
         let prefixes = "@ ".repeat(100_000);
-        assert!(matches!(parse_request(&prefixes), Request::Unknown(_)));
-        let t = unknown(parse_request(&format!("@!{}", "9".repeat(100_000))));
-        assert!(t.len() < 4096);
+        assert!(matches!(parse(&prefixes), Request::Unknown(_)));
+        assert!(matches!(
+            parse(&format!("@!{}", "9".repeat(100_000))),
+            Request::BadPrefix(_)
+        ));
     }
 
     #[test]
@@ -417,8 +581,8 @@ mod tests {
             Request::Reload,
             Request::HardReload,
             Request::Getsocks,
-            fwd(Target::Current, "show info"),
-            fwd(Target::Pid(3), "disable server b/s"),
+            fwd(Target::Current, "@1", "show info"),
+            fwd(Target::Pid(3), "@!3", "disable server b/s"),
         ] {
             assert!(r.changes_state(), "{r:?}");
         }
@@ -428,6 +592,11 @@ mod tests {
             Request::ShowListeners,
             Request::Prompt,
             Request::Quit,
+            Request::SetTarget {
+                target: Target::Current,
+                word: "@1".into(),
+            },
+            Request::BadPrefix("@2".into()),
             Request::Unknown("x\n".into()),
         ] {
             assert!(!r.changes_state(), "{r:?}");
@@ -458,12 +627,5 @@ mod tests {
             assert_eq!(line.find(": "), Some(42), "{line:?}");
         }
         assert!(h.ends_with("quit                                    : disconnect\n"));
-    }
-
-    #[test]
-    fn not_found_texts() {
-        assert!(no_such_worker_text(Target::Pid(77))
-            .starts_with("Can't find the target PID matching the prefix '@!77'"));
-        assert!(no_such_worker_text(Target::Current).contains("No current worker"));
     }
 }

@@ -5,5 +5,6 @@ pub mod answer;
 pub mod client;
 pub mod command;
 pub mod format;
+pub mod prompt;
 pub mod spec;
 pub mod usage;

@@ -91,6 +91,9 @@ impl Forward {
             relay.push(b'\n');
         }
         relay.extend_from_slice(unreachable_text(self.pid, &self.path, &why).as_bytes());
+        // The worker's CLI did not end its answer: the blank line that ends every answer is
+        // the master's here.
+        relay.push(b'\n');
         Progress::Done(relay)
     }
 
@@ -238,8 +241,9 @@ mod tests {
             Progress::Done(text) => {
                 let text = String::from_utf8(text).unwrap();
                 assert!(
-                    text.starts_with(&format!("{CANNOT_REACH_WORKER} 42:")),
-                    "{text}"
+                    text.starts_with(&format!("{CANNOT_REACH_WORKER} 42:"))
+                        && text.ends_with("\n\n"),
+                    "{text:?}"
                 )
             }
             Progress::Waiting(_) => panic!("still waiting past the deadline"),

@@ -13,6 +13,7 @@ use nix::poll::PollFlags;
 use super::forward::Forward;
 use super::state::Generation;
 use crate::control::command::next_command;
+use crate::control::prompt::Modes;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::ServeTask;
 
@@ -85,8 +86,15 @@ pub struct Session {
     pub privileged: bool,
     /// Which listener it came through (index into the loop's listeners).
     pub listener: usize,
-    /// `prompt` mode: answers are followed by a prompt and the connection stays open.
+    /// `prompt` mode: every command's answer is followed by a prompt (`control::prompt`).
+    /// Without it the session answers line after line all the same, until the client closes.
     pub interactive: bool,
+    /// Where commands without an `@` prefix go: None, the master; else the worker pid an `@`
+    /// alone named when it was sent (haproxy's `pcli_next_pid`: a pid, so it names that worker
+    /// even after a reload, and fails once it is gone).
+    pub default_target: Option<i32>,
+    /// The modes the prompt shows.
+    pub modes: Modes,
     /// Waiting for the first reload of a generation above this one to finish.
     pub awaiting_reload: Option<Generation>,
     /// A command in progress with another peer (not bound by the session's deadline: it has its
@@ -138,6 +146,8 @@ impl Session {
             privileged,
             listener,
             interactive: false,
+            default_target: None,
+            modes: Modes::default(),
             awaiting_reload: None,
             task: None,
             closing: false,

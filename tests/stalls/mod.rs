@@ -47,6 +47,11 @@ pub fn show_proc(socket: &Path, timeout: Duration) -> Result<(Duration, String),
         .map_err(|e| format!("connect {}: {e}", socket.display()))?;
     c.write_all(b"show proc\n")
         .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    // As `socat` sends a piped line: the master answers every line until the client closes.
+    if let Conn::Unix(s) = &c {
+        s.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("shutting down the write side: {e}"))?;
+    }
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

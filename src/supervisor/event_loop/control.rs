@@ -13,17 +13,17 @@ use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
 use super::{Master, HANDOFF_TIMEOUT};
 use crate::control::answer::{no_credentials_text, permission_denied_text};
 use crate::control::command::{
-    help_text, no_such_worker_text, parse_request, shorten, Request, Target,
+    bad_prefix_text, help_text, parse_request, shorten, Request, Target, CANNOT_CONNECT,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
+use crate::control::prompt::prompt;
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
+use crate::haproxy_version::Version;
 use crate::supervisor::admission::{self, Refusals};
 use crate::supervisor::forward::{Forward, Progress};
 use crate::supervisor::sessions::{Input, Next, Session, Task, MAX_SESSIONS};
 use crate::supervisor::state::{Generation, ReloadKind, Role};
-
-const PROMPT: &str = "master> ";
 
 /// A socket the master CLI is served on.
 pub(super) struct ControlListener {
@@ -99,12 +99,21 @@ impl ControlListener {
 
 /// What running one command leaves the session doing.
 enum Step {
+    /// A master command's answer; the CLI's blank line follows it.
     Answer(String),
+    /// Nothing to say (`prompt`, an `@` alone): in prompt mode, just the prompt.
+    Silent,
     /// A reload runs, or a task (`Session::task`); the answer comes when it ends.
     Wait,
     /// A reload's answer, which ends without the blank line of other answers.
     ReloadAnswer(String),
-    /// The connection is over (quit, or the socket handoff consumed it).
+    /// The master refuses the command before any CLI runs it (a bad `@` prefix): haproxy's line,
+    /// without a blank line; then the connection closes (haproxy before 2.8), or the rest of the
+    /// input is dropped and the session goes on (2.8 and later, 1601eebcd).
+    Refused(String),
+    /// The connection is over after these bytes (`quit`: its prompt; the default target gone).
+    CloseAfter(String),
+    /// The connection is over (the socket handoff consumed it).
     Close,
 }
 
@@ -279,44 +288,70 @@ impl Master<'_> {
             if s.awaiting_reload.is_some() || s.task.is_some() || s.output_full() {
                 return;
             }
+            // Every line is answered, with or without `prompt`, until the client closes (as
+            // haproxy's master: it reads the next command once a command's answer is out).
             let command = match s.next_command() {
                 Next::Nothing => return,
                 Next::Command(command) => command,
-                Next::EndOfLine => {
-                    // End of a line: haproxy's CLI answers one line per connection unless
-                    // `prompt`.
-                    if s.interactive {
-                        s.write(PROMPT.as_bytes());
-                    } else {
-                        s.closing = true;
-                        s.discard_input();
-                    }
-                    continue;
-                }
+                Next::EndOfLine => continue,
             };
-            match self.execute(id, &command) {
+            let step = self.execute(id, &command);
+            let failed = self.failed_reloads > 0;
+            let closes_on_error = self.refusal_closes();
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return;
+            };
+            match step {
                 Step::Answer(text) => {
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        s.write(text.as_bytes());
-                        // haproxy's CLI ends every answer with an empty line.
-                        s.write(b"\n");
+                    s.write(text.as_bytes());
+                    // haproxy's CLI ends every answer with an empty line.
+                    s.write(b"\n");
+                }
+                Step::Silent => {}
+                Step::Wait => continue,
+                Step::ReloadAnswer(text) => s.write(text.as_bytes()),
+                Step::Refused(text) => {
+                    s.write(text.as_bytes());
+                    s.discard_input();
+                    if closes_on_error {
+                        s.closing = true;
+                        return;
                     }
                 }
-                Step::Wait => {}
-                Step::ReloadAnswer(text) => {
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        s.write(text.as_bytes());
-                    }
+                Step::CloseAfter(text) => {
+                    s.write(text.as_bytes());
+                    s.closing = true;
+                    s.discard_input();
+                    return;
                 }
                 Step::Close => {
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        s.closing = true;
-                        s.discard_input();
-                    }
+                    s.closing = true;
+                    s.discard_input();
                     return;
                 }
             }
+            write_prompt(s, failed);
         }
+    }
+
+    /// Whether a command the master refuses itself (a bad prefix) closes the connection: it
+    /// does up to haproxy 2.7 (`pcli_reply_and_close`); from 2.8 on the session goes on
+    /// (`pcli_error`, 1601eebcd). The version is the newest worker's; none known yet: as the
+    /// oldest.
+    fn refusal_closes(&self) -> bool {
+        self.haproxy_version()
+            .and_then(|word| Version::of_word(&word))
+            .map_or(true, |v| (v.major, v.minor) < (2, 8))
+    }
+
+    /// The version of the haproxy the master runs, as it prints it: the newest worker's
+    /// (haproxy's master runs the one on disk at its last reload, as it re-executes then).
+    fn haproxy_version(&self) -> Option<String> {
+        self.state
+            .workers()
+            .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
+            .max_by_key(|(started, _)| *started)
+            .map(|(_, v)| v)
     }
 
     fn execute(&mut self, id: u64, command: &str) -> Step {
@@ -325,7 +360,8 @@ impl Master<'_> {
         };
         let (privileged, peer_uid) = (s.privileged, s.peer_uid);
         let peer = s.peer_pid;
-        let request = parse_request(command);
+        let default = s.default_target.map_or(Target::Master, Target::Pid);
+        let request = parse_request(command, default);
         if request.changes_state() && !privileged {
             let master_uid = nix::unistd::geteuid().as_raw();
             return Step::Answer(if peer_uid == NO_PEER_UID {
@@ -349,14 +385,41 @@ impl Master<'_> {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.interactive = !s.interactive;
                 }
-                Step::Answer(String::new())
+                Step::Silent
             }
-            Request::Quit => Step::Close,
+            // The prompt, then the end (as haproxy's master writes it).
+            Request::Quit => {
+                let failed = self.failed_reloads > 0;
+                let text = self
+                    .sessions
+                    .get(&id)
+                    .and_then(|s| prompt_of(s, failed))
+                    .unwrap_or_default();
+                Step::CloseAfter(text)
+            }
+            Request::SetTarget { target, word } => {
+                let pid = match target {
+                    Target::Master => None,
+                    Target::Current => match self.state.current() {
+                        Some(w) => Some(w.pid),
+                        None => return Step::Refused(bad_prefix_text(&word)),
+                    },
+                    Target::Pid(pid) => match self.state.worker(pid) {
+                        Some(_) => Some(pid),
+                        None => return Step::Refused(bad_prefix_text(&word)),
+                    },
+                };
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.default_target = pid;
+                }
+                Step::Silent
+            }
             Request::Forward {
-                target: Target::Master,
+                target,
+                prefix,
                 command,
-            } => self.execute(id, &command),
-            Request::Forward { target, command } => self.forward(id, target, &command),
+            } => self.forward(id, target, prefix.as_deref(), &command),
+            Request::BadPrefix(word) => Step::Refused(bad_prefix_text(&word)),
             Request::Unknown(text) => Step::Answer(text),
         }
     }
@@ -407,11 +470,13 @@ impl Master<'_> {
             Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
         };
         self.signal_reloads.reload_ended(generation, &text);
+        let failed = self.failed_reloads > 0;
         for id in waiting {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
                 s.restart_deadline();
                 s.write(text.as_bytes());
+                write_prompt(s, failed);
             }
             self.run_session(id);
             self.flush_session(id);
@@ -481,14 +546,19 @@ impl Master<'_> {
     }
 
     /// Starts the exchange with the worker as the session's task (`step_tasks` ends it).
-    fn forward(&mut self, id: u64, target: Target, command: &str) -> Step {
+    /// `prefix`: the `@` word that named it; None: the session's default target.
+    fn forward(&mut self, id: u64, target: Target, prefix: Option<&str>, command: &str) -> Step {
         let worker = match target {
             Target::Current => self.state.current(),
             Target::Pid(pid) => self.state.worker(pid),
             Target::Master => None,
         };
         let Some(w) = worker else {
-            return Step::Answer(no_such_worker_text(target));
+            return match prefix {
+                Some(word) => Step::Refused(bad_prefix_text(word)),
+                // The worker an `@` alone chose is gone: haproxy's master cannot connect to it.
+                None => Step::CloseAfter(CANNOT_CONNECT.to_string()),
+            };
         };
         let path = self.runtime.worker_socket(w.generation);
         match Forward::start(&path, w.pid, command, Instant::now()) {
@@ -507,6 +577,7 @@ impl Master<'_> {
     /// session.
     pub(super) fn step_tasks(&mut self, now: Instant) {
         let busy = self.sessions_where(|s| s.task.is_some());
+        let failed = self.failed_reloads > 0;
         for id in busy {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
@@ -520,9 +591,10 @@ impl Master<'_> {
                         Progress::Done(last) => {
                             s.task = None;
                             s.restart_deadline();
+                            // The worker's answer ends with its CLI's blank line: relayed
+                            // as it is, nothing added but the prompt.
                             s.write(&last);
-                            // haproxy's CLI ends every answer with an empty line.
-                            s.write(b"\n");
+                            write_prompt(s, failed);
                             self.run_session(id);
                         }
                     }
@@ -565,18 +637,10 @@ impl Master<'_> {
                 uptime: now.saturating_duration_since(since),
                 version,
             };
-        // haproxy's master prints the version it runs, which is the one on disk at its last
-        // reload (it re-executes then): here the newest worker's. hapmaster's own version is
-        // `hapmaster -v`'s.
-        let version = self
-            .state
-            .workers()
-            .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
-            .max_by_key(|(started, _)| *started)
-            .map(|(_, v)| v)
-            .unwrap_or_default();
-        let programs =
-            crate::haproxy_version::Version::of_word(&version).map_or(true, |v| v.lists_programs());
+        // haproxy's master prints the version it runs (`haproxy_version`); hapmaster's own
+        // version is `hapmaster -v`'s.
+        let version = self.haproxy_version().unwrap_or_default();
+        let programs = Version::of_word(&version).map_or(true, |v| v.lists_programs());
         let master = row(
             std::process::id() as i32,
             "master",
@@ -626,5 +690,17 @@ impl Master<'_> {
     pub(super) fn expire_sessions(&mut self, now: Instant) {
         self.sessions
             .retain(|_, s| !s.on_its_own_time() || s.deadline > now);
+    }
+}
+
+/// The session's prompt, in prompt mode (`reload_failed`: the last reload failed).
+fn prompt_of(s: &Session, reload_failed: bool) -> Option<String> {
+    s.interactive
+        .then(|| prompt(s.default_target, reload_failed, s.modes))
+}
+
+fn write_prompt(s: &mut Session, reload_failed: bool) {
+    if let Some(p) = prompt_of(s, reload_failed) {
+        s.write(p.as_bytes());
     }
 }

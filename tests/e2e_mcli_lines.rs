@@ -1,0 +1,321 @@
+//! How hapmaster's master CLI reads a line and shapes its answers, against haproxy's own
+//! (tests/transcripts/<version>/, issue 13 items 1, 2 and 4): escapes kept when a command is
+//! forwarded, `@` prefixes (alone: the session's default target; bad: haproxy's line), blank
+//! lines, prompts, and every line answered until the client closes. Each exchange is sent as
+//! the capture sent it and compared byte for byte after normalization; the steps of a prompt
+//! session that need a master command hapmaster does not have yet (issue 13 item 3: `show
+//! version`, `show cli level`, haproxy's Unknown-command text) are checked for their shape only.
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+/// A hapmaster with the capture's frontend: an ACL read from `F`, an empty file named
+/// relatively (`-C` its directory), so that the ACL's reference is `F` as in the transcripts.
+struct Capture {
+    hm: Hapmaster,
+    norm: Normalizer,
+    good: String,
+}
+
+impl Capture {
+    fn start() -> Capture {
+        let dir = TestDir::new();
+        std::fs::write(dir.join("F"), "").unwrap();
+        let here = dir.path().to_str().unwrap().to_string();
+        let good = format!(
+            "global\n    maxconn 100\n\n\
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    \
+             timeout server 10s\n\n\
+             frontend fe\n    bind 127.0.0.1:{}\n    acl blocked_agent hdr(user-agent) -f F\n    \
+             http-request deny if blocked_agent\n    \
+             http-request return status 200 content-type text/plain string ok\n",
+            free_port()
+        );
+        let mut hm = Hapmaster::start_in(dir, good.as_str(), &["-C", &here]);
+        let worker = hm.wait_serving(EVENT);
+        let mut norm = Normalizer::new();
+        norm.add(hm.pid(), "@PID_MASTER@").add(worker, "@PID_W1@");
+        Capture { hm, norm, good }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.hm.runtime_dir.join("master.sock")
+    }
+
+    fn connect(&self) -> UnixStream {
+        let s = UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(EVENT)).unwrap();
+        s.set_write_timeout(Some(EVENT)).unwrap();
+        s
+    }
+
+    /// `bytes` sent at once, then a write shutdown (as `socat` sends a piped line); the answer
+    /// up to EOF.
+    fn oneshot(&self, bytes: &[u8]) -> String {
+        let mut s = self.connect();
+        s.write_all(bytes).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)
+            .unwrap_or_else(|e| panic!("no EOF after {bytes:?} within {EVENT:?}: {e}"));
+        String::from_utf8(answer).unwrap()
+    }
+
+    /// The one-shot exchange `name` of the transcript, compared with haproxy's.
+    fn compare_oneshot(&self, name: &str) {
+        let sent = std::fs::read(transcript_dir().join(format!("{name}.in"))).unwrap();
+        let answer = self.oneshot(&sent);
+        assert_eq!(
+            self.norm.normalize(&answer),
+            transcript(&format!("{name}.norm")),
+            "{name}: the answer to {:?} differs from haproxy's; raw: {answer:?}",
+            String::from_utf8_lossy(&sent)
+        );
+    }
+
+    /// The prompt session `name` of the transcript, a line at a time, each read up to the
+    /// prompt (or EOF). Steps in `exact` are compared with haproxy's byte for byte; those in
+    /// `shape` (a master command hapmaster answers otherwise: item 3) only in shape: an answer,
+    /// its blank line, then the same prompt as haproxy's; the others are sent, not compared.
+    fn compare_steps(&self, name: &str, exact: &[usize], shape: &[usize]) {
+        let steps = captured_steps(name);
+        let capture_norm = capture_normalizer();
+        let mut s = self.connect();
+        for (i, (line, theirs)) in steps.iter().enumerate() {
+            if line.is_empty() {
+                // The capture's EOF after `quit`.
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty(), "{name}: bytes after quit: {rest:?}");
+                continue;
+            }
+            s.write_all(line).unwrap();
+            let ours = read_step(&mut s);
+            let ours = self.norm.normalize(&ours);
+            let theirs = capture_norm.normalize(&String::from_utf8_lossy(theirs));
+            let what = format!(
+                "{name} step {i} ({:?}): ours {ours:?}, haproxy's {theirs:?}",
+                String::from_utf8_lossy(line)
+            );
+            if exact.contains(&i) {
+                assert_eq!(ours, theirs, "{what}");
+            } else if shape.contains(&i) {
+                let split = |t: &str| {
+                    let at = t.rfind("\n\n").map_or(0, |p| p + 2);
+                    (t[..at].to_string(), t[at..].to_string())
+                };
+                let ((answer, prompt), (_, their_prompt)) = (split(&ours), split(&theirs));
+                assert_eq!(prompt, their_prompt, "{what}");
+                assert!(
+                    !answer.is_empty() && !answer.starts_with('\n') && !answer.ends_with("\n\n\n"),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// Reads until what came ends with a prompt (`master> `, `master[ReloadFailed]> `, `<pid>> `,
+/// with `(xed)` flags) or the connection ends.
+fn read_step(s: &mut UnixStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("no prompt within {EVENT:?}: {e}; got {got:?}"));
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if ends_with_prompt(&String::from_utf8_lossy(&got)) {
+            break;
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
+fn ends_with_prompt(text: &str) -> bool {
+    let Some(rest) = text.strip_suffix("> ") else {
+        return false;
+    };
+    let rest = match rest.strip_suffix(')') {
+        Some(r) => match r.rfind('(') {
+            Some(p) if r[p + 1..].chars().all(|c| "xed".contains(c)) => &r[..p],
+            _ => return false,
+        },
+        None => rest,
+    };
+    rest.ends_with("master")
+        || rest.ends_with("master[ReloadFailed]")
+        || rest.ends_with(|c: char| c.is_ascii_digit())
+}
+
+/// `NAME.steps`: each line sent and the bytes read after it (python reprs); the last step's
+/// line is empty (the capture's EOF).
+fn captured_steps(name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let text = transcript(&format!("{name}.steps"));
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let mut steps = Vec::new();
+    while let (Some(sent), Some(got)) = (lines.next(), lines.next()) {
+        let sent = py_bytes(sent.strip_prefix(">>> ").expect("a sent line"));
+        steps.push((sent, py_bytes(got)));
+    }
+    steps
+}
+
+/// A python bytes literal (`b'..\n..'`), as `repr` writes it.
+fn py_bytes(repr: &str) -> Vec<u8> {
+    let body = repr
+        .strip_prefix("b'")
+        .and_then(|r| r.strip_suffix('\''))
+        .or_else(|| repr.strip_prefix("b\"").and_then(|r| r.strip_suffix('"')))
+        .unwrap_or_else(|| panic!("not a bytes literal: {repr}"));
+    let mut out = Vec::new();
+    let mut bytes = body.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'x') => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).unwrap(), 16).unwrap());
+            }
+            Some(other) => out.push(other),
+            None => panic!("a lone backslash in {repr}"),
+        }
+    }
+    out
+}
+
+/// The capture's own pids (`facts.json`) to placeholders, for its raw `.steps`.
+fn capture_normalizer() -> Normalizer {
+    let facts = transcript("facts.json");
+    let pid = |key: &str| -> u32 {
+        let quoted = format!("\"{key}\": ");
+        let at = facts.find(&quoted).unwrap() + quoted.len();
+        let digits: String = facts[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let mut norm = Normalizer::new();
+    norm.add(pid("master"), "@PID_MASTER@");
+    for w in 1..=5 {
+        norm.add(pid(&format!("worker{w}")), &format!("@PID_W{w}@"));
+    }
+    norm
+}
+
+/// Item 1: escapes reach the worker as they were typed (`\;` does not end the command, `\ `
+/// stays in the word), tabs separate words, and the worker's own parser unescapes. The ACL
+/// file fills as in the capture, so each `show acl F` compares whole.
+#[test]
+fn escapes_are_forwarded_as_haproxy_does() {
+    let c = Capture::start();
+    c.compare_oneshot("escape_add_show_acl");
+    c.compare_oneshot("escape_show_acl_after");
+    c.compare_oneshot("escape_tab_backslash");
+    c.compare_steps("prompt_escape", &[0, 1, 2, 3], &[]);
+    c.compare_oneshot("tab_after_prefix");
+    // On the master, `show\ version` is one word: an unknown command (haproxy's text for it is
+    // item 3's).
+    let answer = c.oneshot(b"show\\ version\n");
+    assert!(
+        answer.starts_with("Unknown command") && answer.ends_with("\n\n"),
+        "{answer:?}"
+    );
+}
+
+/// Item 4: a forwarded answer is relayed as the worker wrote it (its blank line, no other),
+/// every line is answered until the client closes, `quit` alone says nothing, and in prompt
+/// mode the prompt follows each command without a blank line before the first.
+#[test]
+fn answers_and_prompts_are_shaped_as_haproxy_does() {
+    let c = Capture::start();
+    c.compare_oneshot("at1_show_version");
+    c.compare_oneshot("at1_show_version_twice");
+    c.compare_oneshot("two_lines_at1_no_prompt");
+    c.compare_oneshot("quit_oneshot");
+    // Steps 1, 3, 4 are the master's `show version` and Unknown-command texts (item 3).
+    c.compare_steps("prompt_basic", &[0, 2, 5], &[1, 3, 4]);
+    // Several master answers on one connection, each with its blank line, no prompt.
+    let two = c.oneshot(b"show proc\nhelp\n");
+    let (proc, help) = two.split_once("\n\n").unwrap();
+    assert!(proc.starts_with("#<PID>"), "{two}");
+    assert!(
+        help.starts_with("The following commands") && help.ends_with("\n\n"),
+        "{two:?}"
+    );
+
+    // After a failed reload the prompt says so; a good reload clears it.
+    let good = c.good.clone();
+    c.hm.write_config(&format!("{good}\nthis-is-not-a-keyword\n"));
+    let failed = c.hm.cli("reload");
+    assert!(failed.starts_with("Success=0\n"), "{failed}");
+    // Step 1 is the master's `show version`, 3 to 5 need `expert-mode` (item 3).
+    c.compare_steps("prompt_reload_failed", &[0, 2], &[1]);
+    c.hm.write_config(&good);
+    let ok = c.hm.cli("reload");
+    assert!(ok.starts_with("Success=1\n"), "{ok}");
+    c.compare_steps("prompt_after_recovery", &[0, 2], &[1]);
+}
+
+/// Item 2: `@1` alone makes the current worker the session's target (its pid, in the prompt),
+/// `@` / `@master` the master again; a bad prefix gets haproxy's line alone, and haproxy 2.6
+/// (the version the tests run) then closes the connection.
+#[test]
+fn prefixes_as_haproxy_reads_them() {
+    let c = Capture::start();
+    c.compare_oneshot("at_alone_oneshot");
+    c.compare_oneshot("at_alone_then_command");
+    // Step 5 is the master's `show version` (item 3).
+    c.compare_steps("prompt_at_alone", &[0, 1, 2, 3, 4, 6, 7], &[5]);
+    for name in ["at_2", "at_bad_pid", "at_at_1", "at_at_1_alone"] {
+        c.compare_oneshot(name);
+    }
+    let worker = c.hm.current_worker_pid().unwrap();
+    let answer = c.oneshot(format!("@!{worker} show version\n").as_bytes());
+    assert_eq!(answer, transcript("at_bang_pid.norm"));
+    // `@master` overrides the default target for one command.
+    let answer = c.oneshot(b"@1; @master show proc\n");
+    assert!(answer.starts_with("#<PID>"), "{answer}");
+    // A bad prefix ends the connection (haproxy before 2.8): what follows it is not run.
+    let answer = c.oneshot(b"@2 show info; @1 show version\n@1 show version\n");
+    assert_eq!(
+        answer,
+        "Can't find the target PID matching the prefix '@2'\n"
+    );
+}
+
+/// The default target is a pid: once that worker is gone, haproxy's master cannot connect to
+/// it, says so and closes.
+#[test]
+fn a_default_target_that_left_ends_the_session() {
+    let mut c = Capture::start();
+    let worker = c.hm.current_worker_pid().unwrap();
+    let mut s = c.connect();
+    s.write_all(b"prompt\n").unwrap();
+    assert_eq!(read_step(&mut s), "master> ");
+    s.write_all(b"@1\n").unwrap();
+    assert_eq!(read_step(&mut s), format!("{worker}> "));
+    let ok = c.hm.cli("reload");
+    assert!(ok.starts_with("Success=1\n"), "{ok}");
+    c.hm.settle_reloads();
+    poll_until(EVENT, || (!pid_alive(worker)).then_some(()))
+        .unwrap_or_else(|| panic!("worker {worker} still alive after {EVENT:?}"));
+    s.write_all(b"show version\n").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "Can't connect to the target CLI!\n");
+}
