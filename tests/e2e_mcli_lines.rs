@@ -319,3 +319,51 @@ fn a_default_target_that_left_ends_the_session() {
     s.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "Can't connect to the target CLI!\n");
 }
+
+/// From haproxy 2.8 on (played by the fake haproxy as 3.0.0, whose `show info` the master reads
+/// the version from), a bad prefix no longer ends the session: haproxy's line, the rest of what
+/// was sent dropped, then the prompt (cli.c v3.0.0: pcli_error).
+#[test]
+fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new();
+    let haproxy = dir.join("haproxy-3.0");
+    std::fs::write(
+        &haproxy,
+        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=3.0.0 exec {FAKE_HAPROXY} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = fake_config::<&str>(free_port(), &[]);
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    hm.wait_serving(EVENT);
+    let proc = hm.cli("show proc");
+    assert!(proc.contains(" 3.0.0 "), "{proc}");
+    let sock = hm.runtime_dir.join("master.sock");
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    s.write_all(b"prompt\n").unwrap();
+    assert_eq!(read_step(&mut s), "master> ");
+    s.write_all(b"@2 show info; show proc\n").unwrap();
+    assert_eq!(
+        read_step(&mut s),
+        "Can't find the target PID matching the prefix '@2'\nmaster> "
+    );
+    s.write_all(b"show proc\n").unwrap();
+    let answer = read_step(&mut s);
+    assert!(
+        answer.starts_with("#<PID>") && answer.ends_with("\n\nmaster> "),
+        "{answer:?}"
+    );
+    // `@@<pid>` is haproxy 3.2's: a bad prefix before.
+    s.write_all(b"@@1\n").unwrap();
+    assert_eq!(
+        read_step(&mut s),
+        "Can't find the target PID matching the prefix '@@1'\nmaster> "
+    );
+    s.write_all(b"quit\n").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "master> ");
+    assert!(hm.stop().success());
+}
