@@ -258,6 +258,20 @@ fn answers_and_prompts_are_shaped_as_haproxy_does() {
         "{two:?}"
     );
 
+    // `prompt` twice: prompt mode off again, the session goes on without prompts
+    // (prompt_toggle_off, with a forwarded command where it has the master's `show version`).
+    let version = transcript("at1_show_version.norm");
+    let mut s = c.connect();
+    s.write_all(b"prompt\n").unwrap();
+    assert_eq!(read_step(&mut s), "master> ");
+    s.write_all(b"prompt\n@1 show version\nquit\n").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, version, "after prompt mode was turned off");
+    // Pipelined on one line, as scripts do (prompt_pipelined, the same way).
+    let answer = c.oneshot(b"prompt; @1 show version; quit\n");
+    assert_eq!(answer, format!("master> {version}master> master> "));
+
     // After a failed reload the prompt says so; a good reload clears it.
     let good = c.good.clone();
     c.hm.write_config(&format!("{good}\nthis-is-not-a-keyword\n"));

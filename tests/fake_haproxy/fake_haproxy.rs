@@ -8,7 +8,8 @@
 //! `<sock>` a path or `sockpair@N` (2.6).
 //! - `stats socket <path> ...` (the fragment hapmaster writes): its private stats socket, bound
 //!   as haproxy does (`<path>.<pid>.tmp`, then renamed to `<path>`). `show info` gets
-//!   `Version: <its version>` and `Pid: <own pid>`; `_getsocks` hands over its listeners and the stats socket itself.
+//!   `Version: <its version>` and `Pid: <own pid>`; `_getsocks` hands over its listeners and
+//!   the stats socket itself.
 //! - `fake listen <ip:port>`: a TCP listener answering every HTTP request with 200 and
 //!   `hello from haproxy\n`. With `-x` it is taken from the sockets fetched there, matched by
 //!   address; unmatched fetched sockets are closed. Without `-x` (or with no match) it is bound.
