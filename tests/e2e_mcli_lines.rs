@@ -339,15 +339,8 @@ fn a_default_target_that_left_ends_the_session() {
 /// was sent dropped, then the prompt (cli.c v3.0.0: pcli_error).
 #[test]
 fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new();
-    let haproxy = dir.join("haproxy-3.0");
-    std::fs::write(
-        &haproxy,
-        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=3.0.0 exec {FAKE_HAPROXY} \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
     let cfg = fake_config::<&str>(free_port(), &[]);
     let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
     hm.wait_serving(EVENT);

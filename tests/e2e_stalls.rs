@@ -168,16 +168,9 @@ fn idle_sessions_leave_the_handoff_its_channel() {
 /// given its own `handoff-<G>.sock`, not master.sock, and the file is gone once it is served.
 #[test]
 fn idle_sessions_leave_an_older_haproxys_handoff_its_socket() {
-    use std::os::unix::fs::PermissionsExt;
     let port = free_port();
     let dir = TestDir::new();
-    let haproxy = dir.join("haproxy-2.5");
-    std::fs::write(
-        &haproxy,
-        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION=2.5.14 exec {FAKE_HAPROXY} \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&haproxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let haproxy = fake_haproxy_of_version(&dir, "2.5.14");
     let cfg = fake_config::<&str>(port, &[]);
     let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
     hm.wait_serving(EVENT);

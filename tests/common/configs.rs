@@ -23,6 +23,20 @@ pub fn http_config(binds: &[String]) -> String {
 /// The fake haproxy (tests/fake_haproxy): for faults a real haproxy cannot produce on demand.
 pub const FAKE_HAPROXY: &str = env!("CARGO_BIN_EXE_hapmaster-fake-haproxy");
 
+/// The fake haproxy playing haproxy `version` (`$FAKE_HAPROXY_VERSION`: its `-v`, its `show
+/// info`, which `-x` it takes): a script `haproxy-<version>` in `dir`, for `--haproxy`.
+pub fn fake_haproxy_of_version(dir: &super::TestDir, version: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(&format!("haproxy-{version}"));
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nFAKE_HAPROXY_VERSION={version} exec {FAKE_HAPROXY} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// A config for the fake haproxy: one HTTP listener on 127.0.0.1:`port` and a `fake <fault>`
 /// line per fault.
 pub fn fake_config<S: AsRef<str>>(port: u16, faults: &[S]) -> String {
