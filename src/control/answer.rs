@@ -20,15 +20,18 @@ pub const RELOAD_FAILED: &str = "Success=0";
 pub const NO_CURRENT_WORKER: &str = "No current worker to send the command to";
 /// hapmaster's master: a forwarded command whose worker did not answer.
 pub const CANNOT_REACH_WORKER: &str = "Cannot reach worker pid";
-/// hapmaster's master: an `@` prefix alone.
+/// haproxy's and hapmaster's master CLIs: the worker an `@` alone chose is gone.
+pub const CANNOT_CONNECT: &str = "Can't connect to the target CLI!";
+/// Older hapmaster masters (before issue 13): an `@` prefix alone.
 pub const MISSING_COMMAND: &str = "Missing command after";
-/// hapmaster's master: `@ @1 ...`.
+/// Older hapmaster masters (before issue 13): `@ @1 ...`.
 pub const ONE_PREFIX: &str = "Only one @ prefix per command";
 
 /// First lines that say the command failed.
 const FAILURES: &[&str] = &[
     UNKNOWN_COMMAND,
     TARGET_NOT_FOUND,
+    CANNOT_CONNECT,
     NO_CURRENT_WORKER,
     CANNOT_REACH_WORKER,
     MISSING_COMMAND,
@@ -167,6 +170,7 @@ mod tests {
             "Unknown command: 'frob'. Please enter one of the following commands only:\n",
             "Unknown command 'frob'. Please enter one of the following commands only:\n",
             "Can't find the target PID matching the prefix '@7'\n",
+            "Can't connect to the target CLI!\n",
             "Success=0\n--\nReload failed: x\n",
             "Missing command after '@1': e.g. '@1 show info'\n",
             "No current worker to send the command to (see 'show proc')\n",

@@ -7,7 +7,7 @@
 //! master's own commands are unescaped as haproxy's CLI parser does (`\x` → `x`). `@`, `@0`,
 //! `@master` name the master; a prefix alone makes its process the session's default target.
 
-use crate::control::answer::{TARGET_NOT_FOUND, UNKNOWN_COMMAND};
+use crate::control::answer::{CANNOT_CONNECT, TARGET_NOT_FOUND, UNKNOWN_COMMAND};
 
 /// haproxy's `MAX_CLI_ARGS`: words past it are not split (their tabs stay tabs when forwarded).
 const MAX_CLI_ARGS: usize = 64;
@@ -240,7 +240,9 @@ pub fn bad_prefix_text(word: &str) -> String {
 
 /// haproxy's answer when the session's default target (a worker's pid) is gone; the
 /// connection closes after it.
-pub const CANNOT_CONNECT: &str = "Can't connect to the target CLI!\n";
+pub fn cannot_connect_text() -> String {
+    format!("{CANNOT_CONNECT}\n")
+}
 
 fn parse_master_command(cmd: &str) -> Request {
     let words = unescaped_words(cmd);

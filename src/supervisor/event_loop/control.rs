@@ -13,7 +13,7 @@ use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
 use super::{Master, HANDOFF_TIMEOUT};
 use crate::control::answer::{no_credentials_text, permission_denied_text};
 use crate::control::command::{
-    bad_prefix_text, help_text, parse_request, shorten, Request, Target, CANNOT_CONNECT,
+    bad_prefix_text, cannot_connect_text, help_text, parse_request, shorten, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::control::prompt::prompt;
@@ -557,7 +557,7 @@ impl Master<'_> {
             return match prefix {
                 Some(word) => Step::Refused(bad_prefix_text(word)),
                 // The worker an `@` alone chose is gone: haproxy's master cannot connect to it.
-                None => Step::CloseAfter(CANNOT_CONNECT.to_string()),
+                None => Step::CloseAfter(cannot_connect_text()),
             };
         };
         let path = self.runtime.worker_socket(w.generation);
