@@ -5,5 +5,8 @@ pub mod answer;
 pub mod client;
 pub mod command;
 pub mod format;
+pub mod fuzzy;
+pub mod keywords;
+pub mod levels;
 pub mod spec;
 pub mod usage;
