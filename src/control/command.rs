@@ -4,14 +4,11 @@
 //! one), `@1 <command>` for the current worker, `@!<pid> <command>` for any live worker, `@` /
 //! `@0` / `@master` for the master itself.
 
-use crate::control::answer::{
-    MISSING_COMMAND, NO_CURRENT_WORKER, ONE_PREFIX, TARGET_NOT_FOUND, UNKNOWN_COMMAND,
-};
+use crate::control::answer::{MISSING_COMMAND, NO_CURRENT_WORKER, ONE_PREFIX, TARGET_NOT_FOUND};
 
 /// One request, as the master acts on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Help,
     ShowProc,
     Reload,
     HardReload,
@@ -26,6 +23,9 @@ pub enum Request {
         target: Target,
         command: String,
     },
+    /// Any other command for the master: its words, for haproxy's keyword table
+    /// (`crate::control::keywords`), which answers per haproxy version and session level.
+    Keyword(Vec<String>),
     /// Not a command: the complete answer to send (ends with a newline; the CLI's blank line
     /// that ends every answer is not included).
     Unknown(String),
@@ -52,7 +52,7 @@ impl Request {
             | Request::AwaitReload
             | Request::Forward { .. }
             | Request::Getsocks => true,
-            Request::Help
+            Request::Keyword(_)
             | Request::ShowProc
             | Request::ShowListeners
             | Request::Prompt
@@ -176,7 +176,6 @@ pub fn no_such_worker_text(target: Target) -> String {
 fn parse_master_command(cmd: &str) -> Request {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     match words.as_slice() {
-        ["help", ..] => Request::Help,
         ["show", "proc"] => Request::ShowProc,
         ["show", "listeners"] => Request::ShowListeners,
         ["reload"] => Request::Reload,
@@ -185,7 +184,7 @@ fn parse_master_command(cmd: &str) -> Request {
         ["_getsocks"] => Request::Getsocks,
         ["prompt"] => Request::Prompt,
         ["quit"] => Request::Quit,
-        _ => Request::Unknown(unknown_command_text(cmd)),
+        _ => Request::Keyword(words.iter().map(|w| w.to_string()).collect()),
     }
 }
 
@@ -200,61 +199,6 @@ pub(crate) fn shorten(s: &str) -> String {
         out.push_str("...");
     }
     out
-}
-
-/// The commands the master serves, as `(usage, description)`, in the order `help` lists them.
-const COMMANDS: &[(&str, &str)] = &[
-    ("@!<pid>", "send a command to the worker process <pid>"),
-    ("@1", "send a command to the current worker"),
-    ("@ (or @0, @master)", "send a command to the master process"),
-    (
-        "reload",
-        "reload haproxy and wait for the result (Success=1 or Success=0)",
-    ),
-    (
-        "hard-reload",
-        "reload haproxy, old workers are stopped at once (SIGTERM)",
-    ),
-    (
-        "await-reload",
-        "wait for the reload a signal started (or the next one) and answer as reload does",
-    ),
-    ("show proc", "show processes status"),
-    (
-        "show listeners",
-        "show the listening sockets the master holds",
-    ),
-    (
-        "_getsocks",
-        "hand the listening sockets over (what haproxy -x asks)",
-    ),
-    ("help", "list all commands"),
-    ("prompt", "toggle interactive mode with prompt"),
-    ("quit", "disconnect"),
-];
-
-fn command_list() -> String {
-    COMMANDS
-        .iter()
-        .map(|(usage, what)| format!("  {usage:<40}: {what}\n"))
-        .collect()
-}
-
-/// The answer to `help`, in haproxy's shape.
-pub fn help_text() -> String {
-    format!(
-        "The following commands are valid at this level:\n{}",
-        command_list()
-    )
-}
-
-/// The answer to an unknown command: an error naming it, then every command.
-pub fn unknown_command_text(cmd: &str) -> String {
-    format!(
-        "{UNKNOWN_COMMAND} '{}'. Please enter one of the following commands only:\n{}",
-        shorten(cmd),
-        command_list()
-    )
 }
 
 #[cfg(test)]
@@ -294,8 +238,12 @@ mod tests {
 
     #[test]
     fn master_commands() {
-        assert_eq!(parse_request("help"), Request::Help);
-        assert_eq!(parse_request("help reload"), Request::Help);
+        assert_eq!(parse_request("help"), keyword(&["help"]));
+        assert_eq!(parse_request("help reload"), keyword(&["help", "reload"]));
+        assert_eq!(
+            parse_request("show  version"),
+            keyword(&["show", "version"])
+        );
         assert_eq!(parse_request("show proc"), Request::ShowProc);
         assert_eq!(parse_request("  show \t proc  "), Request::ShowProc);
         assert_eq!(parse_request("show listeners"), Request::ShowListeners);
@@ -320,10 +268,14 @@ mod tests {
             parse_request("@!1234   show  stat "),
             fwd(Target::Pid(1234), "show  stat")
         );
-        assert_eq!(parse_request("@ help"), Request::Help);
+        assert_eq!(parse_request("@ help"), keyword(&["help"]));
         assert_eq!(parse_request("@0 show proc"), Request::ShowProc);
         assert_eq!(parse_request("@master reload"), Request::Reload);
         assert_eq!(parse_request("@\tshow proc"), Request::ShowProc);
+    }
+
+    fn keyword(words: &[&str]) -> Request {
+        Request::Keyword(words.iter().map(|w| w.to_string()).collect())
     }
 
     fn unknown(r: Request) -> String {
@@ -375,34 +327,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_commands_list_everything() {
-        for bad in [
-            "",
-            "foo",
-            "show",
-            "show proc extra",
-            "reload now",
-            "RELOAD",
-            "show proc\u{7}",
-            "_getsocks x",
+    fn other_commands_go_to_the_keyword_table() {
+        for (cmd, words) in [
+            ("", &[][..]),
+            ("foo", &["foo"][..]),
+            ("show", &["show"]),
+            ("show proc extra", &["show", "proc", "extra"]),
+            ("reload now", &["reload", "now"]),
+            ("RELOAD", &["RELOAD"]),
+            ("_getsocks x", &["_getsocks", "x"]),
+            ("expert-mode on", &["expert-mode", "on"]),
         ] {
-            let t = unknown(parse_request(bad));
-            assert!(t.starts_with("Unknown command"), "{bad:?}: {t}");
-            assert!(t.ends_with(&command_list()), "{t}");
+            assert_eq!(parse_request(cmd), keyword(words), "{cmd:?}");
         }
-        let t = unknown(parse_request("frobnicate"));
-        assert!(t.starts_with("Unknown command 'frobnicate'. Please enter"));
-        // Control characters are not echoed raw.
-        let t = unknown(parse_request("x\u{1b}[2J"));
-        assert!(t.starts_with("Unknown command 'x?[2J'"), "{t}");
     }
 
     #[test]
     fn very_long_lines() {
-        let long = "a".repeat(1 << 20);
-        let t = unknown(parse_request(&long));
-        assert!(t.len() < 4096, "the answer quotes a bounded part");
-        assert!(t.contains("..."));
         let many = "help;".repeat(100_000);
         assert_eq!(split_line(&many).len(), 100_000);
         let prefixes = "@ ".repeat(100_000);
@@ -423,7 +364,7 @@ mod tests {
             assert!(r.changes_state(), "{r:?}");
         }
         for r in [
-            Request::Help,
+            keyword(&["help"]),
             Request::ShowProc,
             Request::ShowListeners,
             Request::Prompt,
@@ -432,32 +373,6 @@ mod tests {
         ] {
             assert!(!r.changes_state(), "{r:?}");
         }
-    }
-
-    #[test]
-    fn help_shape() {
-        let h = help_text();
-        assert!(h.starts_with("The following commands are valid at this level:\n"));
-        for word in [
-            "@!<pid>",
-            "@1",
-            "@master",
-            "reload",
-            "hard-reload",
-            "show proc",
-            "show listeners",
-            "_getsocks",
-            "help",
-            "prompt",
-            "quit",
-        ] {
-            assert!(h.contains(word), "{word} missing from help");
-        }
-        assert!(h.contains("  show proc                               : show processes status\n"));
-        for line in h.lines().skip(1) {
-            assert_eq!(line.find(": "), Some(42), "{line:?}");
-        }
-        assert!(h.ends_with("quit                                    : disconnect\n"));
     }
 
     #[test]

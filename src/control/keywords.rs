@@ -41,6 +41,8 @@ pub enum Kw {
     HardReload,
     LoadStatus,
     ShowStartupLogs,
+    /// One of hapmaster's own commands (found before the table): listed by `help` only.
+    Hapmaster,
 }
 
 struct Keyword {
@@ -170,6 +172,29 @@ const TABLE: &[Keyword] = &[
     ),
 ];
 
+/// hapmaster's own commands, for `help` (after haproxy's, in the same shape). Never suggested
+/// for an unknown command: those answers stay haproxy's.
+const HAPMASTER: &[Keyword] = &[
+    k(
+        &["await-reload"],
+        Some("await-reload                            : wait for the reload a signal started (or the next one), answer as reload"),
+        ALWAYS,
+        Kw::Hapmaster,
+    ),
+    k(
+        &["show", "listeners"],
+        Some("show listeners                          : show the listening sockets the master holds"),
+        ALWAYS,
+        Kw::Hapmaster,
+    ),
+    k(
+        &["_getsocks"],
+        Some("_getsocks                               : hand the listening sockets over (what haproxy -x asks)"),
+        ALWAYS,
+        Kw::Hapmaster,
+    ),
+];
+
 /// `reload`'s usage from 2.9 on (3dd55fa13 added hard-reload and reworded it).
 const RELOAD_USAGE_2_9: &str =
     "reload                                  : achieve a soft-reload (-sf) of haproxy";
@@ -240,6 +265,11 @@ pub fn empty_command(dialect: Dialect) -> String {
     } else {
         usage_message(&[], dialect, false)
     }
+}
+
+/// haproxy's `Unknown command` answer to `words`, whatever they are.
+pub fn unknown(words: &[&str], dialect: Dialect) -> String {
+    usage_message(words, dialect, false)
 }
 
 /// `help [words]`.
@@ -328,6 +358,17 @@ fn usage_message(args: &[&str], dialect: Dialect, is_help: bool) -> String {
         }
     }
     entries.sort_unstable();
+    if is_help && matches.is_empty() {
+        // hapmaster runs `hard-reload` for every haproxy version (haproxy's master has it from
+        // 2.9): listed with its own commands before.
+        let hard = TABLE
+            .iter()
+            .filter(|k| k.kw == Kw::HardReload && !dialect.serves(k));
+        let ours = hard
+            .chain(HAPMASTER)
+            .filter(|k| matching(k, length) == length);
+        entries.extend(ours.filter_map(|k| k.usage));
+    }
     for e in entries {
         out.push_str("  ");
         out.push_str(e);
@@ -441,7 +482,19 @@ mod tests {
                     cmd.split_whitespace().collect()
                 };
                 let answer = if words.first() == Some(&"help") {
-                    help(&words[1..], dialect)
+                    // haproxy's lines, in order, then hapmaster's own before the fixed ones.
+                    let h = help(&words[1..], dialect);
+                    let hard = TABLE
+                        .iter()
+                        .filter(|k| k.kw == Kw::HardReload && !dialect.serves(k));
+                    let ours: Vec<String> = hard
+                        .chain(HAPMASTER)
+                        .map(|k| format!("  {}\n", k.usage.unwrap()))
+                        .collect();
+                    let fixed = h.find("  help [<command>]").unwrap();
+                    assert!(h[..fixed].ends_with(&ours.concat()), "{h}");
+                    ours.iter()
+                        .fold(h.clone(), |h, line| h.replacen(line.as_str(), "", 1))
                 } else if words.is_empty() {
                     empty_command(dialect)
                 } else {

@@ -8,5 +8,6 @@ pub mod format;
 pub mod fuzzy;
 pub mod keywords;
 pub mod levels;
+pub mod load_log;
 pub mod spec;
 pub mod usage;

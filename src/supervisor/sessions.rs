@@ -13,6 +13,7 @@ use nix::poll::PollFlags;
 use super::forward::Forward;
 use super::state::Generation;
 use crate::control::command::next_command;
+use crate::control::levels::SessionLevel;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::ServeTask;
 
@@ -87,6 +88,9 @@ pub struct Session {
     pub listener: usize,
     /// `prompt` mode: answers are followed by a prompt and the connection stays open.
     pub interactive: bool,
+    /// Its access level and modes (haproxy's: `operator`, `expert-mode on`, ...), from its
+    /// socket's `level` at first.
+    pub level: SessionLevel,
     /// Waiting for the first reload of a generation above this one to finish.
     pub awaiting_reload: Option<Generation>,
     /// A command in progress with another peer (not bound by the session's deadline: it has its
@@ -138,6 +142,7 @@ impl Session {
             privileged,
             listener,
             interactive: false,
+            level: SessionLevel::default(),
             awaiting_reload: None,
             task: None,
             closing: false,

@@ -12,10 +12,11 @@ use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
 
 use super::{Master, HANDOFF_TIMEOUT};
 use crate::control::answer::{no_credentials_text, permission_denied_text};
-use crate::control::command::{
-    help_text, no_such_worker_text, parse_request, shorten, Request, Target,
-};
+use crate::control::command::{no_such_worker_text, parse_request, shorten, Request, Target};
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
+use crate::control::keywords::{self, Dialect, Kw, LEVEL_DENIED};
+use crate::control::levels::{Applied, Level, SessionLevel, PERMISSION_DENIED};
+use crate::control::load_log::{load_log, reload_answer};
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
 use crate::supervisor::admission::{self, Refusals};
@@ -33,6 +34,8 @@ pub(super) struct ControlListener {
     /// (it also serves `_getsocks` to new workers); `-S` sockets let others run read-only
     /// commands.
     pub internal: bool,
+    /// The level its sessions start at (`-S ...,level,<level>`; admin by default).
+    pub level: Level,
     /// A `-S` socket's file, removed at exit while it is still ours.
     pub placed: Option<crate::fs_at::Placed>,
     /// Its peers have credentials (SO_PEERCRED: a unix socket). Not an inet `-S fd@<n>`'s,
@@ -64,6 +67,7 @@ impl ControlListener {
                         .into(),
                 });
             }
+            let level = spec::level_of(arg)?;
             let (listener, family) = spec::adopt(fd)?;
             taken.push(fd);
             log::info!(
@@ -78,6 +82,7 @@ impl ControlListener {
                 listener,
                 path: PathBuf::from(format!("fd@{fd}")),
                 internal: false,
+                level,
                 placed: None,
                 peer_credentials: family.has_peer_credentials(),
                 refusals: Default::default(),
@@ -90,6 +95,7 @@ impl ControlListener {
             listener,
             path: spec.path,
             internal: false,
+            level: spec.level,
             placed: Some(placed),
             peer_credentials: true,
             refusals: Default::default(),
@@ -106,6 +112,30 @@ enum Step {
     ReloadAnswer(String),
     /// The connection is over (quit, or the socket handoff consumed it).
     Close,
+    /// Nothing to answer (`operator`, `expert-mode on`, ...).
+    Silent,
+    /// Refused by haproxy's master proxy itself (`Permission denied!`): the line, without the
+    /// blank line of answers; then haproxy before 2.8 closes the connection, later ones drop
+    /// the rest of what the client sent and go on.
+    Refused(String),
+}
+
+/// The answer to a reload the master will not run: it is stopping.
+fn stopping_answer() -> String {
+    reload_answer(
+        false,
+        &load_log(std::process::id(), None, "", Some("the master is stopping")),
+    )
+}
+
+/// The level hapmaster's own requests need, as haproxy's master would ask (`reload` needs
+/// operator); a forwarded command's level is the worker's to judge (`forward_prefix`).
+fn needs(request: &Request) -> Level {
+    match request {
+        Request::Reload | Request::HardReload | Request::AwaitReload => Level::Operator,
+        Request::Getsocks => Level::Admin,
+        _ => Level::User,
+    }
 }
 
 fn may_change_state(uid: u32) -> bool {
@@ -124,8 +154,8 @@ impl Master<'_> {
             let Some(l) = self.listeners.get(index) else {
                 return;
             };
-            let (stream, internal, credentials) = match spec::accept_any(&l.listener) {
-                Ok(stream) => (stream, l.internal, l.peer_credentials),
+            let (stream, internal, credentials, level) = match spec::accept_any(&l.listener) {
+                Ok(stream) => (stream, l.internal, l.peer_credentials, l.level),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -156,7 +186,8 @@ impl Master<'_> {
                 continue;
             }
             match Session::new(stream, pid, uid, privileged, index, self.opts.cli_timeout) {
-                Ok(session) => {
+                Ok(mut session) => {
+                    session.level = SessionLevel::new(level);
                     self.next_session += 1;
                     self.sessions.insert(self.next_session, session);
                 }
@@ -302,7 +333,21 @@ impl Master<'_> {
                         s.write(b"\n");
                     }
                 }
-                Step::Wait => {}
+                Step::Wait | Step::Silent => {}
+                Step::Refused(text) => {
+                    let close = !self.dialect().at_least((2, 8));
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.write(text.as_bytes());
+                        s.discard_input();
+                        if close {
+                            s.closing = true;
+                            return;
+                        }
+                        if s.interactive {
+                            s.write(PROMPT.as_bytes());
+                        }
+                    }
+                }
                 Step::ReloadAnswer(text) => {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         s.write(text.as_bytes());
@@ -325,7 +370,19 @@ impl Master<'_> {
         };
         let (privileged, peer_uid) = (s.privileged, s.peer_uid);
         let peer = s.peer_pid;
-        let request = parse_request(command);
+        let level = s.level.level;
+        let request = match parse_request(command) {
+            Request::Keyword(words) => match self.keyword(id, &words) {
+                Ok(request) => request,
+                Err(step) => return step,
+            },
+            request => request,
+        };
+        // haproxy's level first (what its CLI answers a user-level socket), then hapmaster's
+        // rule on the peer's uid.
+        if level < needs(&request) {
+            return Step::Answer(LEVEL_DENIED.to_string());
+        }
         if request.changes_state() && !privileged {
             let master_uid = nix::unistd::geteuid().as_raw();
             return Step::Answer(if peer_uid == NO_PEER_UID {
@@ -335,7 +392,6 @@ impl Master<'_> {
             });
         }
         match request {
-            Request::Help => Step::Answer(help_text()),
             Request::ShowProc => Step::Answer(self.show_proc()),
             Request::ShowListeners => Step::Answer(self.show_listeners()),
             Request::Reload => self.start_reload(id, ReloadKind::Soft),
@@ -358,12 +414,83 @@ impl Master<'_> {
             } => self.execute(id, &command),
             Request::Forward { target, command } => self.forward(id, target, &command),
             Request::Unknown(text) => Step::Answer(text),
+            // Resolved above.
+            Request::Keyword(_) => Step::Silent,
         }
+    }
+
+    /// The haproxy version whose master CLI the master speaks: the newest worker's (as
+    /// haproxy's master runs the binary on disk at its last reload). Empty while no worker has
+    /// told it.
+    fn haproxy_version(&self) -> String {
+        self.state
+            .workers()
+            .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
+            .max_by_key(|(started, _)| *started)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
+    fn dialect(&self) -> Dialect {
+        crate::haproxy_version::Version::of_word(&self.haproxy_version())
+            .map_or(Dialect::NEWEST, |v| Dialect((v.major, v.minor)))
+    }
+
+    /// A command of haproxy's keyword table (or the session keywords its master proxy takes):
+    /// the request it is when hapmaster runs it as one of its own, or the step that answers it.
+    fn keyword(&mut self, id: u64, words: &[String]) -> Result<Request, Step> {
+        let dialect = self.dialect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(Step::Close);
+        };
+        match s.level.apply(&words) {
+            Some(Applied::Done) => return Err(Step::Silent),
+            Some(Applied::Denied) => return Err(Step::Refused(PERMISSION_DENIED.to_string())),
+            None => {}
+        }
+        let level = s.level.level;
+        if words.is_empty() {
+            return Err(Step::Answer(keywords::empty_command(dialect)));
+        }
+        let kw = keywords::find(&words, dialect).map_err(Step::Answer)?;
+        if level < keywords::needs(kw) {
+            return Err(Step::Answer(LEVEL_DENIED.to_string()));
+        }
+        Err(Step::Answer(match kw {
+            Kw::ShowProc => return Ok(Request::ShowProc),
+            Kw::Reload => return Ok(Request::Reload),
+            Kw::HardReload => return Ok(Request::HardReload),
+            Kw::Prompt => return Ok(Request::Prompt),
+            Kw::Quit => return Ok(Request::Quit),
+            Kw::Help => keywords::help(&words[1..], dialect),
+            Kw::Echo => keywords::echo(&words),
+            Kw::ShowEnv => {
+                let environ: Vec<(String, String)> = std::env::vars_os()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string_lossy().into_owned(),
+                            v.to_string_lossy().into_owned(),
+                        )
+                    })
+                    .collect();
+                keywords::show_env(&words, &environ)
+            }
+            // The master holds no stats socket of the configuration, as haproxy's does not.
+            Kw::ShowCliSockets => String::new(),
+            Kw::ShowCliLevel => format!("{level}\n"),
+            Kw::ShowVersion => format!("{}\n", self.haproxy_version()),
+            Kw::ShowStartupLogs => self.startup_logs.clone(),
+            // Taken before the table; a word such as `@!<pid>` typed as is names nothing.
+            Kw::Mode | Kw::Level | Kw::Prefix | Kw::LoadStatus | Kw::Hapmaster => {
+                keywords::unknown(&words, dialect)
+            }
+        }))
     }
 
     fn start_reload(&mut self, id: u64, kind: ReloadKind) -> Step {
         if self.state.is_stopping() {
-            return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
+            return Step::ReloadAnswer(stopping_answer());
         }
         let Some(s) = self.sessions.get(&id) else {
             return Step::Close;
@@ -385,7 +512,7 @@ impl Master<'_> {
     /// The session is answered when the first reload of a generation above `after` ends.
     fn wait_for_reload(&mut self, id: u64, after: Generation) -> Step {
         if self.state.is_stopping() {
-            return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
+            return Step::ReloadAnswer(stopping_answer());
         }
         if let Some(s) = self.sessions.get_mut(&id) {
             s.awaiting_reload = Some(after);
@@ -402,20 +529,33 @@ impl Master<'_> {
         startup: &str,
     ) {
         let waiting = self.sessions_where(|s| s.awaiting_reload.is_some_and(|a| a < generation));
-        let text = match reason {
-            None => format!("Success=1\n--\n{startup}"),
-            Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
-        };
+        let worker = self.workers.of_generation(generation).map(|(pid, _)| pid);
+        let log = load_log(std::process::id(), worker, startup, reason);
+        let text = reload_answer(reason.is_none(), &log);
+        self.startup_logs = log;
         self.signal_reloads.reload_ended(generation, &text);
         for id in waiting {
+            // haproxy 2.7 and later close the connection after a reload's answer: what came
+            // after `reload` is not run.
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
-                s.restart_deadline();
                 s.write(text.as_bytes());
+                s.discard_input();
+                s.closing = true;
             }
-            self.run_session(id);
             self.flush_session(id);
         }
+    }
+
+    /// The first worker is ready: its start is the startup log (`show startup-logs`).
+    pub(super) fn first_load_done(&mut self, worker: i32) {
+        let startup = self
+            .workers
+            .get_mut(worker)
+            .and_then(|r| r.startup.clone())
+            .unwrap_or_default();
+        let startup = String::from_utf8_lossy(&startup).into_owned();
+        self.startup_logs = load_log(std::process::id(), Some(worker), &startup, None);
     }
 
     /// What the worker of a reload that just ended said while starting, taken once.
@@ -441,7 +581,7 @@ impl Master<'_> {
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
-                s.write(b"Success=0\n--\nthe master is stopping\n");
+                s.write(stopping_answer().as_bytes());
                 s.closing = true;
                 let _ = s.flush();
             }
@@ -491,7 +631,13 @@ impl Master<'_> {
             return Step::Answer(no_such_worker_text(target));
         };
         let path = self.runtime.worker_socket(w.generation);
-        match Forward::start(&path, w.pid, command, Instant::now()) {
+        // The worker runs it at the session's level and in its modes, as haproxy's master
+        // has it (`operator -;expert-mode on -;<command>`).
+        let prefix = self
+            .sessions
+            .get(&id)
+            .map_or_else(String::new, |s| s.level.forward_prefix());
+        match Forward::start(&path, w.pid, &format!("{prefix}{command}"), Instant::now()) {
             Ok(forward) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.task = Some(Task::Forward(forward));
@@ -565,16 +711,9 @@ impl Master<'_> {
                 uptime: now.saturating_duration_since(since),
                 version,
             };
-        // haproxy's master prints the version it runs, which is the one on disk at its last
-        // reload (it re-executes then): here the newest worker's. hapmaster's own version is
-        // `hapmaster -v`'s.
-        let version = self
-            .state
-            .workers()
-            .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
-            .max_by_key(|(started, _)| *started)
-            .map(|(_, v)| v)
-            .unwrap_or_default();
+        // haproxy's master prints the version it runs (`haproxy_version`); hapmaster's own
+        // version is `hapmaster -v`'s.
+        let version = self.haproxy_version();
         let programs =
             crate::haproxy_version::Version::of_word(&version).map_or(true, |v| v.lists_programs());
         let master = row(
