@@ -47,7 +47,14 @@ pub struct SessionLevel {
     pub expert: bool,
     pub experimental: bool,
     pub mcli_debug: bool,
+    /// `set severity-output string` / `number` (haproxy 3.0+): both may be on.
+    pub severity_string: bool,
+    pub severity_number: bool,
 }
+
+/// haproxy's answer to `set severity-output` without one of its values (a proxy error, as
+/// [`PERMISSION_DENIED`]).
+pub const SEVERITY_USAGE: &str = "one of 'none', 'number', 'string' is a required argument\n";
 
 /// What a session keyword did.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,6 +103,23 @@ impl SessionLevel {
         Some(Applied::Done)
     }
 
+    /// `set severity-output none|string|number`, which haproxy 3.0's master proxy takes for the
+    /// session (and passes on to the worker with each command); None for any other command.
+    /// `string` and `number` add to what is set, `none` clears both; anything else is refused
+    /// with [`SEVERITY_USAGE`].
+    pub fn apply_severity(&mut self, words: &[&str]) -> Option<Result<(), &'static str>> {
+        let ["set", "severity-output", rest @ ..] = words else {
+            return None;
+        };
+        match rest.first() {
+            Some(&"none") => (self.severity_string, self.severity_number) = (false, false),
+            Some(&"string") => self.severity_string = true,
+            Some(&"number") => self.severity_number = true,
+            _ => return Some(Err(SEVERITY_USAGE)),
+        }
+        Some(Ok(()))
+    }
+
     /// Whether `word` is one of the keywords [`SessionLevel::apply`] takes: the master's proxy
     /// takes them whatever the session's default target is.
     pub fn is_session_keyword(word: &str) -> bool {
@@ -112,20 +136,28 @@ impl SessionLevel {
     /// refuses them below it, and would answer `Permission denied` instead of the command), and
     /// `mcli-debug-mode` never (it is the master's).
     pub fn forward_prefix(&self) -> String {
-        match self.level {
-            Level::User => "user -;".to_string(),
-            Level::Operator => "operator -;".to_string(),
-            Level::Admin => {
-                let mut p = String::new();
-                if self.expert {
-                    p.push_str("expert-mode on -;");
-                }
-                if self.experimental {
-                    p.push_str("experimental-mode on -;");
-                }
-                p
+        let mut p = match self.level {
+            Level::User => "user -;",
+            Level::Operator => "operator -;",
+            Level::Admin => "",
+        }
+        .to_string();
+        // haproxy inserts each at the front: the last inserted (number) comes first.
+        if self.severity_number {
+            p.push_str("set severity-output number -;");
+        }
+        if self.severity_string {
+            p.push_str("set severity-output string -;");
+        }
+        if self.level == Level::Admin {
+            if self.expert {
+                p.push_str("expert-mode on -;");
+            }
+            if self.experimental {
+                p.push_str("experimental-mode on -;");
             }
         }
+        p
     }
 
     /// The prompt's mode flags: `(xed)` for experimental, expert, mcli-debug (haproxy's
@@ -192,6 +224,32 @@ mod tests {
         assert!(s.expert, "a refused mode command changes nothing");
         let user = SessionLevel::new(Level::User);
         assert_eq!(user.forward_prefix(), "user -;");
+    }
+
+    #[test]
+    fn severity_output() {
+        let mut s = SessionLevel::new(Level::Operator);
+        assert_eq!(
+            s.apply_severity(&["set", "severity-output", "string"]),
+            Some(Ok(()))
+        );
+        assert_eq!(
+            s.forward_prefix(),
+            "operator -;set severity-output string -;"
+        );
+        s.apply_severity(&["set", "severity-output", "number"]);
+        assert_eq!(
+            s.forward_prefix(),
+            "operator -;set severity-output number -;set severity-output string -;"
+        );
+        assert_eq!(
+            s.apply_severity(&["set", "severity-output"]),
+            Some(Err(SEVERITY_USAGE))
+        );
+        s.apply_severity(&["set", "severity-output", "none"]);
+        assert_eq!(s.forward_prefix(), "operator -;");
+        assert_eq!(s.apply_severity(&["set", "server", "x"]), None);
+        assert_eq!(s.apply_severity(&["set"]), None);
     }
 
     #[test]

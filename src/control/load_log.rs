@@ -45,7 +45,13 @@ pub fn load_log(
 /// the load's log, and the blank line that ends a CLI answer. haproxy 2.6 answers nothing (its
 /// master re-executes); hapmaster answers this for every version.
 pub fn reload_answer(success: bool, log: &str) -> String {
-    format!("Success={}\n--\n{log}\n", u8::from(success))
+    format!("{}\n", load_status(success, log))
+}
+
+/// haproxy's `_loadstatus` (2.7+): `Success=`, then `--` and the log if there is one.
+pub fn load_status(success: bool, log: &str) -> String {
+    let sep = if log.len() > 1 { "--\n" } else { "" };
+    format!("Success={}\n{sep}{log}", u8::from(success))
 }
 
 #[cfg(test)]

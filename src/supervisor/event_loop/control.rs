@@ -16,7 +16,7 @@ use crate::control::command::{no_such_worker_text, parse_request, shorten, Reque
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
 use crate::control::keywords::{self, Dialect, Kw, LEVEL_DENIED};
 use crate::control::levels::{Applied, Level, SessionLevel, PERMISSION_DENIED};
-use crate::control::load_log::{load_log, reload_answer};
+use crate::control::load_log::{load_log, load_status, reload_answer};
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
 use crate::supervisor::admission::{self, Refusals};
@@ -449,6 +449,14 @@ impl Master<'_> {
             Some(Applied::Denied) => return Err(Step::Refused(PERMISSION_DENIED.to_string())),
             None => {}
         }
+        // 1c1bb8ef2 (v3.0-dev1)
+        if dialect.at_least((3, 0)) {
+            match s.level.apply_severity(&words) {
+                Some(Ok(())) => return Err(Step::Silent),
+                Some(Err(usage)) => return Err(Step::Refused(usage.to_string())),
+                None => {}
+            }
+        }
         let level = s.level.level;
         if words.is_empty() {
             return Err(Step::Answer(keywords::empty_command(dialect)));
@@ -482,9 +490,9 @@ impl Master<'_> {
             Kw::ShowVersion => format!("{}\n", self.haproxy_version()),
             Kw::ShowStartupLogs => self.startup_logs.clone(),
             // Taken before the table; a word such as `@!<pid>` typed as is names nothing.
-            Kw::Mode | Kw::Level | Kw::Prefix | Kw::LoadStatus | Kw::Hapmaster => {
-                keywords::unknown(&words, dialect)
-            }
+            // What a reload answers (haproxy's master runs it for its own `reload`).
+            Kw::LoadStatus => load_status(self.failed_reloads == 0, &self.startup_logs),
+            Kw::Mode | Kw::Level | Kw::Prefix | Kw::Hapmaster => keywords::unknown(&words, dialect),
         }))
     }
 
