@@ -9,8 +9,8 @@
 /// [`permission_denied_text`].
 pub const PERMISSION_DENIED: &str = "Permission denied";
 /// haproxy: "Unknown command, but maybe one of the following ones is a better match:" or
-/// "Unknown command. Please enter ..." (2.x), "Unknown command: '<word>'..." (3.x); hapmaster:
-/// "Unknown command '<command>'. Please enter ...".
+/// "Unknown command. Please enter ..." (2.6), "Unknown command: '<word>'..." (2.7 and later);
+/// hapmaster answers as the haproxy version its workers run (`crate::control::keywords`).
 pub const UNKNOWN_COMMAND: &str = "Unknown command";
 /// haproxy's and hapmaster's master CLIs, for an `@` prefix that names no process.
 pub const TARGET_NOT_FOUND: &str = "Can't find the target PID matching the prefix";

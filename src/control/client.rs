@@ -323,7 +323,8 @@ pub fn getsocks_failure(path: &Path, e: &FetchError) -> (u8, String) {
 fn is_privileged(line: &str) -> bool {
     let mut default = Target::Master;
     split_line(line).iter().any(|c| {
-        let request = parse_request(c, default);
+        // `set severity-output` as a worker's command (haproxy before 3.0): the stricter guess.
+        let request = parse_request(c, default, false);
         if let Request::SetTarget { target, .. } = request {
             default = target;
         }

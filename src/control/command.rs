@@ -7,7 +7,8 @@
 //! master's own commands are unescaped as haproxy's CLI parser does (`\x` → `x`). `@`, `@0`,
 //! `@master` name the master; a prefix alone makes its process the session's default target.
 
-use crate::control::answer::{CANNOT_CONNECT, TARGET_NOT_FOUND, UNKNOWN_COMMAND};
+use crate::control::answer::{CANNOT_CONNECT, TARGET_NOT_FOUND};
+use crate::control::levels::SessionLevel;
 
 /// haproxy's `MAX_CLI_ARGS`: words past it are not split (their tabs stay tabs when forwarded).
 const MAX_CLI_ARGS: usize = 64;
@@ -15,7 +16,6 @@ const MAX_CLI_ARGS: usize = 64;
 /// One request, as the master acts on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Help,
     ShowProc,
     Reload,
     HardReload,
@@ -40,9 +40,9 @@ pub enum Request {
     },
     /// An `@` word that names no process: haproxy's line, [`bad_prefix_text`].
     BadPrefix(String),
-    /// Not a command: the complete answer to send (ends with a newline; the CLI's blank line
-    /// that ends every answer is not included).
-    Unknown(String),
+    /// Any other command for the master: its words, unescaped, for haproxy's keyword table
+    /// (`crate::control::keywords`), which answers per haproxy version and session level.
+    Keyword(Vec<String>),
 }
 
 /// Which process an `@` prefix names.
@@ -66,14 +66,13 @@ impl Request {
             | Request::AwaitReload
             | Request::Forward { .. }
             | Request::Getsocks => true,
-            Request::Help
+            Request::Keyword(_)
             | Request::ShowProc
             | Request::ShowListeners
             | Request::Prompt
             | Request::Quit
             | Request::SetTarget { .. }
-            | Request::BadPrefix(_)
-            | Request::Unknown(_) => false,
+            | Request::BadPrefix(_) => false,
         }
     }
 }
@@ -174,10 +173,12 @@ fn unescaped_words(cmd: &str) -> Vec<String> {
 }
 
 /// Parses one command (one element of [`split_line`]'s result); `default` is where a command
-/// without an `@` prefix goes (the master, or the worker an `@` alone chose).
-pub fn parse_request(cmd: &str, default: Target) -> Request {
+/// without an `@` prefix goes (the master, or the worker an `@` alone chose). `severity_output`:
+/// the master's proxy takes `set severity-output` for the session (haproxy 3.0 and later).
+pub fn parse_request(cmd: &str, default: Target, severity_output: bool) -> Request {
     let words = words(cmd);
     let first = words.first().map(|&(s, e)| &cmd[s..e]);
+    let second = words.get(1).map(|&(s, e)| &cmd[s..e]);
     match first {
         Some(word) if word.starts_with('@') => {
             let Some(target) = parse_prefix(word) else {
@@ -202,6 +203,12 @@ pub fn parse_request(cmd: &str, default: Target) -> Request {
         // Taken by the master whatever the target (haproxy's `pcli_find_and_exec_kw`).
         Some("prompt") => Request::Prompt,
         Some("quit") => Request::Quit,
+        // So are the session's level and modes (`pcli_find_and_exec_kw`), but only without a
+        // prefix: `@1 expert-mode` asks the worker.
+        Some(word) if SessionLevel::is_session_keyword(word) => parse_master_command(cmd),
+        Some("set") if severity_output && second == Some("severity-output") => {
+            parse_master_command(cmd)
+        }
         _ => match default {
             Target::Master => parse_master_command(cmd),
             target => Request::Forward {
@@ -248,7 +255,6 @@ fn parse_master_command(cmd: &str) -> Request {
     let words = unescaped_words(cmd);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["help", ..] => Request::Help,
         ["show", "proc"] => Request::ShowProc,
         ["show", "listeners"] => Request::ShowListeners,
         ["reload"] => Request::Reload,
@@ -257,9 +263,10 @@ fn parse_master_command(cmd: &str) -> Request {
         ["_getsocks"] => Request::Getsocks,
         ["prompt", ..] => Request::Prompt,
         ["quit", ..] => Request::Quit,
-        _ => Request::Unknown(unknown_command_text(cmd.trim())),
+        _ => Request::Keyword(words.iter().map(|w| w.to_string()).collect()),
     }
 }
+
 /// At most 80 characters of `s`, printable, for quoting client input back in an answer.
 pub(crate) fn shorten(s: &str) -> String {
     let mut out: String = s
@@ -271,61 +278,6 @@ pub(crate) fn shorten(s: &str) -> String {
         out.push_str("...");
     }
     out
-}
-
-/// The commands the master serves, as `(usage, description)`, in the order `help` lists them.
-const COMMANDS: &[(&str, &str)] = &[
-    ("@!<pid>", "send a command to the worker process <pid>"),
-    ("@1", "send a command to the current worker"),
-    ("@ (or @0, @master)", "send a command to the master process"),
-    (
-        "reload",
-        "reload haproxy and wait for the result (Success=1 or Success=0)",
-    ),
-    (
-        "hard-reload",
-        "reload haproxy, old workers are stopped at once (SIGTERM)",
-    ),
-    (
-        "await-reload",
-        "wait for the reload a signal started (or the next one) and answer as reload does",
-    ),
-    ("show proc", "show processes status"),
-    (
-        "show listeners",
-        "show the listening sockets the master holds",
-    ),
-    (
-        "_getsocks",
-        "hand the listening sockets over (what haproxy -x asks)",
-    ),
-    ("help", "list all commands"),
-    ("prompt", "toggle interactive mode with prompt"),
-    ("quit", "disconnect"),
-];
-
-fn command_list() -> String {
-    COMMANDS
-        .iter()
-        .map(|(usage, what)| format!("  {usage:<40}: {what}\n"))
-        .collect()
-}
-
-/// The answer to `help`, in haproxy's shape.
-pub fn help_text() -> String {
-    format!(
-        "The following commands are valid at this level:\n{}",
-        command_list()
-    )
-}
-
-/// The answer to an unknown command: an error naming it, then every command.
-pub fn unknown_command_text(cmd: &str) -> String {
-    format!(
-        "{UNKNOWN_COMMAND} '{}'. Please enter one of the following commands only:\n{}",
-        shorten(cmd),
-        command_list()
-    )
 }
 
 #[cfg(test)]
@@ -341,7 +293,11 @@ mod tests {
     }
 
     fn parse(cmd: &str) -> Request {
-        parse_request(cmd, Target::Master)
+        parse_request(cmd, Target::Master, true)
+    }
+
+    fn keyword(words: &[&str]) -> Request {
+        Request::Keyword(words.iter().map(|w| w.to_string()).collect())
     }
 
     #[test]
@@ -399,7 +355,7 @@ mod tests {
             fwd(Target::Current, "@1", "show \t version  ")
         );
         assert_eq!(
-            parse_request("\tshow\tinfo", Target::Pid(7)),
+            parse_request("\tshow\tinfo", Target::Pid(7), true),
             Request::Forward {
                 target: Target::Pid(7),
                 prefix: None,
@@ -417,7 +373,7 @@ mod tests {
         assert_eq!(unescaped_words(cmd), vec!["a b", r"c\", "d"]);
         assert_eq!(unescaped_words(r"show\ version"), vec!["show version"]);
         // `show\ version` is one word on the master: unknown, as on haproxy's.
-        assert!(matches!(parse(r"show\ version"), Request::Unknown(_)));
+        assert_eq!(parse(r"show\ version"), keyword(&["show version"]));
         assert_eq!(parse(r"show pr\oc"), Request::ShowProc);
         let many = "w ".repeat(100);
         assert_eq!(words(&many).len(), MAX_CLI_ARGS);
@@ -425,8 +381,9 @@ mod tests {
 
     #[test]
     fn master_commands() {
-        assert_eq!(parse("help"), Request::Help);
-        assert_eq!(parse("help reload"), Request::Help);
+        assert_eq!(parse("help"), keyword(&["help"]));
+        assert_eq!(parse("help reload"), keyword(&["help", "reload"]));
+        assert_eq!(parse("show  version"), keyword(&["show", "version"]));
         assert_eq!(parse("show proc"), Request::ShowProc);
         assert_eq!(parse("  show \t proc  "), Request::ShowProc);
         assert_eq!(parse("show listeners"), Request::ShowListeners);
@@ -451,12 +408,12 @@ mod tests {
             parse("@!1234   show  stat "),
             fwd(Target::Pid(1234), "@!1234", "show  stat ")
         );
-        assert_eq!(parse("@ help"), Request::Help);
+        assert_eq!(parse("@ help"), keyword(&["help"]));
         assert_eq!(parse("@0 show proc"), Request::ShowProc);
         assert_eq!(parse("@master reload"), Request::Reload);
         assert_eq!(parse("@\tshow proc"), Request::ShowProc);
         // On the master, a second prefix is a word of an unknown command.
-        assert!(matches!(parse("@ @1 show info"), Request::Unknown(_)));
+        assert_eq!(parse("@ @1 show info"), keyword(&["@1", "show", "info"]));
     }
 
     #[test]
@@ -478,10 +435,11 @@ mod tests {
                 );
             }
         }
-        // Then what has no prefix goes there, `prompt` and `quit` excepted; a prefix still wins.
+        // Then what has no prefix goes there, `prompt`, `quit` and the session's level and modes
+        // excepted; a prefix still wins.
         let default = Target::Pid(42);
         assert_eq!(
-            parse_request(" show version", default),
+            parse_request(" show version", default, true),
             Request::Forward {
                 target: default,
                 prefix: None,
@@ -489,15 +447,37 @@ mod tests {
             }
         );
         assert!(matches!(
-            parse_request("reload", default),
+            parse_request("reload", default, true),
             Request::Forward { .. }
         ));
-        assert_eq!(parse_request("prompt", default), Request::Prompt);
-        assert_eq!(parse_request("quit", default), Request::Quit);
+        assert_eq!(parse_request("prompt", default, true), Request::Prompt);
+        assert_eq!(parse_request("quit", default, true), Request::Quit);
         assert_eq!(
-            parse_request("@master show proc", default),
+            parse_request("@master show proc", default, true),
             Request::ShowProc
         );
+        for (cmd, words) in [
+            ("expert-mode on", &["expert-mode", "on"][..]),
+            (" operator", &["operator"]),
+            ("user", &["user"]),
+            ("mcli-debug-mode", &["mcli-debug-mode"]),
+            (
+                "set severity-output number",
+                &["set", "severity-output", "number"],
+            ),
+        ] {
+            assert_eq!(parse_request(cmd, default, true), keyword(words), "{cmd}");
+        }
+        // Before haproxy 3.0, `set severity-output` is the worker's.
+        assert!(matches!(
+            parse_request("set severity-output number", default, false),
+            Request::Forward { .. }
+        ));
+        // With a prefix, they are the worker's.
+        assert!(matches!(
+            parse_request("@1 expert-mode", default, true),
+            Request::Forward { .. }
+        ));
     }
 
     #[test]
@@ -528,49 +508,28 @@ mod tests {
         assert_eq!(parse(r"@\1 x"), Request::BadPrefix(r"@\1".into()));
     }
 
-    fn unknown(r: Request) -> String {
-        match r {
-            Request::Unknown(text) => {
-                assert!(text.ends_with('\n'), "{text:?}");
-                text
-            }
-            other => panic!("expected Unknown, got {other:?}"),
-        }
-    }
-
     #[test]
-    fn unknown_commands_list_everything() {
-        for bad in [
-            "",
-            "foo",
-            "show",
-            "show proc extra",
-            "reload now",
-            "RELOAD",
-            "show proc\u{7}",
-            "_getsocks x",
+    fn other_commands_go_to_the_keyword_table() {
+        for (cmd, words) in [
+            ("", &[][..]),
+            ("foo", &["foo"][..]),
+            ("show", &["show"]),
+            ("show proc extra", &["show", "proc", "extra"]),
+            ("reload now", &["reload", "now"]),
+            ("RELOAD", &["RELOAD"]),
+            ("_getsocks x", &["_getsocks", "x"]),
+            ("expert-mode on", &["expert-mode", "on"]),
         ] {
-            let t = unknown(parse(bad));
-            assert!(t.starts_with("Unknown command"), "{bad:?}: {t}");
-            assert!(t.ends_with(&command_list()), "{t}");
+            assert_eq!(parse(cmd), keyword(words), "{cmd:?}");
         }
-        let t = unknown(parse("frobnicate"));
-        assert!(t.starts_with("Unknown command 'frobnicate'. Please enter"));
-        // Control characters are not echoed raw.
-        let t = unknown(parse("x\u{1b}[2J"));
-        assert!(t.starts_with("Unknown command 'x?[2J'"), "{t}");
     }
 
     #[test]
     fn very_long_lines() {
-        let long = "a".repeat(1 << 20);
-        let t = unknown(parse(&long));
-        assert!(t.len() < 4096, "the answer quotes a bounded part");
-        assert!(t.contains("..."));
         let many = "help;".repeat(100_000);
         assert_eq!(split_line(&many).len(), 100_001);
         let prefixes = "@ ".repeat(100_000);
-        assert!(matches!(parse(&prefixes), Request::Unknown(_)));
+        assert!(matches!(parse(&prefixes), Request::Keyword(_)));
         assert!(matches!(
             parse(&format!("@!{}", "9".repeat(100_000))),
             Request::BadPrefix(_)
@@ -589,7 +548,7 @@ mod tests {
             assert!(r.changes_state(), "{r:?}");
         }
         for r in [
-            Request::Help,
+            keyword(&["help"]),
             Request::ShowProc,
             Request::ShowListeners,
             Request::Prompt,
@@ -599,35 +558,8 @@ mod tests {
                 word: "@1".into(),
             },
             Request::BadPrefix("@2".into()),
-            Request::Unknown("x\n".into()),
         ] {
             assert!(!r.changes_state(), "{r:?}");
         }
-    }
-
-    #[test]
-    fn help_shape() {
-        let h = help_text();
-        assert!(h.starts_with("The following commands are valid at this level:\n"));
-        for word in [
-            "@!<pid>",
-            "@1",
-            "@master",
-            "reload",
-            "hard-reload",
-            "show proc",
-            "show listeners",
-            "_getsocks",
-            "help",
-            "prompt",
-            "quit",
-        ] {
-            assert!(h.contains(word), "{word} missing from help");
-        }
-        assert!(h.contains("  show proc                               : show processes status\n"));
-        for line in h.lines().skip(1) {
-            assert_eq!(line.find(": "), Some(42), "{line:?}");
-        }
-        assert!(h.ends_with("quit                                    : disconnect\n"));
     }
 }

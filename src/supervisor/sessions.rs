@@ -13,7 +13,7 @@ use nix::poll::PollFlags;
 use super::forward::Forward;
 use super::state::Generation;
 use crate::control::command::next_command;
-use crate::control::prompt::Modes;
+use crate::control::levels::SessionLevel;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::ServeTask;
 
@@ -93,8 +93,9 @@ pub struct Session {
     /// alone named when it was sent (haproxy's `pcli_next_pid`: a pid, so it names that worker
     /// even after a reload, and fails once it is gone).
     pub default_target: Option<i32>,
-    /// The modes the prompt shows.
-    pub modes: Modes,
+    /// Its access level and modes (haproxy's: `operator`, `expert-mode on`, ...), from its
+    /// socket's `level` at first.
+    pub level: SessionLevel,
     /// Waiting for the first reload of a generation above this one to finish.
     pub awaiting_reload: Option<Generation>,
     /// A command in progress with another peer (not bound by the session's deadline: it has its
@@ -147,7 +148,7 @@ impl Session {
             listener,
             interactive: false,
             default_target: None,
-            modes: Modes::default(),
+            level: SessionLevel::default(),
             awaiting_reload: None,
             task: None,
             closing: false,

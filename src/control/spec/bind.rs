@@ -142,6 +142,7 @@ mod tests {
             mode: 0o660,
             uid: Some(65534),
             gid: Some(65534),
+            ..ControlSpec::new(Default::default())
         };
         let _l = bind(&spec, None).unwrap();
         let meta = std::fs::symlink_metadata(&spec.path).unwrap();

@@ -34,16 +34,26 @@ pub fn fd_number(arg: &str) -> Option<Result<RawFd, SpecError>> {
 /// to act on: hapmaster did not create the socket's file, if it has one.
 pub fn parse_fd(arg: &str) -> Option<Result<RawFd, SpecError>> {
     let fd = fd_number(arg)?;
-    // Options come as `,key,value`: the first key is enough to refuse.
-    Some(match arg.split(',').nth(1) {
-        None => fd,
-        Some(key @ ("mode" | "uid" | "gid" | "user" | "group")) => Err(SpecError::OptionOnFd {
-            key: key.to_string(),
-        }),
-        Some(key) => Err(SpecError::UnknownKey {
-            key: key.to_string(),
-        }),
-    })
+    // Options come as `,key,value`; only `level` applies (its value is `level_of`'s).
+    for key in arg.split(',').skip(1).step_by(2) {
+        match key {
+            "level" => {}
+            "mode" | "uid" | "gid" | "user" | "group" => {
+                return Some(Err(SpecError::OptionOnFd {
+                    key: key.to_string(),
+                }))
+            }
+            _ => {
+                return Some(Err(SpecError::UnknownKey {
+                    key: key.to_string(),
+                }))
+            }
+        }
+    }
+    if let Err(e) = super::level_of(arg) {
+        return Some(Err(e));
+    }
+    Some(fd)
 }
 
 /// The `fd@<n>` numbers among these `-S` arguments: fds the master holds, never a worker's, and
@@ -221,6 +231,15 @@ mod tests {
         ));
         assert!(matches!(
             parse_fd("fd@3,user,haproxy"),
+            Some(Err(SpecError::OptionOnFd { .. }))
+        ));
+        assert_eq!(parse_fd("fd@3,level,user").map(Result::ok), Some(Some(3)));
+        assert!(matches!(
+            parse_fd("fd@3,level,root"),
+            Some(Err(SpecError::BadLevel { .. }))
+        ));
+        assert!(matches!(
+            parse_fd("fd@3,level,user,mode,600"),
             Some(Err(SpecError::OptionOnFd { .. }))
         ));
         assert!(matches!(

@@ -1,6 +1,7 @@
-//! `-S <path>[,mode,<octal>][,uid,<n>][,gid,<n>][,user,<name>][,group,<name>]`: where a control
-//! socket is bound and who may connect to it, and binding it safely; or `-S fd@<n>`, a listening
-//! socket the caller passes (`inherited`).
+//! `-S <path>[,mode,<octal>][,uid,<n>][,gid,<n>][,user,<name>][,group,<name>][,level,<level>]`:
+//! where a control socket is bound and who may connect to it, and binding it safely; or
+//! `-S fd@<n>[,level,<level>]`, a listening socket the caller passes (`inherited`). `level` is
+//! haproxy's: the access level its sessions start at (`user`, `operator`, `admin`, the default).
 //!
 //! hapmaster binds only unix sockets: an unauthenticated admin socket on the network is not
 //! offered. A passed socket may be of any family: whoever passed it chose its address.
@@ -13,10 +14,11 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::control::levels::Level;
 use crate::runtime_dir::SUN_PATH_MAX;
 pub use bind::bind;
 pub use inherited::{accept_any, adopt, inherited_fd_numbers, parse_fd, Family};
-pub use parse::parse_spec;
+pub use parse::{level_of, parse_spec};
 
 /// The mode a control socket gets unless `mode,<octal>` says otherwise.
 pub const DEFAULT_MODE: u32 = 0o600;
@@ -29,6 +31,8 @@ pub struct ControlSpec {
     pub mode: u32,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The level its sessions start at.
+    pub level: Level,
 }
 
 impl ControlSpec {
@@ -39,6 +43,7 @@ impl ControlSpec {
             mode: DEFAULT_MODE,
             uid: None,
             gid: None,
+            level: Level::Admin,
         }
     }
 }
@@ -70,6 +75,9 @@ pub enum SpecError {
         earlier: String,
     },
     BadMode {
+        value: String,
+    },
+    BadLevel {
         value: String,
     },
     BadId {
@@ -160,7 +168,7 @@ impl fmt::Display for SpecError {
             ),
             UnknownKey { key } => write!(
                 f,
-                "-S option '{key}' is not supported; use mode, uid, gid, user or group"
+                "-S option '{key}' is not supported; use mode, uid, gid, user, group or level"
             ),
             Duplicate { key, earlier } => write!(
                 f,
@@ -169,6 +177,10 @@ impl fmt::Display for SpecError {
             BadMode { value } => write!(
                 f,
                 "-S mode '{value}' is not an octal permission between 0 and 777, e.g. 600 or 660"
+            ),
+            BadLevel { value } => write!(
+                f,
+                "-S level '{value}' is not a level: use user, operator or admin (the default)"
             ),
             BadId { key, value } => write!(
                 f,

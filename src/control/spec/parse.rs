@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use nix::unistd::{Group, User};
 
 use super::{ControlSpec, SpecError};
+use crate::control::levels::Level;
 
-/// Parses one `-S` argument: `<path>[,mode,<octal>][,uid,<n>][,gid,<n>][,user,<name>][,group,<name>]`.
+/// Parses one `-S` argument:
+/// `<path>[,mode,<octal>][,uid,<n>][,gid,<n>][,user,<name>][,group,<name>][,level,<level>]`.
 ///
 /// The path may carry haproxy's `unix@` prefix. User and group names are resolved now, so a typo
 /// fails at startup rather than at bind time.
@@ -35,7 +37,7 @@ fn parse_spec_with(arg: &str, user: Lookup, group: Lookup) -> Result<ControlSpec
     let address = parts.next().unwrap_or_default().trim();
     let mut spec = ControlSpec::new(parse_address(address)?);
     // Which key set mode, uid and gid, to refuse a second setting.
-    let mut set_by: [Option<&str>; 3] = [None; 3];
+    let mut set_by: [Option<&str>; 4] = [None; 4];
     while let Some(key) = parts.next() {
         let value = parts.next().ok_or_else(|| SpecError::MissingValue {
             key: key.to_string(),
@@ -44,6 +46,7 @@ fn parse_spec_with(arg: &str, user: Lookup, group: Lookup) -> Result<ControlSpec
             "mode" => 0,
             "uid" | "user" => 1,
             "gid" | "group" => 2,
+            "level" => 3,
             _ => {
                 return Err(SpecError::UnknownKey {
                     key: key.to_string(),
@@ -70,11 +73,31 @@ fn parse_spec_with(arg: &str, user: Lookup, group: Lookup) -> Result<ControlSpec
                     spec.gid = Some(id);
                 }
             }
+            "level" => spec.level = parse_level(value)?,
             "user" => spec.uid = Some(resolve(key, value, user)?),
             _ => spec.gid = Some(resolve(key, value, group)?),
         }
     }
     Ok(spec)
+}
+
+fn parse_level(value: &str) -> Result<Level, SpecError> {
+    Level::parse(value).ok_or_else(|| SpecError::BadLevel {
+        value: value.to_string(),
+    })
+}
+
+/// The `level` of any `-S` argument (a path's or an `fd@<n>`'s): admin unless `,level,<level>`
+/// says otherwise.
+pub fn level_of(arg: &str) -> Result<Level, SpecError> {
+    let mut parts = arg.split(',').skip(1);
+    let mut level = Level::Admin;
+    while let (Some(key), value) = (parts.next(), parts.next()) {
+        if key == "level" {
+            level = parse_level(value.unwrap_or_default())?;
+        }
+    }
+    Ok(level)
 }
 
 fn parse_address(address: &str) -> Result<PathBuf, SpecError> {
@@ -186,9 +209,22 @@ mod tests {
                 path: "/run/m.sock".into(),
                 mode: 0o660,
                 uid: Some(0),
-                gid: Some(108)
+                gid: Some(108),
+                level: Level::Admin,
             }
         );
+        let s = parse("/run/m.sock,level,operator,mode,660").unwrap();
+        assert_eq!((s.level, s.mode), (Level::Operator, 0o660));
+        assert_eq!(level_of("/x,mode,600,level,user").unwrap(), Level::User);
+        assert_eq!(level_of("fd@3").unwrap(), Level::Admin);
+        assert!(matches!(
+            parse("/x,level,root"),
+            Err(SpecError::BadLevel { .. })
+        ));
+        assert!(matches!(
+            parse("/x,level,user,level,admin"),
+            Err(SpecError::Duplicate { .. })
+        ));
         let s = parse("/run/m.sock,user,haproxy,group,haproxy").unwrap();
         assert_eq!((s.uid, s.gid), (Some(108), Some(108)));
         assert_eq!(parse("/x,mode,0").unwrap().mode, 0);
@@ -217,7 +253,8 @@ mod tests {
             ("unix@m.sock", "m.sock: the socket path must be absolute"),
             ("/x,mode", "'mode' has no value"),
             ("/x,mode,600,uid", "'uid' has no value"),
-            ("/x,level,admin", "'level' is not supported"),
+            ("/x,level,root", "level 'root' is not a level"),
+            ("/x,colour,red", "'colour' is not supported"),
             ("/x,mode,9", "mode '9'"),
             ("/x,mode,", "mode ''"),
             ("/x,mode,1000", "mode '1000'"),

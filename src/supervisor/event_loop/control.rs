@@ -13,9 +13,12 @@ use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
 use super::{Master, HANDOFF_TIMEOUT};
 use crate::control::answer::{no_credentials_text, permission_denied_text};
 use crate::control::command::{
-    bad_prefix_text, cannot_connect_text, help_text, parse_request, shorten, Request, Target,
+    bad_prefix_text, cannot_connect_text, parse_request, shorten, Request, Target,
 };
 use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerRow, ProcRow};
+use crate::control::keywords::{self, Dialect, Kw, LEVEL_DENIED};
+use crate::control::levels::{Applied, Level, SessionLevel, PERMISSION_DENIED};
+use crate::control::load_log::{load_log, load_status, reload_answer};
 use crate::control::prompt::prompt;
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
@@ -33,6 +36,8 @@ pub(super) struct ControlListener {
     /// (it also serves `_getsocks` to new workers); `-S` sockets let others run read-only
     /// commands.
     pub internal: bool,
+    /// The level its sessions start at (`-S ...,level,<level>`; admin by default).
+    pub level: Level,
     /// A `-S` socket's file, removed at exit while it is still ours.
     pub placed: Option<crate::fs_at::Placed>,
     /// Its peers have credentials (SO_PEERCRED: a unix socket). Not an inet `-S fd@<n>`'s,
@@ -64,6 +69,7 @@ impl ControlListener {
                         .into(),
                 });
             }
+            let level = spec::level_of(arg)?;
             let (listener, family) = spec::adopt(fd)?;
             taken.push(fd);
             log::info!(
@@ -78,6 +84,7 @@ impl ControlListener {
                 listener,
                 path: PathBuf::from(format!("fd@{fd}")),
                 internal: false,
+                level,
                 placed: None,
                 peer_credentials: family.has_peer_credentials(),
                 refusals: Default::default(),
@@ -90,6 +97,7 @@ impl ControlListener {
             listener,
             path: spec.path,
             internal: false,
+            level: spec.level,
             placed: Some(placed),
             peer_credentials: true,
             refusals: Default::default(),
@@ -101,20 +109,39 @@ impl ControlListener {
 enum Step {
     /// A master command's answer; the CLI's blank line follows it.
     Answer(String),
-    /// Nothing to say (`prompt`, an `@` alone): in prompt mode, just the prompt.
+    /// Nothing to say (`prompt`, an `@` alone, `operator`, `expert-mode on`, ...): in prompt
+    /// mode, just the prompt.
     Silent,
     /// A reload runs, or a task (`Session::task`); the answer comes when it ends.
     Wait,
     /// A reload's answer, which ends without the blank line of other answers.
     ReloadAnswer(String),
-    /// The master refuses the command before any CLI runs it (a bad `@` prefix): haproxy's line,
-    /// without a blank line; then the connection closes (haproxy before 2.8), or the rest of the
+    /// The master's proxy refuses the command before any CLI runs it (a bad `@` prefix,
+    /// `Permission denied!`): haproxy's line, without a blank line; then the connection closes (haproxy before 2.8), or the rest of the
     /// input is dropped and the session goes on (2.8 and later, 1601eebcd).
     Refused(String),
     /// The connection is over after these bytes (`quit`: its prompt; the default target gone).
     CloseAfter(String),
     /// The connection is over (the socket handoff consumed it).
     Close,
+}
+
+/// The answer to a reload the master will not run: it is stopping.
+fn stopping_answer() -> String {
+    reload_answer(
+        false,
+        &load_log(std::process::id(), None, "", Some("the master is stopping")),
+    )
+}
+
+/// The level hapmaster's own requests need, as haproxy's master would ask (`reload` needs
+/// operator); a forwarded command's level is the worker's to judge (`forward_prefix`).
+fn needs(request: &Request) -> Level {
+    match request {
+        Request::Reload | Request::HardReload | Request::AwaitReload => Level::Operator,
+        Request::Getsocks => Level::Admin,
+        _ => Level::User,
+    }
 }
 
 fn may_change_state(uid: u32) -> bool {
@@ -133,8 +160,8 @@ impl Master<'_> {
             let Some(l) = self.listeners.get(index) else {
                 return;
             };
-            let (stream, internal, credentials) = match spec::accept_any(&l.listener) {
-                Ok(stream) => (stream, l.internal, l.peer_credentials),
+            let (stream, internal, credentials, level) = match spec::accept_any(&l.listener) {
+                Ok(stream) => (stream, l.internal, l.peer_credentials, l.level),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -165,7 +192,8 @@ impl Master<'_> {
                 continue;
             }
             match Session::new(stream, pid, uid, privileged, index, self.opts.cli_timeout) {
-                Ok(session) => {
+                Ok(mut session) => {
+                    session.level = SessionLevel::new(level);
                     self.next_session += 1;
                     self.sessions.insert(self.next_session, session);
                 }
@@ -309,7 +337,10 @@ impl Master<'_> {
                 }
                 Step::Silent => {}
                 Step::Wait => continue,
-                Step::ReloadAnswer(text) => s.write(text.as_bytes()),
+                Step::ReloadAnswer(text) => {
+                    end_with_reload_answer(s, &text);
+                    return;
+                }
                 Step::Refused(text) => {
                     s.write(text.as_bytes());
                     s.discard_input();
@@ -361,7 +392,21 @@ impl Master<'_> {
         let (privileged, peer_uid) = (s.privileged, s.peer_uid);
         let peer = s.peer_pid;
         let default = s.default_target.map_or(Target::Master, Target::Pid);
-        let request = parse_request(command, default);
+        let level = s.level.level;
+        // 1c1bb8ef2 (v3.0-dev1): the master's proxy takes `set severity-output`.
+        let severity_output = self.dialect().at_least((3, 0));
+        let request = match parse_request(command, default, severity_output) {
+            Request::Keyword(words) => match self.keyword(id, &words) {
+                Ok(request) => request,
+                Err(step) => return step,
+            },
+            request => request,
+        };
+        // haproxy's level first (what its CLI answers a user-level socket), then hapmaster's
+        // rule on the peer's uid.
+        if level < needs(&request) {
+            return Step::Answer(LEVEL_DENIED.to_string());
+        }
         if request.changes_state() && !privileged {
             let master_uid = nix::unistd::geteuid().as_raw();
             return Step::Answer(if peer_uid == NO_PEER_UID {
@@ -371,7 +416,6 @@ impl Master<'_> {
             });
         }
         match request {
-            Request::Help => Step::Answer(help_text()),
             Request::ShowProc => Step::Answer(self.show_proc()),
             Request::ShowListeners => Step::Answer(self.show_listeners()),
             Request::Reload => self.start_reload(id, ReloadKind::Soft),
@@ -420,13 +464,82 @@ impl Master<'_> {
                 command,
             } => self.forward(id, target, prefix.as_deref(), &command),
             Request::BadPrefix(word) => Step::Refused(bad_prefix_text(&word)),
-            Request::Unknown(text) => Step::Answer(text),
+            // Resolved above.
+            Request::Keyword(_) => Step::Silent,
         }
+    }
+
+    /// The haproxy version whose master CLI the master speaks (`haproxy_version`); the newest
+    /// while no worker has told it.
+    fn dialect(&self) -> Dialect {
+        self.haproxy_version()
+            .and_then(|word| Version::of_word(&word))
+            .map_or(Dialect::NEWEST, |v| Dialect((v.major, v.minor)))
+    }
+
+    /// A command of haproxy's keyword table (or the session keywords its master proxy takes):
+    /// the request it is when hapmaster runs it as one of its own, or the step that answers it.
+    fn keyword(&mut self, id: u64, words: &[String]) -> Result<Request, Step> {
+        let dialect = self.dialect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(Step::Close);
+        };
+        match s.level.apply(&words) {
+            Some(Applied::Done) => return Err(Step::Silent),
+            Some(Applied::Denied) => return Err(Step::Refused(PERMISSION_DENIED.to_string())),
+            None => {}
+        }
+        // 1c1bb8ef2 (v3.0-dev1)
+        if dialect.at_least((3, 0)) {
+            match s.level.apply_severity(&words) {
+                Some(Ok(())) => return Err(Step::Silent),
+                Some(Err(usage)) => return Err(Step::Refused(usage.to_string())),
+                None => {}
+            }
+        }
+        let level = s.level.level;
+        if words.is_empty() {
+            return Err(Step::Answer(keywords::empty_command(dialect)));
+        }
+        let kw = keywords::find(&words, dialect).map_err(Step::Answer)?;
+        if level < keywords::needs(kw) {
+            return Err(Step::Answer(LEVEL_DENIED.to_string()));
+        }
+        Err(Step::Answer(match kw {
+            Kw::ShowProc => return Ok(Request::ShowProc),
+            Kw::Reload => return Ok(Request::Reload),
+            Kw::HardReload => return Ok(Request::HardReload),
+            Kw::Prompt => return Ok(Request::Prompt),
+            Kw::Quit => return Ok(Request::Quit),
+            Kw::Help => keywords::help(&words[1..], dialect),
+            Kw::Echo => keywords::echo(&words),
+            Kw::ShowEnv => {
+                let environ: Vec<(String, String)> = std::env::vars_os()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string_lossy().into_owned(),
+                            v.to_string_lossy().into_owned(),
+                        )
+                    })
+                    .collect();
+                keywords::show_env(&words, &environ)
+            }
+            // The master holds no stats socket of the configuration, as haproxy's does not.
+            Kw::ShowCliSockets => String::new(),
+            Kw::ShowCliLevel => format!("{level}\n"),
+            Kw::ShowVersion => format!("{}\n", self.haproxy_version().unwrap_or_default()),
+            Kw::ShowStartupLogs => self.startup_logs.clone(),
+            // Taken before the table; a word such as `@!<pid>` typed as is names nothing.
+            // What a reload answers (haproxy's master runs it for its own `reload`).
+            Kw::LoadStatus => load_status(self.failed_reloads == 0, &self.startup_logs),
+            Kw::Mode | Kw::Level | Kw::Prefix | Kw::Hapmaster => keywords::unknown(&words, dialect),
+        }))
     }
 
     fn start_reload(&mut self, id: u64, kind: ReloadKind) -> Step {
         if self.state.is_stopping() {
-            return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
+            return Step::ReloadAnswer(stopping_answer());
         }
         let Some(s) = self.sessions.get(&id) else {
             return Step::Close;
@@ -448,7 +561,7 @@ impl Master<'_> {
     /// The session is answered when the first reload of a generation above `after` ends.
     fn wait_for_reload(&mut self, id: u64, after: Generation) -> Step {
         if self.state.is_stopping() {
-            return Step::Answer("Success=0\n--\nthe master is stopping\n".into());
+            return Step::ReloadAnswer(stopping_answer());
         }
         if let Some(s) = self.sessions.get_mut(&id) {
             s.awaiting_reload = Some(after);
@@ -465,22 +578,29 @@ impl Master<'_> {
         startup: &str,
     ) {
         let waiting = self.sessions_where(|s| s.awaiting_reload.is_some_and(|a| a < generation));
-        let text = match reason {
-            None => format!("Success=1\n--\n{startup}"),
-            Some(reason) => format!("Success=0\n--\n{startup}Reload failed: {reason}\n"),
-        };
+        let worker = self.workers.of_generation(generation).map(|(pid, _)| pid);
+        let log = load_log(std::process::id(), worker, startup, reason);
+        let text = reload_answer(reason.is_none(), &log);
+        self.startup_logs = log;
         self.signal_reloads.reload_ended(generation, &text);
-        let failed = self.failed_reloads > 0;
         for id in waiting {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
-                s.restart_deadline();
-                s.write(text.as_bytes());
-                write_prompt(s, failed);
+                end_with_reload_answer(s, &text);
             }
-            self.run_session(id);
             self.flush_session(id);
         }
+    }
+
+    /// The first worker is ready: its start is the startup log (`show startup-logs`).
+    pub(super) fn first_load_done(&mut self, worker: i32) {
+        let startup = self
+            .workers
+            .get_mut(worker)
+            .and_then(|r| r.startup.clone())
+            .unwrap_or_default();
+        let startup = String::from_utf8_lossy(&startup).into_owned();
+        self.startup_logs = load_log(std::process::id(), Some(worker), &startup, None);
     }
 
     /// What the worker of a reload that just ended said while starting, taken once.
@@ -506,7 +626,7 @@ impl Master<'_> {
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.awaiting_reload = None;
-                s.write(b"Success=0\n--\nthe master is stopping\n");
+                s.write(stopping_answer().as_bytes());
                 s.closing = true;
                 let _ = s.flush();
             }
@@ -561,7 +681,13 @@ impl Master<'_> {
             };
         };
         let path = self.runtime.worker_socket(w.generation);
-        match Forward::start(&path, w.pid, command, Instant::now()) {
+        // The worker runs it at the session's level and in its modes, as haproxy's master
+        // has it (`operator -;expert-mode on -;<command>`).
+        let levels = self
+            .sessions
+            .get(&id)
+            .map_or_else(String::new, |s| s.level.forward_prefix());
+        match Forward::start(&path, w.pid, &format!("{levels}{command}"), Instant::now()) {
             Ok(forward) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.task = Some(Task::Forward(forward));
@@ -696,7 +822,16 @@ impl Master<'_> {
 /// The session's prompt, in prompt mode (`reload_failed`: the last reload failed).
 fn prompt_of(s: &Session, reload_failed: bool) -> Option<String> {
     s.interactive
-        .then(|| prompt(s.default_target, reload_failed, s.modes))
+        .then(|| prompt(s.default_target, reload_failed, &s.level))
+}
+
+/// A reload's answer ends the connection, prompt mode or not, as haproxy's master ends it
+/// (2.7 and later after the answer; 2.6 re-executes and closes with nothing said: hapmaster's
+/// `Success=` answer there is its addition). What came after `reload` is not run.
+fn end_with_reload_answer(s: &mut Session, text: &str) {
+    s.write(text.as_bytes());
+    s.discard_input();
+    s.closing = true;
 }
 
 fn write_prompt(s: &mut Session, reload_failed: bool) {

@@ -150,6 +150,7 @@ pub fn run(
         listener: bind_handoff_socket(runtime, &staging)?,
         path: runtime.master_socket(),
         internal: true,
+        level: crate::control::levels::Level::Admin,
         placed: None,
         peer_credentials: true,
         refusals: Default::default(),
@@ -185,6 +186,7 @@ pub fn run(
         workers: Workers::default(),
         reloads: 0,
         failed_reloads: 0,
+        startup_logs: String::new(),
         started: Instant::now(),
         launch,
         upgrade_requested: false,
@@ -263,6 +265,8 @@ struct Master<'a> {
     /// them.
     reloads: u64,
     failed_reloads: u64,
+    /// The last load's log in haproxy's format (`show startup-logs`, the `reload` answer).
+    startup_logs: String,
     started: Instant,
     launch: &'a Launch,
     /// SIGURG came; the upgrade in place runs once no worker is starting.
@@ -620,6 +624,9 @@ impl Master<'_> {
                 let mainpid = first.then(std::process::id);
                 let status = self.with_config_status(&status);
                 self.notify(|n| n.ready(&status, mainpid));
+                if let Some(w) = first.then(|| self.state.current()).flatten() {
+                    self.first_load_done(w.pid);
+                }
             }
             Action::NotifyReloading { status } => self.notify(|n| n.reloading(&status)),
             Action::NotifyStatus { status } => {
