@@ -97,6 +97,11 @@ impl Capture {
                 continue;
             }
             s.write_all(line).unwrap();
+            if theirs.is_empty() {
+                // haproxy said nothing (prompt mode off): nothing to wait for. Bytes said here
+                // would show at the next step's read, or at the end's.
+                continue;
+            }
             let ours = norm.normalize(&read_step(&mut s));
             let theirs = capture_norm.normalize(&String::from_utf8_lossy(theirs));
             assert_eq!(
@@ -301,6 +306,44 @@ fn prefixes_as_haproxy_reads_them() {
         answer,
         "Can't find the target PID matching the prefix '@2'\n"
     );
+}
+
+/// `prompt timed`: haproxy 2.6 ignores the argument (prompt mode toggled, as `prompt`); 2.8
+/// and later turn prompt mode on and toggle a `[d:hh:mm:ss] ` stamp of the uptime of the
+/// process the session's commands go to (tests/transcripts/3.0.11-1+deb13u4/prompt_timed,
+/// played here by the fake haproxy as 3.0.0, whose master and worker answers are its own).
+#[test]
+fn prompt_timed_as_haproxy() {
+    let c = Capture::start();
+    c.compare_steps("prompt_timed", "@PID_W1@");
+    drop(c);
+
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
+    let cfg = fake_config::<&str>(free_port(), &[]);
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    let worker = hm.wait_serving(EVENT);
+    let mut norm = Normalizer::new();
+    norm.add(worker, "@PID_W1@");
+    let mut s = UnixStream::connect(hm.runtime_dir.join("master.sock")).unwrap();
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    let mut step = |line: &[u8]| {
+        s.write_all(line).unwrap();
+        norm.normalize(&read_step(&mut s))
+    };
+    assert_eq!(step(b"prompt timed\n"), "[@UPTIME@] master> ");
+    assert_eq!(step(b"@1\n"), "[@UPTIME@] @PID_W1@> ");
+    assert_eq!(step(b"expert-mode on\n"), "[@UPTIME@] @PID_W1@(e)> ");
+    // Again: the stamp goes, prompt mode stays (prompt_timed step 4).
+    assert_eq!(step(b"prompt timed\n"), "@PID_W1@(e)> ");
+    assert_eq!(step(b"prompt timed\n"), "[@UPTIME@] @PID_W1@(e)> ");
+    assert_eq!(step(b"@master\n"), "[@UPTIME@] master(e)> ");
+    // Plain `prompt` still ends prompt mode.
+    s.write_all(b"prompt\nquit\n").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+    assert!(hm.stop().success());
 }
 
 /// The default target is a pid: once that worker is gone, haproxy's master cannot connect to

@@ -23,7 +23,11 @@ pub enum Request {
     AwaitReload,
     ShowListeners,
     Getsocks,
-    Prompt,
+    /// `prompt`; `timed`: `prompt timed` (from haproxy 2.8: prompt mode on, the uptime stamp
+    /// toggled; before, the argument is ignored).
+    Prompt {
+        timed: bool,
+    },
     Quit,
     /// `@<target>` alone: the session's commands go there from now on (haproxy's
     /// `pcli_next_pid`); `word` is the prefix as sent.
@@ -69,7 +73,7 @@ impl Request {
             Request::Keyword(_)
             | Request::ShowProc
             | Request::ShowListeners
-            | Request::Prompt
+            | Request::Prompt { .. }
             | Request::Quit
             | Request::SetTarget { .. }
             | Request::BadPrefix(_) => false,
@@ -201,7 +205,9 @@ pub fn parse_request(cmd: &str, default: Target, severity_output: bool) -> Reque
             }
         }
         // Taken by the master whatever the target (haproxy's `pcli_find_and_exec_kw`).
-        Some("prompt") => Request::Prompt,
+        Some("prompt") => Request::Prompt {
+            timed: second == Some("timed"),
+        },
         Some("quit") => Request::Quit,
         // So are the session's level and modes (`pcli_find_and_exec_kw`), but only without a
         // prefix: `@1 expert-mode` asks the worker.
@@ -261,7 +267,9 @@ fn parse_master_command(cmd: &str) -> Request {
         ["hard-reload"] => Request::HardReload,
         ["await-reload"] => Request::AwaitReload,
         ["_getsocks"] => Request::Getsocks,
-        ["prompt", ..] => Request::Prompt,
+        ["prompt", rest @ ..] => Request::Prompt {
+            timed: rest.first() == Some(&"timed"),
+        },
         ["quit", ..] => Request::Quit,
         _ => Request::Keyword(words.iter().map(|w| w.to_string()).collect()),
     }
@@ -390,7 +398,10 @@ mod tests {
         assert_eq!(parse("reload"), Request::Reload);
         assert_eq!(parse("hard-reload"), Request::HardReload);
         assert_eq!(parse("_getsocks"), Request::Getsocks);
-        assert_eq!(parse("prompt"), Request::Prompt);
+        assert_eq!(parse("prompt"), Request::Prompt { timed: false });
+        assert_eq!(parse("prompt timed"), Request::Prompt { timed: true });
+        assert_eq!(parse("@ prompt timed"), Request::Prompt { timed: true });
+        assert_eq!(parse("prompt i"), Request::Prompt { timed: false });
         assert_eq!(parse("quit"), Request::Quit);
     }
 
@@ -450,7 +461,10 @@ mod tests {
             parse_request("reload", default, true),
             Request::Forward { .. }
         ));
-        assert_eq!(parse_request("prompt", default, true), Request::Prompt);
+        assert_eq!(
+            parse_request("prompt timed", default, true),
+            Request::Prompt { timed: true }
+        );
         assert_eq!(parse_request("quit", default, true), Request::Quit);
         assert_eq!(
             parse_request("@master show proc", default, true),
@@ -551,7 +565,7 @@ mod tests {
             keyword(&["help"]),
             Request::ShowProc,
             Request::ShowListeners,
-            Request::Prompt,
+            Request::Prompt { timed: false },
             Request::Quit,
             Request::SetTarget {
                 target: Target::Current,

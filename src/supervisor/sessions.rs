@@ -89,6 +89,8 @@ pub struct Session {
     /// `prompt` mode: every command's answer is followed by a prompt (`control::prompt`).
     /// Without it the session answers line after line all the same, until the client closes.
     pub interactive: bool,
+    /// `prompt timed` (haproxy 2.8+): the prompt starts with an uptime stamp.
+    pub timed: bool,
     /// Where commands without an `@` prefix go: None, the master; else the worker pid an `@`
     /// alone named when it was sent (haproxy's `pcli_next_pid`: a pid, so it names that worker
     /// even after a reload, and fails once it is gone).
@@ -147,6 +149,7 @@ impl Session {
             privileged,
             listener,
             interactive: false,
+            timed: false,
             default_target: None,
             level: SessionLevel::default(),
             awaiting_reload: None,

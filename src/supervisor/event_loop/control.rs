@@ -19,7 +19,7 @@ use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerR
 use crate::control::keywords::{self, Dialect, Kw, LEVEL_DENIED};
 use crate::control::levels::{Applied, Level, SessionLevel, PERMISSION_DENIED};
 use crate::control::load_log::{load_log, load_status, reload_answer};
-use crate::control::prompt::prompt;
+use crate::control::prompt::{prompt, Stamp};
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
 use crate::haproxy_version::Version;
@@ -324,7 +324,7 @@ impl Master<'_> {
                 Next::EndOfLine => continue,
             };
             let step = self.execute(id, &command);
-            let failed = self.failed_reloads > 0;
+            let prompt = self.prompt_of(id);
             let closes_on_error = self.refusal_closes();
             let Some(s) = self.sessions.get_mut(&id) else {
                 return;
@@ -361,7 +361,7 @@ impl Master<'_> {
                     return;
                 }
             }
-            write_prompt(s, failed);
+            s.write(prompt.unwrap_or_default().as_bytes());
         }
     }
 
@@ -373,6 +373,26 @@ impl Master<'_> {
         self.haproxy_version()
             .and_then(|word| Version::of_word(&word))
             .map_or(true, |v| (v.major, v.minor) < (2, 8))
+    }
+
+    /// The session's prompt, in prompt mode: who its commands go to, `[ReloadFailed]` after a
+    /// failed reload, its modes; with `prompt timed`, the uptime of the master or of its
+    /// default target worker first.
+    fn prompt_of(&self, id: u64) -> Option<String> {
+        let s = self.sessions.get(&id).filter(|s| s.interactive)?;
+        let stamp = s.timed.then(|| {
+            let since = match s.default_target {
+                None => Some(self.started),
+                Some(pid) => self.state.worker(pid).map(|w| w.started),
+            };
+            since.map_or(Stamp::Gone, |t| Stamp::Up(t.elapsed()))
+        });
+        Some(prompt(
+            s.default_target,
+            self.failed_reloads > 0,
+            stamp,
+            &s.level,
+        ))
     }
 
     /// The version of the haproxy the master runs, as it prints it: the newest worker's
@@ -425,22 +445,22 @@ impl Master<'_> {
                 super::await_reload::Awaited::After(after) => self.wait_for_reload(id, after),
             },
             Request::Getsocks => self.hand_over(id),
-            Request::Prompt => {
+            Request::Prompt { timed } => {
+                // ea07715cc (v2.8-dev12): `prompt timed` turns prompt mode on and toggles the
+                // stamp; before, the argument is ignored.
+                let timed = timed && self.dialect().at_least((2, 8));
                 if let Some(s) = self.sessions.get_mut(&id) {
-                    s.interactive = !s.interactive;
+                    if timed {
+                        s.interactive = true;
+                        s.timed = !s.timed;
+                    } else {
+                        s.interactive = !s.interactive;
+                    }
                 }
                 Step::Silent
             }
             // The prompt, then the end (as haproxy's master writes it).
-            Request::Quit => {
-                let failed = self.failed_reloads > 0;
-                let text = self
-                    .sessions
-                    .get(&id)
-                    .and_then(|s| prompt_of(s, failed))
-                    .unwrap_or_default();
-                Step::CloseAfter(text)
-            }
+            Request::Quit => Step::CloseAfter(self.prompt_of(id).unwrap_or_default()),
             Request::SetTarget { target, word } => {
                 let pid = match target {
                     Target::Master => None,
@@ -510,7 +530,11 @@ impl Master<'_> {
             Kw::ShowProc => return Ok(Request::ShowProc),
             Kw::Reload => return Ok(Request::Reload),
             Kw::HardReload => return Ok(Request::HardReload),
-            Kw::Prompt => return Ok(Request::Prompt),
+            Kw::Prompt => {
+                return Ok(Request::Prompt {
+                    timed: words.get(1) == Some(&"timed"),
+                })
+            }
             Kw::Quit => return Ok(Request::Quit),
             Kw::Help => keywords::help(&words[1..], dialect),
             Kw::Echo => keywords::echo(&words),
@@ -703,8 +727,8 @@ impl Master<'_> {
     /// session.
     pub(super) fn step_tasks(&mut self, now: Instant) {
         let busy = self.sessions_where(|s| s.task.is_some());
-        let failed = self.failed_reloads > 0;
         for id in busy {
+            let prompt = self.prompt_of(id);
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -720,7 +744,7 @@ impl Master<'_> {
                             // The worker's answer ends with its CLI's blank line: relayed
                             // as it is, nothing added but the prompt.
                             s.write(&last);
-                            write_prompt(s, failed);
+                            s.write(prompt.unwrap_or_default().as_bytes());
                             self.run_session(id);
                         }
                     }
@@ -819,12 +843,6 @@ impl Master<'_> {
     }
 }
 
-/// The session's prompt, in prompt mode (`reload_failed`: the last reload failed).
-fn prompt_of(s: &Session, reload_failed: bool) -> Option<String> {
-    s.interactive
-        .then(|| prompt(s.default_target, reload_failed, &s.level))
-}
-
 /// A reload's answer ends the connection, prompt mode or not, as haproxy's master ends it
 /// (2.7 and later after the answer; 2.6 re-executes and closes with nothing said: hapmaster's
 /// `Success=` answer there is its addition). What came after `reload` is not run.
@@ -832,10 +850,4 @@ fn end_with_reload_answer(s: &mut Session, text: &str) {
     s.write(text.as_bytes());
     s.discard_input();
     s.closing = true;
-}
-
-fn write_prompt(s: &mut Session, reload_failed: bool) {
-    if let Some(p) = prompt_of(s, reload_failed) {
-        s.write(p.as_bytes());
-    }
 }
