@@ -13,7 +13,8 @@
 #   bookworm: systemd/hapmaster.service (Type=notify, ExecReload=hapmaster reload), haproxy 2.6
 #             and a Type=forking unit running `hapmaster -D -p` (init-script style)
 #   trixie:   systemd/hapmaster-notify-reload.service (Type=notify-reload, ExecReload=hapmaster reload
-#             --await), haproxy 3.0
+#             --await), haproxy 3.0; then, with the container stopped, the master-CLI transcript tests
+#             run in the tree against its haproxy 3.0 (tests/transcripts/compare-in-tree.sh)
 #
 # Both are installed as hapmaster.service with Debian's stock /etc/haproxy/haproxy.cfg (chroot, user
 # haproxy) plus a frontend answering 200 on two free loopback ports (one below 1024). The container
@@ -474,6 +475,23 @@ check_units_in_step() {
     fi
 }
 
+# The master-CLI tests that compare with haproxy's transcripts (issue 13), run in the tree itself (not
+# booted: tests/transcripts/in-tree.sh), so that they meet the tree's haproxy (3.0 in trixie) and its
+# tests/transcripts/<version>/. Needs cargo (it builds the test binaries); skipped without it.
+check_mcli_transcripts() {
+    if ! command -v cargo > /dev/null; then
+        info "master CLI transcripts: skipped: no cargo on PATH (run tests/transcripts/compare-in-tree.sh $ROOT)"
+        return
+    fi
+    if "$REPO/tests/transcripts/compare-in-tree.sh" "$ROOT" > "$TMP/transcripts.log" 2>&1; then
+        pass "master CLI: the transcript tests pass against $(sed -n 's/^\(haproxy [^ ]*\) in .*/\1/p' "$TMP/transcripts.log")"
+        grep '^PASS' "$TMP/transcripts.log" | sed 's/^PASS: /      /'
+    else
+        fail "master CLI: the transcript tests against the $ROOT haproxy:"
+        tail -20 "$TMP/transcripts.log" | sed 's/^/      /'
+    fi
+}
+
 T0=$(now_ms)
 echo "systemd tier: binary $BIN ($(stat -c %y "$BIN" | cut -d. -f1)), suites: $SUITES"
 check_units_in_step
@@ -495,6 +513,7 @@ for suite in $SUITES; do
     fi
     cx systemctl disable --quiet hapmaster.service || true
     NAME=$CUR "$HARNESS" stop
+    [ "$suite" != trixie ] || check_mcli_transcripts
 done
 
 section "systemd tier: $PASSES passed, $FAILS failed, $XFAILS expected failures ($((($(now_ms) - T0) / 1000)) s)"
