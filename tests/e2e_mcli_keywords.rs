@@ -56,6 +56,7 @@ impl Sockets {
 
     fn compare(&self, socket: &Path, name: &str) {
         let (got, expected) = self.exchange(socket, name);
+        let (got, expected) = (without_fds(&got), without_fds(&expected));
         assert_eq!(
             got, expected,
             "{name}: hapmaster's answer differs from haproxy's"
@@ -78,12 +79,24 @@ fn master_commands_answer_as_haproxy() {
         "show_env_var",
         "unknown_command",
         "show_proc_debug",
+        "show_proc_arg",
         "expert_mode_query",
         "expert_mode_on_query",
     ] {
         s.compare(&s.admin, name);
     }
     s.compare(&s.user, "show_proc_user_socket");
+}
+
+/// `show proc debug`'s fd columns (haproxy 3.1+) are haproxy's socketpairs, which hapmaster
+/// has not (it prints -1: src/control/format.rs checks the shape): left out of comparisons.
+fn without_fds(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.find("\t\t ") {
+            Some(at) => format!("{}\t\t @FDS@\n", &line[..at]),
+            None => line.to_string(),
+        })
+        .collect()
 }
 
 /// `help`: haproxy's lines for its version, in order, then hapmaster's own commands before the
@@ -149,6 +162,8 @@ fn levels_and_modes_reach_the_worker() {
         s.compare(&s.admin, name);
     }
     s.compare(&s.user, "user_socket_at1_show_cli_level");
+    // In a two-way session too (haproxy 3.2+; a bad prefix before).
+    s.compare(&s.user, "user_socket_at_at_1_show_cli_level");
     // A mode needs admin: on an operator socket it is refused by the master itself.
     let answer = cli_within(&s.oper, "expert-mode on; @1 expert-mode", EVENT).unwrap();
     assert_eq!(answer, "Permission denied!\n");

@@ -16,17 +16,20 @@ const MAX_CLI_ARGS: usize = 64;
 /// One request, as the master acts on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    ShowProc,
+    /// `show proc`; `debug`: `show proc debug` (haproxy 3.1+: the fd columns).
+    ShowProc {
+        debug: bool,
+    },
     Reload,
     HardReload,
     /// `await-reload`: the outcome of the reload a signal asked for (see the event loop).
     AwaitReload,
     ShowListeners,
     Getsocks,
-    /// `prompt`; `timed`: `prompt timed` (from haproxy 2.8: prompt mode on, the uptime stamp
-    /// toggled; before, the argument is ignored).
+    /// `prompt <args>`: its words after `prompt` (`timed`, 3.2's `i`, `p`), which the
+    /// session's dialect reads (`control::prompt::apply_prompt`).
     Prompt {
-        timed: bool,
+        args: Vec<String>,
     },
     Quit,
     /// `@<target>` alone: the session's commands go there from now on (haproxy's
@@ -40,6 +43,14 @@ pub enum Request {
     Forward {
         target: Target,
         prefix: Option<String>,
+        command: String,
+    },
+    /// `@@<prefix> [command]` (haproxy 3.2+): a two-way session with a worker's CLI; `target`
+    /// is what `@<prefix>` names (None: nothing), `command` the rest of the command, blanks
+    /// after the prefix skipped (it and what follows go to the worker as sent).
+    Relay {
+        target: Option<Target>,
+        word: String,
         command: String,
     },
     /// An `@` word that names no process: haproxy's line, [`bad_prefix_text`].
@@ -69,9 +80,10 @@ impl Request {
             | Request::HardReload
             | Request::AwaitReload
             | Request::Forward { .. }
+            | Request::Relay { .. }
             | Request::Getsocks => true,
             Request::Keyword(_)
-            | Request::ShowProc
+            | Request::ShowProc { .. }
             | Request::ShowListeners
             | Request::Prompt { .. }
             | Request::Quit
@@ -184,6 +196,15 @@ pub fn parse_request(cmd: &str, default: Target, severity_output: bool) -> Reque
     let first = words.first().map(|&(s, e)| &cmd[s..e]);
     let second = words.get(1).map(|&(s, e)| &cmd[s..e]);
     match first {
+        // haproxy's `pcli_find_bidir_prefix`: `@@` then what `@` takes; the command is not
+        // split into words (it is the worker's).
+        Some(word) if word.starts_with("@@") => Request::Relay {
+            target: parse_prefix(&word[1..]),
+            word: word.to_string(),
+            command: cmd[words[0].1..]
+                .trim_start_matches([' ', '\t', '\r', '\n'])
+                .to_string(),
+        },
         Some(word) if word.starts_with('@') => {
             let Some(target) = parse_prefix(word) else {
                 return Request::BadPrefix(word.to_string());
@@ -206,7 +227,10 @@ pub fn parse_request(cmd: &str, default: Target, severity_output: bool) -> Reque
         }
         // Taken by the master whatever the target (haproxy's `pcli_find_and_exec_kw`).
         Some("prompt") => Request::Prompt {
-            timed: second == Some("timed"),
+            args: words[1..]
+                .iter()
+                .map(|&(s, e)| cmd[s..e].to_string())
+                .collect(),
         },
         Some("quit") => Request::Quit,
         // So are the session's level and modes (`pcli_find_and_exec_kw`), but only without a
@@ -261,14 +285,14 @@ fn parse_master_command(cmd: &str) -> Request {
     let words = unescaped_words(cmd);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["show", "proc"] => Request::ShowProc,
+        ["show", "proc"] => Request::ShowProc { debug: false },
         ["show", "listeners"] => Request::ShowListeners,
         ["reload"] => Request::Reload,
         ["hard-reload"] => Request::HardReload,
         ["await-reload"] => Request::AwaitReload,
         ["_getsocks"] => Request::Getsocks,
         ["prompt", rest @ ..] => Request::Prompt {
-            timed: rest.first() == Some(&"timed"),
+            args: rest.iter().map(|w| w.to_string()).collect(),
         },
         ["quit", ..] => Request::Quit,
         _ => Request::Keyword(words.iter().map(|w| w.to_string()).collect()),
@@ -302,6 +326,14 @@ mod tests {
 
     fn parse(cmd: &str) -> Request {
         parse_request(cmd, Target::Master, true)
+    }
+
+    const SHOW_PROC: Request = Request::ShowProc { debug: false };
+
+    fn prompt(args: &[&str]) -> Request {
+        Request::Prompt {
+            args: args.iter().map(|w| w.to_string()).collect(),
+        }
     }
 
     fn keyword(words: &[&str]) -> Request {
@@ -382,7 +414,7 @@ mod tests {
         assert_eq!(unescaped_words(r"show\ version"), vec!["show version"]);
         // `show\ version` is one word on the master: unknown, as on haproxy's.
         assert_eq!(parse(r"show\ version"), keyword(&["show version"]));
-        assert_eq!(parse(r"show pr\oc"), Request::ShowProc);
+        assert_eq!(parse(r"show pr\oc"), SHOW_PROC);
         let many = "w ".repeat(100);
         assert_eq!(words(&many).len(), MAX_CLI_ARGS);
     }
@@ -392,16 +424,17 @@ mod tests {
         assert_eq!(parse("help"), keyword(&["help"]));
         assert_eq!(parse("help reload"), keyword(&["help", "reload"]));
         assert_eq!(parse("show  version"), keyword(&["show", "version"]));
-        assert_eq!(parse("show proc"), Request::ShowProc);
-        assert_eq!(parse("  show \t proc  "), Request::ShowProc);
+        assert_eq!(parse("show proc"), SHOW_PROC);
+        assert_eq!(parse("  show \t proc  "), SHOW_PROC);
         assert_eq!(parse("show listeners"), Request::ShowListeners);
         assert_eq!(parse("reload"), Request::Reload);
         assert_eq!(parse("hard-reload"), Request::HardReload);
         assert_eq!(parse("_getsocks"), Request::Getsocks);
-        assert_eq!(parse("prompt"), Request::Prompt { timed: false });
-        assert_eq!(parse("prompt timed"), Request::Prompt { timed: true });
-        assert_eq!(parse("@ prompt timed"), Request::Prompt { timed: true });
-        assert_eq!(parse("prompt i"), Request::Prompt { timed: false });
+        assert_eq!(parse("prompt"), prompt(&[]));
+        assert_eq!(parse("prompt timed"), prompt(&["timed"]));
+        assert_eq!(parse("@ prompt timed"), prompt(&["timed"]));
+        assert_eq!(parse("prompt i"), prompt(&["i"]));
+        assert_eq!(parse("prompt  p\ttimed"), prompt(&["p", "timed"]));
         assert_eq!(parse("quit"), Request::Quit);
     }
 
@@ -420,9 +453,9 @@ mod tests {
             fwd(Target::Pid(1234), "@!1234", "show  stat ")
         );
         assert_eq!(parse("@ help"), keyword(&["help"]));
-        assert_eq!(parse("@0 show proc"), Request::ShowProc);
+        assert_eq!(parse("@0 show proc"), SHOW_PROC);
         assert_eq!(parse("@master reload"), Request::Reload);
-        assert_eq!(parse("@\tshow proc"), Request::ShowProc);
+        assert_eq!(parse("@\tshow proc"), SHOW_PROC);
         // On the master, a second prefix is a word of an unknown command.
         assert_eq!(parse("@ @1 show info"), keyword(&["@1", "show", "info"]));
     }
@@ -463,13 +496,10 @@ mod tests {
         ));
         assert_eq!(
             parse_request("prompt timed", default, true),
-            Request::Prompt { timed: true }
+            prompt(&["timed"])
         );
         assert_eq!(parse_request("quit", default, true), Request::Quit);
-        assert_eq!(
-            parse_request("@master show proc", default, true),
-            Request::ShowProc
-        );
+        assert_eq!(parse_request("@master show proc", default, true), SHOW_PROC);
         for (cmd, words) in [
             ("expert-mode on", &["expert-mode", "on"][..]),
             (" operator", &["operator"]),
@@ -499,8 +529,6 @@ mod tests {
         for bad in [
             "@2",
             "@2 show info",
-            "@@1",
-            "@@1 show info",
             "@!abc",
             "@!",
             "@!-5",
@@ -520,6 +548,36 @@ mod tests {
         );
         // The word as sent, escapes and all.
         assert_eq!(parse(r"@\1 x"), Request::BadPrefix(r"@\1".into()));
+    }
+
+    #[test]
+    fn two_way_prefixes() {
+        let relay = |target, word: &str, command: &str| Request::Relay {
+            target,
+            word: word.into(),
+            command: command.into(),
+        };
+        assert_eq!(parse("@@1"), relay(Some(Target::Current), "@@1", ""));
+        assert_eq!(
+            parse(" @@1 \t show  info "),
+            relay(Some(Target::Current), "@@1", "show  info ")
+        );
+        assert_eq!(
+            parse(r"@@!42 add acl F a\;b"),
+            relay(Some(Target::Pid(42)), "@@!42", r"add acl F a\;b")
+        );
+        assert_eq!(
+            parse("@@master x"),
+            relay(Some(Target::Master), "@@master", "x")
+        );
+        assert_eq!(parse("@@ x"), relay(Some(Target::Master), "@@", "x"));
+        for bad in ["@@2", "@@!", "@@x y", "@@@1"] {
+            let word = bad.split(' ').next().unwrap();
+            assert!(
+                matches!(parse(bad), Request::Relay { target: None, word: w, .. } if w == word),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -563,9 +621,9 @@ mod tests {
         }
         for r in [
             keyword(&["help"]),
-            Request::ShowProc,
+            SHOW_PROC,
             Request::ShowListeners,
-            Request::Prompt { timed: false },
+            prompt(&[]),
             Request::Quit,
             Request::SetTarget {
                 target: Target::Current,

@@ -39,8 +39,8 @@ pub fn uptime(d: Duration) -> String {
     )
 }
 
-fn proc_line(out: &mut String, pid: i32, kind: &str, reloads: &str, row: &ProcRow) {
-    let _ = writeln!(
+fn proc_line(out: &mut String, pid: i32, kind: &str, reloads: &str, row: &ProcRow, debug: bool) {
+    let _ = write!(
         out,
         "{:<15} {:<15} {:<15} {:<15} {:<15}",
         pid,
@@ -49,6 +49,17 @@ fn proc_line(out: &mut String, pid: i32, kind: &str, reloads: &str, row: &ProcRo
         uptime(row.uptime),
         row.version
     );
+    debug_columns(out, debug, "-1", "-1");
+}
+
+/// `show proc debug`'s columns (haproxy 3.1+): a process's ends of haproxy's master-worker
+/// socketpair. hapmaster keeps no such pair (it reaches a worker's CLI by its stats socket, one
+/// connection per command): `-1`, as haproxy prints a closed end.
+fn debug_columns(out: &mut String, debug: bool, first: &str, second: &str) {
+    if debug {
+        let _ = write!(out, "\t\t {first:<15} {second:<15}");
+    }
+    out.push('\n');
 }
 
 /// `show proc` exactly as haproxy 2.6's master CLI prints it (`cli_io_handler_show_proc`):
@@ -66,22 +77,30 @@ fn proc_line(out: &mut String, pid: i32, kind: &str, reloads: &str, row: &ProcRo
 /// Every column is padded to 15 characters (so lines carry trailing spaces where a value is
 /// shorter); `# old workers` only appears when there are some; `# programs` (always empty:
 /// hapmaster runs no programs) only with `programs`, for the haproxy versions that print it
-/// (`Version::lists_programs`).
-pub fn show_proc(master: &ProcRow, current: &[ProcRow], old: &[ProcRow], programs: bool) -> String {
+/// (`Version::lists_programs`). `debug` (`show proc debug`, haproxy 3.1+): two more columns,
+/// [`debug_columns`].
+pub fn show_proc(
+    master: &ProcRow,
+    current: &[ProcRow],
+    old: &[ProcRow],
+    programs: bool,
+    debug: bool,
+) -> String {
     let mut out = format!(
-        "#{:<14} {:<15} {:<15} {:<15} {:<15}\n",
+        "#{:<14} {:<15} {:<15} {:<15} {:<15}",
         "<PID>", "<type>", "<reloads>", "<uptime>", "<version>"
     );
+    debug_columns(&mut out, debug, "<ipc_fd[0]>", "<ipc_fd[1]>");
     let reloads = format!("{} [failed: {}]", master.reloads, master.failed_reloads);
-    proc_line(&mut out, master.pid, master.kind, &reloads, master);
+    proc_line(&mut out, master.pid, master.kind, &reloads, master, debug);
     out.push_str("# workers\n");
     for w in current {
-        proc_line(&mut out, w.pid, w.kind, &w.reloads.to_string(), w);
+        proc_line(&mut out, w.pid, w.kind, &w.reloads.to_string(), w, debug);
     }
     if !old.is_empty() {
         out.push_str("# old workers\n");
         for w in old {
-            proc_line(&mut out, w.pid, w.kind, &w.reloads.to_string(), w);
+            proc_line(&mut out, w.pid, w.kind, &w.reloads.to_string(), w, debug);
         }
     }
     if programs {
@@ -394,7 +413,7 @@ mod tests {
             failed_reloads: 0,
             ..row(4080, "master", 0, 607)
         };
-        let out = show_proc(&master, &[row(4085, "worker", 0, 607)], &[], true);
+        let out = show_proc(&master, &[row(4085, "worker", 0, 607)], &[], true, false);
         assert_eq!(
             out,
             "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
@@ -414,7 +433,7 @@ mod tests {
             ..row(1, "master", 0, 3_723)
         };
         let old = [row(200, "worker", 1, 125), row(150, "worker", 2, 3_000)];
-        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old, true);
+        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old, true, false);
         assert_eq!(
             out,
             "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
@@ -427,12 +446,38 @@ mod tests {
              # programs\n"
         );
         // No worker at all (between a crash and its replacement).
-        let out = show_proc(&master, &[], &[], true);
+        let out = show_proc(&master, &[], &[], true, false);
         assert!(out.ends_with("\n# workers\n# programs\n"), "{out}");
         // haproxy 3.1 and later: no programs section without programs.
-        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old, false);
+        let out = show_proc(&master, &[row(300, "worker", 0, 5)], &old, false, false);
         assert!(out.ends_with("0d00h50m00s     2.6.12-1+deb12u4\n"), "{out}");
         assert!(!out.contains("programs"), "{out}");
+    }
+
+    /// tests/transcripts/3.4.0-64a335366/show_proc_debug.txt, its fds aside (haproxy's master
+    /// printed `6 7` and `4 -1`: its socketpairs).
+    #[test]
+    fn show_proc_debug_columns() {
+        let version = "3.4.0-64a335366";
+        let with = |r: ProcRow| ProcRow {
+            version: version.to_string(),
+            ..r
+        };
+        let master = with(row(17421, "master", 0, 0));
+        let out = show_proc(
+            &master,
+            &[with(row(17423, "worker", 0, 0))],
+            &[],
+            false,
+            true,
+        );
+        assert_eq!(
+            out,
+            "#<PID>          <type>          <reloads>       <uptime>        <version>      \t\t <ipc_fd[0]>     <ipc_fd[1]>    \n\
+             17421           master          0 [failed: 0]   0d00h00m00s     3.4.0-64a335366\t\t -1              -1             \n\
+             # workers\n\
+             17423           worker          0               0d00h00m00s     3.4.0-64a335366\t\t -1              -1             \n"
+        );
     }
 
     #[test]

@@ -380,11 +380,13 @@ fn usage_message(args: &[&str], dialect: Dialect, is_help: bool) -> String {
 
 /// The level a master keyword needs (haproxy's `cli_has_level` in its parser); below it the
 /// answer is [`LEVEL_DENIED`].
-pub fn needs(kw: Kw) -> Level {
+pub fn needs(kw: Kw, dialect: Dialect) -> Level {
     match kw {
         Kw::Reload | Kw::HardReload | Kw::ShowEnv | Kw::ShowStartupLogs | Kw::LoadStatus => {
             Level::Operator
         }
+        // 84640aaa2 (v3.1-dev, with `show proc debug`).
+        Kw::ShowProc if dialect.at_least((3, 1)) => Level::Operator,
         _ => Level::User,
     }
 }

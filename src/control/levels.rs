@@ -136,12 +136,7 @@ impl SessionLevel {
     /// refuses them below it, and would answer `Permission denied` instead of the command), and
     /// `mcli-debug-mode` never (it is the master's).
     pub fn forward_prefix(&self) -> String {
-        let mut p = match self.level {
-            Level::User => "user -;",
-            Level::Operator => "operator -;",
-            Level::Admin => "",
-        }
-        .to_string();
+        let mut p = self.level_prefix().to_string();
         // haproxy inserts each at the front: the last inserted (number) comes first.
         if self.severity_number {
             p.push_str("set severity-output number -;");
@@ -158,6 +153,16 @@ impl SessionLevel {
             }
         }
         p
+    }
+
+    /// What lowers a worker's CLI session to this level (`operator -;`, `user -;`; nothing at
+    /// admin, the level of the worker's socket).
+    pub fn level_prefix(&self) -> &'static str {
+        match self.level {
+            Level::User => "user -;",
+            Level::Operator => "operator -;",
+            Level::Admin => "",
+        }
     }
 
     /// The prompt's mode flags: `(xed)` for experimental, expert, mcli-debug (haproxy's

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod last_good;
 pub mod output;
 pub mod probe;
+pub mod relay;
 pub mod sessions;
 pub mod signals;
 pub mod state;

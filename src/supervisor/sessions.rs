@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 
 use super::forward::Forward;
+use super::relay::Relay;
 use super::state::Generation;
 use crate::control::command::next_command;
 use crate::control::levels::SessionLevel;
@@ -43,6 +44,9 @@ pub enum Input {
 pub enum Task {
     /// `@1 ...`, `@!pid ...`: the worker's answer is relayed.
     Forward(Forward),
+    /// `@@1`, `@@!pid` (haproxy 3.2+): the client and the worker's CLI, both ways, until the
+    /// worker closes.
+    Relay(Relay),
     /// `_getsocks` on the session's own stream: the sockets of `held` (kept open until the
     /// conversation ends, even if the master holds another set by then). Ends the session.
     Getsocks {
@@ -58,6 +62,7 @@ impl Task {
     pub fn wakeup(&self) -> Instant {
         match self {
             Task::Forward(f) => f.deadline(),
+            Task::Relay(r) => r.deadline(),
             Task::Getsocks { serve, .. } => serve.wakeup(),
         }
     }
@@ -66,6 +71,7 @@ impl Task {
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Task::Forward(f) => Some(f.fd()),
+            Task::Relay(r) => Some(r.fd()),
             Task::Getsocks { .. } => None,
         }
     }
@@ -73,6 +79,7 @@ impl Task {
     pub fn interest(&self) -> PollFlags {
         match self {
             Task::Forward(f) => f.interest(),
+            Task::Relay(r) => r.interest(),
             Task::Getsocks { wants, .. } => *wants,
         }
     }
@@ -176,7 +183,16 @@ impl Session {
     /// for a reload or a task, or has not read [`OUTPUT_MARK`] of answers: what it sends
     /// meanwhile waits in the kernel's socket buffer, not in the master.
     pub fn wants_input(&self) -> bool {
+        if let Some(Task::Relay(r)) = &self.task {
+            // What it sends goes to the worker: read while the worker keeps up.
+            return !self.closing && r.wants_client();
+        }
         !self.closing && !self.busy() && self.outbuf.len() < OUTPUT_MARK
+    }
+
+    /// Whether what the client sends goes to a worker (`Task::Relay`).
+    pub fn relaying(&self) -> bool {
+        matches!(self.task, Some(Task::Relay(_)))
     }
 
     /// Whether it has a command to run now (the loop runs it without waiting for an fd).
@@ -200,7 +216,7 @@ impl Session {
     /// A forwarded answer waits for the client to read: that wait is the client's, bound by the
     /// session's deadline, not the worker's.
     pub fn relay_stalled(&self) -> bool {
-        matches!(self.task, Some(Task::Forward(_))) && self.output_full()
+        matches!(self.task, Some(Task::Forward(_) | Task::Relay(_))) && self.output_full()
     }
 
     /// Whether the session's deadline applies now: not while the master waits for a reload or
@@ -286,6 +302,44 @@ impl Session {
         self.newline = self.inbuf.iter().position(|&b| b == b'\n');
         self.line = Some((text, 0));
         self.next_command()
+    }
+
+    /// Reads what the client sent for the worker of its relay, up to the relay's mark.
+    pub fn read_for_relay(&mut self) -> Input {
+        let Some(Task::Relay(relay)) = &mut self.task else {
+            return Input::Lines;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        while relay.wants_client() {
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => {
+                    relay.client_closed();
+                    return Input::Closed;
+                }
+                Ok(n) => {
+                    let now = Instant::now();
+                    relay.from_client(&buf[..n], now);
+                    self.deadline = now + self.timeout;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Input::Lines,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Input::Broken(e.to_string()),
+            }
+        }
+        Input::Lines
+    }
+
+    /// What follows the command being run on its line (after its `;`), taken: None when it
+    /// was the line's last.
+    pub fn take_rest_of_line(&mut self) -> Option<String> {
+        let (line, at) = self.line.take()?;
+        line.get(at..).map(str::to_string)
+    }
+
+    /// The bytes received after the current line, taken (a relay sends them on).
+    pub fn take_pending_input(&mut self) -> Vec<u8> {
+        self.newline = None;
+        std::mem::take(&mut self.inbuf)
     }
 
     /// Forgets what the client sent and was not run yet.

@@ -19,12 +19,13 @@ use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerR
 use crate::control::keywords::{self, Dialect, Kw, LEVEL_DENIED};
 use crate::control::levels::{Applied, Level, SessionLevel, PERMISSION_DENIED};
 use crate::control::load_log::{load_log, load_status, reload_answer};
-use crate::control::prompt::{prompt, Stamp};
+use crate::control::prompt::{apply_prompt, prompt, PromptMode, Stamp};
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
 use crate::haproxy_version::Version;
 use crate::supervisor::admission::{self, Refusals};
 use crate::supervisor::forward::{Forward, Progress};
+use crate::supervisor::relay::{Relay, RelayProgress};
 use crate::supervisor::sessions::{Input, Next, Session, Task, MAX_SESSIONS};
 use crate::supervisor::state::{Generation, ReloadKind, Role};
 
@@ -135,10 +136,12 @@ fn stopping_answer() -> String {
 }
 
 /// The level hapmaster's own requests need, as haproxy's master would ask (`reload` needs
-/// operator); a forwarded command's level is the worker's to judge (`forward_prefix`).
-fn needs(request: &Request) -> Level {
+/// operator, `show proc` too from 3.1); a forwarded command's level is the worker's to judge
+/// (`forward_prefix`).
+fn needs(request: &Request, dialect: Dialect) -> Level {
     match request {
         Request::Reload | Request::HardReload | Request::AwaitReload => Level::Operator,
+        Request::ShowProc { .. } => keywords::needs(Kw::ShowProc, dialect),
         Request::Getsocks => Level::Admin,
         _ => Level::User,
     }
@@ -267,11 +270,20 @@ impl Master<'_> {
             return;
         }
         if hung_up || (flags.contains(PollFlags::POLLIN) && s.wants_input()) {
-            match s.read() {
+            let input = if s.relaying() {
+                s.read_for_relay()
+            } else {
+                s.read()
+            };
+            match input {
                 Input::Lines => {}
-                // A half-closed client (`echo reload | socat`) still gets its answers.
+                // A half-closed client (`echo reload | socat`) still gets its answers (a relay's
+                // worker, what it says until it closes).
                 Input::Closed => s.closing = true,
                 Input::Broken(why) => {
+                    if s.relaying() {
+                        s.task = None;
+                    }
                     s.discard_input();
                     s.write(format!("{why}\n").as_bytes());
                     s.closing = true;
@@ -424,7 +436,7 @@ impl Master<'_> {
         };
         // haproxy's level first (what its CLI answers a user-level socket), then hapmaster's
         // rule on the peer's uid.
-        if level < needs(&request) {
+        if level < needs(&request, self.dialect()) {
             return Step::Answer(LEVEL_DENIED.to_string());
         }
         if request.changes_state() && !privileged {
@@ -436,7 +448,7 @@ impl Master<'_> {
             });
         }
         match request {
-            Request::ShowProc => Step::Answer(self.show_proc()),
+            Request::ShowProc { debug } => Step::Answer(self.show_proc(debug)),
             Request::ShowListeners => Step::Answer(self.show_listeners()),
             Request::Reload => self.start_reload(id, ReloadKind::Soft),
             Request::HardReload => self.start_reload(id, ReloadKind::Hard),
@@ -445,19 +457,26 @@ impl Master<'_> {
                 super::await_reload::Awaited::After(after) => self.wait_for_reload(id, after),
             },
             Request::Getsocks => self.hand_over(id),
-            Request::Prompt { timed } => {
-                // ea07715cc (v2.8-dev12): `prompt timed` turns prompt mode on and toggles the
-                // stamp; before, the argument is ignored.
-                let timed = timed && self.dialect().at_least((2, 8));
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    if timed {
-                        s.interactive = true;
-                        s.timed = !s.timed;
-                    } else {
-                        s.interactive = !s.interactive;
+            Request::Prompt { args } => {
+                let dialect = self.dialect();
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return Step::Close;
+                };
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mode = PromptMode {
+                    prompt: s.interactive,
+                    timed: s.timed,
+                };
+                match apply_prompt(mode, &args, dialect) {
+                    Ok(mode) => {
+                        s.interactive = mode.prompt;
+                        s.timed = mode.timed;
+                        Step::Silent
                     }
+                    // The master's proxy says it (`pcli_error`): no blank line, the rest of the
+                    // input dropped.
+                    Err(usage) => Step::Refused(usage.to_string()),
                 }
-                Step::Silent
             }
             // The prompt, then the end (as haproxy's master writes it).
             Request::Quit => Step::CloseAfter(self.prompt_of(id).unwrap_or_default()),
@@ -483,6 +502,11 @@ impl Master<'_> {
                 prefix,
                 command,
             } => self.forward(id, target, prefix.as_deref(), &command),
+            Request::Relay {
+                target,
+                word,
+                command,
+            } => self.relay(id, target, &word, &command),
             Request::BadPrefix(word) => Step::Refused(bad_prefix_text(&word)),
             // Resolved above.
             Request::Keyword(_) => Step::Silent,
@@ -523,16 +547,25 @@ impl Master<'_> {
             return Err(Step::Answer(keywords::empty_command(dialect)));
         }
         let kw = keywords::find(&words, dialect).map_err(Step::Answer)?;
-        if level < keywords::needs(kw) {
+        if level < keywords::needs(kw, dialect) {
             return Err(Step::Answer(LEVEL_DENIED.to_string()));
         }
         Err(Step::Answer(match kw {
-            Kw::ShowProc => return Ok(Request::ShowProc),
+            // 84640aaa2 (v3.1-dev): `debug` or nothing; before, any argument is ignored.
+            Kw::ShowProc => match words.get(2) {
+                Some(&"debug") if dialect.at_least((3, 1)) => {
+                    return Ok(Request::ShowProc { debug: true })
+                }
+                Some(_) if dialect.at_least((3, 1)) => {
+                    "'show proc' only supports 'debug' as argument\n".to_string()
+                }
+                _ => return Ok(Request::ShowProc { debug: false }),
+            },
             Kw::Reload => return Ok(Request::Reload),
             Kw::HardReload => return Ok(Request::HardReload),
             Kw::Prompt => {
                 return Ok(Request::Prompt {
-                    timed: words.get(1) == Some(&"timed"),
+                    args: words[1..].iter().map(|w| w.to_string()).collect(),
                 })
             }
             Kw::Quit => return Ok(Request::Quit),
@@ -722,6 +755,67 @@ impl Master<'_> {
         }
     }
 
+    /// `@@<prefix> [command]` (haproxy 3.2+, c347cb73f's `pcli_find_bidir_prefix`): the
+    /// command, the rest of its line and whatever the client sent after it go to the worker as
+    /// sent, then everything the client sends, until the worker closes; alone, a `prompt` line
+    /// puts the worker in the session's prompt mode. The worker runs it at the session's level
+    /// (`operator -;` / `user -;` first), without its modes, as haproxy's master has it.
+    /// `@@master` (`@@`, `@@0`): the command is the master's, as with `@master`.
+    fn relay(&mut self, id: u64, target: Option<Target>, word: &str, command: &str) -> Step {
+        if !self.dialect().at_least((3, 2)) {
+            return Step::Refused(bad_prefix_text(word));
+        }
+        let worker = match target {
+            None => None,
+            Some(Target::Master) => {
+                return match command.is_empty() {
+                    true => Step::Silent,
+                    false => self.execute(id, command),
+                }
+            }
+            Some(Target::Current) => self.state.current(),
+            Some(Target::Pid(pid)) => self.state.worker(pid),
+        };
+        let Some(w) = worker else {
+            return Step::Refused(bad_prefix_text(word));
+        };
+        let path = self.runtime.worker_socket(w.generation);
+        let idle = self.opts.cli_timeout;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Step::Close;
+        };
+        let rest = s.take_rest_of_line();
+        let pending = s.take_pending_input();
+        let mut first = s.level.level_prefix().as_bytes().to_vec();
+        if command.is_empty() && rest.is_none() && pending.is_empty() {
+            first.extend_from_slice(b"prompt");
+            first.extend_from_slice(if s.interactive { b" p" } else { b" i" });
+            if s.timed {
+                first.extend_from_slice(b" timed");
+            }
+            first.push(b'\n');
+        } else {
+            // The line as sent: its end, unless the prefix stood alone (its blanks, newline
+            // included, are skipped).
+            first.extend_from_slice(command.as_bytes());
+            if let Some(rest) = &rest {
+                first.push(b';');
+                first.extend_from_slice(rest.as_bytes());
+            }
+            if !command.is_empty() || rest.is_some() {
+                first.push(b'\n');
+            }
+            first.extend_from_slice(&pending);
+        }
+        match Relay::start(&path, w.pid, first, Instant::now(), idle) {
+            Ok(relay) => {
+                s.task = Some(Task::Relay(relay));
+                Step::Wait
+            }
+            Err(text) => Step::Answer(text),
+        }
+    }
+
     /// Advances every session's task as far as its peer allows. A forward that ends answers its
     /// session, which then runs its next command; a `_getsocks` conversation that ends ends its
     /// session.
@@ -746,6 +840,29 @@ impl Master<'_> {
                             s.write(&last);
                             s.write(prompt.unwrap_or_default().as_bytes());
                             self.run_session(id);
+                        }
+                    }
+                    self.flush_session(id);
+                }
+                Some(Task::Relay(r)) => {
+                    match r.step(now, room) {
+                        RelayProgress::Open(part) if part.is_empty() => continue,
+                        RelayProgress::Open(part) => {
+                            s.write(&part);
+                            s.restart_deadline();
+                        }
+                        RelayProgress::Closed(last) => {
+                            // The master's again: its prompt, then what the client sends next.
+                            s.task = None;
+                            s.restart_deadline();
+                            s.write(&last);
+                            s.write(prompt.unwrap_or_default().as_bytes());
+                            self.run_session(id);
+                        }
+                        RelayProgress::Idle => {
+                            s.task = None;
+                            s.closing = true;
+                            s.discard_input();
                         }
                     }
                     self.flush_session(id);
@@ -776,7 +893,7 @@ impl Master<'_> {
         }
     }
 
-    fn show_proc(&self) -> String {
+    fn show_proc(&self, debug: bool) -> String {
         let now = Instant::now();
         let row =
             |pid: i32, kind: &'static str, reloads: u64, since: Instant, version: String| ProcRow {
@@ -816,7 +933,7 @@ impl Master<'_> {
                 _ => old.push(r),
             }
         }
-        let mut out = show_proc(&master, &current, &old, programs);
+        let mut out = show_proc(&master, &current, &old, programs, debug);
         // After haproxy's rows, as a comment, so that parsers of haproxy's output keep working.
         out.push_str(&comment_lines(self.last_good_note().as_slice()));
         out
