@@ -475,3 +475,65 @@ fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
     assert_eq!(rest, "master> ");
     assert!(hm.stop().success());
 }
+
+/// `@@1` as haproxy 3.2+ serves it (tests/transcripts/3.4.0-*/prompt_at_at_1*, played here by
+/// the fake haproxy as 3.4.0, whose CLI serves an interactive connection; the host's haproxy
+/// 2.6 answers `@@1` as a bad prefix): the worker's own CLI both ways until it closes, then the
+/// master again with its prompt. Keeps the relay exercised where only haproxy 2.6 runs.
+#[test]
+fn a_two_way_session_as_haproxy_3_4() {
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, "3.4.0");
+    let cfg = fake_config::<&str>(free_port(), &[]);
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    let worker = hm.wait_serving(EVENT);
+    let sock = hm.runtime_dir.join("master.sock");
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    let mut step = |line: &[u8]| {
+        s.write_all(line).unwrap();
+        read_step(&mut s)
+    };
+    assert_eq!(step(b"prompt\n"), "master> ");
+    // Alone: the worker is put in the session's mode (`prompt p`), its prompt is its own.
+    assert_eq!(step(b"@@1\n"), "\n> ");
+    assert_eq!(step(b"show version\n"), "3.4.0\n\n> ");
+    // The worker's, not the master's (which would answer `master> `).
+    assert_eq!(step(b"prompt p\n"), "\n> ");
+    assert_eq!(step(b"no-such-command\n"), "Unknown command.\n\n> ");
+    assert_eq!(step(b"quit\n"), "master> ");
+    assert_eq!(step(b"show version\n"), "3.4.0\n\nmaster> ");
+    // With a command: the worker's one answer, then the master.
+    assert_eq!(
+        step(format!("@@!{worker} show info\n").as_bytes()),
+        format!("Name: HAProxy\nVersion: 3.4.0\nPid: {worker}\nmaster> ")
+    );
+    assert_eq!(
+        step(b"@@2 show info\n"),
+        "Can't find the target PID matching the prefix '@@2'\nmaster> "
+    );
+    // 3.2's prompt arguments.
+    let usage = step(b"prompt n\n");
+    assert!(
+        usage.starts_with("Usage: prompt [help | i | p | timed]*\n") && usage.ends_with("master> "),
+        "{usage:?}"
+    );
+    s.write_all(b"prompt i\nshow version\nquit\n").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "3.4.0\n\n");
+
+    // Without prompt mode: `prompt i`; the client's EOF reaches the worker, which closes.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    s.write_all(b"@@1\n").unwrap();
+    let mut blank = [0u8; 1];
+    s.read_exact(&mut blank).unwrap();
+    assert_eq!(&blank, b"\n");
+    s.write_all(b"show version\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "3.4.0\n\n");
+    assert!(hm.stop().success());
+}

@@ -762,3 +762,47 @@ fn a_worker_stalling_its_handoff_delays_nothing_else() {
         |pid| format!("listening sockets to worker pid {pid}"),
     );
 }
+
+/// A two-way `@@1` session (haproxy 3.2+, played by the fake haproxy as 3.4.0) whose client
+/// reads nothing while the worker sends it 8 MiB: the master relays no more than the client's
+/// room, and `show proc` from another client answers within 100 ms meanwhile.
+#[test]
+fn a_two_way_session_that_is_not_read_delays_nothing_else() {
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, "3.4.0");
+    let cfg = fake_config::<&str>(free_port(), &[]);
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    hm.wait_serving(EVENT);
+    let master = master_sock(&hm.runtime_dir);
+    let mut relay = UnixStream::connect(&master).unwrap();
+    relay.set_read_timeout(Some(EVENT)).unwrap();
+    relay.write_all(b"@@1\n").unwrap();
+    // The worker's answer to `prompt i`: the session is the worker's.
+    let mut blank = [0u8; 1];
+    relay.read_exact(&mut blank).unwrap();
+    assert_eq!(&blank, b"\n", "not the worker's answer to `prompt i`");
+    let before = status_kib(hm.pid(), "VmHWM").unwrap();
+    relay.write_all(b"flood\n").unwrap();
+    poll_until(EVENT, || (unread_by_us(&relay) > 0).then_some(()))
+        .unwrap_or_else(|| panic!("nothing of the flood reached the client within {EVENT:?}"));
+    let stalled = || -> Result<(), String> {
+        if peer_closed(&relay) {
+            return Err("the master closed the @@1 session".into());
+        }
+        Ok(())
+    };
+    let show = during_stall(
+        "show proc while an @@1 client reads nothing",
+        &stalled,
+        || show_proc_latency(&master),
+    );
+    let after = status_kib(hm.pid(), "VmHWM").unwrap();
+    eprintln!("figures: {show}; master VmHWM {before} KiB -> {after} KiB");
+    assert!(show.ok(), "{show}");
+    // The flood waits in the worker and the sockets, not in the master.
+    assert!(
+        after < before + 1024,
+        "the master grew from {before} KiB to {after} KiB"
+    );
+    assert!(hm.stop().success());
+}

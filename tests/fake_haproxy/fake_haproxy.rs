@@ -13,6 +13,11 @@
 //! - `fake listen <ip:port>`: a TCP listener answering every HTTP request with 200 and
 //!   `hello from haproxy\n`. With `-x` it is taken from the sockets fetched there, matched by
 //!   address; unmatched fetched sockets are closed. Without `-x` (or with no match) it is bound.
+//! - A stats connection whose first command is `prompt ...` (after `operator -;` / `user -;`)
+//!   is interactive, as haproxy's CLI (what a two-way `@@1` session of the master sends): served
+//!   by a thread of its own, one answer per line (`show info`, `show version`, `flood`: 8 MiB
+//!   of `x`, anything else `Unknown command.`), each ended by `\n` (`prompt i`) or `\n> `
+//!   (`prompt p`; `prompt` alone toggles), until `quit` or the peer's EOF.
 //! - SIGUSR1: soft stop (stops accepting, exits 0). SIGTERM / SIGINT: exits 0.
 //! - `-v` / `-vv`: haproxy 2.6's version line, or `$FAKE_HAPROXY_VERSION`'s (which also decides
 //!   whether `-x sockpair@N` is understood).
@@ -517,6 +522,10 @@ impl Worker {
         if (&stream).read_exact(&mut consumed).is_err() {
             return;
         }
+        if without_levels(&line).starts_with(b"prompt") {
+            std::thread::spawn(move || interactive(stream, line));
+            return;
+        }
         if line.starts_with(b"show info") {
             if self.cfg.hang {
                 self.hung.push(stream);
@@ -635,6 +644,58 @@ fn peek_line(stream: &UnixStream) -> Option<Vec<u8>> {
             return Some(buf[..n].to_vec());
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A command without the level a master puts first (`operator -;`, `user -;`).
+fn without_levels(line: &[u8]) -> &[u8] {
+    let mut line = line;
+    for level in [&b"operator -;"[..], b"user -;"] {
+        line = line.strip_prefix(level).unwrap_or(line);
+    }
+    line
+}
+
+/// An interactive CLI connection (its first line in): one answer per line until `quit` or EOF.
+/// Bounded by a read timeout, so that a forgotten connection ends its thread.
+fn interactive(stream: UnixStream, first: Vec<u8>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    let _ = stream.set_write_timeout(None);
+    let mut reader = io::BufReader::new(&stream);
+    let mut line = first;
+    let mut prompt = false;
+    loop {
+        let text = String::from_utf8_lossy(without_levels(&line))
+            .trim()
+            .to_string();
+        let answer = match text.as_str() {
+            "quit" => return,
+            t if t.starts_with("prompt") => {
+                let args: Vec<&str> = t.split_whitespace().skip(1).collect();
+                prompt = if args.is_empty() {
+                    !prompt
+                } else {
+                    args.contains(&"p")
+                };
+                String::new()
+            }
+            "show info" => format!("Name: HAProxy\nVersion: {}\nPid: {}\n", version(), pid()),
+            "show version" => format!("{}\n", version()),
+            "flood" => "x".repeat(8 << 20) + "\n",
+            _ => "Unknown command.\n".to_string(),
+        };
+        let end = if prompt { "\n> " } else { "\n" };
+        if (&stream)
+            .write_all(format!("{answer}{end}").as_bytes())
+            .is_err()
+        {
+            return;
+        }
+        line.clear();
+        match io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
 
