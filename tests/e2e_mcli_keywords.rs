@@ -56,6 +56,12 @@ impl Sockets {
 
     fn compare(&self, socket: &Path, name: &str) {
         let (got, expected) = self.exchange(socket, name);
+        // The capture's configuration sets no maxconn (a worker then says which it took);
+        // this one does.
+        let expected: String = expected
+            .split_inclusive('\n')
+            .filter(|l| !l.contains(" : Automatically setting global.maxconn to "))
+            .collect();
         let (got, expected) = (without_fds(&got), without_fds(&expected));
         assert_eq!(
             got, expected,
@@ -70,13 +76,28 @@ impl Sockets {
 #[test]
 fn master_commands_answer_as_haproxy() {
     let s = start();
+    // `show env` (3.1+) shows the process's environment: the capture's was fixed, a test's is
+    // cargo's; compared in shape only where the transcript has an answer.
+    for name in ["show_env", "show_env_var"] {
+        let (got, expected) = s.exchange(&s.admin, name);
+        if expected.starts_with("Unknown command") {
+            assert_eq!(got, expected, "{name}");
+        } else {
+            let lines: Vec<&str> = got.lines().collect();
+            assert!(
+                lines.len() >= 2
+                    && lines[lines.len() - 1].is_empty()
+                    && lines[..lines.len() - 1].iter().all(|l| l.contains('=')),
+                "{name}: {got}"
+            );
+            assert!(got.contains("PATH="), "{name}: {got}");
+        }
+    }
     for name in [
         "show_version",
         "show_cli_level",
         "show_cli_sockets",
         "show_startup_logs",
-        "show_env",
-        "show_env_var",
         "unknown_command",
         "show_proc_debug",
         "show_proc_arg",
@@ -177,21 +198,39 @@ fn levels_and_modes_reach_the_worker() {
 fn reload_answers_in_haproxys_log_shape() {
     let mut s = start();
     let master = s.hm.pid();
+    // From 3.1 the worker loads the configuration in haproxy too: the log opens with the
+    // master's line, then the worker's own (a 3.4 worker started as root warns), then success.
+    let version = s.hm.cli("show version");
+    let from_3_1 = !version.starts_with("2.") && !version.starts_with("3.0");
     let answer = cli_within(&s.admin, "reload; show version", EVENT).unwrap();
     let worker = s.hm.wait_serving(EVENT);
-    assert_eq!(
-        answer,
-        format!(
-            "Success=1\n--\n[NOTICE]   ({master}) : New worker ({worker}) forked\n\
-             [NOTICE]   ({master}) : Loading success.\n\n"
-        )
-    );
+    if from_3_1 {
+        let head =
+            format!("Success=1\n--\n[NOTICE]   ({master}) : Initializing new worker ({worker})\n");
+        let tail = format!("[NOTICE]   ({master}) : Loading success.\n\n");
+        assert!(
+            answer.starts_with(&head) && answer.ends_with(&tail) && !answer.contains("forked"),
+            "{answer}"
+        );
+    } else {
+        assert_eq!(
+            answer,
+            format!(
+                "Success=1\n--\n[NOTICE]   ({master}) : New worker ({worker}) forked\n\
+                 [NOTICE]   ({master}) : Loading success.\n\n"
+            )
+        );
+    }
     // hapmaster hard-reloads whatever the haproxy version (haproxy's master from 2.9).
     let answer = cli_within(&s.admin, "hard-reload", EVENT).unwrap();
     let worker = s.hm.wait_serving(EVENT);
+    let new_worker = if from_3_1 {
+        format!("Initializing new worker ({worker})")
+    } else {
+        format!("New worker ({worker}) forked")
+    };
     assert!(
-        answer.starts_with("Success=1\n--\n")
-            && answer.contains(&format!("New worker ({worker}) forked")),
+        answer.starts_with("Success=1\n--\n") && answer.contains(&new_worker),
         "{answer}"
     );
 

@@ -131,7 +131,13 @@ enum Step {
 fn stopping_answer() -> String {
     reload_answer(
         false,
-        &load_log(std::process::id(), None, "", Some("the master is stopping")),
+        &load_log(
+            std::process::id(),
+            None,
+            "",
+            Some("the master is stopping"),
+            Dialect::NEWEST,
+        ),
     )
 }
 
@@ -636,7 +642,7 @@ impl Master<'_> {
     ) {
         let waiting = self.sessions_where(|s| s.awaiting_reload.is_some_and(|a| a < generation));
         let worker = self.workers.of_generation(generation).map(|(pid, _)| pid);
-        let log = load_log(std::process::id(), worker, startup, reason);
+        let log = load_log(std::process::id(), worker, startup, reason, self.dialect());
         let text = reload_answer(reason.is_none(), &log);
         self.startup_logs = log;
         self.signal_reloads.reload_ended(generation, &text);
@@ -657,7 +663,13 @@ impl Master<'_> {
             .and_then(|r| r.startup.clone())
             .unwrap_or_default();
         let startup = String::from_utf8_lossy(&startup).into_owned();
-        self.startup_logs = load_log(std::process::id(), Some(worker), &startup, None);
+        self.startup_logs = load_log(
+            std::process::id(),
+            Some(worker),
+            &startup,
+            None,
+            self.dialect(),
+        );
     }
 
     /// What the worker of a reload that just ended said while starting, taken once.
