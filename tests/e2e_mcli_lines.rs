@@ -145,6 +145,17 @@ impl Capture {
     }
 }
 
+/// hapmaster running the fake haproxy playing haproxy `version` (its `-v`, its `show info`),
+/// serving: it and its worker's pid.
+fn serving_fake_haproxy(version: &str) -> (Hapmaster, u32) {
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, version);
+    let cfg = fake_config::<&str>(free_port(), &[]);
+    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    let worker = hm.wait_serving(EVENT);
+    (hm, worker)
+}
+
 /// Reads until what came ends with a prompt (`master> `, `master[ReloadFailed]> `, `<pid>> `,
 /// with `(xed)` flags) or the connection ends.
 fn read_step(s: &mut UnixStream) -> String {
@@ -385,11 +396,7 @@ fn prompt_timed_as_haproxy() {
     c.compare_steps("prompt_timed", "@PID_W1@");
     drop(c);
 
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
-    let cfg = fake_config::<&str>(free_port(), &[]);
-    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
-    let worker = hm.wait_serving(EVENT);
+    let (mut hm, worker) = serving_fake_haproxy("3.0.0");
     let mut norm = Normalizer::new();
     norm.add(worker, "@PID_W1@");
     let mut s = UnixStream::connect(hm.runtime_dir.join("master.sock")).unwrap();
@@ -440,11 +447,7 @@ fn a_default_target_that_left_ends_the_session() {
 /// was sent dropped, then the prompt (cli.c v3.0.0: pcli_error).
 #[test]
 fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
-    let cfg = fake_config::<&str>(free_port(), &[]);
-    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
-    hm.wait_serving(EVENT);
+    let (mut hm, _) = serving_fake_haproxy("3.0.0");
     let proc = hm.cli("show proc");
     assert!(proc.contains(" 3.0.0 "), "{proc}");
     let sock = hm.runtime_dir.join("master.sock");
@@ -482,11 +485,7 @@ fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
 /// master again with its prompt. Keeps the relay exercised where only haproxy 2.6 runs.
 #[test]
 fn a_two_way_session_as_haproxy_3_4() {
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, "3.4.0");
-    let cfg = fake_config::<&str>(free_port(), &[]);
-    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
-    let worker = hm.wait_serving(EVENT);
+    let (mut hm, worker) = serving_fake_haproxy("3.4.0");
     let sock = hm.runtime_dir.join("master.sock");
     let mut s = UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(EVENT)).unwrap();

@@ -114,19 +114,29 @@ impl Forward {
                 Err(e) => return Err(e),
             }
         }
-        let mut buf = [0u8; 16 * 1024];
-        while relay.len() < room {
-            let want = (room - relay.len()).min(buf.len());
-            match (&self.stream).read(&mut buf[..want]) {
-                Ok(0) => return Ok(true),
-                Ok(n) => relay.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(false)
+        read_up_to(&self.stream, room, relay)
     }
+}
+
+/// Appends to `relay` what the worker's non-blocking `stream` has, until `relay` holds `room`
+/// bytes. Ok(true): the worker closed.
+pub(super) fn read_up_to(
+    stream: &UnixStream,
+    room: usize,
+    relay: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let mut buf = [0u8; 16 * 1024];
+    while relay.len() < room {
+        let want = (room - relay.len()).min(buf.len());
+        match (&*stream).read(&mut buf[..want]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => relay.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 fn unreachable_text(pid: Pid, path: &Path, why: &str) -> String {

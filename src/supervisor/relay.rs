@@ -6,7 +6,7 @@
 //! output; and nothing may stand still longer than the idle timeout (`--cli-timeout`) while
 //! either side could move.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 use nix::sys::socket::{self, Shutdown};
 
+use super::forward::read_up_to;
 use super::state::Pid;
 use crate::control::answer::CANNOT_REACH_WORKER;
 use crate::unix_stream::{connect_nonblocking, send_nosignal};
@@ -140,18 +141,7 @@ impl Relay {
             self.shut = true;
             socket::shutdown(self.stream.as_raw_fd(), Shutdown::Write)?;
         }
-        let mut buf = [0u8; 16 * 1024];
-        while relay.len() < room {
-            let want = (room - relay.len()).min(buf.len());
-            match (&self.stream).read(&mut buf[..want]) {
-                Ok(0) => return Ok(true),
-                Ok(n) => relay.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(false)
+        read_up_to(&self.stream, room, relay)
     }
 }
 
