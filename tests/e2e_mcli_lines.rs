@@ -408,3 +408,43 @@ fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
     assert_eq!(rest, "master> ");
     assert!(hm.stop().success());
 }
+
+/// Until a worker tells its version (`show info`), the master speaks the dialect of the version
+/// the binary's `-v` printed at start: here the fake haproxy plays 3.0.0 and its first worker
+/// never answers, so a bad prefix keeps the session (2.8+) and `show version` is the binary's.
+#[test]
+fn before_a_worker_answers_the_binary_version_decides() {
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
+    let cfg = fake_config(free_port(), &["hang"]);
+    let hm = Hapmaster::start_in(
+        dir,
+        cfg,
+        &[
+            "--haproxy",
+            haproxy.to_str().unwrap(),
+            "--ready-timeout",
+            "10m",
+        ],
+    );
+    let sock = hm.runtime_dir.join("master.sock");
+    let mut s = poll_until(EVENT, || UnixStream::connect(&sock).ok())
+        .unwrap_or_else(|| panic!("{} not there after {EVENT:?}", sock.display()));
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    s.write_all(b"prompt\n").unwrap();
+    assert_eq!(read_step(&mut s), "master> ");
+    s.write_all(b"@2 show info\n").unwrap();
+    assert_eq!(
+        read_step(&mut s),
+        "Can't find the target PID matching the prefix '@2'\nmaster> "
+    );
+    s.write_all(b"show version\n").unwrap();
+    assert_eq!(read_step(&mut s), "3.0.0\n\nmaster> ");
+    let proc = hm.cli("show proc");
+    assert!(
+        !proc
+            .lines()
+            .any(|l| l.contains("worker") && l.contains("3.0.0")),
+        "the worker was meant never to answer: {proc}"
+    );
+}

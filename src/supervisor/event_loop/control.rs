@@ -367,12 +367,9 @@ impl Master<'_> {
 
     /// Whether a command the master refuses itself (a bad prefix) closes the connection: it
     /// does up to haproxy 2.7 (`pcli_reply_and_close`); from 2.8 on the session goes on
-    /// (`pcli_error`, 1601eebcd). The version is the newest worker's; none known yet: as the
-    /// oldest.
+    /// (`pcli_error`, 1601eebcd).
     fn refusal_closes(&self) -> bool {
-        self.haproxy_version()
-            .and_then(|word| Version::of_word(&word))
-            .map_or(true, |v| (v.major, v.minor) < (2, 8))
+        !self.dialect().at_least((2, 8))
     }
 
     /// The session's prompt, in prompt mode: who its commands go to, `[ReloadFailed]` after a
@@ -396,13 +393,15 @@ impl Master<'_> {
     }
 
     /// The version of the haproxy the master runs, as it prints it: the newest worker's
-    /// (haproxy's master runs the one on disk at its last reload, as it re-executes then).
+    /// (haproxy's master runs the one on disk at its last reload, as it re-executes then); while
+    /// no worker has told it, what the binary's `-v` said at start.
     fn haproxy_version(&self) -> Option<String> {
         self.state
             .workers()
             .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
             .max_by_key(|(started, _)| *started)
             .map(|(_, v)| v)
+            .or_else(|| self.opts.binary_version.as_ref().map(|v| v.text.clone()))
     }
 
     fn execute(&mut self, id: u64, command: &str) -> Step {
@@ -489,8 +488,9 @@ impl Master<'_> {
         }
     }
 
-    /// The haproxy version whose master CLI the master speaks (`haproxy_version`); the newest
-    /// while no worker has told it.
+    /// The haproxy version whose master CLI the master speaks (`haproxy_version`); while it is
+    /// not known (a binary that does not say, before a worker answers), the newest haproxy's, for
+    /// every rule alike.
     fn dialect(&self) -> Dialect {
         self.haproxy_version()
             .and_then(|word| Version::of_word(&word))

@@ -706,7 +706,7 @@ impl Master<'_> {
         let channel = match self.handoff_channel(generation) {
             Ok(c) => c,
             Err(e) => {
-                let what = if self.opts.sockpair_handoff {
+                let what = if self.opts.sockpair_handoff() {
                     "a socketpair".to_string()
                 } else {
                     handoff_socket.display().to_string()
@@ -780,7 +780,7 @@ impl Master<'_> {
         if self.held.is_empty() {
             return Ok(None);
         }
-        if self.opts.sockpair_handoff {
+        if self.opts.sockpair_handoff() {
             let (channel, worker_end) = HandoffChannel::open()?;
             return Ok(Some((Channel::Pair(channel), Some(worker_end))));
         }
