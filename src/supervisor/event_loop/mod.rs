@@ -164,6 +164,15 @@ pub fn run(
             ControlListener::open(arg, &staging, &mut taken).map_err(SetupError::ControlSocket)?;
         listeners.push(listener);
     }
+    let sockets: Vec<_> = listeners
+        .iter()
+        .map(|l| {
+            // An inherited fd@N has no path of its own.
+            let named = l.internal || l.placed.is_some();
+            (named.then_some(l.path.as_path()), l.listener.as_fd())
+        })
+        .collect();
+    super::worker_env::export(&super::worker_env::master_cli_value(&sockets));
     let mut master = Master {
         opts,
         runtime,
