@@ -318,10 +318,7 @@ fn prompt_timed_as_haproxy() {
     c.compare_steps("prompt_timed", "@PID_W1@");
     drop(c);
 
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
-    let cfg = fake_config::<&str>(free_port(), &[]);
-    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    let mut hm = fake_haproxy_3_0(&[], &[]);
     let worker = hm.wait_serving(EVENT);
     let mut norm = Normalizer::new();
     norm.add(worker, "@PID_W1@");
@@ -373,10 +370,7 @@ fn a_default_target_that_left_ends_the_session() {
 /// was sent dropped, then the prompt (cli.c v3.0.0: pcli_error).
 #[test]
 fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
-    let cfg = fake_config::<&str>(free_port(), &[]);
-    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
+    let mut hm = fake_haproxy_3_0(&[], &[]);
     hm.wait_serving(EVENT);
     let proc = hm.cli("show proc");
     assert!(proc.contains(" 3.0.0 "), "{proc}");
@@ -414,19 +408,7 @@ fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
 /// never answers, so a bad prefix keeps the session (2.8+) and `show version` is the binary's.
 #[test]
 fn before_a_worker_answers_the_binary_version_decides() {
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
-    let cfg = fake_config(free_port(), &["hang"]);
-    let hm = Hapmaster::start_in(
-        dir,
-        cfg,
-        &[
-            "--haproxy",
-            haproxy.to_str().unwrap(),
-            "--ready-timeout",
-            "10m",
-        ],
-    );
+    let hm = fake_haproxy_3_0(&["hang"], &["--ready-timeout", "10m"]);
     let sock = hm.runtime_dir.join("master.sock");
     let mut s = poll_until(EVENT, || UnixStream::connect(&sock).ok())
         .unwrap_or_else(|| panic!("{} not there after {EVENT:?}", sock.display()));
@@ -447,4 +429,15 @@ fn before_a_worker_answers_the_binary_version_decides() {
             .any(|l| l.contains("worker") && l.contains("3.0.0")),
         "the worker was meant never to answer: {proc}"
     );
+}
+
+/// hapmaster on the fake haproxy playing 3.0.0 (what a 2.8+ master does, where the host has 2.6),
+/// with `faults` in its config and `extra` arguments; not waited for.
+fn fake_haproxy_3_0(faults: &[&str], extra: &[&str]) -> Hapmaster {
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, "3.0.0");
+    let cfg = fake_config(free_port(), faults);
+    let mut args = vec!["--haproxy", haproxy.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Hapmaster::start_in(dir, cfg, &args)
 }
