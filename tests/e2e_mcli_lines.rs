@@ -115,7 +115,7 @@ impl Capture {
 }
 
 /// Reads until what came ends with a prompt (`master> `, `master[ReloadFailed]> `, `<pid>> `,
-/// with `(xed)` flags) or the connection ends.
+/// with `(xed)` flags, or `+ ` in a payload) or the connection ends.
 fn read_step(s: &mut UnixStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 64 * 1024];
@@ -135,6 +135,9 @@ fn read_step(s: &mut UnixStream) -> String {
 }
 
 fn ends_with_prompt(text: &str) -> bool {
+    if text.ends_with("+ ") {
+        return true;
+    }
     let Some(rest) = text.strip_suffix("> ") else {
         return false;
     };
@@ -225,6 +228,35 @@ fn escapes_are_forwarded_as_haproxy_does() {
     c.compare_oneshot("tab_after_prefix");
     // On the master, `show\ version` is one word: an unknown command.
     c.compare_oneshot("escape_master_show_version");
+}
+
+/// A payload (`<<`, then lines up to an empty one) goes to the worker with its command, its
+/// lines taken as they are (a `;` in them ends nothing); prompt mode answers `+ ` to each line;
+/// a master command takes one too (and ignores it); a payload the client never ended is not
+/// run. The ACL fills as in the capture (the escape exchanges first), so each `show acl F`
+/// compares whole.
+#[test]
+fn payloads_as_haproxy_reads_them() {
+    let c = Capture::start();
+    c.compare_oneshot("escape_add_show_acl");
+    c.compare_oneshot("escape_tab_backslash");
+    c.compare_steps("prompt_escape", "@PID_W1@");
+    c.compare_steps("prompt_payload", "@PID_W1@");
+    c.compare_oneshot("payload_oneshot");
+    c.compare_oneshot("payload_master");
+    // Cut short by the client's close: nothing is answered, nothing added (haproxy 2.6 alike).
+    assert_eq!(c.oneshot(b"@1 add map F <<\nk3 v3\n"), "");
+    let acl = transcript("payload_oneshot.norm");
+    let after = acl.strip_prefix('\n').unwrap();
+    assert_eq!(c.norm.normalize(&c.oneshot(b"@1 show acl F\n")), after);
+    // What follows the `;` after the command is the payload's first line (haproxy's proxy
+    // reads up to the newline once in a payload).
+    let answer = c.oneshot(b"@1 add map F <<;k4 v4\n\n@1 show acl F\n");
+    assert_eq!(
+        c.norm.normalize(&answer),
+        format!("\n{after}").replace("v;2\n", "v;2\n@PTR@ k4 v4\n"),
+        "{answer:?}"
+    );
 }
 
 /// Item 4: a forwarded answer is relayed as the worker wrote it (its blank line, no other),
