@@ -260,9 +260,7 @@ fn run_master(mut opts: Options) -> ExitCode {
     // Not after an upgrade in place: its workers already run, with the same binary and files.
     if resume.is_none() {
         match refuse_before_start(&opts) {
-            Ok(version) => {
-                opts.sockpair_handoff = version.is_some_and(|v| v.takes_sockpair_handoff())
-            }
+            Ok(version) => opts.binary_version = version,
             Err(e) => {
                 log::error!("refusing to start: {e}");
                 if let Some(n) = &notifier {
@@ -272,7 +270,7 @@ fn run_master(mut opts: Options) -> ExitCode {
             }
         }
     } else {
-        opts.sockpair_handoff = handoff_version(&opts).is_some_and(|v| v.takes_sockpair_handoff());
+        opts.binary_version = handoff_version(&opts);
     }
     let mut on_ready = OnFirstReady::default();
     if resume.is_none() {
@@ -398,8 +396,9 @@ fn refuse_before_start(opts: &Options) -> Result<Option<Version>, String> {
     }
 }
 
-/// After an upgrade in place the binary was checked by the first image; only which `-x` its
-/// workers take is read again. An unknown version keeps the `-x` path every haproxy takes.
+/// After an upgrade in place the binary was checked by the first image; only its version is read
+/// again (which `-x` its workers take, the master CLI's dialect). An unknown version keeps the
+/// `-x` path every haproxy takes.
 fn handoff_version(opts: &Options) -> Option<Version> {
     use hapmaster::haproxy_version::{self, Found};
     match haproxy_version::check(&opts.haproxy, haproxy_version::TIMEOUT) {

@@ -11,6 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::haproxy_version::Version;
+
 /// Used when `--ready-timeout` is not given: a large config with many certificates can take a while.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,12 +47,21 @@ pub struct Options {
     /// been answered (from its first byte until its answer is written) this long, is
     /// disconnected (haproxy's `stats timeout`, 10 s by default).
     pub cli_timeout: Duration,
-    /// Whether workers take `-x sockpair@N` (haproxy 2.6 and later): set by the master from
-    /// `haproxy -v` before its loop starts, never from the command line. False: a `-x` path.
-    pub sockpair_handoff: bool,
+    /// What `haproxy -v` printed before the master's loop started (never from the command line):
+    /// which `-x` workers take, and the master CLI's dialect until a worker tells its version.
+    /// None: not told (a wrapper, a custom build).
+    pub binary_version: Option<Version>,
 }
 
 impl Options {
+    /// Whether workers take `-x sockpair@N` (haproxy 2.6 and later); else a `-x` path, which
+    /// every haproxy takes.
+    pub fn sockpair_handoff(&self) -> bool {
+        self.binary_version
+            .as_ref()
+            .is_some_and(Version::takes_sockpair_handoff)
+    }
+
     /// haproxy's `-C DIR` among the flags passed to workers (the last one wins, as in haproxy):
     /// the directory a worker changes to before it opens relative `-f` paths.
     pub fn change_dir(&self) -> Option<&OsStr> {
@@ -290,7 +301,7 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         max_old_workers: p.max_old_workers.unwrap_or(DEFAULT_MAX_OLD_WORKERS),
         drain_timeout: p.drain_timeout,
         cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
-        sockpair_handoff: false,
+        binary_version: None,
     };
     Ok(if p.check {
         Command::Check(options)

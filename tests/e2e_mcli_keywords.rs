@@ -246,3 +246,61 @@ fn reload_answers_in_haproxys_log_shape() {
     // The worker's own lines come first, as it printed them.
     assert!(answer.contains("this-is-not-a-keyword"), "{answer}");
 }
+
+/// The workers' environment as haproxy's master gives it (at1_show_env): `HAPROXY_MWORKER=1` and
+/// `HAPROXY_MASTER_CLI` with the master CLI sockets in haproxy's order (hapmaster's own
+/// `master.sock` last, as the first one bound), and the master's variables in the master's
+/// order, not sorted; none of systemd's (NOTIFY_SOCKET is set for this master).
+#[test]
+fn workers_get_haproxys_master_worker_variables() {
+    let mut s = start();
+    let worker = s.hm.current_worker_pid().unwrap();
+    let environ = |pid: u32| -> Vec<String> {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        raw.split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    // What the master was started with, less what it takes for itself, then the two it adds.
+    let master_cli = s
+        .oper
+        .parent()
+        .map(|dir| {
+            let rt = s.hm.runtime_dir.join("master.sock");
+            format!(
+                "HAPROXY_MASTER_CLI=unix@{d}/master-oper.sock;unix@{d}/master-user.sock;\
+                 unix@{d}/master.sock;unix@{}",
+                rt.display(),
+                d = dir.display()
+            )
+        })
+        .unwrap();
+    let mut expected: Vec<String> = environ(s.hm.pid())
+        .into_iter()
+        .filter(|v| !v.starts_with("NOTIFY_SOCKET="))
+        .collect();
+    expected.push("HAPROXY_MWORKER=1".into());
+    expected.push(master_cli.clone());
+    let got = environ(worker);
+    assert_eq!(got, expected, "worker {worker}'s environment at exec");
+
+    // As haproxy's worker shows them (the transcript, its temporary directory as @TMP@).
+    let dir = s.oper.parent().unwrap().to_path_buf();
+    s.norm.add(dir.display(), "@TMP@");
+    let (shown, haproxys) = s.exchange(&s.admin, "at1_show_env");
+    for name in ["HAPROXY_MWORKER=", "HAPROXY_MASTER_CLI="] {
+        let line = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .map(str::to_string)
+        };
+        let theirs = line(&haproxys).unwrap_or_else(|| panic!("{name} not in the transcript"));
+        let ours = line(&shown).unwrap_or_else(|| panic!("{name} not shown: {shown}"));
+        // hapmaster's own master.sock comes after haproxy's list.
+        assert!(
+            ours == theirs || ours.starts_with(&format!("{theirs};unix@@TMP@/rt/")),
+            "{ours} against haproxy's {theirs}"
+        );
+    }
+}

@@ -145,19 +145,8 @@ impl Capture {
     }
 }
 
-/// hapmaster running the fake haproxy playing haproxy `version` (its `-v`, its `show info`),
-/// serving: it and its worker's pid.
-fn serving_fake_haproxy(version: &str) -> (Hapmaster, u32) {
-    let dir = TestDir::new();
-    let haproxy = fake_haproxy_of_version(&dir, version);
-    let cfg = fake_config::<&str>(free_port(), &[]);
-    let mut hm = Hapmaster::start_in(dir, cfg, &["--haproxy", haproxy.to_str().unwrap()]);
-    let worker = hm.wait_serving(EVENT);
-    (hm, worker)
-}
-
 /// Reads until what came ends with a prompt (`master> `, `master[ReloadFailed]> `, `<pid>> `,
-/// with `(xed)` flags) or the connection ends.
+/// with `(xed)` flags, or `+ ` in a payload) or the connection ends.
 fn read_step(s: &mut UnixStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 64 * 1024];
@@ -192,8 +181,12 @@ fn read_len(s: &mut UnixStream, len: usize) -> String {
     String::from_utf8(got).unwrap()
 }
 
-/// A master's prompt, or a worker's own (`\n> `, in a two-way `@@` session).
+/// A master's prompt, `+ ` in a payload, or a worker's own (`\n> `, in a two-way `@@`
+/// session).
 fn ends_with_prompt(text: &str) -> bool {
+    if text.ends_with("+ ") {
+        return true;
+    }
     let Some(rest) = text.strip_suffix("> ") else {
         return false;
     };
@@ -287,6 +280,35 @@ fn escapes_are_forwarded_as_haproxy_does() {
     c.compare_oneshot("tab_after_prefix");
     // On the master, `show\ version` is one word: an unknown command.
     c.compare_oneshot("escape_master_show_version");
+}
+
+/// A payload (`<<`, then lines up to an empty one) goes to the worker with its command, its
+/// lines taken as they are (a `;` in them ends nothing); prompt mode answers `+ ` to each line;
+/// a master command takes one too (and ignores it); a payload the client never ended is not
+/// run. The ACL fills as in the capture (the escape exchanges first), so each `show acl F`
+/// compares whole.
+#[test]
+fn payloads_as_haproxy_reads_them() {
+    let c = Capture::start();
+    c.compare_oneshot("escape_add_show_acl");
+    c.compare_oneshot("escape_tab_backslash");
+    c.compare_steps("prompt_escape", "@PID_W1@");
+    c.compare_steps("prompt_payload", "@PID_W1@");
+    c.compare_oneshot("payload_oneshot");
+    c.compare_oneshot("payload_master");
+    // Cut short by the client's close: nothing is answered, nothing added (haproxy 2.6 alike).
+    assert_eq!(c.oneshot(b"@1 add map F <<\nk3 v3\n"), "");
+    let acl = transcript("payload_oneshot.norm");
+    let after = acl.strip_prefix('\n').unwrap();
+    assert_eq!(c.norm.normalize(&c.oneshot(b"@1 show acl F\n")), after);
+    // What follows the `;` after the command is the payload's first line (haproxy's proxy
+    // reads up to the newline once in a payload).
+    let answer = c.oneshot(b"@1 add map F <<;k4 v4\n\n@1 show acl F\n");
+    assert_eq!(
+        c.norm.normalize(&answer),
+        format!("\n{after}").replace("v;2\n", "v;2\n@PTR@ k4 v4\n"),
+        "{answer:?}"
+    );
 }
 
 /// Item 4: a forwarded answer is relayed as the worker wrote it (its blank line, no other),
@@ -396,7 +418,8 @@ fn prompt_timed_as_haproxy() {
     c.compare_steps("prompt_timed", "@PID_W1@");
     drop(c);
 
-    let (mut hm, worker) = serving_fake_haproxy("3.0.0");
+    let mut hm = fake_haproxy_3_0(&[], &[]);
+    let worker = hm.wait_serving(EVENT);
     let mut norm = Normalizer::new();
     norm.add(worker, "@PID_W1@");
     let mut s = UnixStream::connect(hm.runtime_dir.join("master.sock")).unwrap();
@@ -447,7 +470,8 @@ fn a_default_target_that_left_ends_the_session() {
 /// was sent dropped, then the prompt (cli.c v3.0.0: pcli_error).
 #[test]
 fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
-    let (mut hm, _) = serving_fake_haproxy("3.0.0");
+    let mut hm = fake_haproxy_3_0(&[], &[]);
+    hm.wait_serving(EVENT);
     let proc = hm.cli("show proc");
     assert!(proc.contains(" 3.0.0 "), "{proc}");
     let sock = hm.runtime_dir.join("master.sock");
@@ -479,13 +503,203 @@ fn from_haproxy_2_8_a_bad_prefix_keeps_the_session() {
     assert!(hm.stop().success());
 }
 
+/// Until a worker tells its version (`show info`), the master speaks the dialect of the version
+/// the binary's `-v` printed at start: here the fake haproxy plays 3.0.0 and its first worker
+/// never answers, so a bad prefix keeps the session (2.8+) and `show version` is the binary's.
+#[test]
+fn before_a_worker_answers_the_binary_version_decides() {
+    let hm = fake_haproxy_3_0(&["hang"], &["--ready-timeout", "10m"]);
+    let sock = hm.runtime_dir.join("master.sock");
+    let mut s = poll_until(EVENT, || UnixStream::connect(&sock).ok())
+        .unwrap_or_else(|| panic!("{} not there after {EVENT:?}", sock.display()));
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    s.write_all(b"prompt\n").unwrap();
+    assert_eq!(read_step(&mut s), "master> ");
+    s.write_all(b"@2 show info\n").unwrap();
+    assert_eq!(
+        read_step(&mut s),
+        "Can't find the target PID matching the prefix '@2'\nmaster> "
+    );
+    s.write_all(b"show version\n").unwrap();
+    assert_eq!(read_step(&mut s), "3.0.0\n\nmaster> ");
+    let proc = hm.cli("show proc");
+    assert!(
+        !proc
+            .lines()
+            .any(|l| l.contains("worker") && l.contains("3.0.0")),
+        "the worker was meant never to answer: {proc}"
+    );
+}
+
+/// hapmaster on the fake haproxy playing 3.0.0 (what a 2.8+ master does, where the host has 2.6),
+/// with `faults` in its config and `extra` arguments; not waited for.
+fn fake_haproxy_3_0(faults: &[&str], extra: &[&str]) -> Hapmaster {
+    fake_haproxy_as("3.0.0", faults, extra)
+}
+
+/// hapmaster on the fake haproxy playing `version`, with `faults` and `extra` arguments.
+fn fake_haproxy_as(version: &str, faults: &[&str], extra: &[&str]) -> Hapmaster {
+    let dir = TestDir::new();
+    let haproxy = fake_haproxy_of_version(&dir, version);
+    let cfg = fake_config(free_port(), faults);
+    let mut args = vec!["--haproxy", haproxy.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Hapmaster::start_in(dir, cfg, &args)
+}
+
+/// Whether the haproxy the tests run (its transcripts' directory, `<major>.<minor>...`) is
+/// `major.minor` or later.
+fn haproxy_found_at_least(major: u32, minor: u32) -> bool {
+    let dir = transcript_dir();
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let mut parts = name.split(|c: char| !c.is_ascii_digit());
+    let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap();
+    (number(), number()) >= (major, minor)
+}
+
+/// `lines` payload lines of 100 bytes each: `k000001 vvv...`.
+fn payload_lines(lines: usize) -> Vec<u8> {
+    (0..lines)
+        .flat_map(|i| format!("k{i:06} {}\n", "v".repeat(91)).into_bytes())
+        .collect()
+}
+
+/// A payload past what the worker's CLI buffer takes (tune.bufsize, 16384 bytes here) is
+/// answered with a line that says so (the worker's from haproxy 3.0; before, haproxy's master
+/// says nothing, or "Can't connect to the target CLI!", as the worker closes or resets, and
+/// hapmaster says why); one past the master's own bound (64 KiB) is
+/// refused with a line and the connection closed, nothing sent to the worker. Either way the
+/// ACL is unchanged and other clients are answered.
+#[test]
+fn a_payload_past_the_buffer_is_refused_with_a_line() {
+    let c = Capture::start();
+    let acl = c.oneshot(b"@1 show acl F\n");
+    let version = transcript("at1_show_version.norm");
+    for lines in [170, 400] {
+        let mut sent = b"@1 add map F <<\n".to_vec();
+        sent.extend(payload_lines(lines));
+        sent.extend(b"\n@1 show version\n");
+        let answer = c.oneshot(&sent);
+        // The next command still runs.
+        let said = answer
+            .strip_suffix(version.as_str())
+            .unwrap_or_else(|| panic!("{lines} lines: {answer:?}"));
+        // haproxy 3.0's worker says it itself (one line, no blank line after it), 2.6's closes
+        // without a word and hapmaster says why.
+        assert!(
+            said.contains("tune.bufsize") && said.ends_with('\n'),
+            "{lines} lines of payload: {said:?}"
+        );
+    }
+    let mut sent = b"@1 add map F <<\n".to_vec();
+    sent.extend(payload_lines(700));
+    sent.extend(b"\n@1 show version\n");
+    let answer = c.oneshot(&sent);
+    assert!(
+        answer
+            .starts_with("Payload too large: '@1 add map F <<' and its payload exceed 65536 bytes")
+            && answer.ends_with("send it in parts.\n"),
+        "{answer:?}"
+    );
+    assert_eq!(c.oneshot(b"@1 show acl F\n"), acl);
+    let proc = c.hm.cli("show proc");
+    assert!(proc.starts_with("#<PID>"), "{proc}");
+}
+
+/// From haproxy 2.9 on, `<<TAG` opens a payload that the line `TAG` ends; before, `<<TAG` is a
+/// word like another (2.6: `add map` gets no payload). With the haproxy found, then with the
+/// fake haproxy as 3.0.0 (its CLI answers "Unknown command." after reading the command).
+#[test]
+fn a_payload_ends_at_its_tag_from_haproxy_2_9() {
+    let c = Capture::start();
+    let mut s = c.connect();
+    let mut step = |line: &[u8]| {
+        s.write_all(line).unwrap();
+        read_step(&mut s)
+    };
+    assert_eq!(step(b"prompt\n"), "master> ");
+    if haproxy_found_at_least(2, 9) {
+        assert_eq!(step(b"@1 add map F <<EOF\n"), "+ ");
+        assert_eq!(step(b"k9 v9\n"), "+ ");
+        assert_eq!(step(b"EOF\n"), "\nmaster> ");
+    } else {
+        let answer = step(b"@1 add map F <<EOF\n");
+        assert!(
+            answer.starts_with("'add map' expects three parameters")
+                && answer.ends_with("master> "),
+            "{answer:?}"
+        );
+    }
+    drop(c);
+
+    let mut hm = fake_haproxy_3_0(&[], &[]);
+    hm.wait_serving(EVENT);
+    let mut s = UnixStream::connect(hm.runtime_dir.join("master.sock")).unwrap();
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    let mut step = |line: &[u8]| {
+        s.write_all(line).unwrap();
+        read_step(&mut s)
+    };
+    assert_eq!(step(b"prompt\n"), "master> ");
+    assert_eq!(step(b"@1 add map F <<EOF\n"), "+ ");
+    assert_eq!(step(b"k1 v1\n"), "+ ");
+    // An empty line is a payload line like another here.
+    assert_eq!(step(b"\n"), "+ ");
+    assert_eq!(step(b"EOF\n"), "Unknown command.\nmaster> ");
+    // A tag longer than 7 bytes opens no payload: the command goes alone.
+    assert_eq!(
+        step(b"@1 add map F <<ABCDEFGH\n"),
+        "Unknown command.\nmaster> "
+    );
+    // On the master's own command, the tag word is not an argument.
+    let version = step(b"show version <<END\n");
+    assert_eq!(version, "+ ");
+    assert_eq!(step(b"END\n"), "3.0.0\n\nmaster> ");
+    drop(s);
+    assert!(hm.stop().success());
+}
+
+/// A client that opens a payload and never ends it is cut off by `--cli-timeout` like any
+/// stalled client (the payload not run), and meanwhile others are answered.
+#[test]
+fn a_payload_never_ended_is_cut_off_by_the_cli_timeout() {
+    let cli_timeout = std::time::Duration::from_secs(5);
+    let mut hm = Hapmaster::start_ready(
+        http_config(&[format!("127.0.0.1:{}", free_port())]),
+        &["--cli-timeout", "5s"],
+    );
+    let mut s = UnixStream::connect(hm.runtime_dir.join("master.sock")).unwrap();
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    let opened = std::time::Instant::now();
+    s.write_all(b"@1 add map F <<\nk1 v1\n").unwrap();
+    let proc = hm.cli("show proc");
+    assert!(proc.starts_with("#<PID>"), "{proc}");
+    let answered_after = opened.elapsed();
+    assert!(
+        answered_after < cli_timeout,
+        "show proc took {answered_after:?}: the payload client's time ran out first"
+    );
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("the payload client not cut off within {EVENT:?}: {e}"));
+    let cut_off = opened.elapsed();
+    eprintln!(
+        "figures: show proc answered after {answered_after:?}; the open payload cut off after \
+         {cut_off:.1?} with --cli-timeout {cli_timeout:?}"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(cut_off >= cli_timeout, "cut off after {cut_off:?}");
+    assert!(hm.stop().success());
+}
+
 /// `@@1` as haproxy 3.2+ serves it (tests/transcripts/3.4.0-*/prompt_at_at_1*, played here by
 /// the fake haproxy as 3.4.0, whose CLI serves an interactive connection; the host's haproxy
 /// 2.6 answers `@@1` as a bad prefix): the worker's own CLI both ways until it closes, then the
 /// master again with its prompt. Keeps the relay exercised where only haproxy 2.6 runs.
 #[test]
 fn a_two_way_session_as_haproxy_3_4() {
-    let (mut hm, worker) = serving_fake_haproxy("3.4.0");
+    let mut hm = fake_haproxy_as("3.4.0", &[], &[]);
+    let worker = hm.wait_serving(EVENT);
     let sock = hm.runtime_dir.join("master.sock");
     let mut s = UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(EVENT)).unwrap();

@@ -130,7 +130,7 @@ pub fn next_command(line: &str, at: usize) -> Option<(String, usize)> {
 /// The words of `cmd` as haproxy's master CLI finds them (byte ranges, escapes kept): split on
 /// spaces and tabs, a backslash keeping the byte after it in the word; at most
 /// [`MAX_CLI_ARGS`].
-fn words(cmd: &str) -> Vec<(usize, usize)> {
+pub(crate) fn words(cmd: &str) -> Vec<(usize, usize)> {
     let bytes = cmd.as_bytes();
     let blank = |b: u8| b == b' ' || b == b'\t';
     let mut out = Vec::new();

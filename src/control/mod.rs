@@ -9,6 +9,7 @@ pub mod fuzzy;
 pub mod keywords;
 pub mod levels;
 pub mod load_log;
+pub mod payload;
 pub mod prompt;
 pub mod spec;
 pub mod usage;

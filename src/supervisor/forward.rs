@@ -30,6 +30,10 @@ pub struct Forward {
     request: Vec<u8>,
     written: usize,
     deadline: Instant,
+    /// The bytes of the payload sent after the command (0: none).
+    payload: usize,
+    /// Whether the worker said anything yet.
+    answered: bool,
 }
 
 pub enum Progress {
@@ -40,12 +44,21 @@ pub enum Progress {
 }
 
 impl Forward {
-    /// Connects to worker `pid`'s stats socket at `path`. Err: the text to answer at once.
-    pub fn start(path: &Path, pid: Pid, command: &str, now: Instant) -> Result<Forward, String> {
+    /// Connects to worker `pid`'s stats socket at `path` to send `command`, then `payload` (the
+    /// lines of a payload the command opened, its end line included; empty: none). Err: the
+    /// text to answer at once.
+    pub fn start(
+        path: &Path,
+        pid: Pid,
+        command: &str,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<Forward, String> {
         let stream =
             connect_nonblocking(path).map_err(|e| unreachable_text(pid, path, &e.to_string()))?;
         let mut request = command.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
         request.push(b'\n');
+        request.extend_from_slice(payload);
         Ok(Forward {
             stream,
             pid,
@@ -53,6 +66,8 @@ impl Forward {
             request,
             written: 0,
             deadline: now + FORWARD_TIMEOUT,
+            payload: payload.len(),
+            answered: false,
         })
     }
 
@@ -80,6 +95,14 @@ impl Forward {
         let outcome = self.advance(room, &mut relay);
         if !relay.is_empty() || (room == 0 && self.written == self.request.len()) {
             self.deadline = now + FORWARD_TIMEOUT;
+        }
+        self.answered |= !relay.is_empty();
+        // haproxy's CLI closes without a word on a command and payload past its buffer (or
+        // resets the connection when more is still unread): say so rather than nothing.
+        if self.payload > 0 && !self.answered && matches!(outcome, Ok(true) | Err(_)) {
+            let mut text = dropped_payload_text(self.pid, self.payload).into_bytes();
+            text.push(b'\n');
+            return Progress::Done(text);
         }
         let why = match outcome {
             Ok(true) => return Progress::Done(relay),
@@ -139,6 +162,14 @@ pub(super) fn read_up_to(
     Ok(false)
 }
 
+fn dropped_payload_text(pid: Pid, bytes: usize) -> String {
+    format!(
+        "Worker {pid} closed without answering a command with a payload of {bytes} bytes: \
+         haproxy's CLI drops a command and payload larger than its buffer (tune.bufsize, 16384 \
+         bytes by default). Send the payload in parts.\n"
+    )
+}
+
 fn unreachable_text(pid: Pid, path: &Path, why: &str) -> String {
     format!("{CANNOT_REACH_WORKER} {pid}: {}: {why}\n", path.display())
 }
@@ -166,8 +197,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn relays_the_answer_until_the_worker_closes() {
+    /// Forwards `command` and `payload` to a worker that reads all of it, then writes `answer`
+    /// and closes: what the master relayed, and what the worker got.
+    fn exchange(command: &str, payload: &[u8], answer: &'static [u8]) -> (String, String) {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("w.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -175,12 +207,40 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             let mut got = String::new();
             s.read_to_string(&mut got).unwrap();
-            s.write_all(b"Name: HAProxy\n\n").unwrap();
+            s.write_all(answer).unwrap();
             got
         });
-        let mut f = Forward::start(&path, 42, "show info", Instant::now()).unwrap();
-        assert_eq!(run(&mut f), "Name: HAProxy\n\n");
-        assert_eq!(server.join().unwrap(), "show info\n");
+        let mut f = Forward::start(&path, 42, command, payload, Instant::now()).unwrap();
+        let relayed = run(&mut f);
+        (relayed, server.join().unwrap())
+    }
+
+    #[test]
+    fn relays_the_answer_until_the_worker_closes() {
+        let (relayed, got) = exchange("show info", b"", b"Name: HAProxy\n\n");
+        assert_eq!(relayed, "Name: HAProxy\n\n");
+        assert_eq!(got, "show info\n");
+    }
+
+    #[test]
+    fn sends_the_payload_after_the_command() {
+        let (relayed, got) = exchange("add map F <<", b"k1 v;1\n\n", b"\n");
+        assert_eq!(relayed, "\n");
+        assert_eq!(got, "add map F <<\nk1 v;1\n\n");
+    }
+
+    #[test]
+    fn a_payload_closed_on_without_a_word_is_explained() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("w.sock");
+        let worker = worker_saying(&path, Vec::new());
+        let mut f = Forward::start(&path, 42, "add map F <<", b"k v\n\n", Instant::now()).unwrap();
+        let text = run(&mut f);
+        assert!(
+            text.starts_with("Worker 42 closed without answering") && text.ends_with("\n\n"),
+            "{text:?}"
+        );
+        worker.join().unwrap();
     }
 
     /// A worker at `path` that reads the command, writes `answer` and closes.
@@ -222,7 +282,7 @@ mod tests {
         let answer: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         let worker = worker_saying(&path, answer.clone());
         let start = Instant::now();
-        let mut f = Forward::start(&path, 42, "show map big", start).unwrap();
+        let mut f = Forward::start(&path, 42, "show map big", b"", start).unwrap();
         let (first, ended) = step_until(&mut f, 1000, start);
         assert_eq!((first.len(), ended), (1000, false));
         // No room: nothing is read, however long the client takes, and the worker is not
@@ -245,7 +305,7 @@ mod tests {
         // Never accepted: the connection waits in the queue, as with a stopped worker.
         let _listener = UnixListener::bind(&path).unwrap();
         let start = Instant::now();
-        let mut f = Forward::start(&path, 42, "show info", start).unwrap();
+        let mut f = Forward::start(&path, 42, "show info", b"", start).unwrap();
         assert!(matches!(f.step(start, usize::MAX), Progress::Waiting(_)));
         match f.step(start + FORWARD_TIMEOUT, usize::MAX) {
             Progress::Done(text) => {
@@ -267,6 +327,7 @@ mod tests {
             &dir.path().join("none.sock"),
             42,
             "show info",
+            b"",
             Instant::now(),
         )
         .err()

@@ -12,5 +12,6 @@ pub mod signals;
 pub mod state;
 pub mod upgrade;
 pub mod worker;
+pub mod worker_env;
 
 pub use event_loop::{run, FirstReady, SetupError};

@@ -13,8 +13,9 @@ use nix::poll::PollFlags;
 use super::forward::Forward;
 use super::relay::Relay;
 use super::state::Generation;
-use crate::control::command::next_command;
+use crate::control::command::{next_command, Request};
 use crate::control::levels::SessionLevel;
+use crate::control::payload::Payload;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::ServeTask;
 
@@ -85,6 +86,16 @@ impl Task {
     }
 }
 
+/// A command that opened a payload (`... <<`), run once the payload's end line comes.
+pub struct PendingPayload {
+    /// As sent (for answers that quote it).
+    pub command: String,
+    /// What runs: for a worker, the command with its pattern (the worker's CLI gathers the
+    /// payload again); for the master, without it.
+    pub request: Request,
+    pub payload: Payload,
+}
+
 pub struct Session {
     pub stream: UnixStream,
     pub peer_pid: i32,
@@ -110,6 +121,9 @@ pub struct Session {
     /// A command in progress with another peer (not bound by the session's deadline: it has its
     /// own).
     pub task: Option<Task>,
+    /// A command whose payload is being read: the lines that come are its payload, not
+    /// commands, until its end line. It is the client's time (the session's deadline applies).
+    pub payload: Option<PendingPayload>,
     /// Nothing more will be read; close once the output is written.
     pub closing: bool,
     /// When the session is cut off (not while it awaits a reload or a task): `--cli-timeout`
@@ -161,6 +175,7 @@ impl Session {
             level: SessionLevel::default(),
             awaiting_reload: None,
             task: None,
+            payload: None,
             closing: false,
             deadline: Instant::now() + timeout,
             timeout,
@@ -249,7 +264,11 @@ impl Session {
     pub fn read(&mut self) -> Input {
         let mut buf = [0u8; 16 * 1024];
         while self.newline.is_none() {
-            let at_rest = self.inbuf.is_empty() && self.outbuf.is_empty() && !self.busy();
+            // A payload's lines are part of its command's time.
+            let at_rest = self.inbuf.is_empty()
+                && self.outbuf.is_empty()
+                && !self.busy()
+                && self.payload.is_none();
             match (&self.stream).read(&mut buf) {
                 Ok(0) => {
                     // A last command without its newline still counts when the client closes
@@ -342,11 +361,28 @@ impl Session {
         std::mem::take(&mut self.inbuf)
     }
 
+    /// The next line of a payload, as sent (without its newline): the rest of the line being
+    /// run (haproxy's master takes what follows the `;` after the command that opened the
+    /// payload as its first line), else the next complete line. None: none has come yet.
+    pub fn next_payload_line(&mut self) -> Option<Vec<u8>> {
+        if let Some((line, at)) = self.line.take() {
+            if let Some(rest) = line.as_bytes().get(at..) {
+                return Some(rest.to_vec());
+            }
+        }
+        let end = self.newline?;
+        let mut raw: Vec<u8> = self.inbuf.drain(..=end).collect();
+        raw.pop();
+        self.newline = self.inbuf.iter().position(|&b| b == b'\n');
+        Some(raw)
+    }
+
     /// Forgets what the client sent and was not run yet.
     pub fn discard_input(&mut self) {
         self.inbuf = Vec::new();
         self.newline = None;
         self.line = None;
+        self.payload = None;
     }
 
     /// Output is bounded by backpressure, not here: a command runs only while less than
@@ -460,6 +496,35 @@ mod tests {
             s.deadline, started,
             "a byte of the same line moved the deadline"
         );
+    }
+
+    #[test]
+    fn payload_lines_are_taken_whole_the_first_after_the_command() {
+        let (mut s, mut client) = pair();
+        client
+            .write_all(b"add map F <<;k1 v;1\r\nk2 v2\n\nshow proc\n")
+            .unwrap();
+        assert!(matches!(s.read(), Input::Lines));
+        assert_eq!(commands_until_payload(&mut s), "add map F <<");
+        let mut lines = Vec::new();
+        while let Some(line) = s.next_payload_line() {
+            lines.push(String::from_utf8(line).unwrap());
+            if lines.len() == 3 {
+                break;
+            }
+            let _ = s.read();
+        }
+        // The rest of the command's line as run (its `\r` trimmed), then lines as sent.
+        assert_eq!(lines, ["k1 v;1", "k2 v2", ""]);
+        let _ = s.read();
+        assert_eq!(commands(&mut s), ["show proc", "<end>"]);
+    }
+
+    fn commands_until_payload(s: &mut Session) -> String {
+        match s.next_command() {
+            Next::Command(c) => c,
+            _ => panic!("no command"),
+        }
     }
 
     #[test]

@@ -80,11 +80,9 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
         .args(worker_argv(spec))
         .stdin(Stdio::null())
         .stderr(Stdio::from(writer))
-        // A haproxy built with USE_SYSTEMD must not talk to systemd: the master does.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
+        // The environment is passed as it is (see `worker_env`): NOTIFY_SOCKET and LISTEN_* were
+        // removed from the master's at start (`Notifier::from_env`, `listen_fds::take`), so a
+        // haproxy built with USE_SYSTEMD does not talk to systemd; the master does.
         .spawn()
         .map_err(|e| {
             io::Error::new(

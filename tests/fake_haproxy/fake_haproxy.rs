@@ -526,6 +526,12 @@ impl Worker {
             std::thread::spawn(move || interactive(stream, line));
             return;
         }
+        // A command opening a payload (`<<`, `<<TAG`): its lines follow up to the master's write
+        // shutdown; read them (bounded) as haproxy's CLI would, so that closing leaves nothing
+        // unread (which would reset the master's connection).
+        if line.windows(2).any(|w| w == b"<<") {
+            let _ = io::copy(&mut (&stream).take(1 << 20), &mut io::sink());
+        }
         if line.starts_with(b"show info") {
             if self.cfg.hang {
                 self.hung.push(stream);

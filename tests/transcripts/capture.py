@@ -507,6 +507,11 @@ class Capture:
                                        b"quit\n"], "prompt toggled off again")
         S(sock, "prompt_payload", [b"prompt\n", b"@1 add acl F <<\n", b"p1\n", b"p2\n", b"\n",
                                     b"@1 show acl F\n", b"quit\n"], "payload mode ('+ ' prompt)")
+        # After the last `show acl F` above: the entries added here change no other exchange.
+        A(sock, "payload_oneshot", b"@1 add map F <<\nk1 v1\nk2 v;2\n\n@1 show acl F\n",
+          "a payload forwarded to the worker, one-shot: its lines (';' included) up to the empty one")
+        A(sock, "payload_master", b"show version <<\np1\n\nshow version\n",
+          "a payload on a master command: taken up to the empty line, then the command answered")
 
         # ---- items 5, 6, 4: reloads ---------------------------------------------------------
         A(sock, "show_proc_start", b"show proc\n", "item 6: show proc at start")

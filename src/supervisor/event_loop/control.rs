@@ -19,6 +19,7 @@ use crate::control::format::{comment_lines, show_listeners, show_proc, ListenerR
 use crate::control::keywords::{self, Dialect, Kw, LEVEL_DENIED};
 use crate::control::levels::{Applied, Level, SessionLevel, PERMISSION_DENIED};
 use crate::control::load_log::{load_log, load_status, reload_answer};
+use crate::control::payload::{self, Gathered, Payload};
 use crate::control::prompt::{apply_prompt, prompt, PromptMode, Stamp};
 use crate::control::spec::{self, SpecError};
 use crate::handoff::serve::{ServeProgress, ServeTask};
@@ -26,7 +27,7 @@ use crate::haproxy_version::Version;
 use crate::supervisor::admission::{self, Refusals};
 use crate::supervisor::forward::{Forward, Progress};
 use crate::supervisor::relay::{Relay, RelayProgress};
-use crate::supervisor::sessions::{Input, Next, Session, Task, MAX_SESSIONS};
+use crate::supervisor::sessions::{Input, Next, PendingPayload, Session, Task, MAX_SESSIONS};
 use crate::supervisor::state::{Generation, ReloadKind, Role};
 
 /// A socket the master CLI is served on.
@@ -113,6 +114,9 @@ enum Step {
     /// Nothing to say (`prompt`, an `@` alone, `operator`, `expert-mode on`, ...): in prompt
     /// mode, just the prompt.
     Silent,
+    /// A payload is being read (`Session::payload`): in prompt mode, haproxy's `+ ` instead of
+    /// the prompt.
+    Payload,
     /// A reload runs, or a task (`Session::task`); the answer comes when it ends.
     Wait,
     /// A reload's answer, which ends without the blank line of other answers.
@@ -334,14 +338,21 @@ impl Master<'_> {
             if s.awaiting_reload.is_some() || s.task.is_some() || s.output_full() {
                 return;
             }
-            // Every line is answered, with or without `prompt`, until the client closes (as
-            // haproxy's master: it reads the next command once a command's answer is out).
-            let command = match s.next_command() {
-                Next::Nothing => return,
-                Next::Command(command) => command,
-                Next::EndOfLine => continue,
+            let step = if s.payload.is_some() {
+                let Some(line) = s.next_payload_line() else {
+                    return;
+                };
+                self.payload_line(id, &line)
+            } else {
+                // Every line is answered, with or without `prompt`, until the client closes (as
+                // haproxy's master: it reads the next command once a command's answer is out).
+                let command = match s.next_command() {
+                    Next::Nothing => return,
+                    Next::Command(command) => command,
+                    Next::EndOfLine => continue,
+                };
+                self.execute(id, &command)
             };
-            let step = self.execute(id, &command);
             let prompt = self.prompt_of(id);
             let closes_on_error = self.refusal_closes();
             let Some(s) = self.sessions.get_mut(&id) else {
@@ -354,6 +365,12 @@ impl Master<'_> {
                     s.write(b"\n");
                 }
                 Step::Silent => {}
+                Step::Payload => {
+                    if s.interactive {
+                        s.write(b"+ ");
+                    }
+                    continue;
+                }
                 Step::Wait => continue,
                 Step::ReloadAnswer(text) => {
                     end_with_reload_answer(s, &text);
@@ -385,12 +402,9 @@ impl Master<'_> {
 
     /// Whether a command the master refuses itself (a bad prefix) closes the connection: it
     /// does up to haproxy 2.7 (`pcli_reply_and_close`); from 2.8 on the session goes on
-    /// (`pcli_error`, 1601eebcd). The version is the newest worker's; none known yet: as the
-    /// oldest.
+    /// (`pcli_error`, 1601eebcd).
     fn refusal_closes(&self) -> bool {
-        self.haproxy_version()
-            .and_then(|word| Version::of_word(&word))
-            .map_or(true, |v| (v.major, v.minor) < (2, 8))
+        !self.dialect().at_least((2, 8))
     }
 
     /// The session's prompt, in prompt mode: who its commands go to, `[ReloadFailed]` after a
@@ -414,26 +428,106 @@ impl Master<'_> {
     }
 
     /// The version of the haproxy the master runs, as it prints it: the newest worker's
-    /// (haproxy's master runs the one on disk at its last reload, as it re-executes then).
+    /// (haproxy's master runs the one on disk at its last reload, as it re-executes then); while
+    /// no worker has told it, what the binary's `-v` said at start.
     fn haproxy_version(&self) -> Option<String> {
         self.state
             .workers()
             .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
             .max_by_key(|(started, _)| *started)
             .map(|(_, v)| v)
+            .or_else(|| self.opts.binary_version.as_ref().map(|v| v.text.clone()))
     }
 
     fn execute(&mut self, id: u64, command: &str) -> Step {
         let Some(s) = self.sessions.get(&id) else {
             return Step::Close;
         };
-        let (privileged, peer_uid) = (s.privileged, s.peer_uid);
-        let peer = s.peer_pid;
         let default = s.default_target.map_or(Target::Master, Target::Pid);
-        let level = s.level.level;
         // 1c1bb8ef2 (v3.0-dev1): the master's proxy takes `set severity-output`.
         let severity_output = self.dialect().at_least((3, 0));
-        let request = match parse_request(command, default, severity_output) {
+        let request = parse_request(command, default, severity_output);
+        // 08f1e2bea (v2.9-dev12): custom end tags.
+        let Some(end) = payload::opened_by(command, self.dialect().at_least((2, 9))) else {
+            return self.perform(id, command, request, b"");
+        };
+        let takes_payload = match &request {
+            // Gathered for the worker, which gets the command as sent, then the payload. A
+            // prefix naming no worker is refused at once, as haproxy's proxy does.
+            Request::Forward { target, .. } => self.target_worker(*target).is_some(),
+            // What haproxy's proxy takes itself (`pcli_find_and_exec_kw`) opens no payload
+            // here: the lines after it are commands (haproxy's proxy sends them to the master's
+            // CLI as such, with `+ ` prompts).
+            Request::Prompt { .. }
+            // A two-way session sends everything on as it comes (`pcli_find_bidir_prefix`
+            // runs before haproxy's proxy looks for a payload).
+            | Request::Relay { .. }
+            | Request::Quit
+            | Request::SetTarget { .. }
+            | Request::BadPrefix(_) => false,
+            Request::Keyword(words) => !words
+                .first()
+                .is_some_and(|w| SessionLevel::is_session_keyword(w)),
+            _ => true,
+        };
+        if !takes_payload {
+            return self.perform(id, command, request, b"");
+        }
+        let request = match request {
+            Request::Forward { .. } => request,
+            // The master's own CLI gathers the payload, then runs the command without the
+            // pattern word (no master command reads a payload).
+            _ => parse_request(
+                payload::without_pattern(command, &end),
+                default,
+                severity_output,
+            ),
+        };
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.payload = Some(PendingPayload {
+                command: command.to_string(),
+                request,
+                payload: Payload::new(end, command.len()),
+            });
+        }
+        Step::Payload
+    }
+
+    /// One line of the session's payload: gathered; the end line runs the command that opened
+    /// it.
+    fn payload_line(&mut self, id: u64, line: &[u8]) -> Step {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Step::Close;
+        };
+        let Some(pending) = s.payload.as_mut() else {
+            return Step::Silent;
+        };
+        match pending.payload.take(line) {
+            Gathered::More => Step::Payload,
+            Gathered::TooLarge => {
+                let text = payload::too_large_text(&pending.command);
+                log::warn!("master CLI client pid {}: {}", s.peer_pid, text.trim_end());
+                Step::CloseAfter(text)
+            }
+            Gathered::Ended => {
+                let Some(done) = s.payload.take() else {
+                    return Step::Silent;
+                };
+                self.perform(id, &done.command, done.request, done.payload.lines())
+            }
+        }
+    }
+
+    /// Runs a parsed command; `payload`: the lines of the payload it opened, if any, for a
+    /// worker.
+    fn perform(&mut self, id: u64, command: &str, request: Request, payload: &[u8]) -> Step {
+        let Some(s) = self.sessions.get(&id) else {
+            return Step::Close;
+        };
+        let (privileged, peer_uid) = (s.privileged, s.peer_uid);
+        let peer = s.peer_pid;
+        let level = s.level.level;
+        let request = match request {
             Request::Keyword(words) => match self.keyword(id, &words) {
                 Ok(request) => request,
                 Err(step) => return step,
@@ -507,7 +601,7 @@ impl Master<'_> {
                 target,
                 prefix,
                 command,
-            } => self.forward(id, target, prefix.as_deref(), &command),
+            } => self.forward(id, target, prefix.as_deref(), &command, payload),
             Request::Relay {
                 target,
                 word,
@@ -519,8 +613,9 @@ impl Master<'_> {
         }
     }
 
-    /// The haproxy version whose master CLI the master speaks (`haproxy_version`); the newest
-    /// while no worker has told it.
+    /// The haproxy version whose master CLI the master speaks (`haproxy_version`); while it is
+    /// not known (a binary that does not say, before a worker answers), the newest haproxy's, for
+    /// every rule alike.
     fn dialect(&self) -> Dialect {
         self.haproxy_version()
             .and_then(|word| Version::of_word(&word))
@@ -736,13 +831,16 @@ impl Master<'_> {
 
     /// Starts the exchange with the worker as the session's task (`step_tasks` ends it).
     /// `prefix`: the `@` word that named it; None: the session's default target.
-    fn forward(&mut self, id: u64, target: Target, prefix: Option<&str>, command: &str) -> Step {
-        let worker = match target {
-            Target::Current => self.state.current(),
-            Target::Pid(pid) => self.state.worker(pid),
-            Target::Master => None,
-        };
-        let Some(w) = worker else {
+    /// `payload`: what follows the command (see `Forward::start`).
+    fn forward(
+        &mut self,
+        id: u64,
+        target: Target,
+        prefix: Option<&str>,
+        command: &str,
+        payload: &[u8],
+    ) -> Step {
+        let Some(w) = self.target_worker(target) else {
             return match prefix {
                 Some(word) => Step::Refused(bad_prefix_text(word)),
                 // The worker an `@` alone chose is gone: haproxy's master cannot connect to it.
@@ -756,7 +854,8 @@ impl Master<'_> {
             .sessions
             .get(&id)
             .map_or_else(String::new, |s| s.level.forward_prefix());
-        match Forward::start(&path, w.pid, &format!("{levels}{command}"), Instant::now()) {
+        let command = format!("{levels}{command}");
+        match Forward::start(&path, w.pid, &command, payload, Instant::now()) {
             Ok(forward) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.task = Some(Task::Forward(forward));
@@ -825,6 +924,15 @@ impl Master<'_> {
                 Step::Wait
             }
             Err(text) => Step::Answer(text),
+        }
+    }
+
+    /// The live worker `target` names, if any.
+    fn target_worker(&self, target: Target) -> Option<&crate::supervisor::state::Worker> {
+        match target {
+            Target::Current => self.state.current(),
+            Target::Pid(pid) => self.state.worker(pid),
+            Target::Master => None,
         }
     }
 

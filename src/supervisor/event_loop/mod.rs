@@ -164,6 +164,15 @@ pub fn run(
             ControlListener::open(arg, &staging, &mut taken).map_err(SetupError::ControlSocket)?;
         listeners.push(listener);
     }
+    let sockets: Vec<_> = listeners
+        .iter()
+        .map(|l| {
+            // An inherited fd@N has no path of its own.
+            let named = l.internal || l.placed.is_some();
+            (named.then_some(l.path.as_path()), l.listener.as_fd())
+        })
+        .collect();
+    super::worker_env::export(&super::worker_env::master_cli_value(&sockets));
     let mut master = Master {
         opts,
         runtime,
@@ -706,7 +715,7 @@ impl Master<'_> {
         let channel = match self.handoff_channel(generation) {
             Ok(c) => c,
             Err(e) => {
-                let what = if self.opts.sockpair_handoff {
+                let what = if self.opts.sockpair_handoff() {
                     "a socketpair".to_string()
                 } else {
                     handoff_socket.display().to_string()
@@ -780,7 +789,7 @@ impl Master<'_> {
         if self.held.is_empty() {
             return Ok(None);
         }
-        if self.opts.sockpair_handoff {
+        if self.opts.sockpair_handoff() {
             let (channel, worker_end) = HandoffChannel::open()?;
             return Ok(Some((Channel::Pair(channel), Some(worker_end))));
         }
