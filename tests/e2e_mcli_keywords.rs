@@ -247,9 +247,9 @@ fn reload_answers_in_haproxys_log_shape() {
     assert!(answer.contains("this-is-not-a-keyword"), "{answer}");
 }
 
-/// The workers' environment as haproxy's master gives it (at1_show_env): `HAPROXY_MWORKER=1` and
-/// `HAPROXY_MASTER_CLI` with the master CLI sockets in haproxy's order (hapmaster's own
-/// `master.sock` last, as the first one bound), and the master's variables in the master's
+/// The workers' environment as haproxy's master gives it (at1_show_env): `HAPROXY_MWORKER=1` and,
+/// before haproxy 3.1, `HAPROXY_MASTER_CLI` with the master CLI sockets in haproxy's order
+/// (hapmaster's own `master.sock` last, as the first one bound), the master's variables in its
 /// order, not sorted; none of systemd's (NOTIFY_SOCKET is set for this master).
 #[test]
 fn workers_get_haproxys_master_worker_variables() {
@@ -281,7 +281,11 @@ fn workers_get_haproxys_master_worker_variables() {
         .filter(|v| !v.starts_with("NOTIFY_SOCKET="))
         .collect();
     expected.push("HAPROXY_MWORKER=1".into());
-    expected.push(master_cli.clone());
+    // haproxy 3.1+ workers restore their master's first environment: no HAPROXY_MASTER_CLI.
+    let haproxy_has_master_cli = transcript("at1_show_env.norm").contains("\nHAPROXY_MASTER_CLI=");
+    if haproxy_has_master_cli {
+        expected.push(master_cli);
+    }
     let got = environ(worker);
     assert_eq!(got, expected, "worker {worker}'s environment at exec");
 
@@ -289,7 +293,8 @@ fn workers_get_haproxys_master_worker_variables() {
     let dir = s.oper.parent().unwrap().to_path_buf();
     s.norm.add(dir.display(), "@TMP@");
     let (shown, haproxys) = s.exchange(&s.admin, "at1_show_env");
-    for name in ["HAPROXY_MWORKER=", "HAPROXY_MASTER_CLI="] {
+    let names = ["HAPROXY_MWORKER=", "HAPROXY_MASTER_CLI="];
+    for name in &names[..1 + usize::from(haproxy_has_master_cli)] {
         let line = |text: &str| {
             text.lines()
                 .find(|l| l.starts_with(name))

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use nix::sys::socket::{getsockname, SockaddrStorage};
 
+use crate::haproxy_version::Version;
+
 /// `HAPROXY_MASTER_CLI` as haproxy's `listeners_setenv` writes it: each master CLI socket's
 /// address (`unix@PATH`, `abns@NAME`, `ipv4@A:P`, `ipv6@[A]:P`), `;` between, the last bound
 /// first (haproxy adds each listener at the head of its list). A socket is named by the path it
@@ -51,11 +53,18 @@ fn address(fd: BorrowedFd<'_>) -> Option<String> {
     }
 }
 
-/// Sets `HAPROXY_MWORKER=1` and `HAPROXY_MASTER_CLI` in the master's environment, for every
-/// worker started from now on. Called from the single-threaded master before its first worker.
-pub fn export(master_cli: &str) {
+/// Sets `HAPROXY_MWORKER=1` and, for haproxy before 3.1, `HAPROXY_MASTER_CLI` in the master's
+/// environment, for every worker started from now on: from 3.1 on (mworker V3) haproxy's worker
+/// restores the environment its master started with, so only `HAPROXY_MWORKER` reaches the
+/// configuration. `version`: the binary's, None when it did not say (as the newest). Called from
+/// the single-threaded master before its first worker.
+pub fn export(version: Option<&Version>, master_cli: &str) {
     std::env::set_var("HAPROXY_MWORKER", "1");
-    std::env::set_var("HAPROXY_MASTER_CLI", master_cli);
+    if version.is_some_and(|v| (v.major, v.minor) < (3, 1)) {
+        std::env::set_var("HAPROXY_MASTER_CLI", master_cli);
+    } else {
+        std::env::remove_var("HAPROXY_MASTER_CLI");
+    }
 }
 
 #[cfg(test)]

@@ -172,7 +172,10 @@ pub fn run(
             (named.then_some(l.path.as_path()), l.listener.as_fd())
         })
         .collect();
-    super::worker_env::export(&super::worker_env::master_cli_value(&sockets));
+    super::worker_env::export(
+        opts.binary_version.as_ref(),
+        &super::worker_env::master_cli_value(&sockets),
+    );
     let mut master = Master {
         opts,
         runtime,
