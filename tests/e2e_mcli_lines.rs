@@ -567,7 +567,7 @@ fn payload_lines(lines: usize) -> Vec<u8> {
 /// A payload past what the worker's CLI buffer takes (tune.bufsize, 16384 bytes here) is
 /// answered with a line that says so (the worker's from haproxy 3.0; before, haproxy's master
 /// says nothing, or "Can't connect to the target CLI!", as the worker closes or resets, and
-/// hapmaster says why); one past the master's own bound (64 KiB) is
+/// hapmaster says why; 3.4's worker takes it); one past the master's own bound (64 KiB) is
 /// refused with a line and the connection closed, nothing sent to the worker. Either way the
 /// ACL is unchanged and other clients are answered.
 #[test]
@@ -575,6 +575,9 @@ fn a_payload_past_the_buffer_is_refused_with_a_line() {
     let c = Capture::start();
     let acl = c.oneshot(b"@1 show acl F\n");
     let version = transcript("at1_show_version.norm");
+    // haproxy 3.4's CLI allocates a payload past tune.bufsize (9b1f0a355, v3.4-dev10): the
+    // worker takes it, and only the master's own bound is left.
+    let past_the_buffer_taken = haproxy_found_at_least(3, 4);
     for lines in [170, 400] {
         let mut sent = b"@1 add map F <<\n".to_vec();
         sent.extend(payload_lines(lines));
@@ -584,6 +587,10 @@ fn a_payload_past_the_buffer_is_refused_with_a_line() {
         let said = answer
             .strip_suffix(version.as_str())
             .unwrap_or_else(|| panic!("{lines} lines: {answer:?}"));
+        if past_the_buffer_taken {
+            assert_eq!(said, "\n", "{lines} lines of payload, taken from 3.4 on");
+            continue;
+        }
         // haproxy 3.0's worker says it itself (one line, no blank line after it), 2.6's closes
         // without a word and hapmaster says why.
         assert!(
@@ -601,7 +608,9 @@ fn a_payload_past_the_buffer_is_refused_with_a_line() {
             && answer.ends_with("send it in parts.\n"),
         "{answer:?}"
     );
-    assert_eq!(c.oneshot(b"@1 show acl F\n"), acl);
+    if !past_the_buffer_taken {
+        assert_eq!(c.oneshot(b"@1 show acl F\n"), acl);
+    }
     let proc = c.hm.cli("show proc");
     assert!(proc.starts_with("#<PID>"), "{proc}");
 }

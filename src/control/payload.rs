@@ -4,13 +4,25 @@
 //!
 //! Up to haproxy 2.8 a command opens a payload when the first `<<` in it is its last two bytes,
 //! and an empty line ends it. From 2.9 on (08f1e2bea) its last word must start with `<<`, and
-//! what follows (at most 7 bytes, else no payload) is the line that ends it: `<<EOF`.
+//! what follows (at most 7 bytes, 64 from 3.4, else no payload) is the line that ends it:
+//! `<<EOF`.
 
 use super::command::words;
+use super::keywords::Dialect;
 
 const PATTERN: &str = "<<";
-/// The longest end tag haproxy 2.9+ takes (`pcli_payload_pat[8]`, its NUL included).
-const MAX_TAG: usize = 7;
+
+/// The longest end tag the master of `dialect` takes (`pcli_payload_pat`, its NUL included: 8
+/// bytes from 2.9, 65 from 3.4, 80776da29), None before 2.9 (no tag).
+fn max_tag(dialect: Dialect) -> Option<usize> {
+    if dialect.at_least((3, 4)) {
+        Some(64)
+    } else if dialect.at_least((2, 9)) {
+        Some(7)
+    } else {
+        None
+    }
+}
 /// Most bytes of a command and its payload the master gathers for one command. haproxy's CLI
 /// takes what fits its buffer (tune.bufsize, 16384 bytes by default: more is dropped by the
 /// worker); the master's bound leaves room for a raised tune.bufsize and keeps a session's
@@ -18,15 +30,15 @@ const MAX_TAG: usize = 7;
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// The line that ends the payload `command` opens ("": an empty line), or None when it opens
-/// none. `tagged`: haproxy 2.9 and later (custom end tags).
-pub fn opened_by(command: &str, tagged: bool) -> Option<String> {
-    if !tagged {
+/// none, for the master of `dialect`.
+pub fn opened_by(command: &str, dialect: Dialect) -> Option<String> {
+    let Some(max_tag) = max_tag(dialect) else {
         let first = command.find(PATTERN)?;
         return (first + PATTERN.len() == command.len()).then(String::new);
-    }
+    };
     let &(start, end) = words(command).last()?;
     let tag = command[start..end].strip_prefix(PATTERN)?;
-    (tag.len() <= MAX_TAG).then(|| tag.to_string())
+    (tag.len() <= max_tag).then(|| tag.to_string())
 }
 
 /// `command` without its last word when that word is the payload pattern `<<<end>`: what the
@@ -107,28 +119,36 @@ pub fn too_large_text(command: &str) -> String {
 mod tests {
     use super::*;
 
+    const OLD: Dialect = Dialect((2, 6));
+    const TAGGED: Dialect = Dialect((3, 0));
+
     #[test]
     fn before_2_9_the_first_pattern_must_end_the_command() {
-        assert_eq!(opened_by("@1 add map F <<", false), Some(String::new()));
+        assert_eq!(opened_by("@1 add map F <<", OLD), Some(String::new()));
         // Glued to a word: still a payload (haproxy's strstr).
-        assert_eq!(opened_by("add map F x<<", false), Some(String::new()));
-        assert_eq!(opened_by("add map F << ", false), None);
-        assert_eq!(opened_by("set var a <<b <<", false), None);
-        assert_eq!(opened_by("add map F <<EOF", false), None);
-        assert_eq!(opened_by("show version", false), None);
+        assert_eq!(opened_by("add map F x<<", OLD), Some(String::new()));
+        assert_eq!(opened_by("add map F << ", OLD), None);
+        assert_eq!(opened_by("set var a <<b <<", OLD), None);
+        assert_eq!(opened_by("add map F <<EOF", OLD), None);
+        assert_eq!(opened_by("show version", OLD), None);
     }
 
     #[test]
     fn from_2_9_the_last_word_starts_with_the_pattern_and_a_short_tag() {
-        assert_eq!(opened_by("@1 add map F <<", true), Some(String::new()));
-        assert_eq!(opened_by("add map F <<EOF ", true), Some("EOF".into()));
+        assert_eq!(opened_by("@1 add map F <<", TAGGED), Some(String::new()));
+        assert_eq!(opened_by("add map F <<EOF ", TAGGED), Some("EOF".into()));
         assert_eq!(
-            opened_by("add map F <<1234567", true),
+            opened_by("add map F <<1234567", TAGGED),
             Some("1234567".into())
         );
-        assert_eq!(opened_by("add map F <<12345678", true), None);
-        assert_eq!(opened_by("add map F x<<", true), None);
-        assert_eq!(opened_by("", true), None);
+        assert_eq!(opened_by("add map F <<12345678", TAGGED), None);
+        assert_eq!(opened_by("add map F x<<", TAGGED), None);
+        assert_eq!(opened_by("", TAGGED), None);
+        // 3.4 takes up to 64 bytes.
+        let long = format!("add map F <<{}", "x".repeat(64));
+        assert_eq!(opened_by(&long, TAGGED), None);
+        assert_eq!(opened_by(&long, Dialect((3, 4))), Some("x".repeat(64)));
+        assert_eq!(opened_by(&format!("{long}x"), Dialect::NEWEST), None);
     }
 
     #[test]

@@ -448,7 +448,7 @@ impl Master<'_> {
         let severity_output = self.dialect().at_least((3, 0));
         let request = parse_request(command, default, severity_output);
         // 08f1e2bea (v2.9-dev12): custom end tags.
-        let Some(end) = payload::opened_by(command, self.dialect().at_least((2, 9))) else {
+        let Some(end) = payload::opened_by(command, self.dialect()) else {
             return self.perform(id, command, request, b"");
         };
         let takes_payload = match &request {
