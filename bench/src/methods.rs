@@ -126,6 +126,14 @@ impl Site {
         self.dir.display().to_string() + "/"
     }
 
+    /// Adds a line to the config's `defaults` section, in place (before anything runs it).
+    pub fn add_defaults_line(&self, line: &str) -> Result<(), String> {
+        let text = fs::read_to_string(&self.cfg)
+            .map_err(|e| format!("reading {}: {e}", self.cfg.display()))?;
+        let text = text.replacen("defaults\n", &format!("defaults\n    {line}\n"), 1);
+        fs::write(&self.cfg, text).map_err(|e| format!("writing {}: {e}", self.cfg.display()))
+    }
+
     /// Writes a copy of the config with an extra `global` line; returns its path.
     pub fn cfg_with_global(&self, name: &str, line: &str) -> Result<PathBuf, String> {
         let text = fs::read_to_string(&self.cfg)

@@ -12,6 +12,30 @@ use super::{
 use crate::methods::{Env, Method, Running};
 use crate::svg::{self, Panel};
 
+/// How the clients connect, and whether the site closes idle keep-alive connections at soft stop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    NewConn,
+    KeepAlive,
+    /// Keep-alive against a site with `option idle-close-on-response` (haproxy 2.6+): at soft stop
+    /// haproxy keeps an idle connection open and closes it after its next response
+    /// (`Connection: close`), instead of closing it under a request already on the wire
+    /// (src/mux_h1.c v2.6.0: h1_process, h1_set_cli_conn_mode).
+    KeepAliveIdleClose,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::NewConn, Mode::KeepAlive, Mode::KeepAliveIdleClose];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::NewConn => "new conn",
+            Mode::KeepAlive => "keep-alive",
+            Mode::KeepAliveIdleClose => "keep-alive, idle-close-on-response",
+        }
+    }
+}
+
 struct StormRun {
     result: LoadResult,
     reloads_ms: Vec<u64>,
@@ -24,10 +48,14 @@ struct StormRun {
 fn storm_once(
     env: &Env,
     method: Method,
+    mode: Mode,
     spec: &LoadSpec,
     dur: Duration,
 ) -> Result<StormRun, String> {
     let site = env.site(1, 4000)?;
+    if mode == Mode::KeepAliveIdleClose {
+        site.add_defaults_line("option idle-close-on-response")?;
+    }
     let mut running = Running::start(method, env, &site, secs(20.0))?;
     let spec = LoadSpec {
         targets: vec![site.addr.into()],
@@ -84,6 +112,8 @@ pub fn reload_storm(env: &Env, plan: &Plan) -> Result<Section, String> {
         "{:.0} s per run; new connection per request (HTTP/1.0) or keep-alive (HTTP/1.1); 5 s request timeout. \
          `retryable`: of the failures, those on a reused keep-alive connection before any response byte \
          (the server closed the idle connection as the request went out; HTTP clients retry these). \
+         `idle-close-on-response`: the site's `defaults` has `option idle-close-on-response`, so a \
+         soft-stopped worker closes a keep-alive connection after a response, not while idle. \
          `executed`: naive commands that exited 0, or `READY=1` datagrams after a reload. \
          `workers`: distinct haproxy pids that answered.\n",
         plan.storm_secs
@@ -99,20 +129,22 @@ pub fn reload_storm(env: &Env, plan: &Plan) -> Result<Section, String> {
     let mut panels = Vec::new();
     let mut notes = Vec::new();
     let mut hm_worst: Option<(usize, usize, String)> = None;
+    // The worst hapmaster run with idle-close-on-response: (failed, clients).
+    let mut hm_idle_close: Option<(usize, usize)> = None;
     let mut errors = Vec::new();
     for &clients in &plan.storm_clients {
-        for keepalive in [false, true] {
-            let mode = if keepalive { "keep-alive" } else { "new conn" };
+        for storm_mode in Mode::ALL {
+            let mode = storm_mode.name();
             for method in plan.methods.clone() {
                 let spec = LoadSpec {
                     targets: Vec::new(),
                     clients,
-                    keepalive,
+                    keepalive: storm_mode != Mode::NewConn,
                     duration: secs(plan.storm_secs),
                     max_requests: 50_000_000,
                     timeout: REQ_TIMEOUT,
                 };
-                let run = match storm_once(env, method, &spec, secs(plan.storm_secs)) {
+                let run = match storm_once(env, method, storm_mode, &spec, secs(plan.storm_secs)) {
                     Ok(run) => run,
                     Err(e) => {
                         let _ = writeln!(
@@ -151,6 +183,11 @@ pub fn reload_storm(env: &Env, plan: &Plan) -> Result<Section, String> {
                     if worse {
                         hm_worst = Some((r.failed(), r.failed() - r.retryable(), label));
                     }
+                    if storm_mode == Mode::KeepAliveIdleClose
+                        && hm_idle_close.map_or(true, |(f, _)| r.failed() > f)
+                    {
+                        hm_idle_close = Some((r.failed(), clients));
+                    }
                 }
                 panels.push(Panel {
                     title: format!("{} — {clients} clients, {mode}", method.name()),
@@ -174,6 +211,13 @@ pub fn reload_storm(env: &Env, plan: &Plan) -> Result<Section, String> {
         targets.push(Target {
             target: "hapmaster: 0 failures in every storm".into(),
             measured: format!("worst run ({label}): {f} failed, of which {nonretry} not retryable"),
+            met: f == 0,
+        });
+    }
+    if let Some((f, clients)) = hm_idle_close {
+        targets.push(Target {
+            target: "hapmaster, keep-alive with `option idle-close-on-response`: 0 failures".into(),
+            measured: format!("worst run ({clients} clients): {f} failed"),
             met: f == 0,
         });
     }
