@@ -77,18 +77,24 @@ impl Env {
         self.runs.set(n + 1);
         let dir = self.root.path().join(n.to_string());
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        // 127.0.0.100 .. 127.0.0.254, then 127.0.1.x, ...: one address per run.
-        let ip = Ipv4Addr::new(
-            127,
-            0,
-            u8::try_from(n / 150).map_err(|_| "out of loopback addresses".to_string())?,
-            u8::try_from(100 + n % 150).unwrap_or(100),
-        );
+        // 127.0.0.100 .. 127.0.0.254, then 127.0.1.x, ...: one address per run; past
+        // PORTS_PER_ADDRESS listeners, the same address with the second octet 1, 2, ...
+        let host = |group: usize| -> Result<Ipv4Addr, String> {
+            Ok(Ipv4Addr::new(
+                127,
+                u8::try_from(group).map_err(|_| format!("{ports} listeners: too many"))?,
+                u8::try_from(n / 150).map_err(|_| "out of loopback addresses".to_string())?,
+                u8::try_from(100 + n % 150).unwrap_or(100),
+            ))
+        };
         let port_base: u16 = 20000;
-        let ports: Vec<u16> = (0..ports)
-            .map(|i| port_base + u16::try_from(i).unwrap_or(0))
-            .collect();
-        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port_base));
+        let binds = (0..ports)
+            .map(|i| {
+                let port = port_base + (i % PORTS_PER_ADDRESS) as u16;
+                Ok(SocketAddrV4::new(host(i / PORTS_PER_ADDRESS)?, port))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let addr = SocketAddr::V4(SocketAddrV4::new(host(0)?, port_base));
         TcpListener::bind(addr).map_err(|e| format!("{addr} is not free: {e}"))?;
         let cfg = dir.join("haproxy.cfg");
         let mut c = format!(
@@ -96,8 +102,8 @@ impl Env {
              defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    \
              timeout server 10s\n    timeout http-keep-alive 10s\n\nfrontend fe\n"
         );
-        for p in &ports {
-            c.push_str(&format!("    bind {ip}:{p}\n"));
+        for b in &binds {
+            c.push_str(&format!("    bind {b}\n"));
         }
         c.push_str(
             "    http-request return status 200 content-type text/plain hdr X-Pid \"%pid\" \
@@ -108,10 +114,14 @@ impl Env {
             dir,
             cfg,
             addr,
-            ports: ports.len(),
+            ports,
         })
     }
 }
+
+/// Listeners per loopback address in a site (ports 20000 and up): 50 000 listeners take five
+/// addresses, below the ephemeral ports (32768 and up) each.
+const PORTS_PER_ADDRESS: usize = 12_000;
 
 pub struct Site {
     pub dir: PathBuf,

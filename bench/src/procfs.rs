@@ -47,6 +47,22 @@ pub fn cpu_ms(pid: u32) -> Option<u64> {
     Some(ticks * 1000 / hz)
 }
 
+/// Time on CPU in nanoseconds (`/proc/PID/schedstat`, first field: the scheduler's own count,
+/// not rounded to clock ticks as `cpu_ms`). For the process's main thread, which is all of a
+/// single-threaded master.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// The size of the fd table (`FDSize` in /proc/PID/status): the kernel grows it to a power of
+/// two that holds the highest fd ever open and never shrinks it, so it bounds the peak from
+/// above without sampling.
+pub fn fd_table_size(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_value(&s, "FDSize")
+}
+
 fn status_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let v = l.strip_prefix(key)?.strip_prefix(':')?;

@@ -14,6 +14,10 @@ use crate::svg;
 struct Lat {
     ready: Vec<f64>,
     newpid: Vec<f64>,
+    /// The master's CPU per reload, ms: from the signal until the old worker has exited.
+    master_cpu: Vec<f64>,
+    /// The master's fd table size after the reloads (`procfs::fd_table_size`).
+    fd_table: Option<u64>,
 }
 
 fn stats(v: &[f64]) -> String {
@@ -28,6 +32,13 @@ fn stats(v: &[f64]) -> String {
     )
 }
 
+fn cpu_stats(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    format!("{:.1} / {:.1}", percentile(v, 50.0), percentile(v, 100.0))
+}
+
 fn measure_reloads(
     env: &Env,
     site: &Site,
@@ -39,9 +50,12 @@ fn measure_reloads(
     let mut lat = Lat {
         ready: Vec::new(),
         newpid: Vec::new(),
+        master_cpu: Vec::new(),
+        fd_table: None,
     };
     for i in 0..n {
         let old = running.answering_pid()?;
+        let cpu_before = running.master_pid.and_then(procfs::cpu_ns);
         let sent = running.reload()?;
         let deadline = sent.at + timeout;
         let mut newpid = None;
@@ -95,7 +109,12 @@ fn measure_reloads(
         while procfs::alive(old) && Instant::now() < gone {
             thread::sleep(Duration::from_millis(2));
         }
+        let cpu_after = running.master_pid.and_then(procfs::cpu_ns);
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            lat.master_cpu.push(b.saturating_sub(a) as f64 / 1e6);
+        }
     }
+    lat.fd_table = running.master_pid.and_then(procfs::fd_table_size);
     running.stop()?;
     Ok(lat)
 }
@@ -110,26 +129,41 @@ pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, St
          `new pid answers`: signal (naive: start of `haproxy -D -p PID -sf OLD`) → first HTTP response from a process other than the old one \
          (the config answers with `X-Pid: %pid`; a 1 ms probe loop). \
          Floor: bare `haproxy -db` spawn → its first HTTP response, same config, {} starts. \
-         Ratio: the method's p50 (READY, or new-pid for naive) over the floor's p50. Figures in ms, p50 / p95 / max.\n",
+         Ratio: the method's p50 (READY, or new-pid for naive) over the floor's p50. Figures in ms, p50 / p95 / max. \
+         `master CPU`: the master process's time on CPU per reload (/proc/PID/schedstat), from the signal until the old worker exited, p50 / max. \
+         `fd table`: the master's fd table size after the reloads (FDSize: the power of two the kernel grew it to, ≥ its highest fd + 1; it never shrinks). \
+         A count the machine's RLIMIT_NOFILE cannot hold is replaced by the largest that fits.\n",
         plan.latency_reloads, plan.latency_reloads
     );
-    md.push_str("| ports | method | READY p50 / p95 / max | new pid answers p50 / p95 / max | floor p50 / p95 / max | ratio (p50) |\n|---:|---|---|---|---|---:|\n");
+    md.push_str("| ports | method | READY p50 / p95 / max | new pid answers p50 / p95 / max | floor p50 / p95 / max | ratio (p50) | master CPU p50 / max | fd table |\n|---:|---|---|---|---|---:|---|---:|\n");
     let mut groups = Vec::new();
     let mut targets = Vec::new();
     let mut notes = Vec::new();
     let mut errors = Vec::new();
-    for &ports in &plan.latency_ports {
-        let maxconn = 1000;
-        // Per process: haproxy needs 2 fds per connection plus one per listener (it sets its
-        // own soft limit to that), hapmaster one per listener plus a few.
-        let need = (2 * maxconn + ports + 500) as u64;
-        if need > nofile {
+    for &wanted in &plan.latency_ports {
+        // haproxy sets its own fd limit to 2 per connection plus one per listener; a large site
+        // gets a small maxconn so that the most listeners fit.
+        let maxconn = if wanted > 10_000 { 100 } else { 1000 };
+        let need = |ports: usize| (2 * maxconn + ports + 500) as u64;
+        let ports = if need(wanted) <= nofile {
+            wanted
+        } else {
+            let fits = nofile.saturating_sub(need(0)) as usize / 1000 * 1000;
+            if fits <= 10_000 || plan.latency_ports.contains(&fits) {
+                notes.push(format!(
+                    "{wanted} ports: skipped, RLIMIT_NOFILE can only be raised to {nofile} here \
+                     (hard limit, no CAP_SYS_RESOURCE) and haproxy needs about {}",
+                    need(wanted)
+                ));
+                continue;
+            }
             notes.push(format!(
-                "{ports} ports: skipped, RLIMIT_NOFILE can only be raised to {nofile} here \
-                 (hard limit, no CAP_SYS_RESOURCE) and haproxy needs about {need}"
+                "{wanted} ports: RLIMIT_NOFILE can only be raised to {nofile} here (hard limit, no \
+                 CAP_SYS_RESOURCE) and haproxy needs about {}: measured at {fits}, the most that fits",
+                need(wanted)
             ));
-            continue;
-        }
+            fits
+        };
         let site = env.site(ports, maxconn)?;
         let timeout = secs(30.0 + ports as f64 / 100.0);
         let mut floor = Vec::new();
@@ -151,7 +185,7 @@ pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, St
                 Err(e) => {
                     let _ = writeln!(
                         md,
-                        "| {ports} | {} | **{}** | | | |",
+                        "| {ports} | {} | **{}** | | | | | |",
                         method.name(),
                         e.replace('|', "/")
                     );
@@ -179,33 +213,37 @@ pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, St
             row.push(p50);
             let _ = writeln!(
                 md,
-                "| {ports} | {} | {} | {} | {} | {:.2} |",
+                "| {ports} | {} | {} | {} | {} | {:.2} | {} | {} |",
                 method.name(),
                 stats(&lat.ready),
                 stats(&lat.newpid),
                 stats(&floor),
-                p50 / floor_p50
+                p50 / floor_p50,
+                cpu_stats(&lat.master_cpu),
+                lat.fd_table.map_or("–".into(), |n| n.to_string())
             );
         }
         let find = |m: Method| p50s.iter().find(|x| x.0 == m).map(|x| (x.1, x.2));
         if let (Some((hm, hm_pid)), Some((hx, hx_pid))) =
             (find(Method::Hapmaster), find(Method::HaproxyMaster))
         {
+            if ports >= 1000 {
+                targets.push(Target {
+                    target: format!("reload latency ≤ 1.10 × floor, {ports} ports"),
+                    measured: format!(
+                        "hapmaster p50 {hm:.1} ms, floor p50 {floor_p50:.1} ms: {:.2} ×",
+                        hm / floor_p50
+                    ),
+                    met: hm <= 1.10 * floor_p50,
+                });
+            }
             targets.push(Target {
-                target: format!("reload latency ≤ 1.15 × floor, {ports} ports"),
-                measured: format!(
-                    "hapmaster p50 {hm:.1} ms, floor p50 {floor_p50:.1} ms: {:.2} ×",
-                    hm / floor_p50
-                ),
-                met: hm <= 1.15 * floor_p50,
-            });
-            targets.push(Target {
-                target: format!("reload latency below haproxy-master's, {ports} ports"),
+                target: format!("READY p50 ≤ haproxy-master's, {ports} ports"),
                 measured: format!(
                     "READY p50: hapmaster {hm:.1} ms, haproxy-master {hx:.1} ms; \
                      new pid answers p50: {hm_pid:.1} vs {hx_pid:.1} ms"
                 ),
-                met: hm < hx,
+                met: hm <= hx,
             });
         }
         groups.push((format!("{ports} ports"), row));
