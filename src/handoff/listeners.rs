@@ -201,17 +201,21 @@ impl HeldSet {
     /// Sockets of `self` that `newer` holds a *different* socket for, at the same address and
     /// type: the new process bound afresh instead of taking the one it was handed, so connections
     /// queued on the old one are lost when the old process closes it.
+    /// Linear in both sets: it runs at every reload, over tens of thousands of listeners.
     pub fn rebound_in<'a>(&'a self, newer: &HeldSet) -> Vec<&'a SocketInfo> {
+        let sockets: HashSet<(u64, u64)> =
+            newer.sockets.iter().map(|n| n.info.identity()).collect();
+        let addresses: HashSet<(&str, i32)> = newer
+            .sockets
+            .iter()
+            .map(|n| (n.info.local.as_str(), n.info.sock_type))
+            .collect();
         self.sockets
             .iter()
             .map(|s| &s.info)
             .filter(|old| {
-                let same_socket = |n: &&HeldSocket| n.info.identity() == old.identity();
-                let same_address = |n: &&HeldSocket| {
-                    n.info.local == old.local && n.info.sock_type == old.sock_type
-                };
-                !newer.sockets.iter().any(|n| same_socket(&n))
-                    && newer.sockets.iter().any(|n| same_address(&n))
+                !sockets.contains(&old.identity())
+                    && addresses.contains(&(old.local.as_str(), old.sock_type))
             })
             .collect()
     }
@@ -253,6 +257,51 @@ mod tests {
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("hapmaster-listeners-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn a_socket_bound_afresh_at_a_held_address_is_rebound() {
+        let path = temp_path("rebound.sock");
+        let _ = std::fs::remove_file(&path);
+        let unix = UnixListener::bind(&path).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
+        let old = HeldSet::from_received(
+            [
+                received(dup(unix.as_fd()), 0),
+                received(dup(tcp.as_fd()), 1),
+            ],
+            |_| false,
+        )
+        .unwrap();
+        // The same sockets: nothing rebound.
+        let same = HeldSet::from_received(
+            [
+                received(dup(tcp.as_fd()), 1),
+                received(dup(unix.as_fd()), 0),
+            ],
+            |_| false,
+        )
+        .unwrap();
+        assert!(old.rebound_in(&same).is_empty());
+        // The unix listener gone from the newer set: not rebound either, only not taken.
+        let fewer = HeldSet::from_received([received(dup(tcp.as_fd()), 1)], |_| false).unwrap();
+        assert!(old.rebound_in(&fewer).is_empty());
+        // Another socket at the unix listener's path.
+        std::fs::remove_file(&path).unwrap();
+        let again = UnixListener::bind(&path).unwrap();
+        let newer = HeldSet::from_received(
+            [
+                received(dup(tcp.as_fd()), 1),
+                received(dup(again.as_fd()), 0),
+            ],
+            |_| false,
+        )
+        .unwrap();
+        let rebound = old.rebound_in(&newer);
+        assert_eq!(rebound.len(), 1);
+        assert_eq!(rebound[0].unix_path.as_deref(), Some(path.as_path()));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
