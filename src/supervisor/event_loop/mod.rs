@@ -680,6 +680,7 @@ impl Master<'_> {
         if let Some(record) = self.workers.get_mut(pid) {
             record.startup = Some(startup);
         }
+        let set = set.ordered_as(&self.held);
         warn_rebound(&self.held, &set, pid);
         log::debug!(
             "holding {} listening sockets of worker pid {pid}",
