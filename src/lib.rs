@@ -12,6 +12,7 @@ pub mod listen_fds;
 pub mod logging;
 pub mod master_worker_keyword;
 pub mod notify;
+pub mod open_files;
 pub mod options;
 pub mod orphans;
 pub mod pidfd;

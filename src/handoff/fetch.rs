@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use super::fetch_task::{FetchProgress, FetchTask};
+use super::known::Slot;
 use super::wire::{Record, WireError, MAX_FDS_ACCEPTED_PER_MESSAGE};
 use crate::unix_stream::{wait_ready, Endpoint};
 
@@ -31,6 +32,27 @@ pub(crate) const MAX_TEXT_ANSWER: usize = 4096;
 pub struct ReceivedSocket {
     pub fd: OwnedFd,
     pub record: Record,
+}
+
+/// A socket as a [`FetchTask`] that knows the held sockets takes it: a copy of a held one is
+/// closed as it arrives and only its position is kept.
+#[derive(Debug)]
+pub struct FetchedSocket {
+    pub slot: Slot,
+    pub record: Record,
+}
+
+impl FetchedSocket {
+    /// The socket itself, unless it was a held one's copy (a plain fetch has none).
+    fn into_received(self) -> Option<ReceivedSocket> {
+        match self.slot {
+            Slot::Fresh(fd) => Some(ReceivedSocket {
+                fd,
+                record: self.record,
+            }),
+            Slot::Known(_) => None,
+        }
+    }
 }
 
 /// What the held set is built from (`HeldSet::from_received`).
@@ -119,6 +141,7 @@ pub enum FetchError {
     /// The kernel dropped fds (MSG_CTRUNC), typically because our fd limit was reached.
     ControlTruncated {
         peer: Endpoint,
+        announced: usize,
         received: usize,
     },
     ForeignControlMessage {
@@ -213,11 +236,15 @@ impl fmt::Display for FetchError {
                 "{peer} sent {bytes} bytes without fds after {received} sockets; it does not \
                  speak haproxy's _getsocks protocol"
             ),
-            FetchError::ControlTruncated { peer, received } => write!(
+            FetchError::ControlTruncated {
+                peer,
+                announced,
+                received,
+            } => write!(
                 f,
-                "the kernel dropped sockets sent by {peer} after {received} (MSG_CTRUNC), most \
-                 likely because hapmaster reached its open file limit; raise LimitNOFILE / \
-                 ulimit -n"
+                "the kernel dropped sockets sent by {peer} after {received} of {announced} \
+                 (MSG_CTRUNC), most likely because this process reached its open file limit \
+                 (ulimit -n, systemd's LimitNOFILE=)"
             ),
             FetchError::ForeignControlMessage { peer, level, kind } => write!(
                 f,
@@ -291,7 +318,15 @@ pub fn fetch_from_stream(
 fn drive(mut task: FetchTask) -> Result<Vec<ReceivedSocket>, FetchError> {
     loop {
         let flags = match task.step(Instant::now()) {
-            FetchProgress::Done(result) => return result,
+            // No held socket is known to this task: every slot is fresh.
+            FetchProgress::Done(result) => {
+                return result.map(|sockets| {
+                    sockets
+                        .into_iter()
+                        .filter_map(FetchedSocket::into_received)
+                        .collect()
+                })
+            }
             FetchProgress::Wants(flags) => flags,
         };
         wait_ready(task.fd(), flags, task.wakeup()).map_err(|source| FetchError::Io {

@@ -18,9 +18,10 @@ use nix::poll::PollFlags;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::fetch::{
-    is_text_byte, recv_with_fds, ControlBuffer, FetchError, FetchStage, Received, ReceivedSocket,
+    is_text_byte, recv_with_fds, ControlBuffer, FetchError, FetchStage, FetchedSocket, Received,
     GETSOCKS_COMMAND, MAX_ANNOUNCED_FDS, MAX_TEXT_ANSWER,
 };
+use super::known::{KnownSockets, Slot};
 use super::wire::{complete_prefix, decode_records, MAX_FDS_ACCEPTED_PER_MESSAGE, MAX_RECORD_LEN};
 use crate::unix_stream::{
     is_disconnect, send_dontwait, timed_out, would_block, Endpoint, OPERATION_TIMEOUT,
@@ -34,7 +35,7 @@ const CONNECT_RETRY: Duration = Duration::from_millis(10);
 pub enum FetchProgress {
     /// Step again when the stream is ready for these, or at [`FetchTask::wakeup`].
     Wants(PollFlags),
-    Done(Result<Vec<ReceivedSocket>, FetchError>),
+    Done(Result<Vec<FetchedSocket>, FetchError>),
 }
 
 /// Where a conversation stands.
@@ -66,7 +67,8 @@ enum Stage {
 /// What has arrived so far of the batches.
 struct Batches {
     announced: usize,
-    fds: Vec<std::os::fd::OwnedFd>,
+    /// One per fd received, in order: records are decoded at the end and pair up by position.
+    fds: Vec<Slot>,
     data: Vec<u8>,
     /// Complete records at the front of `data`, and the bytes they span.
     records: usize,
@@ -89,7 +91,8 @@ impl Batches {
 /// One `_getsocks` conversation as a client that never waits: [`step`](FetchTask::step) it when
 /// its stream is ready for what it wants, or at its wakeup (which gives up on a stalled peer).
 /// Every fd received is owned (close-on-exec) from the moment it arrives: dropping the task, or
-/// any error, closes them all.
+/// any error, closes them all. A task that [knows](FetchTask::knowing) the held sockets closes
+/// each copy of one as its batch arrives.
 pub struct FetchTask {
     stream: UnixStream,
     peer: Endpoint,
@@ -104,6 +107,7 @@ pub struct FetchTask {
     total: Duration,
     /// The last progress: an operation that waits longer than OPERATION_TIMEOUT fails.
     progress: Instant,
+    known: Option<KnownSockets>,
 }
 
 impl FetchTask {
@@ -157,7 +161,15 @@ impl FetchTask {
             end: now + timeout,
             total: timeout,
             progress: now,
+            known: None,
         }
+    }
+
+    /// Copies of these sockets are closed as they arrive (their owner must keep them open until
+    /// the task ends): the process then holds one batch of copies at most, not all of them.
+    pub fn knowing(mut self, known: KnownSockets) -> FetchTask {
+        self.known = Some(known);
+        self
     }
 
     /// The fd to poll for what [`step`](FetchTask::step) last wanted.
@@ -231,7 +243,7 @@ impl FetchTask {
     }
 
     /// Every fd and its record, in the sender's order; a bad record closes them all.
-    fn take_sockets(&mut self) -> Result<Vec<ReceivedSocket>, FetchError> {
+    fn take_sockets(&mut self) -> Result<Vec<FetchedSocket>, FetchError> {
         let fds = std::mem::take(&mut self.batches.fds);
         let records =
             decode_records(&self.batches.data, self.batches.announced).map_err(|source| {
@@ -243,7 +255,7 @@ impl FetchTask {
         Ok(fds
             .into_iter()
             .zip(records)
-            .map(|(fd, record)| ReceivedSocket { fd, record })
+            .map(|(slot, record)| FetchedSocket { slot, record })
             .collect())
     }
 
@@ -451,6 +463,7 @@ impl FetchTask {
         if received.truncated {
             return Err(FetchError::ControlTruncated {
                 peer: self.peer.clone(),
+                announced: self.batches.announced,
                 received: before + received.fds.len(),
             });
         }
@@ -475,7 +488,11 @@ impl FetchTask {
                 bytes: received.bytes,
             });
         }
-        self.batches.fds.extend(received.fds);
+        let slots = received.fds.into_iter().map(|fd| match &self.known {
+            Some(known) => known.classify(fd),
+            None => Slot::Fresh(fd),
+        });
+        self.batches.fds.extend(slots);
         if self.batches.fds.len() > self.batches.announced {
             return Err(FetchError::TooManyFds {
                 peer: self.peer.clone(),
@@ -568,6 +585,48 @@ mod tests {
         let mut ack = [0u8; 4];
         server.read_exact(&mut ack).unwrap();
         assert_eq!(i32::from_ne_bytes(ack), 0);
+    }
+
+    /// A task that knows the held sockets keeps a held one's copy as its index, in its place
+    /// among the batches, and counts it in its acks like any fd.
+    #[test]
+    fn copies_of_known_sockets_keep_their_place() {
+        let (held, _held_peer) = UnixStream::pair().unwrap();
+        let (other, _other_peer) = UnixStream::pair().unwrap();
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let held_set = crate::handoff::listeners::HeldSet::from_received(
+            vec![(
+                std::os::fd::OwnedFd::from(held.try_clone().unwrap()),
+                Record::default(),
+            )],
+            |_| false,
+        )
+        .unwrap();
+        let mut task =
+            FetchTask::on_stream(client, Duration::from_secs(5), start).knowing(held_set.known());
+        server.write_all(&3i32.to_ne_bytes()).unwrap();
+        send_batch(&server, &[other.as_fd(), held.as_fd()]);
+        assert_eq!(wants(task.step(start)), PollFlags::POLLIN);
+        send_batch(&server, &[held.as_fd()]);
+        let got = match task.step(start) {
+            FetchProgress::Done(Ok(got)) => got,
+            FetchProgress::Done(Err(e)) => panic!("{e}"),
+            FetchProgress::Wants(flags) => panic!("still waiting for {flags:?}"),
+        };
+        let slots: Vec<Option<usize>> = got
+            .iter()
+            .map(|s| match s.slot {
+                Slot::Known(n) => Some(n),
+                Slot::Fresh(_) => None,
+            })
+            .collect();
+        assert_eq!(slots, vec![None, Some(0), Some(0)]);
+        let mut command = [0u8; 10];
+        server.read_exact(&mut command).unwrap();
+        let mut acks = [0u8; 8];
+        server.read_exact(&mut acks).unwrap();
+        assert_eq!(acks, [0i32.to_ne_bytes(), 2i32.to_ne_bytes()].concat()[..]);
     }
 
     /// A server that stalls mid-transfer is given up at the wakeup, and the fds already received

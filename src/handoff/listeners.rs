@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::sys::stat::{fstat, SFlag};
 use socket2::{SockAddr, SockRef};
 
+use super::fetch::FetchedSocket;
+use super::known::{KnownSockets, Slot};
 use super::wire::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,7 +125,10 @@ fn abstract_name(name: &[u8]) -> String {
 /// One held socket: the master's copy, what it was received with, and what it is.
 #[derive(Debug)]
 pub struct HeldSocket {
-    pub fd: OwnedFd,
+    /// Shared by the sets that hold this socket (the current one, the next one while it is
+    /// built, and sets still being served): one fd, closed when the last of them lets go. (Arc,
+    /// not Rc: a set stays Sync, for a blocking server on another thread.)
+    pub fd: Arc<OwnedFd>,
     pub record: Record,
     pub info: SocketInfo,
 }
@@ -135,7 +141,24 @@ pub struct HeldSet {
 
 impl HeldSet {
     /// Builds the set from (fd, record) pairs, in the order received (a fetch's
-    /// `ReceivedSocket`s convert into such pairs).
+    /// `ReceivedSocket`s convert into such pairs), as [`HeldSet::from_fetched`] with nothing
+    /// held before.
+    pub fn from_received<S: Into<(OwnedFd, Record)>>(
+        received: impl IntoIterator<Item = S>,
+        drop_if: impl Fn(&SocketInfo) -> bool,
+    ) -> io::Result<HeldSet> {
+        let fetched = received.into_iter().map(|s| {
+            let (fd, record) = s.into();
+            FetchedSocket {
+                slot: Slot::Fresh(fd),
+                record,
+            }
+        });
+        HeldSet::default().from_fetched(fetched, drop_if)
+    }
+
+    /// The next set, from what a fetch that [knew](HeldSet::known) `self` took, in that order:
+    /// a known slot shares `self`'s fd (no copy), a fresh one is described from its socket.
     ///
     /// Keeps the first of several copies of one socket (same dev and inode) and closes every
     /// socket for which `drop_if` is true (a worker's private stats socket).
@@ -143,15 +166,31 @@ impl HeldSet {
     /// Fails, closing everything received, if an fd is not a socket or cannot be described: a
     /// peer that sends such a thing is broken, and a set built from the rest would silently miss
     /// listeners (committing it would close the master's copies of them).
-    pub fn from_received<S: Into<(OwnedFd, Record)>>(
-        received: impl IntoIterator<Item = S>,
+    pub fn from_fetched(
+        &self,
+        fetched: impl IntoIterator<Item = FetchedSocket>,
         drop_if: impl Fn(&SocketInfo) -> bool,
     ) -> io::Result<HeldSet> {
         let mut set = HeldSet::default();
         let mut seen = HashSet::new();
-        for (index, (fd, record)) in received.into_iter().map(Into::into).enumerate() {
-            let info = SocketInfo::of(fd.as_fd())
-                .map_err(|e| io::Error::new(e.kind(), format!("received socket {index}: {e}")))?;
+        for (index, FetchedSocket { slot, record }) in fetched.into_iter().enumerate() {
+            let (fd, info) = match slot {
+                Slot::Known(held) => {
+                    let held = self.sockets.get(held).ok_or_else(|| {
+                        io::Error::other(format!(
+                            "received socket {index}: held socket {held} of {} is gone",
+                            self.sockets.len()
+                        ))
+                    })?;
+                    (Arc::clone(&held.fd), held.info.clone())
+                }
+                Slot::Fresh(fd) => {
+                    let info = SocketInfo::of(fd.as_fd()).map_err(|e| {
+                        io::Error::new(e.kind(), format!("received socket {index}: {e}"))
+                    })?;
+                    (Arc::new(fd), info)
+                }
+            };
             if drop_if(&info) {
                 log::debug!("closing received {info}: not held by the master");
                 continue;
@@ -163,6 +202,11 @@ impl HeldSet {
             set.sockets.push(HeldSocket { fd, record, info });
         }
         Ok(set)
+    }
+
+    /// What a fetch closes the copies of as they arrive (see [`HeldSet::from_fetched`]).
+    pub fn known(&self) -> KnownSockets {
+        KnownSockets::new(self.sockets.iter().map(|s| s.info.identity()))
     }
 
     pub fn len(&self) -> usize {
@@ -212,7 +256,8 @@ impl HeldSet {
         self.sockets.iter().map(|s| s.info.inode).collect()
     }
 
-    /// Closes every held socket for which `keep` is false, e.g. those a new worker did not take.
+    /// Lets go of every held socket for which `keep` is false, e.g. those a new worker did not
+    /// take: each is closed unless another set shares it.
     pub fn retain(&mut self, keep: impl FnMut(&HeldSocket) -> bool) {
         self.sockets.retain(keep);
     }
@@ -464,6 +509,64 @@ mod tests {
             text.contains("received socket 1") && text.contains("not a socket"),
             "{text}"
         );
+    }
+
+    /// The next set shares the held fds it took (no copy), keeps the new worker's order and
+    /// records, and dropping the previous set closes only what the next one did not take.
+    #[test]
+    fn next_set_shares_what_it_took_and_the_rest_closes() {
+        use crate::handoff::fetch::FetchedSocket;
+        use crate::handoff::known::Slot;
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+
+        let (kept, kept_peer) = UnixStream::pair().unwrap();
+        let (gone, gone_peer) = UnixStream::pair().unwrap();
+        let old = HeldSet::from_received(
+            vec![received(kept.into(), 1), received(gone.into(), 2)],
+            |_| false,
+        )
+        .unwrap();
+        let fresh = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fresh_local = fresh.local_addr().unwrap().to_string();
+        let slot = |slot, tag| FetchedSocket {
+            slot,
+            record: received(fresh.try_clone().unwrap().into(), tag).1,
+        };
+        let next = old
+            .from_fetched(
+                vec![
+                    slot(Slot::Fresh(fresh.try_clone().unwrap().into()), 7),
+                    slot(Slot::Known(0), 8),
+                    slot(Slot::Known(0), 9),
+                ],
+                |_| false,
+            )
+            .unwrap();
+        let tags: Vec<u8> = next.iter().map(|s| s.record.options[0]).collect();
+        assert_eq!(tags, vec![7, 8]);
+        assert_eq!(next.iter().next().unwrap().info.local, fresh_local);
+        let taken = next.iter().nth(1).unwrap();
+        assert_eq!(
+            taken.fd.as_raw_fd(),
+            old.iter().next().unwrap().fd.as_raw_fd()
+        );
+        assert_eq!(taken.info, old.iter().next().unwrap().info);
+        assert!(old
+            .from_fetched(vec![slot(Slot::Known(2), 1)], |_| false)
+            .is_err());
+
+        drop(old);
+        for peer in [&kept_peer, &gone_peer] {
+            peer.set_nonblocking(true).unwrap();
+        }
+        // The socket the next set did not take is closed: its peer reads EOF.
+        assert_eq!((&gone_peer).read(&mut [0u8; 1]).unwrap(), 0);
+        // The one it took is still open: its peer has nothing to read yet.
+        let still_open = (&kept_peer).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(still_open.kind(), io::ErrorKind::WouldBlock);
+        drop(next);
+        assert_eq!((&kept_peer).read(&mut [0u8; 1]).unwrap(), 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 pub mod channel;
 pub mod fetch;
 pub mod fetch_task;
+pub mod known;
 pub mod listeners;
 pub mod named;
 pub mod serve;

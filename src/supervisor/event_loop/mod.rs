@@ -686,8 +686,14 @@ impl Master<'_> {
             "holding {} listening sockets of worker pid {pid}",
             set.len()
         );
-        // Dropping the previous set closes the copies the new worker did not take.
+        // Dropping the previous set closes the sockets the new one does not share.
         self.held = Rc::new(set);
+        if let Some(advice) = crate::open_files::shortfall(self.held.len()) {
+            log::warn!(
+                "holding {} listening sockets, the next reload may fail: {advice}",
+                self.held.len()
+            );
+        }
         self.sync_fdstore();
         self.config_ready(pid);
     }

@@ -10,9 +10,10 @@ use std::time::Instant;
 use super::workers::{Fetching, HandoffServe};
 use super::{Master, HANDOFF_TIMEOUT};
 use crate::handoff::channel::Received;
-use crate::handoff::fetch::{FetchError, FetchProgress, FetchTask, ReceivedSocket};
+use crate::handoff::fetch::{FetchError, FetchProgress, FetchTask, FetchedSocket};
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::{ServeProgress, ServeTask};
+use crate::open_files;
 use crate::supervisor::state::{Event, Pid};
 
 impl Master<'_> {
@@ -37,17 +38,19 @@ impl Master<'_> {
             return;
         };
         let path = self.runtime.worker_socket(generation);
+        let held = Rc::clone(&self.held);
         match FetchTask::connect(&path, HANDOFF_TIMEOUT, now) {
             Ok(task) => {
                 if let Some(record) = self.workers.get_mut(pid) {
                     record.fetch = Some(Fetching {
-                        task,
+                        task: task.knowing(held.known()),
+                        held,
                         wants: nix::poll::PollFlags::POLLOUT,
                     });
                 }
                 self.step_fetch(pid, now);
             }
-            Err(e) => self.fetched(pid, Err(e)),
+            Err(e) => self.fetched(pid, &held, Err(e)),
         }
     }
 
@@ -61,25 +64,39 @@ impl Master<'_> {
         match fetch.task.step(now) {
             FetchProgress::Wants(flags) => fetch.wants = flags,
             FetchProgress::Done(result) => {
+                let held = Rc::clone(&fetch.held);
                 record.fetch = None;
-                self.fetched(pid, result);
+                self.fetched(pid, &held, result);
             }
         }
     }
 
-    /// The fetch from worker `pid` ended: ready with its sockets held, or failed.
-    fn fetched(&mut self, pid: Pid, result: Result<Vec<ReceivedSocket>, FetchError>) {
+    /// The fetch from worker `pid`, which knew `held`, ended: ready with its sockets held, or
+    /// failed.
+    fn fetched(
+        &mut self,
+        pid: Pid,
+        held: &HeldSet,
+        result: Result<Vec<FetchedSocket>, FetchError>,
+    ) {
         let runtime = self.runtime;
-        // The worker-private stats sockets die with their worker; holding a copy would keep a
-        // socket alive that nobody answers on.
-        let set = result.map_err(|e| e.to_string()).and_then(|received| {
-            HeldSet::from_received(received, |info| {
-                info.unix_path
-                    .as_deref()
-                    .is_some_and(|p| runtime.is_worker_socket_name(p))
+        let set = result
+            .map_err(|e| match e {
+                FetchError::ControlTruncated { announced, .. } => {
+                    format!("{e}: {}", open_files::advice(held.len(), announced))
+                }
+                e => e.to_string(),
             })
-            .map_err(|e| format!("{e}; the worker does not speak haproxy's _getsocks protocol"))
-        });
+            .and_then(|fetched| {
+                // The worker-private stats sockets die with their worker; holding a copy would
+                // keep a socket alive that nobody answers on.
+                held.from_fetched(fetched, |info| {
+                    info.unix_path
+                        .as_deref()
+                        .is_some_and(|p| runtime.is_worker_socket_name(p))
+                })
+                .map_err(|e| format!("{e}; the worker does not speak haproxy's _getsocks protocol"))
+            });
         let set = match set {
             Ok(set) => set,
             Err(e) => {

@@ -65,6 +65,10 @@ impl WorkerRuntime {
 /// The `_getsocks` conversation that takes a worker's listening sockets.
 pub(super) struct Fetching {
     pub task: FetchTask,
+    /// The set the task knows (its slots index it): open until the fetch ends, so that the
+    /// copies the task closes keep their sockets alive, even if the master holds another by
+    /// then.
+    pub held: Rc<HeldSet>,
     /// What its stream waits for next.
     pub wants: PollFlags,
 }
