@@ -41,12 +41,15 @@ fn next_candidate() -> u16 {
 }
 
 /// A TCP port outside the ephemeral range that was free on both 127.0.0.1 and ::1 a moment ago,
-/// not handed out before by this process.
+/// with nothing listening on it at any other address either (the tests count a port's listeners
+/// in /proc/net/tcp*, whatever their address: another job's benchmark on 127.0.0.201 would be
+/// counted), not handed out before by this process.
 pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let port = next_candidate();
         if TcpListener::bind(("127.0.0.1", port)).is_ok()
             && TcpListener::bind(("::1", port)).is_ok()
+            && super::listening::tcp_listen_inodes(port).is_empty()
         {
             return port;
         }
