@@ -186,10 +186,16 @@ impl Master<'_> {
         // Closes the stream and lets go of the set it served.
         record.handoff_serve = None;
         match result {
-            Ok(outcome) => log::debug!(
-                "handed {} listening sockets to worker pid {pid} over its own channel",
-                outcome.sent
-            ),
+            Ok(outcome) => {
+                log::debug!(
+                    "handed {} listening sockets to worker pid {pid} over its own channel",
+                    outcome.sent
+                );
+                // Its stats socket comes next: a backed-off probe would find it late.
+                if let Some(probe) = record.probe.as_mut() {
+                    probe.hurry(now);
+                }
+            }
             Err(e) => log::warn!("handing the listening sockets to worker pid {pid} failed: {e}"),
         }
     }
