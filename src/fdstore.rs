@@ -7,7 +7,7 @@
 //! socket has room (the event loop polls it), so a service manager that does not read costs no
 //! time per socket, at start or at any reload.
 
-use std::collections::BTreeSet;
+use rustc_hash::FxHashSet;
 
 use crate::handoff::listeners::HeldSet;
 use crate::notify::Notifier;
@@ -18,18 +18,34 @@ pub fn fd_name(inode: u64) -> String {
     format!("sock-{inode}")
 }
 
-/// The messages that bring a store holding `stored` to `wanted` (inodes): store the new ones,
-/// remove the gone ones. Pure, so the bookkeeping is testable without systemd.
-pub fn plan(stored: &BTreeSet<u64>, wanted: &BTreeSet<u64>) -> (Vec<u64>, Vec<u64>) {
-    let add = wanted.difference(stored).copied().collect();
-    let remove = stored.difference(wanted).copied().collect();
+/// The messages that bring a store holding `stored` to `wanted` (inodes, in the held order):
+/// store the new ones, in `wanted`'s order, at most `room` more than `stored` keeps, and remove
+/// the gone ones. Pure, so the bookkeeping is testable without systemd. Linear: it runs at every
+/// reload, over tens of thousands of listeners.
+pub fn plan(stored: &FxHashSet<u64>, wanted: &[u64], room: Option<usize>) -> (Vec<u64>, Vec<u64>) {
+    let wanted_set: FxHashSet<u64> = wanted.iter().copied().collect();
+    let mut remove: Vec<u64> = stored
+        .iter()
+        .copied()
+        .filter(|i| !wanted_set.contains(i))
+        .collect();
+    remove.sort_unstable();
+    let kept = stored.len() - remove.len();
+    let room = room.map_or(usize::MAX, |r| r.saturating_sub(kept));
+    let mut seen = FxHashSet::default();
+    let add = wanted
+        .iter()
+        .copied()
+        .filter(|i| !stored.contains(i) && seen.insert(*i))
+        .take(room)
+        .collect();
     (add, remove)
 }
 
 #[derive(Debug, Default)]
 pub struct FdStore {
     /// Inodes systemd holds for us, as far as we know.
-    stored: BTreeSet<u64>,
+    stored: FxHashSet<u64>,
     /// `$FDSTORE` (systemd 254+): how many fds the unit may store; None on older systemd,
     /// which does not say (it discards them if `FileDescriptorStoreMax=` is 0).
     limit: Option<usize>,
@@ -67,16 +83,18 @@ impl FdStore {
         if self.limit == Some(0) {
             return;
         }
-        let wanted: BTreeSet<u64> = held.iter().map(|h| h.info.inode).collect();
+        let wanted = held.inodes();
         if let Some(limit) = self.limit.filter(|l| wanted.len() > *l && !self.warned) {
             self.warned = true;
             log::warn!(
-                "{} listening sockets but FileDescriptorStoreMax={limit}: the ones beyond are \
-                 not kept if the master dies; raise FileDescriptorStoreMax=",
+                "{} listening sockets but FileDescriptorStoreMax={limit}: {} are not kept if \
+                 the master dies; raise FileDescriptorStoreMax= to at least {}",
+                wanted.len(),
+                wanted.len() - limit,
                 wanted.len()
             );
         }
-        let (add, remove) = plan(&self.stored, &wanted);
+        let (add, remove) = plan(&self.stored, &wanted, self.limit);
         let changes = add.len() + remove.len();
         let mut done = 0;
         let mut failed = None;
@@ -89,7 +107,7 @@ impl FdStore {
             self.stored.remove(&inode);
             done += 1;
         }
-        let add: BTreeSet<u64> = add.into_iter().collect();
+        let add: FxHashSet<u64> = add.into_iter().collect();
         for h in held.iter().filter(|h| add.contains(&h.info.inode)) {
             if failed.is_some() {
                 break;
@@ -120,10 +138,25 @@ mod tests {
 
     #[test]
     fn plan_adds_new_and_removes_gone() {
-        let stored: BTreeSet<u64> = [1, 2, 3].into();
-        let wanted: BTreeSet<u64> = [2, 3, 4, 5].into();
-        assert_eq!(plan(&stored, &wanted), (vec![4, 5], vec![1]));
-        assert_eq!(plan(&wanted, &wanted), (vec![], vec![]));
+        let stored: FxHashSet<u64> = [1, 2, 3].into_iter().collect();
+        let wanted = [5, 2, 3, 4];
+        assert_eq!(plan(&stored, &wanted, None), (vec![5, 4], vec![1]));
+        let all: FxHashSet<u64> = wanted.into_iter().collect();
+        assert_eq!(plan(&all, &wanted, None), (vec![], vec![]));
+    }
+
+    /// systemd refuses fds beyond `FileDescriptorStoreMax=`: the plan stops at the limit,
+    /// counting what stays stored, and still removes what is gone.
+    #[test]
+    fn plan_stays_within_the_store_limit() {
+        let stored: FxHashSet<u64> = [1, 2, 3].into_iter().collect();
+        let wanted = [2, 3, 4, 5, 6];
+        assert_eq!(plan(&stored, &wanted, Some(3)), (vec![4], vec![1]));
+        assert_eq!(plan(&stored, &wanted, Some(2)), (vec![], vec![1]));
+        assert_eq!(
+            plan(&FxHashSet::default(), &wanted, Some(2)),
+            (vec![2, 3], vec![])
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! Matching on (dev, inode) is safe while the held copy stays open: it pins the inode, so no
 //! other socket can get that number during the fetch.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::stat::fstat;
+use rustc_hash::FxHashMap;
 
 /// A received socket: a new one, or the copy of held socket `n` (already closed).
 #[derive(Debug)]
@@ -20,12 +20,12 @@ pub enum Slot {
 /// The held sockets by identity (dev, inode), to their index in the held set.
 #[derive(Debug, Default)]
 pub struct KnownSockets {
-    by_identity: HashMap<(u64, u64), usize>,
+    by_identity: FxHashMap<(u64, u64), usize>,
 }
 
 impl KnownSockets {
     pub fn new(identities: impl IntoIterator<Item = (u64, u64)>) -> KnownSockets {
-        let mut by_identity = HashMap::new();
+        let mut by_identity = FxHashMap::default();
         for (index, identity) in identities.into_iter().enumerate() {
             by_identity.entry(identity).or_insert(index);
         }

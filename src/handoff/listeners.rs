@@ -1,6 +1,5 @@
 //! The held set: one owned copy of every listening socket of the current worker.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -10,10 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::sys::stat::{fstat, SFlag};
+use rustc_hash::{FxHashMap, FxHashSet};
 use socket2::{SockAddr, SockRef};
 
 use super::fetch::FetchedSocket;
 use super::known::{KnownSockets, Slot};
+use super::serve::ServeList;
 use super::wire::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,7 +131,8 @@ pub struct HeldSocket {
     /// not Rc: a set stays Sync, for a blocking server on another thread.)
     pub fd: Arc<OwnedFd>,
     pub record: Record,
-    pub info: SocketInfo,
+    /// Shared like `fd`: a reload copies no address for a socket it keeps.
+    pub info: Arc<SocketInfo>,
 }
 
 /// The sockets the master holds, at most one copy of each.
@@ -172,7 +174,7 @@ impl HeldSet {
         drop_if: impl Fn(&SocketInfo) -> bool,
     ) -> io::Result<HeldSet> {
         let mut set = HeldSet::default();
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         for (index, FetchedSocket { slot, record }) in fetched.into_iter().enumerate() {
             let (fd, info) = match slot {
                 Slot::Known(held) => {
@@ -182,13 +184,13 @@ impl HeldSet {
                             self.sockets.len()
                         ))
                     })?;
-                    (Arc::clone(&held.fd), held.info.clone())
+                    (Arc::clone(&held.fd), Arc::clone(&held.info))
                 }
                 Slot::Fresh(fd) => {
                     let info = SocketInfo::of(fd.as_fd()).map_err(|e| {
                         io::Error::new(e.kind(), format!("received socket {index}: {e}"))
                     })?;
-                    (Arc::new(fd), info)
+                    (Arc::new(fd), Arc::new(info))
                 }
             };
             if drop_if(&info) {
@@ -221,18 +223,10 @@ impl HeldSet {
         self.sockets.iter()
     }
 
-    /// What [`serve_getsocks`](super::serve::serve_getsocks) takes: the held sockets, last
-    /// first. haproxy puts each socket it receives at the head of its list, then looks each
-    /// listener of its configuration up from the head (sock.c: `sock_get_old_sockets`,
-    /// `sock_find_compatible_fd`); the set is kept in the first worker's order, which is its
-    /// configuration's, so served last first, every lookup matches at the head: adopting N
-    /// listeners costs N comparisons instead of N²/2.
+    /// What [`serve_getsocks`](super::serve::serve_getsocks) takes, as a list: the held
+    /// sockets in the order served (see the [`ServeList`] impl).
     pub fn as_serve_list(&self) -> Vec<(BorrowedFd<'_>, &Record)> {
-        self.sockets
-            .iter()
-            .rev()
-            .map(|s| (s.fd.as_fd(), &s.record))
-            .collect()
+        (0..self.count()).map(|i| self.entry(i)).collect()
     }
 
     /// This set in `earlier`'s order: the sockets `earlier` holds too at their places there,
@@ -240,7 +234,7 @@ impl HeldSet {
     /// sockets in the order served, reversed from the held order; without this, every reload
     /// would flip the order and the next haproxy would adopt in the slow order.
     pub fn ordered_as(mut self, earlier: &HeldSet) -> HeldSet {
-        let place: std::collections::HashMap<(u64, u64), usize> = earlier
+        let place: FxHashMap<(u64, u64), usize> = earlier
             .sockets
             .iter()
             .enumerate()
@@ -271,21 +265,37 @@ impl HeldSet {
     /// queued on the old one are lost when the old process closes it.
     /// Linear in both sets: it runs at every reload, over tens of thousands of listeners.
     pub fn rebound_in<'a>(&'a self, newer: &HeldSet) -> Vec<&'a SocketInfo> {
-        let sockets: HashSet<(u64, u64)> =
+        let sockets: FxHashSet<(u64, u64)> =
             newer.sockets.iter().map(|n| n.info.identity()).collect();
-        let addresses: HashSet<(&str, i32)> = newer
+        let addresses: FxHashSet<(&str, i32)> = newer
             .sockets
             .iter()
             .map(|n| (n.info.local.as_str(), n.info.sock_type))
             .collect();
         self.sockets
             .iter()
-            .map(|s| &s.info)
+            .map(|s| &*s.info)
             .filter(|old| {
                 !sockets.contains(&old.identity())
                     && addresses.contains(&(old.local.as_str(), old.sock_type))
             })
             .collect()
+    }
+}
+
+/// The held sockets, last first. haproxy puts each socket it receives at the head of its list,
+/// then looks each listener of its configuration up from the head (sock.c:
+/// `sock_get_old_sockets`, `sock_find_compatible_fd`); the set is kept in the first worker's
+/// order, which is its configuration's, so served last first, every lookup matches at the head:
+/// adopting N listeners costs N comparisons instead of N²/2.
+impl ServeList for HeldSet {
+    fn count(&self) -> usize {
+        self.sockets.len()
+    }
+
+    fn entry(&self, index: usize) -> (BorrowedFd<'_>, &Record) {
+        let s = &self.sockets[self.sockets.len() - 1 - index];
+        (s.fd.as_fd(), &s.record)
     }
 }
 

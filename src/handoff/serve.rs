@@ -190,7 +190,7 @@ impl std::error::Error for ServeError {
 /// ```
 pub fn serve_getsocks(
     stream: &UnixStream,
-    sockets: &[(BorrowedFd<'_>, &Record)],
+    sockets: &(impl ServeList + ?Sized),
     timeout: Duration,
 ) -> Result<ServeOutcome, ServeError> {
     serve(stream, sockets, timeout, true)
@@ -203,7 +203,7 @@ pub fn serve_getsocks(
 /// (haproxy's clients send nothing more until the first ack).
 pub fn serve_getsocks_after_command(
     stream: &UnixStream,
-    sockets: &[(BorrowedFd<'_>, &Record)],
+    sockets: &(impl ServeList + ?Sized),
     timeout: Duration,
 ) -> Result<ServeOutcome, ServeError> {
     serve(stream, sockets, timeout, false)
@@ -212,7 +212,7 @@ pub fn serve_getsocks_after_command(
 /// Drives a [`ServeTask`] to its end, waiting in poll() for what it needs.
 fn serve(
     stream: &UnixStream,
-    sockets: &[(BorrowedFd<'_>, &Record)],
+    sockets: &(impl ServeList + ?Sized),
     timeout: Duration,
     read_command: bool,
 ) -> Result<ServeOutcome, ServeError> {
@@ -231,18 +231,57 @@ fn serve(
     }
 }
 
+/// What a `_getsocks` answer is made of, in the order sent. The held set is one
+/// (`HeldSet`), so the master serves its sockets without building a list of them at every step
+/// of a conversation (a reload of 19 000 listeners has 76).
+pub trait ServeList {
+    fn count(&self) -> usize;
+    /// Socket `index` in the order sent, with its record.
+    fn entry(&self, index: usize) -> (BorrowedFd<'_>, &Record);
+}
+
+impl ServeList for [(BorrowedFd<'_>, &Record)] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn entry(&self, index: usize) -> (BorrowedFd<'_>, &Record) {
+        self[index]
+    }
+}
+
+impl<const N: usize> ServeList for [(BorrowedFd<'_>, &Record); N] {
+    fn count(&self) -> usize {
+        N
+    }
+
+    fn entry(&self, index: usize) -> (BorrowedFd<'_>, &Record) {
+        self[index]
+    }
+}
+
+impl ServeList for Vec<(BorrowedFd<'_>, &Record)> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn entry(&self, index: usize) -> (BorrowedFd<'_>, &Record) {
+        self[index]
+    }
+}
+
 /// The sockets of one sendmsg (a range of the list) and their encoded records.
 struct Batch {
     range: Range<usize>,
     data: Vec<u8>,
 }
 
-fn encode_batches(sockets: &[(BorrowedFd<'_>, &Record)]) -> Result<Vec<Batch>, ServeError> {
+fn encode_batches(sockets: &(impl ServeList + ?Sized)) -> Result<Vec<Batch>, ServeError> {
     let mut batches = Vec::new();
-    for range in batch_ranges(sockets.len()) {
+    for range in batch_ranges(sockets.count()) {
         let mut data = Vec::new();
         for index in range.clone() {
-            encode_record(sockets[index].1, &mut data)
+            encode_record(sockets.entry(index).1, &mut data)
                 .map_err(|source| ServeError::Record { index, source })?;
         }
         batches.push(Batch { range, data });
@@ -298,16 +337,16 @@ impl ServeTask {
     /// a transfer. `read_command`: whether the `_getsocks` line is still to be read.
     pub fn new(
         stream: &UnixStream,
-        sockets: &[(BorrowedFd<'_>, &Record)],
+        sockets: &(impl ServeList + ?Sized),
         timeout: Duration,
         read_command: bool,
         now: Instant,
     ) -> Result<ServeTask, ServeError> {
-        if sockets.is_empty() {
+        if sockets.count() == 0 {
             return Err(ServeError::NothingToServe);
         }
-        let count = i32::try_from(sockets.len()).map_err(|_| ServeError::TooManySockets {
-            count: sockets.len(),
+        let count = i32::try_from(sockets.count()).map_err(|_| ServeError::TooManySockets {
+            count: sockets.count(),
         })?;
         let batches = encode_batches(sockets)?;
         Ok(ServeTask {
@@ -352,11 +391,11 @@ impl ServeTask {
     pub fn step(
         &mut self,
         stream: &UnixStream,
-        sockets: &[(BorrowedFd<'_>, &Record)],
+        sockets: &(impl ServeList + ?Sized),
         now: Instant,
     ) -> ServeProgress {
         debug_assert_eq!(
-            sockets.len(),
+            sockets.count(),
             self.batches.last().map_or(0, |b| b.range.end),
             "a _getsocks conversation's sockets changed under it"
         );
@@ -401,7 +440,7 @@ impl ServeTask {
     fn advance(
         &mut self,
         stream: &UnixStream,
-        sockets: &[(BorrowedFd<'_>, &Record)],
+        sockets: &(impl ServeList + ?Sized),
     ) -> Result<Advance, ServeError> {
         let fd = stream.as_fd();
         match &mut self.stage {
@@ -453,7 +492,7 @@ impl ServeTask {
                 let result = match *written {
                     // One sendmsg: the fds as one SCM_RIGHTS message, exactly their records as
                     // data.
-                    None => send_with_fds(fd, &sockets[batch.range.clone()], &batch.data),
+                    None => send_with_fds(fd, sockets, batch.range.clone(), &batch.data),
                     // A large batch that stalled was cut after `written` bytes, with the fds
                     // already on the wire. The rest follows as plain data, as when the kernel
                     // splits a batch itself.
@@ -540,10 +579,11 @@ enum Advance {
 
 fn send_with_fds(
     fd: BorrowedFd<'_>,
-    sockets: &[(BorrowedFd<'_>, &Record)],
+    sockets: &(impl ServeList + ?Sized),
+    range: Range<usize>,
     data: &[u8],
 ) -> io::Result<usize> {
-    let raw: Vec<RawFd> = sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    let raw: Vec<RawFd> = range.map(|i| sockets.entry(i).0.as_raw_fd()).collect();
     let rights = [ControlMessage::ScmRights(&raw)];
     let iov = [IoSlice::new(data)];
     loop {

@@ -806,13 +806,7 @@ impl Master<'_> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Step::Close;
         };
-        let started = ServeTask::new(
-            &s.stream,
-            &held.as_serve_list(),
-            HANDOFF_TIMEOUT,
-            false,
-            Instant::now(),
-        );
+        let started = ServeTask::new(&s.stream, &*held, HANDOFF_TIMEOUT, false, Instant::now());
         match started {
             Ok(serve) => {
                 s.task = Some(Task::Getsocks {
@@ -988,7 +982,7 @@ impl Master<'_> {
                     self.flush_session(id);
                 }
                 Some(Task::Getsocks { serve, held, wants }) => {
-                    let result = match serve.step(&s.stream, &held.as_serve_list(), now) {
+                    let result = match serve.step(&s.stream, &**held, now) {
                         ServeProgress::Wants(flags) => {
                             *wants = flags;
                             continue;

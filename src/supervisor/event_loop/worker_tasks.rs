@@ -152,7 +152,7 @@ impl Master<'_> {
         };
         record.handoff = None;
         let now = Instant::now();
-        match ServeTask::new(&stream, &held.as_serve_list(), HANDOFF_TIMEOUT, true, now) {
+        match ServeTask::new(&stream, &*held, HANDOFF_TIMEOUT, true, now) {
             Ok(task) => {
                 record.handoff_serve = Some(HandoffServe {
                     stream,
@@ -173,10 +173,7 @@ impl Master<'_> {
         let Some(serve) = record.handoff_serve.as_mut() else {
             return;
         };
-        let result = match serve
-            .task
-            .step(&serve.stream, &serve.held.as_serve_list(), now)
-        {
+        let result = match serve.task.step(&serve.stream, &*serve.held, now) {
             ServeProgress::Wants(flags) => {
                 serve.wants = flags;
                 return;
