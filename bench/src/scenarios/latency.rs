@@ -39,84 +39,162 @@ fn cpu_stats(v: &[f64]) -> String {
     format!("{:.1} / {:.1}", percentile(v, 50.0), percentile(v, 100.0))
 }
 
-fn measure_reloads(
-    env: &Env,
+/// One method's run, measured one reload at a time between the other methods' reloads.
+struct Measured {
+    method: Method,
+    site: Site,
+    running: Option<Running>,
+    lat: Lat,
+    /// Why it stopped early: a failed reload (a measured outcome) or a benchmark error.
+    failed: Option<String>,
+}
+
+/// Reload `i` of a running method: signal, then wait for READY (not naive) and for a response
+/// from a new pid; then for the old worker to exit, so the next reload starts from rest.
+fn measure_one(
+    running: &mut Running,
     site: &Site,
     method: Method,
-    n: usize,
+    i: usize,
     timeout: Duration,
-) -> Result<Lat, String> {
-    let mut running = Running::start(method, env, site, timeout)?;
-    let mut lat = Lat {
-        ready: Vec::new(),
-        newpid: Vec::new(),
-        master_cpu: Vec::new(),
-        fd_table: None,
-    };
-    for i in 0..n {
-        let old = running.answering_pid()?;
-        let cpu_before = running.master_pid.and_then(procfs::cpu_ns);
-        let sent = running.reload()?;
-        let deadline = sent.at + timeout;
-        let mut newpid = None;
-        let mut ready = None;
-        let wants_ready = method != Method::Naive;
-        loop {
-            if newpid.is_none() {
-                if let Ok(r) = hapmaster_loadgen::get_once(site.addr, Duration::from_secs(1)) {
-                    if r.pid.is_some_and(|p| p != old) {
-                        newpid = Some(Instant::now() - sent.at);
-                    }
+    lat: &mut Lat,
+) -> Result<(), String> {
+    let old = running.answering_pid()?;
+    let cpu_before = running.master_pid.and_then(procfs::cpu_ns);
+    let sent = running.reload()?;
+    let deadline = sent.at + timeout;
+    let mut newpid = None;
+    let mut ready = None;
+    let wants_ready = method != Method::Naive;
+    loop {
+        if newpid.is_none() {
+            if let Ok(r) = hapmaster_loadgen::get_once(site.addr, Duration::from_secs(1)) {
+                if r.pid.is_some_and(|p| p != old) {
+                    newpid = Some(Instant::now() - sent.at);
                 }
             }
-            if wants_ready && ready.is_none() {
-                if let Some((t, d)) = running
-                    .notify
-                    .as_ref()
-                    .and_then(|n| n.ready_since(sent.notify_index))
+        }
+        if wants_ready && ready.is_none() {
+            if let Some((t, d)) = running
+                .notify
+                .as_ref()
+                .and_then(|n| n.ready_since(sent.notify_index))
+            {
+                if let Some(status) = d
+                    .lines()
+                    .find_map(|l| l.strip_prefix("STATUS=Reload failed: "))
                 {
-                    if let Some(status) = d
-                        .lines()
-                        .find_map(|l| l.strip_prefix("STATUS=Reload failed: "))
-                    {
-                        // A measured outcome, not an error of the benchmark.
-                        return Err(format!("{RELOAD_FAILED} (reload {i}): {status}"));
-                    }
-                    ready = Some(t - sent.at);
+                    // A measured outcome, not an error of the benchmark.
+                    return Err(format!("{RELOAD_FAILED} (reload {i}): {status}"));
+                }
+                ready = Some(t - sent.at);
+            }
+        }
+        if newpid.is_some() && (ready.is_some() || !wants_ready) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} reload {i} on {} ports: no new worker within {timeout:?} (log {})",
+                method.name(),
+                site.ports,
+                running.log_path().display()
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    if let Some(d) = ready {
+        lat.ready.push(ms(d));
+    }
+    if let Some(d) = newpid {
+        lat.newpid.push(ms(d));
+    }
+    // Let the old worker finish before the next reload (not measured).
+    let gone = Instant::now() + Duration::from_secs(20);
+    while procfs::alive(old) && Instant::now() < gone {
+        thread::sleep(Duration::from_millis(2));
+    }
+    let cpu_after = running.master_pid.and_then(procfs::cpu_ns);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        lat.master_cpu.push(b.saturating_sub(a) as f64 / 1e6);
+    }
+    Ok(())
+}
+
+/// Every method on its own copy of the site, started at once and reloaded in turn — reload i of
+/// each method, then bare start i of the floor — so that a slow minute of a shared machine
+/// slows every method alike instead of the one that happened to run then.
+struct Round {
+    ports: usize,
+    maxconn: usize,
+    reloads: usize,
+    timeout: Duration,
+}
+
+/// The methods' runs, the floor's starts (ms), and the floor's error if it stopped early.
+type Interleaved = (Vec<Measured>, Vec<f64>, Option<String>);
+
+fn measure_interleaved(
+    env: &Env,
+    methods: &[Method],
+    round: &Round,
+    floor_site: &Site,
+) -> Result<Interleaved, String> {
+    let Round {
+        ports,
+        maxconn,
+        reloads: n,
+        timeout,
+    } = *round;
+    let mut runs = Vec::new();
+    let mut floor = Vec::new();
+    let mut floor_error = None;
+    for &method in methods {
+        let site = env.site(ports, maxconn)?;
+        let (running, failed) = match Running::start(method, env, &site, timeout) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        runs.push(Measured {
+            method,
+            site,
+            running,
+            lat: Lat {
+                ready: Vec::new(),
+                newpid: Vec::new(),
+                master_cpu: Vec::new(),
+                fd_table: None,
+            },
+            failed,
+        });
+    }
+    for i in 0..n {
+        for m in runs.iter_mut() {
+            let Some(running) = m.running.as_mut() else {
+                continue;
+            };
+            if let Err(e) = measure_one(running, &m.site, m.method, i, timeout, &mut m.lat) {
+                m.failed = Some(e);
+                m.lat.fd_table = running.master_pid.and_then(procfs::fd_table_size);
+                if let Some(r) = m.running.take() {
+                    r.stop()?;
                 }
             }
-            if newpid.is_some() && (ready.is_some() || !wants_ready) {
-                break;
+        }
+        if floor_error.is_none() {
+            match floor_once(env, floor_site, timeout) {
+                Ok(d) => floor.push(ms(d)),
+                Err(e) => floor_error = Some(format!("latency floor, {ports} ports: {e}")),
             }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{} reload {i} on {} ports: no new worker within {timeout:?} (log {})",
-                    method.name(),
-                    site.ports,
-                    running.log_path().display()
-                ));
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        if let Some(d) = ready {
-            lat.ready.push(ms(d));
-        }
-        if let Some(d) = newpid {
-            lat.newpid.push(ms(d));
-        }
-        // Let the old worker finish before the next reload (not measured).
-        let gone = Instant::now() + Duration::from_secs(20);
-        while procfs::alive(old) && Instant::now() < gone {
-            thread::sleep(Duration::from_millis(2));
-        }
-        let cpu_after = running.master_pid.and_then(procfs::cpu_ns);
-        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
-            lat.master_cpu.push(b.saturating_sub(a) as f64 / 1e6);
         }
     }
-    lat.fd_table = running.master_pid.and_then(procfs::fd_table_size);
-    running.stop()?;
-    Ok(lat)
+    for m in runs.iter_mut() {
+        if let Some(r) = m.running.take() {
+            m.lat.fd_table = r.master_pid.and_then(procfs::fd_table_size);
+            r.stop()?;
+        }
+    }
+    Ok((runs, floor, floor_error))
 }
 
 pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, String> {
@@ -124,7 +202,7 @@ pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, St
     load_header(&mut md);
     let _ = writeln!(
         md,
-        "{} reloads per method and config, one after the other (the next starts when the old worker has exited), no load. \
+        "{} reloads per method and config, no load. Every method runs at once on its own copy of the config (its own loopback address), and they take turns: reload i of each method, then bare start i of the floor; each reload starts when the previous one's old worker has exited. So a slow minute of a shared machine slows every method alike. \
          `READY`: signal → `READY=1` on the NOTIFY_SOCKET (haproxy -Ws and hapmaster). \
          `new pid answers`: signal (naive: start of `haproxy -D -p PID -sf OLD`) → first HTTP response from a process other than the old one \
          (the config answers with `X-Pid: %pid`; a 1 ms probe loop). \
@@ -164,45 +242,47 @@ pub fn reload_latency(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, St
             ));
             fits
         };
-        let site = env.site(ports, maxconn)?;
+        let floor_site = env.site(ports, maxconn)?;
         let timeout = secs(30.0 + ports as f64 / 100.0);
-        let mut floor = Vec::new();
-        for _ in 0..plan.latency_reloads {
-            match floor_once(env, &site, timeout) {
-                Ok(d) => floor.push(ms(d)),
-                Err(e) => {
-                    errors.push(format!("latency floor, {ports} ports: {e}"));
-                    break;
-                }
-            }
-        }
+        let round = Round {
+            ports,
+            maxconn,
+            reloads: plan.latency_reloads,
+            timeout,
+        };
+        let (runs, floor, floor_error) =
+            measure_interleaved(env, &plan.methods, &round, &floor_site)?;
+        errors.extend(floor_error);
         let floor_p50 = median(&floor);
         let mut row = vec![floor_p50];
         let mut p50s = Vec::new();
-        for method in plan.methods.clone() {
-            let lat = match measure_reloads(env, &site, method, plan.latency_reloads, timeout) {
-                Ok(lat) => lat,
-                Err(e) => {
-                    let _ = writeln!(
-                        md,
-                        "| {ports} | {} | **{}** | | | | | |",
-                        method.name(),
-                        e.replace('|', "/")
-                    );
-                    if e.starts_with(RELOAD_FAILED) {
-                        if method == Method::Hapmaster {
-                            targets.push(Target {
-                                target: format!("reload latency, {ports} ports"),
-                                measured: format!("no figure: {e}"),
-                                met: false,
-                            });
-                        }
-                    } else {
-                        errors.push(format!("latency {} {ports} ports: {e}", method.name()));
+        for Measured {
+            method,
+            lat,
+            failed,
+            ..
+        } in runs
+        {
+            if let Some(e) = failed {
+                let _ = writeln!(
+                    md,
+                    "| {ports} | {} | **{}** | | | | | |",
+                    method.name(),
+                    e.replace('|', "/")
+                );
+                if e.starts_with(RELOAD_FAILED) {
+                    if method == Method::Hapmaster {
+                        targets.push(Target {
+                            target: format!("reload latency, {ports} ports"),
+                            measured: format!("no figure: {e}"),
+                            met: false,
+                        });
                     }
-                    continue;
+                } else {
+                    errors.push(format!("latency {} {ports} ports: {e}", method.name()));
                 }
-            };
+                continue;
+            }
             let primary = if method == Method::Naive {
                 &lat.newpid
             } else {
