@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The reload benchmark in one command (see README.md, "Reload benchmark"):
-#   bench/run.sh            # full run, ~25 min: results in bench/results/
+#   bench/run.sh            # full run, ~30 min: results in bench/results/
 #   bench/run.sh --quick    # smoke run, seconds
 # Extra arguments go to reload-bench (e.g. --out DIR, --haproxy PATH, storm|latency|...).
 set -euo pipefail
