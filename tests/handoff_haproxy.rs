@@ -80,7 +80,7 @@ fn serve_once(listener: &UnixListener, held: &HeldSet) -> Result<ServeOutcome, S
     let ready = nix::poll::poll(&mut fds, timeout).unwrap();
     assert_eq!(ready, 1, "the new haproxy never connected to the -x socket");
     let (conn, _) = listener.accept().unwrap();
-    serve_getsocks(&conn, &held.as_serve_list(), TRANSFER)
+    serve_getsocks(&conn, held, TRANSFER)
 }
 
 fn locals(infos: &[SocketInfo]) -> BTreeSet<String> {

@@ -102,15 +102,14 @@ pub fn handoff_cost(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, Stri
             let xs = xsock.display().to_string();
             let newer = Bare::start(env, &site.cfg, &["-x", &xs], &site)?;
             let stream = accept_within(&listener, timeout)?;
-            let list = set.as_serve_list();
             let c2 = procfs::thread_cpu_us();
             let t3 = Instant::now();
-            let outcome = serve_getsocks(&stream, &list, timeout)
+            let outcome = serve_getsocks(&stream, &set, timeout)
                 .map_err(|e| format!("serve_getsocks to haproxy -x: {e}"))?;
             let t4 = Instant::now();
             let c3 = procfs::thread_cpu_us();
-            if outcome.sent != list.len() {
-                return Err(format!("served {} of {}", outcome.sent, list.len()));
+            if outcome.sent != set.len() {
+                return Err(format!("served {} of {}", outcome.sent, set.len()));
             }
             let npid = newer.pid();
             wait_answer(site.addr, Instant::now() + timeout, |_| true);
@@ -119,7 +118,6 @@ pub fn handoff_cost(env: &Env, plan: &Plan, nofile: u64) -> Result<Section, Stri
             while procfs::alive(npid) && Instant::now() < gone {
                 thread::sleep(Duration::from_millis(2));
             }
-            drop(list);
             drop(set);
             let _ = std::fs::remove_file(&xsock);
             fetch_w.push(ms(t1 - t0));
