@@ -198,6 +198,7 @@ pub fn run(
         workers: Workers::default(),
         reloads: 0,
         failed_reloads: 0,
+        metrics: Default::default(),
         startup_logs: String::new(),
         started: Instant::now(),
         launch,
@@ -214,6 +215,8 @@ pub fn run(
         }
         Some(snapshot) => master.resume(snapshot),
     }
+    // Read once, so that scrapes agree; `started` crosses an upgrade in place, this follows it.
+    master.metrics.start_time = std::time::SystemTime::now().checked_sub(master.started.elapsed());
     master.settle();
     while master.exit.is_none() {
         master.turn();
@@ -277,6 +280,8 @@ struct Master<'a> {
     /// them.
     reloads: u64,
     failed_reloads: u64,
+    /// What `show metrics` counts (reload results and times, crash replacements).
+    metrics: super::metrics::Counters,
     /// The last load's log in haproxy's format (`show startup-logs`, the `reload` answer).
     startup_logs: String,
     started: Instant,
@@ -512,6 +517,7 @@ impl Master<'_> {
             ReloadKind::Hard => "hard reload",
         };
         log::info!("{what} requested by {origin}");
+        self.metrics.reload_requested(Instant::now());
         self.push(Event::ReloadRequested(kind))
     }
 
@@ -657,6 +663,12 @@ impl Master<'_> {
                 } else {
                     self.failed_reloads += 1;
                 }
+                self.metrics.reload_done(
+                    generation,
+                    reason.is_none(),
+                    Instant::now(),
+                    std::time::SystemTime::now(),
+                );
                 let startup = self.startup_output(generation, reason.is_none());
                 self.config_reload_done(&startup, reason.as_deref());
                 self.answer_reloads(generation, reason.as_deref(), &startup);
@@ -708,8 +720,13 @@ impl Master<'_> {
 
     fn spawn(&mut self, generation: u64, kind: StartKind) {
         // haproxy counts a reload when it starts, whatever comes of it.
-        if matches!(kind, StartKind::Reload(_)) {
-            self.reloads += 1;
+        match kind {
+            StartKind::Reload(_) => {
+                self.reloads += 1;
+                self.metrics.reload_started(generation, Instant::now());
+            }
+            StartKind::Replace => self.metrics.worker_replaced(),
+            StartKind::Initial => {}
         }
         let fragment = match self.runtime.write_fragment(generation) {
             Ok(f) => f,
