@@ -4,6 +4,9 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `show metrics` as sample → value; every sample line must follow a `# TYPE` of its family.
@@ -219,4 +222,180 @@ fn show_metrics_counts_reloads_and_crashes() {
     );
     assert_ne!(current_worker(&hm), old);
     assert!(hm.stop().success());
+}
+
+/// One HTTP/1.1 request on a new connection; the whole answer (the server closes).
+fn http(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(EVENT)).unwrap();
+    s.set_write_timeout(Some(EVENT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("reading the answer to {request:?}: {e}"));
+    answer
+}
+
+/// `promtool check metrics` on `text`, when Debian's `prometheus` package is installed.
+fn promtool_check(text: &str, what: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!(
+            "SKIPPED promtool check of {what}: promtool not installed (apt-get install prometheus)"
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics on {what}: {}\n{}{}\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_over_http_answer_only_get_metrics() {
+    let port = free_port();
+    let mport = free_port();
+    let addr = format!("127.0.0.1:{mport}");
+    let mut hm = Hapmaster::start_ready(
+        http_config(&[format!("127.0.0.1:{port}")]),
+        &["--metrics-bind", &addr],
+    );
+    let answer = http(&addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("no end of head");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        head.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nConnection: close"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nContent-Length: {}", body.len())),
+        "{head}"
+    );
+    // The same families and values as the CLI's, the newline that ends a CLI answer apart.
+    let cli = hm.cli("show metrics");
+    let strip = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.is_empty() && !l.starts_with("hapmaster_start_time_seconds"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(strip(body), strip(&cli));
+    assert!(
+        body.contains("hapmaster_workers{role=\"current\"} 1\n"),
+        "{body}"
+    );
+    promtool_check(body, "GET /metrics");
+    promtool_check(cli.trim_end_matches('\n'), "show metrics");
+
+    for (request, status) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], "404 Not Found"),
+        (b"GET /metricsx HTTP/1.0\r\n\r\n", "404 Not Found"),
+        (
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "405 Method Not Allowed",
+        ),
+        (b"GET /metrics SPDY/3\r\n\r\n", "400 Bad Request"),
+    ] {
+        let answer = http(&addr, request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{request:?}: {answer}"
+        );
+    }
+    assert!(hm.stop().success());
+}
+
+/// Clients that send nothing, or a 1 MiB head, or never read, delay neither the master CLI nor
+/// another scraper; the silent ones are dropped at --cli-timeout, the huge head is refused.
+#[test]
+fn hostile_http_clients_do_not_stall_the_master() {
+    let port = free_port();
+    let mport = free_port();
+    let addr = format!("127.0.0.1:{mport}");
+    let hm = Hapmaster::start_ready(
+        http_config(&[format!("127.0.0.1:{port}")]),
+        &["--metrics-bind", &addr, "--cli-timeout", "2s"],
+    );
+    // More silent clients than there are slots.
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // A request sent, its answer never read.
+    let mut unread = TcpStream::connect(&addr).unwrap();
+    unread.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    // A 1 MiB head: refused once 8 KiB are in; the write may fail when the master closes.
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    huge.set_write_timeout(Some(EVENT)).unwrap();
+    huge.set_read_timeout(Some(EVENT)).unwrap();
+    let mut head = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    head.resize(1 << 20, b'a');
+    let _ = huge.write_all(&head);
+
+    let proc = hm.cli("show proc");
+    assert!(proc.contains("# workers"), "{proc}");
+    assert!(hm
+        .cli("show metrics")
+        .contains("hapmaster_held_listeners 1\n"));
+
+    // Each silent client is dropped (EOF) once its deadline passed, including those that waited
+    // in the backlog for a slot.
+    for (i, mut s) in silent.into_iter().enumerate() {
+        s.set_read_timeout(Some(EVENT)).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("silent client {i}: {other:?}"),
+        }
+    }
+    // Slots free again: a scraper is served.
+    let answer = http(&addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    drop(unread);
+    drop(huge);
+}
+
+/// A --metrics-bind address that cannot be bound stops the start, saying which and why.
+#[test]
+fn metrics_bind_error_is_fatal() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = TestDir::new();
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, http_config(&[format!("127.0.0.1:{}", free_port())])).unwrap();
+    let mut child = ChildGuard(
+        hapmaster_command(&dir.join("rt"), &["--metrics-bind", &addr], &cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = poll_until(EVENT, || child.0.try_wait().unwrap()).expect("hapmaster still runs");
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{status}: {stderr}");
+    let want = format!("--metrics-bind: cannot listen on {addr}: ");
+    assert!(stderr.contains(&want), "no {want:?} in:\n{stderr}");
 }

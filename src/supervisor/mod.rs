@@ -5,6 +5,7 @@ pub mod event_loop;
 pub mod forward;
 pub mod last_good;
 pub mod metrics;
+pub mod metrics_http;
 pub mod output;
 pub mod probe;
 pub mod relay;

@@ -1072,6 +1072,19 @@ impl Master<'_> {
         crate::supervisor::metrics::render(&self.metrics, &now)
     }
 
+    /// Moves `--metrics-bind` client `id` on; drops it once its answer is out or it is gone.
+    pub(super) fn step_metrics_client(&mut self, id: u64) {
+        let Some(mut http) = self.metrics_http.take() else {
+            return;
+        };
+        if let Some(c) = http.clients.get_mut(&id) {
+            if c.step(|| self.show_metrics()) == crate::supervisor::metrics_http::Step::Done {
+                http.clients.remove(&id);
+            }
+        }
+        self.metrics_http = Some(http);
+    }
+
     fn show_listeners(&self) -> String {
         let used_by = self
             .state

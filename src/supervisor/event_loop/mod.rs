@@ -94,8 +94,15 @@ use workers::{WorkerRuntime, Workers};
 #[derive(Debug)]
 pub enum SetupError {
     Signals(io::Error),
-    HandoffSocket { path: PathBuf, source: io::Error },
+    HandoffSocket {
+        path: PathBuf,
+        source: io::Error,
+    },
     ControlSocket(crate::control::spec::SpecError),
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl std::fmt::Display for SetupError {
@@ -109,6 +116,11 @@ impl std::fmt::Display for SetupError {
                 path.display()
             ),
             SetupError::ControlSocket(e) => write!(f, "-S: {e}"),
+            SetupError::MetricsBind { addr, source } => write!(
+                f,
+                "--metrics-bind: cannot listen on {addr}: {source} \
+                 (is another process on that port? choose another, or leave the option out)"
+            ),
         }
     }
 }
@@ -116,7 +128,9 @@ impl std::fmt::Display for SetupError {
 impl std::error::Error for SetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SetupError::Signals(e) | SetupError::HandoffSocket { source: e, .. } => Some(e),
+            SetupError::Signals(e)
+            | SetupError::HandoffSocket { source: e, .. }
+            | SetupError::MetricsBind { source: e, .. } => Some(e),
             SetupError::ControlSocket(e) => Some(e),
         }
     }
@@ -164,6 +178,13 @@ pub fn run(
             ControlListener::open(arg, &staging, &mut taken).map_err(SetupError::ControlSocket)?;
         listeners.push(listener);
     }
+    let metrics_http = opts
+        .metrics_bind
+        .map(|addr| {
+            super::metrics_http::Endpoint::bind(addr)
+                .map_err(|source| SetupError::MetricsBind { addr, source })
+        })
+        .transpose()?;
     let sockets: Vec<_> = listeners
         .iter()
         .map(|l| {
@@ -199,6 +220,7 @@ pub fn run(
         reloads: 0,
         failed_reloads: 0,
         metrics: Default::default(),
+        metrics_http,
         startup_logs: String::new(),
         started: Instant::now(),
         launch,
@@ -282,6 +304,8 @@ struct Master<'a> {
     failed_reloads: u64,
     /// What `show metrics` counts (reload results and times, crash replacements).
     metrics: super::metrics::Counters,
+    /// `--metrics-bind`'s listener and clients.
+    metrics_http: Option<super::metrics_http::Endpoint>,
     /// The last load's log in haproxy's format (`show startup-logs`, the `reload` answer).
     startup_logs: String,
     started: Instant,
@@ -315,6 +339,8 @@ enum Token {
     Stderr,
     /// The notify socket has room for what waits (queued messages, the fd store).
     Notify,
+    MetricsListener,
+    MetricsClient(u64),
 }
 
 impl Master<'_> {
@@ -374,6 +400,17 @@ impl Master<'_> {
                 fds.push(PollFd::new(task.fd().unwrap_or(s.fd()), task.interest()));
             }
         }
+        if let Some(http) = &self.metrics_http {
+            // At the client limit, new clients wait in the listen backlog.
+            if http.has_room() {
+                tokens.push(Token::MetricsListener);
+                fds.push(PollFd::new(http.listener.as_fd(), PollFlags::POLLIN));
+            }
+            for (id, c) in &http.clients {
+                tokens.push(Token::MetricsClient(*id));
+                fds.push(PollFd::new(c.fd(), c.interest()));
+            }
+        }
         // Only while something waits: an idle master polls neither.
         if crate::stderr_buffer::wants_writable() {
             tokens.push(Token::Stderr);
@@ -418,6 +455,13 @@ impl Master<'_> {
                 Token::Task => {}
                 Token::Stderr => crate::stderr_buffer::flush(),
                 Token::Notify => self.notify_writable(),
+                Token::MetricsListener => {
+                    let deadline = Instant::now() + self.opts.cli_timeout;
+                    if let Some(http) = self.metrics_http.as_mut() {
+                        http.accept(deadline);
+                    }
+                }
+                Token::MetricsClient(id) => self.step_metrics_client(id),
             }
             // What a client's command does next sees what an earlier signal changed.
             self.settle();
@@ -430,6 +474,9 @@ impl Master<'_> {
         self.fire_timers(now);
         self.settle();
         self.expire_sessions(now);
+        if let Some(http) = self.metrics_http.as_mut() {
+            http.expire(now);
+        }
         if self.upgrade_requested && self.state.is_settled() {
             self.upgrade_requested = false;
             self.upgrade();
@@ -463,6 +510,9 @@ impl Master<'_> {
                 .filter(|s| !s.relay_stalled())
                 .filter_map(|s| s.task.as_ref().map(Task::wakeup))
                 .min(),
+            self.metrics_http
+                .as_ref()
+                .and_then(|h| h.clients.values().map(|c| c.deadline).min()),
         ];
         match deadlines.into_iter().flatten().min() {
             None => PollTimeout::NONE,
