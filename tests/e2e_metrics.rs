@@ -399,3 +399,26 @@ fn metrics_bind_error_is_fatal() {
     let want = format!("--metrics-bind: cannot listen on {addr}: ");
     assert!(stderr.contains(&want), "no {want:?} in:\n{stderr}");
 }
+
+/// An upgrade in place closes the endpoint at the exec and the new image binds it again.
+#[test]
+fn metrics_endpoint_survives_an_upgrade_in_place() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut hm = Hapmaster::start_ready(
+        http_config(&[format!("127.0.0.1:{port}")]),
+        &["--metrics-bind", &addr],
+    );
+    let answer = hm.cli("reload");
+    assert!(answer.starts_with("Success=1"), "{answer}");
+    hm.signal(SIGURG);
+    hm.wait_notify(|d| d.contains("upgraded in place"), EVENT);
+    let answer = http(&addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // The counters start again with the new image (they are not in the upgrade's snapshot).
+    assert!(
+        answer.contains("hapmaster_reloads_total{result=\"success\"} 0\n"),
+        "{answer}"
+    );
+    assert!(hm.stop().success());
+}

@@ -178,13 +178,24 @@ pub fn run(
             ControlListener::open(arg, &staging, &mut taken).map_err(SetupError::ControlSocket)?;
         listeners.push(listener);
     }
-    let metrics_http = opts
+    // Fatal at start; after an upgrade in place (the previous image's socket closed at the
+    // exec) the workers must not lose their master over it.
+    let metrics_http = match opts
         .metrics_bind
-        .map(|addr| {
-            super::metrics_http::Endpoint::bind(addr)
-                .map_err(|source| SetupError::MetricsBind { addr, source })
-        })
-        .transpose()?;
+        .map(|addr| (addr, super::metrics_http::Endpoint::bind(addr)))
+    {
+        None => None,
+        Some((_, Ok(endpoint))) => Some(endpoint),
+        Some((addr, Err(source))) if resume.is_some() => {
+            log::error!(
+                "--metrics-bind: cannot listen on {addr} again after the upgrade in place: \
+                 {source}; GET /metrics is off until the master restarts (show metrics still \
+                 answers)"
+            );
+            None
+        }
+        Some((addr, Err(source))) => return Err(SetupError::MetricsBind { addr, source }),
+    };
     let sockets: Vec<_> = listeners
         .iter()
         .map(|l| {
