@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::exposition::{Exposition, Kind};
 
 /// How the last reload ended.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LastReload {
     pub success: bool,
     /// From the request (the first of those joined into it) to READY or the failure.
@@ -15,7 +15,16 @@ pub struct LastReload {
     pub at: SystemTime,
 }
 
-/// The counters; they start at zero with the master's image.
+/// What of the counters crosses an upgrade in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub worker_restarts: u64,
+    pub last_reload: Option<LastReload>,
+}
+
+/// The counters; they start at zero with the master and cross an upgrade in place.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub reloads_ok: u64,
@@ -32,6 +41,23 @@ pub struct Counters {
 }
 
 impl Counters {
+    pub fn totals(&self) -> Totals {
+        Totals {
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            worker_restarts: self.worker_restarts,
+            last_reload: self.last_reload,
+        }
+    }
+
+    /// Goes on from what the previous image counted (no reload runs across the exec).
+    pub fn resume(&mut self, t: Totals) {
+        self.reloads_ok = t.reloads_ok;
+        self.reloads_failed = t.reloads_failed;
+        self.worker_restarts = t.worker_restarts;
+        self.last_reload = t.last_reload;
+    }
+
     /// A reload was asked for (it may join one already queued: the earliest request counts).
     pub fn reload_requested(&mut self, now: Instant) {
         self.requested.get_or_insert(now);
