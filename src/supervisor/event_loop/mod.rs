@@ -350,7 +350,9 @@ enum Token {
     Stderr,
     /// The notify socket has room for what waits (queued messages, the fd store).
     Notify,
+    /// `--metrics-bind`'s listener has clients waiting.
     MetricsListener,
+    /// A `--metrics-bind` client's socket is ready for what it waits for.
     MetricsClient(u64),
 }
 
