@@ -3,6 +3,7 @@ pub mod config_copy;
 pub mod config_scan;
 pub mod control;
 pub mod daemon;
+pub mod exposition;
 pub mod fdstore;
 pub mod fs_at;
 pub mod handoff;

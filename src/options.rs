@@ -47,6 +47,8 @@ pub struct Options {
     /// been answered (from its first byte until its answer is written) this long, is
     /// disconnected (haproxy's `stats timeout`, 10 s by default).
     pub cli_timeout: Duration,
+    /// `--metrics-bind ADDR:PORT`: serve `GET /metrics` there (off by default).
+    pub metrics_bind: Option<std::net::SocketAddr>,
     /// What `haproxy -v` printed before the master's loop started (never from the command line):
     /// which `-x` workers take, and the master CLI's dialect until a worker tells its version.
     /// None: not told (a wrapper, a custom build).
@@ -144,7 +146,7 @@ impl fmt::Display for OptionsError {
                 f,
                 "unknown option {option}: hapmaster's own options are --haproxy, \
                  --ready-timeout, --runtime-dir, --exit-on-failure, --max-old-workers, \
-                 --drain-timeout, --cli-timeout, --help and --version (see --help)"
+                 --drain-timeout, --cli-timeout, --metrics-bind, --help and --version (see --help)"
             ),
             Self::UnexpectedArgument { arg } => write!(
                 f,
@@ -214,6 +216,7 @@ struct Parsed {
     max_old_workers: Option<usize>,
     drain_timeout: Option<Duration>,
     cli_timeout: Option<Duration>,
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// Default of `--cli-timeout`, as haproxy's `stats timeout`.
@@ -301,6 +304,7 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         max_old_workers: p.max_old_workers.unwrap_or(DEFAULT_MAX_OLD_WORKERS),
         drain_timeout: p.drain_timeout,
         cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
+        metrics_bind: p.metrics_bind,
         binary_version: None,
     };
     Ok(if p.check {
@@ -347,6 +351,16 @@ fn parse_long<I: Iterator<Item = OsString>>(
         b"--cli-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 10s")?;
             p.cli_timeout = Some(parse_positive_duration(&name_str, &v)?);
+        }
+        b"--metrics-bind" => {
+            const EXPECTED: &str = "an address and port such as 127.0.0.1:9101 or [::1]:9101";
+            let v = long_value(&name_str, inline, rest, EXPECTED)?;
+            let addr = v.to_str().and_then(|t| t.parse().ok());
+            p.metrics_bind = Some(addr.ok_or_else(|| OptionsError::InvalidValue {
+                flag: name_str.clone(),
+                value: v.to_string_lossy().into_owned(),
+                expected: EXPECTED.into(),
+            })?);
         }
         b"--drain-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 5m")?;
@@ -592,6 +606,9 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
                          answered this long after its first byte, is disconnected (default 10s)
   --drain-timeout DUR    an old worker still draining DUR after its soft stop gets SIGTERM,
                          then SIGKILL 5s later (default: none; haproxy's hard-stop-after applies)
+  --metrics-bind ADDR:PORT
+                         serve GET /metrics (Prometheus text format, as `show metrics`) over
+                         HTTP on ADDR:PORT (default: off)
   Both `--opt VALUE` and `--opt=VALUE` are accepted.
 
 Accepted and ignored (hapmaster does these itself), with a notice:
@@ -844,6 +861,25 @@ mod tests {
     }
 
     #[test]
+    fn metrics_bind() {
+        assert_eq!(run(&["-f", "c"]).metrics_bind, None);
+        let o = run(&["--metrics-bind", "127.0.0.1:9101", "-f", "c"]);
+        assert_eq!(o.metrics_bind, Some("127.0.0.1:9101".parse().unwrap()));
+        let o = run(&["--metrics-bind=[::1]:9101", "-f", "c"]);
+        assert_eq!(o.metrics_bind, Some("[::1]:9101".parse().unwrap()));
+        for bad in ["localhost:9101", "127.0.0.1", ":9101", "::1:9101"] {
+            let e = p(&["--metrics-bind", bad, "-f", "c"]).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid value \"{bad}\" for --metrics-bind: an address and port such as \
+                     127.0.0.1:9101 or [::1]:9101"
+                )
+            );
+        }
+    }
+
+    #[test]
     fn missing_arguments_name_the_flag() {
         for flag in [
             "-f",
@@ -1026,6 +1062,7 @@ mod tests {
             "--max-old-workers",
             "--drain-timeout",
             "--cli-timeout",
+            "--metrics-bind",
             "-x PATH",
             "-sf",
             "-st",

@@ -131,7 +131,12 @@ fn help_is_haproxys_list_and_hapmasters_own() {
         let hard = (!expected.contains("  hard-reload ")).then_some("  hard-reload ");
         let ours: Vec<&str> = hard
             .into_iter()
-            .chain(["  await-reload ", "  show listeners ", "  _getsocks "])
+            .chain([
+                "  await-reload ",
+                "  show listeners ",
+                "  show metrics ",
+                "  _getsocks ",
+            ])
             .collect();
         let theirs: String = got
             .split_inclusive('\n')

@@ -25,6 +25,8 @@ pub enum Request {
     /// `await-reload`: the outcome of the reload a signal asked for (see the event loop).
     AwaitReload,
     ShowListeners,
+    /// `show metrics`: hapmaster's counters in Prometheus' text format.
+    ShowMetrics,
     Getsocks,
     /// `prompt <args>`: its words after `prompt` (`timed`, 3.2's `i`, `p`), which the
     /// session's dialect reads (`control::prompt::apply_prompt`).
@@ -85,6 +87,7 @@ impl Request {
             Request::Keyword(_)
             | Request::ShowProc { .. }
             | Request::ShowListeners
+            | Request::ShowMetrics
             | Request::Prompt { .. }
             | Request::Quit
             | Request::SetTarget { .. }
@@ -287,6 +290,7 @@ fn parse_master_command(cmd: &str) -> Request {
     match words.as_slice() {
         ["show", "proc"] => Request::ShowProc { debug: false },
         ["show", "listeners"] => Request::ShowListeners,
+        ["show", "metrics"] => Request::ShowMetrics,
         ["reload"] => Request::Reload,
         ["hard-reload"] => Request::HardReload,
         ["await-reload"] => Request::AwaitReload,
@@ -427,6 +431,7 @@ mod tests {
         assert_eq!(parse("show proc"), SHOW_PROC);
         assert_eq!(parse("  show \t proc  "), SHOW_PROC);
         assert_eq!(parse("show listeners"), Request::ShowListeners);
+        assert_eq!(parse("show metrics"), Request::ShowMetrics);
         assert_eq!(parse("reload"), Request::Reload);
         assert_eq!(parse("hard-reload"), Request::HardReload);
         assert_eq!(parse("_getsocks"), Request::Getsocks);
@@ -623,6 +628,7 @@ mod tests {
             keyword(&["help"]),
             SHOW_PROC,
             Request::ShowListeners,
+            Request::ShowMetrics,
             prompt(&[]),
             Request::Quit,
             Request::SetTarget {

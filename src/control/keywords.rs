@@ -7,7 +7,7 @@
 //! table below holds those, in haproxy's order (keyword lists of cli.c, mworker.c, errors.c, in
 //! the order the binary registers them: the order matters for equally good suggestions), each
 //! with the version that made it a master command. hapmaster's own commands (`show listeners`,
-//! `await-reload`, `_getsocks`) are not in it: they are found before it, and suggesting them
+//! `show metrics`, `await-reload`, `_getsocks`) are not in it: they are found before it, and suggesting them
 //! would change haproxy's answers.
 
 use crate::control::levels::Level;
@@ -184,6 +184,12 @@ const HAPMASTER: &[Keyword] = &[
     k(
         &["show", "listeners"],
         Some("show listeners                          : show the listening sockets the master holds"),
+        ALWAYS,
+        Kw::Hapmaster,
+    ),
+    k(
+        &["show", "metrics"],
+        Some("show metrics                            : show the master's metrics (Prometheus text format)"),
         ALWAYS,
         Kw::Hapmaster,
     ),

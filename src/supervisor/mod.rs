@@ -4,6 +4,8 @@ pub mod admission;
 pub mod event_loop;
 pub mod forward;
 pub mod last_good;
+pub mod metrics;
+pub mod metrics_http;
 pub mod output;
 pub mod probe;
 pub mod relay;

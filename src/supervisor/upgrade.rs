@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
+use super::metrics::{LastReload, Totals};
 use super::state::{Generation, Pid, Role, StateSnapshot, Worker};
 use crate::handoff::wire::Record;
 
 /// The environment variable that carries a `Snapshot` to the re-executed image.
 pub const STATE_ENV: &str = "HAPMASTER_UPGRADE_STATE";
 /// Bumped when the format changes, so an older binary refuses a newer snapshot.
-const FORMAT: &str = "hapmaster-upgrade 2";
+const FORMAT: &str = "hapmaster-upgrade 3";
+/// Format 2 lacks the `metrics` line: still read, the metrics' counters start afresh.
+const FORMAT_2: &str = "hapmaster-upgrade 2";
 /// The format of the images before `show proc`'s times and counts crossed the exec: still read,
 /// so an upgrade from such an image works; what it lacks starts afresh, as it did then.
 const FORMAT_1: &str = "hapmaster-upgrade 1";
@@ -95,6 +98,8 @@ pub struct MasterSnapshot {
     pub reloads: u64,
     /// Failed reloads in a row.
     pub failed_reloads: u64,
+    /// `show metrics`' counters (zero from formats 1 and 2).
+    pub metrics: Totals,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +197,17 @@ impl Snapshot {
             self.master.reloads,
             self.master.failed_reloads
         ));
+        let m = &self.master.metrics;
+        let last = m.last_reload.map_or("- - -".to_string(), |l| {
+            let at =
+                l.at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+            format!("{} {} {at}", u8::from(l.success), l.duration.as_micros())
+        });
+        out.push_str(&format!(
+            "metrics {} {} {} {last}\n",
+            m.reloads_ok, m.reloads_failed, m.worker_restarts
+        ));
         if let Some(pid) = self.state.current {
             out.push_str(&format!("current {pid}\n"));
         }
@@ -233,13 +249,15 @@ impl Snapshot {
         let mut lines = text.lines();
         let first = lines.next();
         let v1 = first == Some(FORMAT_1);
-        if !v1 && first != Some(FORMAT) {
+        let v2 = first == Some(FORMAT_2);
+        if !v1 && !v2 && first != Some(FORMAT) {
             return Err(SnapshotError(format!(
                 "not in the format {FORMAT:?} (nor the older {FORMAT_1:?}): \
                  written by a newer hapmaster?"
             )));
         }
         let mut master = None;
+        let mut metrics = None;
         let mut snap = Snapshot {
             runtime_dir: PathBuf::new(),
             runtime_created: false,
@@ -248,6 +266,7 @@ impl Snapshot {
                 started: clock.now,
                 reloads: 0,
                 failed_reloads: 0,
+                metrics: Totals::default(),
             },
             state: StateSnapshot {
                 workers: Vec::new(),
@@ -287,6 +306,27 @@ impl Snapshot {
                         started: clock.instant_of(when(1)?),
                         reloads: count(2)?,
                         failed_reloads: count(3)?,
+                        metrics: Totals::default(),
+                    })
+                }
+                ("metrics", 7) if !v1 && !v2 && metrics.is_none() => {
+                    let last_reload = match f[4] {
+                        "-" if f[5] == "-" && f[6] == "-" => None,
+                        _ => Some(LastReload {
+                            success: match count(4)? {
+                                0 => false,
+                                1 => true,
+                                _ => return Err(bad()),
+                            },
+                            duration: Duration::from_micros(count(5)?),
+                            at: std::time::UNIX_EPOCH + Duration::from_micros(count(6)?),
+                        }),
+                    };
+                    metrics = Some(Totals {
+                        reloads_ok: count(1)?,
+                        reloads_failed: count(2)?,
+                        worker_restarts: count(3)?,
+                        last_reload,
                     })
                 }
                 ("worker", 4 | 7) if v1 == (f.len() == 4) => {
@@ -350,6 +390,11 @@ impl Snapshot {
             Some(m) => snap.master = m,
             None if v1 => {}
             None => return Err(SnapshotError("no master line".into())),
+        }
+        match metrics {
+            Some(m) => snap.master.metrics = m,
+            None if v1 || v2 => {}
+            None => return Err(SnapshotError("no metrics line".into())),
         }
         Ok(snap)
     }
@@ -494,6 +539,16 @@ mod tests {
                 started: at(1_000_000),
                 reloads: 7,
                 failed_reloads: 2,
+                metrics: Totals {
+                    reloads_ok: 5,
+                    reloads_failed: 2,
+                    worker_restarts: 1,
+                    last_reload: Some(LastReload {
+                        success: false,
+                        duration: Duration::from_micros(1_250_000),
+                        at: std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+                    }),
+                },
             },
             state: StateSnapshot {
                 next_generation: 9,
@@ -578,7 +633,19 @@ mod tests {
         let good = sample(c).encode(c);
         let decode = |text: &str| Snapshot::decode(text, c);
         assert!(decode("").is_err());
-        assert!(decode(&good.replace(FORMAT, "hapmaster-upgrade 3")).is_err());
+        assert!(decode(&good.replace(FORMAT, "hapmaster-upgrade 4")).is_err());
+        let no_metrics: String = good
+            .lines()
+            .filter(|l| !l.starts_with("metrics "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(decode(&no_metrics).is_err());
+        assert!(decode(&format!("{good}metrics 1 1 1 - - -\n")).is_err());
+        let two = good.replace(
+            "metrics 5 2 1 0 1250000 1700000000123456",
+            "metrics 5 2 1 2 1 1",
+        );
+        assert!(decode(&two).is_err(), "{two}");
         let no_master: String = good
             .lines()
             .filter(|l| !l.starts_with("master "))
@@ -615,7 +682,8 @@ mod tests {
             MasterSnapshot {
                 started: c.now,
                 reloads: 0,
-                failed_reloads: 0
+                failed_reloads: 0,
+                metrics: Totals::default(),
             }
         );
         assert_eq!(
@@ -640,6 +708,29 @@ mod tests {
         // Format 1 has no master line, nor format 2's worker lines.
         assert!(Snapshot::decode(&format!("{text}master 1 0 0\n"), c).is_err());
         assert!(Snapshot::decode(&format!("{text}worker 1 2 current 5 0 -\n"), c).is_err());
+    }
+
+    /// Format 2 (before `show metrics`): read, with the metrics' counters at zero.
+    #[test]
+    fn reads_format_2() {
+        let c = clock();
+        let good = sample(c).encode(c);
+        let v2: String = good
+            .replace(FORMAT, FORMAT_2)
+            .lines()
+            .filter(|l| !l.starts_with("metrics "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let snap = Snapshot::decode(&v2, c).unwrap();
+        assert_eq!(snap.master.metrics, Totals::default());
+        assert_eq!(snap.master.reloads, 7);
+        assert!(Snapshot::decode(&good.replace(FORMAT, FORMAT_2), c).is_err());
+        // No reload yet: the last one's fields are `-`.
+        let mut fresh = sample(c);
+        fresh.master.metrics.last_reload = None;
+        let text = fresh.encode(c);
+        assert!(text.contains("\nmetrics 5 2 1 - - -\n"), "{text}");
+        assert_eq!(Snapshot::decode(&text, c).unwrap(), fresh);
     }
 
     #[test]

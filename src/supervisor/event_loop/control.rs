@@ -151,7 +151,8 @@ fn stopping_answer() -> String {
 fn needs(request: &Request, dialect: Dialect) -> Level {
     match request {
         Request::Reload | Request::HardReload | Request::AwaitReload => Level::Operator,
-        Request::ShowProc { .. } => keywords::needs(Kw::ShowProc, dialect),
+        // Read-only, as `show proc`: whoever may run that may read the counters.
+        Request::ShowProc { .. } | Request::ShowMetrics => keywords::needs(Kw::ShowProc, dialect),
         Request::Getsocks => Level::Admin,
         _ => Level::User,
     }
@@ -550,6 +551,7 @@ impl Master<'_> {
         match request {
             Request::ShowProc { debug } => Step::Answer(self.show_proc(debug)),
             Request::ShowListeners => Step::Answer(self.show_listeners()),
+            Request::ShowMetrics => Step::Answer(self.show_metrics()),
             Request::Reload => self.start_reload(id, ReloadKind::Soft),
             Request::HardReload => self.start_reload(id, ReloadKind::Hard),
             Request::AwaitReload => match self.await_reload(peer) {
@@ -1051,6 +1053,36 @@ impl Master<'_> {
         // After haproxy's rows, as a comment, so that parsers of haproxy's output keep working.
         out.push_str(&comment_lines(self.last_good_note().as_slice()));
         out
+    }
+
+    /// The metrics, from the counters and what the state says now.
+    pub(super) fn show_metrics(&self) -> String {
+        let mut now = crate::supervisor::metrics::Now {
+            held_listeners: self.held.len(),
+            haproxy_version: self.haproxy_version(),
+            ..Default::default()
+        };
+        for w in self.state.workers() {
+            match w.role {
+                Role::Current => now.current += 1,
+                Role::Starting => now.starting += 1,
+                Role::Draining | Role::Failed | Role::Terminating => now.draining += 1,
+            }
+        }
+        crate::supervisor::metrics::render(&self.metrics, &now)
+    }
+
+    /// Moves `--metrics-bind` client `id` on; drops it once its answer is out or it is gone.
+    pub(super) fn step_metrics_client(&mut self, id: u64) {
+        let Some(mut http) = self.metrics_http.take() else {
+            return;
+        };
+        if let Some(c) = http.clients.get_mut(&id) {
+            if c.step(|| self.show_metrics()) == crate::supervisor::metrics_http::Step::Done {
+                http.clients.remove(&id);
+            }
+        }
+        self.metrics_http = Some(http);
     }
 
     fn show_listeners(&self) -> String {

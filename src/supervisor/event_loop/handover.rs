@@ -27,6 +27,7 @@ impl Master<'_> {
                 started: self.started,
                 reloads: self.reloads,
                 failed_reloads: self.failed_reloads,
+                metrics: self.metrics.totals(),
             },
             state: self.state.snapshot(),
             workers: self
@@ -157,6 +158,7 @@ impl Master<'_> {
         self.started = snapshot.master.started;
         self.reloads = snapshot.master.reloads;
         self.failed_reloads = snapshot.master.failed_reloads;
+        self.metrics.resume(snapshot.master.metrics);
         for w in snapshot.workers {
             let output = match w.output.map(upgrade::adopt_fd) {
                 Some(Ok(fd)) => Output::running(fd),

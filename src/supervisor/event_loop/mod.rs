@@ -94,8 +94,15 @@ use workers::{WorkerRuntime, Workers};
 #[derive(Debug)]
 pub enum SetupError {
     Signals(io::Error),
-    HandoffSocket { path: PathBuf, source: io::Error },
+    HandoffSocket {
+        path: PathBuf,
+        source: io::Error,
+    },
     ControlSocket(crate::control::spec::SpecError),
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl std::fmt::Display for SetupError {
@@ -109,6 +116,11 @@ impl std::fmt::Display for SetupError {
                 path.display()
             ),
             SetupError::ControlSocket(e) => write!(f, "-S: {e}"),
+            SetupError::MetricsBind { addr, source } => write!(
+                f,
+                "--metrics-bind: cannot listen on {addr}: {source} \
+                 (is another process on that port? choose another, or leave the option out)"
+            ),
         }
     }
 }
@@ -116,7 +128,9 @@ impl std::fmt::Display for SetupError {
 impl std::error::Error for SetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SetupError::Signals(e) | SetupError::HandoffSocket { source: e, .. } => Some(e),
+            SetupError::Signals(e)
+            | SetupError::HandoffSocket { source: e, .. }
+            | SetupError::MetricsBind { source: e, .. } => Some(e),
             SetupError::ControlSocket(e) => Some(e),
         }
     }
@@ -164,6 +178,24 @@ pub fn run(
             ControlListener::open(arg, &staging, &mut taken).map_err(SetupError::ControlSocket)?;
         listeners.push(listener);
     }
+    // Fatal at start; after an upgrade in place (the previous image's socket closed at the
+    // exec) the workers must not lose their master over it.
+    let metrics_http = match opts
+        .metrics_bind
+        .map(|addr| (addr, super::metrics_http::Endpoint::bind(addr)))
+    {
+        None => None,
+        Some((_, Ok(endpoint))) => Some(endpoint),
+        Some((addr, Err(source))) if resume.is_some() => {
+            log::error!(
+                "--metrics-bind: cannot listen on {addr} again after the upgrade in place: \
+                 {source}; GET /metrics is off until the master restarts (show metrics still \
+                 answers)"
+            );
+            None
+        }
+        Some((addr, Err(source))) => return Err(SetupError::MetricsBind { addr, source }),
+    };
     let sockets: Vec<_> = listeners
         .iter()
         .map(|l| {
@@ -198,6 +230,8 @@ pub fn run(
         workers: Workers::default(),
         reloads: 0,
         failed_reloads: 0,
+        metrics: Default::default(),
+        metrics_http,
         startup_logs: String::new(),
         started: Instant::now(),
         launch,
@@ -214,6 +248,8 @@ pub fn run(
         }
         Some(snapshot) => master.resume(snapshot),
     }
+    // Read once, so that scrapes agree; `started` crosses an upgrade in place, this follows it.
+    master.metrics.start_time = std::time::SystemTime::now().checked_sub(master.started.elapsed());
     master.settle();
     while master.exit.is_none() {
         master.turn();
@@ -277,6 +313,10 @@ struct Master<'a> {
     /// them.
     reloads: u64,
     failed_reloads: u64,
+    /// What `show metrics` counts (reload results and times, crash replacements).
+    metrics: super::metrics::Counters,
+    /// `--metrics-bind`'s listener and clients.
+    metrics_http: Option<super::metrics_http::Endpoint>,
     /// The last load's log in haproxy's format (`show startup-logs`, the `reload` answer).
     startup_logs: String,
     started: Instant,
@@ -310,6 +350,10 @@ enum Token {
     Stderr,
     /// The notify socket has room for what waits (queued messages, the fd store).
     Notify,
+    /// `--metrics-bind`'s listener has clients waiting.
+    MetricsListener,
+    /// A `--metrics-bind` client's socket is ready for what it waits for.
+    MetricsClient(u64),
 }
 
 impl Master<'_> {
@@ -369,6 +413,17 @@ impl Master<'_> {
                 fds.push(PollFd::new(task.fd().unwrap_or(s.fd()), task.interest()));
             }
         }
+        if let Some(http) = &self.metrics_http {
+            // At the client limit, new clients wait in the listen backlog.
+            if http.has_room() {
+                tokens.push(Token::MetricsListener);
+                fds.push(PollFd::new(http.listener.as_fd(), PollFlags::POLLIN));
+            }
+            for (id, c) in &http.clients {
+                tokens.push(Token::MetricsClient(*id));
+                fds.push(PollFd::new(c.fd(), c.interest()));
+            }
+        }
         // Only while something waits: an idle master polls neither.
         if crate::stderr_buffer::wants_writable() {
             tokens.push(Token::Stderr);
@@ -413,6 +468,13 @@ impl Master<'_> {
                 Token::Task => {}
                 Token::Stderr => crate::stderr_buffer::flush(),
                 Token::Notify => self.notify_writable(),
+                Token::MetricsListener => {
+                    let deadline = Instant::now() + self.opts.cli_timeout;
+                    if let Some(http) = self.metrics_http.as_mut() {
+                        http.accept(deadline);
+                    }
+                }
+                Token::MetricsClient(id) => self.step_metrics_client(id),
             }
             // What a client's command does next sees what an earlier signal changed.
             self.settle();
@@ -425,6 +487,9 @@ impl Master<'_> {
         self.fire_timers(now);
         self.settle();
         self.expire_sessions(now);
+        if let Some(http) = self.metrics_http.as_mut() {
+            http.expire(now);
+        }
         if self.upgrade_requested && self.state.is_settled() {
             self.upgrade_requested = false;
             self.upgrade();
@@ -458,6 +523,9 @@ impl Master<'_> {
                 .filter(|s| !s.relay_stalled())
                 .filter_map(|s| s.task.as_ref().map(Task::wakeup))
                 .min(),
+            self.metrics_http
+                .as_ref()
+                .and_then(|h| h.clients.values().map(|c| c.deadline).min()),
         ];
         match deadlines.into_iter().flatten().min() {
             None => PollTimeout::NONE,
@@ -512,6 +580,7 @@ impl Master<'_> {
             ReloadKind::Hard => "hard reload",
         };
         log::info!("{what} requested by {origin}");
+        self.metrics.reload_requested(Instant::now());
         self.push(Event::ReloadRequested(kind))
     }
 
@@ -657,6 +726,12 @@ impl Master<'_> {
                 } else {
                     self.failed_reloads += 1;
                 }
+                self.metrics.reload_done(
+                    generation,
+                    reason.is_none(),
+                    Instant::now(),
+                    std::time::SystemTime::now(),
+                );
                 let startup = self.startup_output(generation, reason.is_none());
                 self.config_reload_done(&startup, reason.as_deref());
                 self.answer_reloads(generation, reason.as_deref(), &startup);
@@ -708,8 +783,13 @@ impl Master<'_> {
 
     fn spawn(&mut self, generation: u64, kind: StartKind) {
         // haproxy counts a reload when it starts, whatever comes of it.
-        if matches!(kind, StartKind::Reload(_)) {
-            self.reloads += 1;
+        match kind {
+            StartKind::Reload(_) => {
+                self.reloads += 1;
+                self.metrics.reload_started(generation, Instant::now());
+            }
+            StartKind::Replace => self.metrics.worker_replaced(),
+            StartKind::Initial => {}
         }
         let fragment = match self.runtime.write_fragment(generation) {
             Ok(f) => f,
