@@ -1,6 +1,8 @@
 //! hapmaster: a master process for HAProxy that holds the listening sockets across reloads.
 pub mod config_copy;
+pub mod config_fingerprint;
 pub mod config_scan;
+pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod exposition;

@@ -49,6 +49,9 @@ pub struct Options {
     pub cli_timeout: Duration,
     /// `--metrics-bind ADDR:PORT`: serve `GET /metrics` there (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `--watch [--watch-delay DUR]`: reload when what the `-f` arguments name changes, this
+    /// long after the first change seen (`DEFAULT_WATCH_DELAY`). None: off.
+    pub watch: Option<Duration>,
     /// What `haproxy -v` printed before the master's loop started (never from the command line):
     /// which `-x` workers take, and the master CLI's dialect until a worker tells its version.
     /// None: not told (a wrapper, a custom build).
@@ -146,7 +149,8 @@ impl fmt::Display for OptionsError {
                 f,
                 "unknown option {option}: hapmaster's own options are --haproxy, \
                  --ready-timeout, --runtime-dir, --exit-on-failure, --max-old-workers, \
-                 --drain-timeout, --cli-timeout, --metrics-bind, --help and --version (see --help)"
+                 --drain-timeout, --cli-timeout, --metrics-bind, --watch, --watch-delay, --help and \
+                 --version (see --help)"
             ),
             Self::UnexpectedArgument { arg } => write!(
                 f,
@@ -217,10 +221,16 @@ struct Parsed {
     drain_timeout: Option<Duration>,
     cli_timeout: Option<Duration>,
     metrics_bind: Option<std::net::SocketAddr>,
+    watch: bool,
+    watch_delay: Option<Duration>,
 }
 
 /// Default of `--cli-timeout`, as haproxy's `stats timeout`.
 pub const DEFAULT_CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default of `--watch-delay`: an editor's save or the kubelet's swap is over well within it, and
+/// a person waiting for the reload hardly notices it.
+pub const DEFAULT_WATCH_DELAY: Duration = Duration::from_millis(500);
 
 /// Default of `--max-old-workers`.
 pub const DEFAULT_MAX_OLD_WORKERS: usize = 50;
@@ -286,6 +296,13 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
     if p.config_files.is_empty() {
         return Err(OptionsError::NoConfigFile);
     }
+    if let (false, Some(delay)) = (p.watch, p.watch_delay) {
+        return Err(OptionsError::InvalidValue {
+            flag: "--watch-delay".into(),
+            value: format!("{}ms", delay.as_millis()),
+            expected: "--watch as well (it is the delay of --watch)".into(),
+        });
+    }
     let options = Options {
         haproxy,
         config_files: p.config_files,
@@ -305,6 +322,9 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         drain_timeout: p.drain_timeout,
         cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
         metrics_bind: p.metrics_bind,
+        watch: p
+            .watch
+            .then(|| p.watch_delay.unwrap_or(DEFAULT_WATCH_DELAY)),
         binary_version: None,
     };
     Ok(if p.check {
@@ -379,11 +399,19 @@ fn parse_long<I: Iterator<Item = OsString>>(
                 })?;
             p.max_old_workers = Some(n);
         }
-        b"--exit-on-failure" => {
+        b"--exit-on-failure" | b"--watch" => {
             if inline.is_some() {
                 return Err(OptionsError::UnexpectedValue { flag: name_str });
             }
-            p.exit_on_failure = true;
+            if name == b"--watch" {
+                p.watch = true;
+            } else {
+                p.exit_on_failure = true;
+            }
+        }
+        b"--watch-delay" => {
+            let v = long_value(&name_str, inline, rest, "a duration such as 500ms")?;
+            p.watch_delay = Some(parse_positive_duration(&name_str, &v)?);
         }
         _ => return Err(OptionsError::UnknownLongOption { option: name_str }),
     }
@@ -609,6 +637,13 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
   --metrics-bind ADDR:PORT
                          serve GET /metrics (Prometheus text format, as `show metrics`) over
                          HTTP on ADDR:PORT (default: off)
+  --watch                reload when a -f file or directory changes (a write, an editor's
+                         rename, a Kubernetes ConfigMap update, a .cfg file added to or
+                         removed from a -f directory); a change that leaves what haproxy
+                         reads the same (touch, chmod) does not reload
+  --watch-delay DUR      how long --watch waits after the first change it sees, so that one
+                         save or update makes one reload (default 500ms; later changes extend
+                         it up to 4 times DUR in all)
   Both `--opt VALUE` and `--opt=VALUE` are accepted.
 
 Accepted and ignored (hapmaster does these itself), with a notice:
@@ -880,6 +915,33 @@ mod tests {
     }
 
     #[test]
+    fn watch_and_its_delay() {
+        assert_eq!(run(&["-f", "c"]).watch, None);
+        assert_eq!(
+            run(&["--watch", "-f", "c"]).watch,
+            Some(DEFAULT_WATCH_DELAY)
+        );
+        let o = run(&["--watch", "--watch-delay", "2s", "-f", "c"]);
+        assert_eq!(o.watch, Some(Duration::from_secs(2)));
+        let o = run(&["--watch-delay=150", "--watch", "-f", "c"]);
+        assert_eq!(o.watch, Some(Duration::from_millis(150)));
+        assert_eq!(
+            p(&["--watch=yes", "-f", "c"]),
+            Err(OptionsError::UnexpectedValue {
+                flag: "--watch".into()
+            })
+        );
+        let e = p(&["--watch-delay", "1s", "-f", "c"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"1000ms\" for --watch-delay: --watch as well (it is the delay of \
+             --watch)"
+        );
+        assert!(p(&["--watch", "--watch-delay", "0", "-f", "c"]).is_err());
+        assert!(p(&["--watch", "--watch-delay", "soon", "-f", "c"]).is_err());
+    }
+
+    #[test]
     fn missing_arguments_name_the_flag() {
         for flag in [
             "-f",
@@ -1063,6 +1125,8 @@ mod tests {
             "--drain-timeout",
             "--cli-timeout",
             "--metrics-bind",
+            "--watch",
+            "--watch-delay",
             "-x PATH",
             "-sf",
             "-st",

@@ -27,7 +27,8 @@
 //!   client has room (`supervisor/forward.rs`), and `--cli-timeout` bounds each command line in
 //!   all; `supervisor/admission.rs` decides who gets a session on a `-S` socket. `await_reload.rs`: which reload a
 //!   signal asked for; `handover.rs`: the upgrade in place, sockets systemd passes and its fd
-//!   store; `last_good.rs`: configuration copies.
+//!   store; `last_good.rs`: configuration copies; `watch.rs`: `--watch`'s inotify events and
+//!   configuration comparisons.
 //!
 //! Where a task goes: an exchange with a peer that takes more than one step (the probe, fetching
 //! a worker's sockets, serving `_getsocks` to a new worker or a client, a forwarded `@` command)
@@ -82,6 +83,7 @@ mod handover;
 mod last_good;
 mod queue;
 mod timers;
+mod watch;
 mod worker_tasks;
 mod workers;
 
@@ -103,6 +105,7 @@ pub enum SetupError {
         addr: std::net::SocketAddr,
         source: io::Error,
     },
+    Watch(crate::config_watch::WatchError),
 }
 
 impl std::fmt::Display for SetupError {
@@ -116,6 +119,7 @@ impl std::fmt::Display for SetupError {
                 path.display()
             ),
             SetupError::ControlSocket(e) => write!(f, "-S: {e}"),
+            SetupError::Watch(e) => write!(f, "{e}"),
             SetupError::MetricsBind { addr, source } => write!(
                 f,
                 "--metrics-bind: cannot listen on {addr}: {source} \
@@ -132,6 +136,7 @@ impl std::error::Error for SetupError {
             | SetupError::HandoffSocket { source: e, .. }
             | SetupError::MetricsBind { source: e, .. } => Some(e),
             SetupError::ControlSocket(e) => Some(e),
+            SetupError::Watch(e) => Some(e),
         }
     }
 }
@@ -196,6 +201,16 @@ pub fn run(
         }
         Some((addr, Err(source))) => return Err(SetupError::MetricsBind { addr, source }),
     };
+    let watching = match opts.watch.map(|_| watch::Watching::open()) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        // As --metrics-bind: the workers must not lose their master over it.
+        Some(Err(e)) if resume.is_some() => {
+            log::error!("after the upgrade in place: {e}; configuration changes are not watched");
+            None
+        }
+        Some(Err(e)) => return Err(SetupError::Watch(e)),
+    };
     let sockets: Vec<_> = listeners
         .iter()
         .map(|l| {
@@ -218,6 +233,7 @@ pub fn run(
             max_old_workers: opts.max_old_workers,
             drain_timeout: opts.drain_timeout,
             ready_timeout: opts.ready_timeout,
+            watch_delay: opts.watch,
         }),
         signals,
         listeners,
@@ -232,6 +248,7 @@ pub fn run(
         failed_reloads: 0,
         metrics: Default::default(),
         metrics_http,
+        watching,
         startup_logs: String::new(),
         started: Instant::now(),
         launch,
@@ -241,6 +258,7 @@ pub fn run(
         first_ready,
     };
     master.adopt_passed(passed);
+    let resumed = resume.is_some();
     match resume {
         None => {
             master.sweep_config_copies();
@@ -248,6 +266,7 @@ pub fn run(
         }
         Some(snapshot) => master.resume(snapshot),
     }
+    master.start_watching(resumed);
     // Read once, so that scrapes agree; `started` crosses an upgrade in place, this follows it.
     master.metrics.start_time = std::time::SystemTime::now().checked_sub(master.started.elapsed());
     master.settle();
@@ -317,6 +336,8 @@ struct Master<'a> {
     metrics: super::metrics::Counters,
     /// `--metrics-bind`'s listener and clients.
     metrics_http: Option<super::metrics_http::Endpoint>,
+    /// `--watch`: the inotify watches and what the last load read.
+    watching: Option<watch::Watching>,
     /// The last load's log in haproxy's format (`show startup-logs`, the `reload` answer).
     startup_logs: String,
     started: Instant,
@@ -354,6 +375,8 @@ enum Token {
     MetricsListener,
     /// A `--metrics-bind` client's socket is ready for what it waits for.
     MetricsClient(u64),
+    /// `--watch`'s inotify fd has events.
+    Watch,
 }
 
 impl Master<'_> {
@@ -424,6 +447,10 @@ impl Master<'_> {
                 fds.push(PollFd::new(c.fd(), c.interest()));
             }
         }
+        if let Some(w) = &self.watching {
+            tokens.push(Token::Watch);
+            fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
+        }
         // Only while something waits: an idle master polls neither.
         if crate::stderr_buffer::wants_writable() {
             tokens.push(Token::Stderr);
@@ -475,6 +502,7 @@ impl Master<'_> {
                     }
                 }
                 Token::MetricsClient(id) => self.step_metrics_client(id),
+                Token::Watch => self.on_watch_events(),
             }
             // What a client's command does next sees what an earlier signal changed.
             self.settle();
@@ -719,6 +747,7 @@ impl Master<'_> {
             Action::Disarm { timer } => self.timers.disarm(timer),
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit { code } => self.exit = Some(code),
+            Action::CompareConfig => self.compare_config(),
             Action::ReloadDone { generation, reason } => {
                 // Failures in a row, as haproxy counts them (`spawn` counted the attempt).
                 if reason.is_none() {
@@ -820,6 +849,9 @@ impl Master<'_> {
                 return;
             }
         };
+        if self.watching.is_some() {
+            self.watch_spawning(kind);
+        }
         let config_files = self.worker_config(generation, kind);
         // Before any process runs these files: a reload refused here leaves the old worker as
         // it was.

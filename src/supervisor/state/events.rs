@@ -63,6 +63,8 @@ pub enum Timer {
     Respawn,
     /// `STOP_GRACE` after a hard stop's SIGTERM: SIGKILL whatever is left.
     Stop,
+    /// `--watch`: the changes seen have settled; time to compare the configuration.
+    Watch,
 }
 
 impl Timer {
@@ -70,7 +72,7 @@ impl Timer {
     pub fn pid(&self) -> Option<Pid> {
         match *self {
             Timer::Ready { pid } | Timer::Kill { pid } | Timer::Drain { pid } => Some(pid),
-            Timer::Respawn | Timer::Stop => None,
+            Timer::Respawn | Timer::Stop | Timer::Watch => None,
         }
     }
 }
@@ -86,6 +88,8 @@ pub enum Event {
     InterruptRequested,
     /// SIGUSR1.
     SoftStopRequested,
+    /// `--watch` saw something happen where the configuration lives.
+    ConfigTouched,
     /// The executor started the process asked for by `Action::Spawn`.
     Spawned {
         generation: Generation,
@@ -179,4 +183,7 @@ pub enum Action {
     Exit {
         code: i32,
     },
+    /// `--watch`: compare what haproxy would read now with what the last load read, and request
+    /// a reload if it differs.
+    CompareConfig,
 }

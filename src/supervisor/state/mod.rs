@@ -56,6 +56,9 @@ pub struct Policy {
     pub drain_timeout: Option<Duration>,
     /// `--ready-timeout`: how long a starting worker has to answer.
     pub ready_timeout: Duration,
+    /// `--watch-delay` when `--watch` is on: how long after the first change seen the
+    /// configuration is compared.
+    pub watch_delay: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -65,6 +68,7 @@ impl Default for Policy {
             max_old_workers: 50,
             drain_timeout: None,
             ready_timeout: crate::options::DEFAULT_READY_TIMEOUT,
+            watch_delay: None,
         }
     }
 }
@@ -127,6 +131,8 @@ pub struct State {
     /// What a hard stop sends the workers: the signal the master got, as haproxy's master
     /// passes it on (SIGINT makes a haproxy worker exit 130, SIGTERM 143).
     hard_stop_signal: Signal,
+    /// `--watch`: when the first change not yet compared was seen (`Timer::Watch` is armed).
+    watch_since: Option<Instant>,
 }
 
 impl Default for State {
@@ -147,9 +153,14 @@ impl State {
             crash_streak: 0,
             now: Instant::now(),
             hard_stop_signal: Signal::Terminate,
+            watch_since: None,
         }
     }
 }
+
+/// How much later than `--watch-delay` after the first change a stream of changes may push the
+/// comparison: a file rewritten without pause still reloads.
+pub const WATCH_DELAY_BOUND: u32 = 4;
 
 /// Delay before the n-th consecutive replacement: at once, then 100 ms doubling up to the cap.
 pub fn backoff(streak: u32) -> Duration {
@@ -291,6 +302,7 @@ impl State {
                 self.on_stop(Stopping::Hard, &mut out)
             }
             Event::SoftStopRequested => self.on_stop(Stopping::Soft, &mut out),
+            Event::ConfigTouched => self.on_config_touched(&mut out),
             Event::Spawned { generation, pid } => self.on_spawned(generation, pid, now, &mut out),
             Event::SpawnFailed { generation, reason } => {
                 if self.starting().is_some_and(|s| s.generation == generation) {
@@ -356,6 +368,14 @@ impl State {
                     ));
                 }
             }
+            Timer::Watch => {
+                self.watch_since = None;
+                // A stop in the meantime makes the change moot. During a start the comparison
+                // still runs: a change the starting worker did not read queues one more reload.
+                if !self.is_stopping() {
+                    out.push(Action::CompareConfig);
+                }
+            }
         }
     }
 
@@ -391,6 +411,23 @@ impl State {
             });
         }
         out.push(Action::Spawn { generation, kind });
+    }
+
+    /// Debounce: the comparison comes `--watch-delay` after the last change seen, but no later
+    /// than `WATCH_DELAY_BOUND` delays after the first, so that one save (several events) or a
+    /// kubelet update makes one comparison, and a steady stream of events still gets one.
+    fn on_config_touched(&mut self, out: &mut Vec<Action>) {
+        let Some(delay) = self.policy.watch_delay else {
+            return;
+        };
+        if self.is_stopping() {
+            return;
+        }
+        let first = *self.watch_since.get_or_insert(self.now);
+        out.push(Action::Arm {
+            at: (self.now + delay).min(first + delay * WATCH_DELAY_BOUND),
+            timer: Timer::Watch,
+        });
     }
 
     fn on_reload_requested(&mut self, kind: ReloadKind, out: &mut Vec<Action>) {

@@ -769,3 +769,60 @@ fn log_lines_start_lowercase() {
         assert!(!line.starts_with(char::is_uppercase), "{line:?}");
     }
 }
+
+/// `--watch`: events move the comparison to `delay` after the last one, never beyond
+/// `WATCH_DELAY_BOUND` delays after the first; the due timer asks for one comparison.
+#[test]
+fn watch_debounce_is_bounded() {
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    let policy = Policy {
+        watch_delay: Some(ms(500)),
+        ..Policy::default()
+    };
+    let mut s = running_with(policy, 10, t);
+    let armed = |a: &[Action]| {
+        a.iter().find_map(|a| match a {
+            Action::Arm {
+                at,
+                timer: Timer::Watch,
+            } => Some(*at),
+            _ => None,
+        })
+    };
+    assert_eq!(armed(&s.decide(Event::ConfigTouched, t)), Some(t + ms(500)));
+    let a = s.decide(Event::ConfigTouched, t + ms(400));
+    assert_eq!(armed(&a), Some(t + ms(900)));
+    let a = s.decide(Event::ConfigTouched, t + ms(1800));
+    assert_eq!(armed(&a), Some(t + ms(2000)), "bounded by 4 delays");
+    assert_eq!(
+        s.decide(fired(Timer::Watch), t + ms(2000)),
+        vec![Action::CompareConfig]
+    );
+    // The next change starts a new window.
+    let a = s.decide(Event::ConfigTouched, t + ms(5000));
+    assert_eq!(armed(&a), Some(t + ms(5500)));
+}
+
+#[test]
+fn watch_changes_compare_during_a_reload_and_not_while_stopping() {
+    let t = Instant::now();
+    let policy = Policy {
+        watch_delay: Some(Duration::from_millis(500)),
+        ..Policy::default()
+    };
+    let mut s = running_with(policy, 10, t);
+    start_reload(&mut s, 11, t);
+    s.decide(Event::ConfigTouched, t);
+    assert_eq!(
+        s.decide(fired(Timer::Watch), t),
+        vec![Action::CompareConfig]
+    );
+    s.decide(Event::ConfigTouched, t);
+    s.decide(Event::StopRequested, t);
+    assert!(s.decide(fired(Timer::Watch), t).is_empty());
+    assert!(s.decide(Event::ConfigTouched, t).is_empty());
+    // Without --watch nothing is armed.
+    let mut s = running(20, t);
+    assert!(s.decide(Event::ConfigTouched, t).is_empty());
+}
