@@ -49,6 +49,9 @@ pub struct Options {
     pub cli_timeout: Duration,
     /// `--metrics-bind ADDR:PORT`: serve `GET /metrics` there (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `--on-sigterm soft`: SIGTERM soft-stops the workers (SIGUSR1's meaning), which is what a
+    /// container runtime's stop expects; false: a hard stop, as haproxy's own master.
+    pub soft_stop_on_sigterm: bool,
     /// `--watch [--watch-delay DUR]`: reload when what the `-f` arguments name changes, this
     /// long after the first change seen (`DEFAULT_WATCH_DELAY`). None: off.
     pub watch: Option<Duration>,
@@ -149,8 +152,8 @@ impl fmt::Display for OptionsError {
                 f,
                 "unknown option {option}: hapmaster's own options are --haproxy, \
                  --ready-timeout, --runtime-dir, --exit-on-failure, --max-old-workers, \
-                 --drain-timeout, --cli-timeout, --metrics-bind, --watch, --watch-delay, --help and \
-                 --version (see --help)"
+                 --drain-timeout, --on-sigterm, --cli-timeout, --metrics-bind, --watch, \
+                 --watch-delay, --help and --version (see --help)"
             ),
             Self::UnexpectedArgument { arg } => write!(
                 f,
@@ -221,6 +224,7 @@ struct Parsed {
     drain_timeout: Option<Duration>,
     cli_timeout: Option<Duration>,
     metrics_bind: Option<std::net::SocketAddr>,
+    soft_stop_on_sigterm: bool,
     watch: bool,
     watch_delay: Option<Duration>,
 }
@@ -322,6 +326,7 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         drain_timeout: p.drain_timeout,
         cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
         metrics_bind: p.metrics_bind,
+        soft_stop_on_sigterm: p.soft_stop_on_sigterm,
         watch: p
             .watch
             .then(|| p.watch_delay.unwrap_or(DEFAULT_WATCH_DELAY)),
@@ -381,6 +386,21 @@ fn parse_long<I: Iterator<Item = OsString>>(
                 value: v.to_string_lossy().into_owned(),
                 expected: EXPECTED.into(),
             })?);
+        }
+        b"--on-sigterm" => {
+            const EXPECTED: &str = "soft (finish the connections) or hard (stop now)";
+            let v = long_value(&name_str, inline, rest, EXPECTED)?;
+            p.soft_stop_on_sigterm = match v.as_bytes() {
+                b"soft" => true,
+                b"hard" => false,
+                _ => {
+                    return Err(OptionsError::InvalidValue {
+                        flag: name_str.clone(),
+                        value: lossy(&v),
+                        expected: EXPECTED.to_string(),
+                    })
+                }
+            };
         }
         b"--drain-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 5m")?;
@@ -633,7 +653,12 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
   --cli-timeout DUR      a master CLI client idle this long, or whose command line is not
                          answered this long after its first byte, is disconnected (default 10s)
   --drain-timeout DUR    an old worker still draining DUR after its soft stop gets SIGTERM,
-                         then SIGKILL 5s later (default: none; haproxy's hard-stop-after applies)
+                         then SIGKILL 5s later; a soft stop of the master (SIGUSR1) still
+                         waiting DUR after it began becomes a hard stop, exit status 0
+                         (default: none; haproxy's hard-stop-after applies)
+  --on-sigterm soft|hard what SIGTERM does: hard stops now (default, as haproxy's master);
+                         soft finishes the connections first, as SIGUSR1, for a container
+                         runtime's or Kubernetes' stop (bound it with --drain-timeout)
   --metrics-bind ADDR:PORT
                          serve GET /metrics (Prometheus text format, as `show metrics`) over
                          HTTP on ADDR:PORT (default: off)
@@ -659,7 +684,7 @@ Signals to the master:
   SIGUSR2, SIGHUP    reload: start a new worker with the current configuration; once it is
                      ready, the old one is soft-stopped. If it fails, the old one keeps running.
   SIGUSR1            soft stop: workers finish their connections, then everything exits
-  SIGTERM, SIGINT    stop now
+  SIGTERM, SIGINT    stop now (SIGTERM: a soft stop with --on-sigterm soft)
   SIGURG             upgrade in place: re-execute the hapmaster binary found on disk (after a
                      package upgrade), keeping the pid, the workers and the listening sockets
 
@@ -893,6 +918,19 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn on_sigterm() {
+        assert!(!run(&["-f", "c"]).soft_stop_on_sigterm);
+        assert!(run(&["--on-sigterm", "soft", "-f", "c"]).soft_stop_on_sigterm);
+        assert!(!run(&["--on-sigterm=hard", "-f", "c"]).soft_stop_on_sigterm);
+        let e = p(&["--on-sigterm", "graceful", "-f", "c"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"graceful\" for --on-sigterm: soft (finish the connections) or hard \
+             (stop now)"
+        );
     }
 
     #[test]
