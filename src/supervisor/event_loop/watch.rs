@@ -71,8 +71,11 @@ impl Master<'_> {
             return;
         }
         let opts = self.opts;
-        let now = Fingerprint::of_args(&opts.config_files, opts.change_dir().map(Path::new));
+        let (args, change_dir) = (&opts.config_files, opts.change_dir().map(Path::new));
+        let now = Fingerprint::of_args(args, change_dir);
         if let Some(w) = self.watching.as_mut() {
+            // A directory that came back (or a link that moved) since the last comparison.
+            w.watch.sync(args, change_dir);
             w.loaded = Some(now);
         }
     }

@@ -817,17 +817,22 @@ fn log_lines_start_lowercase() {
     }
 }
 
+/// Worker `pid` serves, with `--watch-delay 500ms`.
+fn running_watched(pid: Pid, t: Instant) -> State {
+    let policy = Policy {
+        watch_delay: Some(Duration::from_millis(500)),
+        ..Policy::default()
+    };
+    running_with(policy, pid, t)
+}
+
 /// `--watch`: events move the comparison to `delay` after the last one, never beyond
 /// `WATCH_DELAY_BOUND` delays after the first; the due timer asks for one comparison.
 #[test]
 fn watch_debounce_is_bounded() {
     let t = Instant::now();
     let ms = Duration::from_millis;
-    let policy = Policy {
-        watch_delay: Some(ms(500)),
-        ..Policy::default()
-    };
-    let mut s = running_with(policy, 10, t);
+    let mut s = running_watched(10, t);
     let armed = |a: &[Action]| {
         a.iter().find_map(|a| match a {
             Action::Arm {
@@ -854,11 +859,7 @@ fn watch_debounce_is_bounded() {
 #[test]
 fn watch_changes_compare_during_a_reload_and_not_while_stopping() {
     let t = Instant::now();
-    let policy = Policy {
-        watch_delay: Some(Duration::from_millis(500)),
-        ..Policy::default()
-    };
-    let mut s = running_with(policy, 10, t);
+    let mut s = running_watched(10, t);
     start_reload(&mut s, 11, t);
     s.decide(Event::ConfigTouched, t);
     assert_eq!(
