@@ -392,3 +392,24 @@ fn a_change_during_a_reload_queues_one_more() {
     assert_eq!(reloads(&hm), (2, 0));
     assert_no_failure(load);
 }
+
+/// An upgrade in place (SIGURG) keeps watching: the new image compares once with what the current
+/// worker was started from (no reload), then a change reloads, counted on from before.
+#[test]
+fn an_upgrade_in_place_keeps_watching() {
+    let port = free_port();
+    let mut hm = Hapmaster::start_ready(site(port, "v1"), &["--watch", "-V"]);
+    let dir = hm.dir().to_path_buf();
+    hm.write_config(&site(port, "v2"));
+    wait_reload_ended(&mut hm, true);
+    wait_answer(port, "v2\n");
+    hm.signal(SIGURG);
+    hm.wait_notify(|d| d.contains("upgraded in place"), EVENT);
+    wait_unchanged(&hm, "after the upgrade in place");
+    assert_eq!(reloads(&hm), (1, 0));
+    hm.write_config(&site(port, "v3"));
+    wait_reload_ended(&mut hm, true);
+    wait_answer(port, "v3\n");
+    marker_in(&hm, &dir, 1);
+    assert_eq!(reloads(&hm), (2, 0));
+}

@@ -60,6 +60,7 @@ impl Master<'_> {
         };
         if let Some(w) = self.watching.as_mut() {
             w.loaded = Some(loaded);
+            w.seen.push("after the upgrade in place".into());
         }
         self.push(Event::ConfigTouched);
     }
