@@ -22,7 +22,8 @@ DIR=$REPO/deploy/kubernetes
 BIN=${HM_HAPMASTER:-$REPO/target/release/hapmaster}
 PY=$REPO/target/kubernetes-validate-1.37.0/bin/python
 
-die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=tests/lib.sh
+. "$REPO/tests/lib.sh"
 if [ "$(id -u)" -ne 0 ]; then
     echo "kubernetes pod: skipped: needs root (unshare --pid, setpriv)"
     exit 0
@@ -30,21 +31,6 @@ fi
 [ -x "$BIN" ] || die "no $BIN: run 'cargo build --release' first"
 [ -x "$PY" ] || die "no $PY: run tests/kubernetes/validate.sh first (it installs the venv with PyYAML)"
 for t in unshare nsenter setpriv curl timeout; do command -v "$t" >/dev/null || die "$t is needed"; done
-
-PASSES=0 FAILS=0 SKIPS=0
-pass() { echo "PASS: $*"; PASSES=$((PASSES + 1)); }
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-skip() { echo "SKIP: $*"; SKIPS=$((SKIPS + 1)); }
-now_ms() { date +%s%3N; }
-wait_until() {
-    local secs=$1 deadline
-    shift
-    deadline=$(($(now_ms) + secs * 1000))
-    until "$@"; do
-        [ "$(now_ms)" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
 
 TMP=$(mktemp -d /tmp/hm-k8s-pod.XXXXXX)
 chmod 0755 "$TMP"

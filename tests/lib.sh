@@ -1,0 +1,28 @@
+# Helpers shared by the shell test tiers (tests/systemd/run.sh, tests/kubernetes/pod.sh,
+# tests/container/run.sh): sourced, not run. Each check prints one PASS/FAIL/SKIP/XFAIL line
+# and is counted; the caller prints its summary and exits non-zero if FAILS > 0.
+
+PASSES=0 FAILS=0 SKIPS=0 XFAILS=0
+pass() { echo "PASS: $*"; PASSES=$((PASSES + 1)); }
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+skip() { echo "SKIP: $*"; SKIPS=$((SKIPS + 1)); }
+xfail() { echo "XFAIL: $*"; XFAILS=$((XFAILS + 1)); }
+info() { echo "      $*"; }
+section() { printf '\n== %s\n' "$*"; }
+die() { echo "error: $*" >&2; exit 1; }
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# Poll CMD... every 0.1 s until it succeeds or SECONDS pass.
+wait_until() {
+    local secs=$1 deadline
+    shift
+    deadline=$(($(now_ms) + secs * 1000))
+    until "$@"; do
+        [ "$(now_ms)" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# ab's figures from its output file: ab_field FILE 'Failed requests'; ab_summary FILE.
+ab_field() { awk -F': *' -v k="$2" '$1 == k { sub(/ .*/, "", $2); print $2; exit }' "$1"; }
+ab_summary() { grep -E '^(Complete requests|Failed requests|Non-2xx responses|Time taken|Requests per second)|^ +\(Connect' "$1" | sed 's/^ */      ab: /'; }
