@@ -49,6 +49,9 @@ pub struct Options {
     pub cli_timeout: Duration,
     /// `--metrics-bind ADDR:PORT`: serve `GET /metrics` there (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `--on-sigterm soft`: SIGTERM soft-stops the workers (SIGUSR1's meaning), which is what a
+    /// container runtime's stop expects; false: a hard stop, as haproxy's own master.
+    pub soft_stop_on_sigterm: bool,
     /// What `haproxy -v` printed before the master's loop started (never from the command line):
     /// which `-x` workers take, and the master CLI's dialect until a worker tells its version.
     /// None: not told (a wrapper, a custom build).
@@ -146,7 +149,8 @@ impl fmt::Display for OptionsError {
                 f,
                 "unknown option {option}: hapmaster's own options are --haproxy, \
                  --ready-timeout, --runtime-dir, --exit-on-failure, --max-old-workers, \
-                 --drain-timeout, --cli-timeout, --metrics-bind, --help and --version (see --help)"
+                 --drain-timeout, --on-sigterm, --cli-timeout, --metrics-bind, --help and \
+                 --version (see --help)"
             ),
             Self::UnexpectedArgument { arg } => write!(
                 f,
@@ -217,6 +221,7 @@ struct Parsed {
     drain_timeout: Option<Duration>,
     cli_timeout: Option<Duration>,
     metrics_bind: Option<std::net::SocketAddr>,
+    soft_stop_on_sigterm: bool,
 }
 
 /// Default of `--cli-timeout`, as haproxy's `stats timeout`.
@@ -305,6 +310,7 @@ fn finish<F: FnOnce() -> PathBuf>(p: Parsed, default_haproxy: F) -> Result<Comma
         drain_timeout: p.drain_timeout,
         cli_timeout: p.cli_timeout.unwrap_or(DEFAULT_CLI_TIMEOUT),
         metrics_bind: p.metrics_bind,
+        soft_stop_on_sigterm: p.soft_stop_on_sigterm,
         binary_version: None,
     };
     Ok(if p.check {
@@ -361,6 +367,21 @@ fn parse_long<I: Iterator<Item = OsString>>(
                 value: v.to_string_lossy().into_owned(),
                 expected: EXPECTED.into(),
             })?);
+        }
+        b"--on-sigterm" => {
+            const EXPECTED: &str = "soft (finish the connections) or hard (stop now)";
+            let v = long_value(&name_str, inline, rest, EXPECTED)?;
+            p.soft_stop_on_sigterm = match v.as_bytes() {
+                b"soft" => true,
+                b"hard" => false,
+                _ => {
+                    return Err(OptionsError::InvalidValue {
+                        flag: name_str.clone(),
+                        value: lossy(&v),
+                        expected: EXPECTED.to_string(),
+                    })
+                }
+            };
         }
         b"--drain-timeout" => {
             let v = long_value(&name_str, inline, rest, "a duration such as 5m")?;
@@ -605,7 +626,12 @@ hapmaster's own options (haproxy has no --long options, so these never collide):
   --cli-timeout DUR      a master CLI client idle this long, or whose command line is not
                          answered this long after its first byte, is disconnected (default 10s)
   --drain-timeout DUR    an old worker still draining DUR after its soft stop gets SIGTERM,
-                         then SIGKILL 5s later (default: none; haproxy's hard-stop-after applies)
+                         then SIGKILL 5s later; a soft stop of the master (SIGUSR1) still
+                         waiting DUR after it began becomes a hard stop, exit status 0
+                         (default: none; haproxy's hard-stop-after applies)
+  --on-sigterm soft|hard what SIGTERM does: hard stops now (default, as haproxy's master);
+                         soft finishes the connections first, as SIGUSR1, for a container
+                         runtime's or Kubernetes' stop (bound it with --drain-timeout)
   --metrics-bind ADDR:PORT
                          serve GET /metrics (Prometheus text format, as `show metrics`) over
                          HTTP on ADDR:PORT (default: off)
@@ -624,7 +650,7 @@ Signals to the master:
   SIGUSR2, SIGHUP    reload: start a new worker with the current configuration; once it is
                      ready, the old one is soft-stopped. If it fails, the old one keeps running.
   SIGUSR1            soft stop: workers finish their connections, then everything exits
-  SIGTERM, SIGINT    stop now
+  SIGTERM, SIGINT    stop now (SIGTERM: a soft stop with --on-sigterm soft)
   SIGURG             upgrade in place: re-execute the hapmaster binary found on disk (after a
                      package upgrade), keeping the pid, the workers and the listening sockets
 
@@ -858,6 +884,19 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn on_sigterm() {
+        assert!(!run(&["-f", "c"]).soft_stop_on_sigterm);
+        assert!(run(&["--on-sigterm", "soft", "-f", "c"]).soft_stop_on_sigterm);
+        assert!(!run(&["--on-sigterm=hard", "-f", "c"]).soft_stop_on_sigterm);
+        let e = p(&["--on-sigterm", "graceful", "-f", "c"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"graceful\" for --on-sigterm: soft (finish the connections) or hard \
+             (stop now)"
+        );
     }
 
     #[test]

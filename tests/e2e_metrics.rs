@@ -301,7 +301,7 @@ fn metrics_over_http_answer_only_get_metrics() {
         "{body}"
     );
     promtool_check(body, "GET /metrics");
-    promtool_check(cli.trim_end_matches('\n'), "show metrics");
+    promtool_check(&cli, "show metrics");
 
     for (request, status) in [
         (&b"GET / HTTP/1.1\r\n\r\n"[..], "404 Not Found"),
@@ -423,5 +423,92 @@ fn metrics_endpoint_survives_an_upgrade_in_place() {
     ] {
         assert!(answer.contains(line), "no {line:?} in {answer}");
     }
+    assert!(hm.stop().success());
+}
+
+/// One request, `None` while nothing listens at `addr` (a server still starting).
+fn try_http(addr: &str, request: &[u8]) -> Option<String> {
+    TcpStream::connect(addr).ok()?;
+    Some(http(addr, request))
+}
+
+/// The value of the first sample of an instant query to Prometheus' HTTP API (`"value":[ts,"v"]`),
+/// `None` while the query has no result (no scrape yet) or the server does not answer yet.
+fn prometheus_value(prometheus: &str, query: &str) -> Option<String> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let request = format!(
+        "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: {prometheus}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = try_http(prometheus, request.as_bytes())?;
+    let value = answer.split("\"value\":[").nth(1)?;
+    let value = value.split_once(',')?.1;
+    Some(value.split('"').nth(1)?.to_string())
+}
+
+/// A real Prometheus server (Debian's `prometheus`) scrapes `--metrics-bind` on loopback and sees
+/// a reload counted.
+#[test]
+fn prometheus_scrapes_the_endpoint_and_sees_a_reload() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: prometheus not installed (apt-get install prometheus)");
+        return;
+    }
+    let port = free_port();
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let mut hm = Hapmaster::start_ready(
+        http_config(&[format!("127.0.0.1:{port}")]),
+        &["--metrics-bind", &maddr],
+    );
+    let paddr = format!("127.0.0.1:{}", free_port());
+    let config = hm.dir().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: hapmaster\n    static_configs:\n      \
+             - targets: ['{maddr}']\n"
+        ),
+    )
+    .unwrap();
+    let mut prometheus = ChildGuard(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                hm.dir().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={paddr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus"),
+    );
+    let scraped = |query: &str, want: &str| {
+        let mut last = None;
+        poll_until(EVENT, || {
+            last = prometheus_value(&paddr, query);
+            (last.as_deref() == Some(want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("prometheus at {paddr}: {query} = {last:?}, want {want}"));
+    };
+    scraped("up{job=\"hapmaster\"}", "1");
+    scraped("hapmaster_workers{role=\"current\"}", "1");
+    scraped("hapmaster_reloads_total{result=\"success\"}", "0");
+
+    hm.signal(libc::SIGUSR2);
+    hm.settle_reloads();
+    scraped("hapmaster_reloads_total{result=\"success\"}", "1");
+    scraped("hapmaster_last_reload_success", "1");
+    assert!(prometheus.stop(EVENT).is_some_and(|s| s.success()));
     assert!(hm.stop().success());
 }

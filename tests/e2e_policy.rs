@@ -97,6 +97,49 @@ fn drain_timeout_terminates_a_lingering_old_worker() {
     assert!(hm.stop().success());
 }
 
+/// `--on-sigterm soft`: SIGTERM (a container runtime's stop) lets the worker finish what it
+/// serves; `--drain-timeout` bounds that, and the master still exits 0.
+#[test]
+fn on_sigterm_soft_drains_within_the_drain_timeout_and_exits_zero() {
+    let port = free_port();
+    let mut hm = Hapmaster::start_ready(
+        lingering_config(port),
+        &["--on-sigterm", "soft", "--drain-timeout", "1s"],
+    );
+    let worker = hm.current_worker_pid().unwrap();
+    let mut finishing = half_request(&hm, port, worker);
+    let _lingering = half_request(&hm, port, worker);
+    hm.signal(libc::SIGTERM);
+    let d = hm.wait_notify(|d| has_line(d, "STOPPING=1"), EVENT);
+    assert!(
+        notify_field(&d, "STATUS").is_some_and(|s| s.starts_with("Soft-stopping")),
+        "{d:?}"
+    );
+    // A hard stop would have closed it: the request sent after SIGTERM is answered.
+    finishing
+        .write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut finishing, &mut reply).unwrap();
+    assert!(reply.ends_with("hello"), "reply after SIGTERM: {reply:?}");
+    // The other half-sent request would keep the worker for 300 s.
+    let status = hm
+        .wait_exit(60 * SEC)
+        .expect("master still running 60 s after SIGTERM with --drain-timeout 1s");
+    assert!(
+        status.success(),
+        "exit status after a bounded drain: {status}"
+    );
+    assert!(!pid_alive(worker), "worker {worker} still alive");
+    assert!(
+        hm.stderr().contains(
+            "workers still draining 1000 ms after the soft stop (--drain-timeout): hard stop"
+        ),
+        "the log should say that the drain timeout ended the soft stop:\n{}",
+        hm.stderr()
+    );
+}
+
 #[test]
 fn max_old_workers_terminates_the_oldest() {
     let port = free_port();

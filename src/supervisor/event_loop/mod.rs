@@ -541,6 +541,10 @@ impl Master<'_> {
         for received in self.signals.take() {
             match received.signal {
                 libc::SIGCHLD => self.reap(),
+                libc::SIGTERM if self.opts.soft_stop_on_sigterm => {
+                    log::info!("received {received}: soft stop (--on-sigterm soft)");
+                    self.push(Event::SoftStopRequested)
+                }
                 libc::SIGTERM | libc::SIGINT => {
                     log::info!("received {received}: stopping");
                     self.push(if received.signal == libc::SIGINT {

@@ -63,6 +63,8 @@ pub enum Timer {
     Respawn,
     /// `STOP_GRACE` after a hard stop's SIGTERM: SIGKILL whatever is left.
     Stop,
+    /// `--drain-timeout` of a soft stop: a hard stop for whatever still runs.
+    SoftStop,
 }
 
 impl Timer {
@@ -70,7 +72,7 @@ impl Timer {
     pub fn pid(&self) -> Option<Pid> {
         match *self {
             Timer::Ready { pid } | Timer::Kill { pid } | Timer::Drain { pid } => Some(pid),
-            Timer::Respawn | Timer::Stop => None,
+            Timer::Respawn | Timer::Stop | Timer::SoftStop => None,
         }
     }
 }

@@ -339,6 +339,7 @@ impl State {
                     self.start(StartKind::Replace, out);
                 }
             }
+            Timer::SoftStop => self.on_soft_stop_deadline(out),
             Timer::Stop => {
                 for pid in self.workers.keys() {
                     out.push(Action::Signal {
@@ -562,6 +563,24 @@ impl State {
                 after.as_millis()
             );
             self.terminate_old(pid, why, out);
+        }
+    }
+
+    fn on_soft_stop_deadline(&mut self, out: &mut Vec<Action>) {
+        if let Phase::Stopping {
+            how: Stopping::Soft,
+            code,
+        } = self.phase
+        {
+            let after = self.policy.drain_timeout.unwrap_or_default();
+            out.push(log(
+                log::Level::Warn,
+                format!(
+                    "workers still draining {} ms after the soft stop (--drain-timeout): hard stop",
+                    after.as_millis()
+                ),
+            ));
+            self.begin_stop(Stopping::Hard, code, out);
         }
     }
 
@@ -863,11 +882,18 @@ impl State {
             };
             out.push(Action::Signal { pid: w.pid, signal });
         }
-        if how == Stopping::Hard {
-            out.push(Action::Arm {
+        match (how, self.policy.drain_timeout) {
+            (Stopping::Hard, _) => out.push(Action::Arm {
                 at: self.now + STOP_GRACE,
                 timer: Timer::Stop,
-            });
+            }),
+            // A container runtime's stop waits a bounded time before SIGKILL: the drain must end
+            // first, and the master exit 0 (a hard stop after a soft one keeps its exit code).
+            (Stopping::Soft, Some(after)) => out.push(Action::Arm {
+                at: self.now + after,
+                timer: Timer::SoftStop,
+            }),
+            (Stopping::Soft, None) => {}
         }
         if self.workers.is_empty() {
             self.phase = Phase::Exited;

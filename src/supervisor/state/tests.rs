@@ -447,6 +447,53 @@ fn a_reload_queued_behind_a_failed_replacement_is_run_and_answered() {
 }
 
 #[test]
+fn drain_timeout_bounds_a_soft_stop_then_exit_is_zero() {
+    let t = Instant::now();
+    let policy = Policy {
+        drain_timeout: Some(Duration::from_secs(30)),
+        ..Policy::default()
+    };
+    let mut s = running_with(policy, 10, t);
+    reload_to(&mut s, 11, t);
+    let a = s.decide(Event::SoftStopRequested, t);
+    assert!(has(&a, |a| *a
+        == Action::Arm {
+            at: t + Duration::from_secs(30),
+            timer: Timer::SoftStop
+        }));
+    let a = s.decide(fired(Timer::SoftStop), t + Duration::from_secs(30));
+    for pid in [10, 11] {
+        assert!(
+            has(&a, |a| *a
+                == Action::Signal {
+                    pid,
+                    signal: Signal::Terminate
+                }),
+            "{a:?}"
+        );
+    }
+    s.decide(exited(10, 143), t);
+    let a = s.decide(exited(11, 143), t);
+    assert!(has(&a, |a| *a == Action::Exit { code: 0 }), "{a:?}");
+    // Once hard, the soft deadline means nothing more.
+    assert!(s.decide(fired(Timer::SoftStop), t).is_empty());
+}
+
+#[test]
+fn a_soft_stop_ending_in_time_leaves_its_deadline_idle() {
+    let t = Instant::now();
+    let policy = Policy {
+        drain_timeout: Some(Duration::from_secs(30)),
+        ..Policy::default()
+    };
+    let mut s = running_with(policy, 10, t);
+    s.decide(Event::SoftStopRequested, t);
+    let a = s.decide(exited(10, 0), t);
+    assert!(has(&a, |a| *a == Action::Exit { code: 0 }), "{a:?}");
+    assert!(s.decide(fired(Timer::SoftStop), t).is_empty());
+}
+
+#[test]
 fn orphans_are_ignored() {
     let t = Instant::now();
     let mut s = running(10, t);
