@@ -13,9 +13,12 @@
 # 2. What a schema cannot say, checked with the validator's own PyYAML: the ConfigMap is mounted
 #    as a directory (no subPath, which never updates) at the `-f` path hapmaster watches and has a
 #    `.cfg` key haproxy reads; the probes are `hapmaster cli` with a --timeout below the probe's;
-#    terminationGracePeriodSeconds covers the preStop wait plus the drain bound plus a margin;
-#    the metrics port, `--metrics-bind` and the prometheus.io annotations agree; the Service
-#    selects the pods and targets a named port.
+#    terminationGracePeriodSeconds covers the preStop wait plus the drain bound (--drain-timeout,
+#    with --on-sigterm soft) plus a margin; the metrics port, `--metrics-bind` and the
+#    prometheus.io annotations agree; the Service selects the pods and targets a named port;
+#    the Deployment and the repository's Containerfile agree (command = CMD, runAsUser:runAsGroup
+#    = USER, readiness = HEALTHCHECK, ports EXPOSEd, STOPSIGNAL SIGTERM, the ConfigMap's
+#    haproxy.cfg = deploy/container/haproxy.cfg).
 #
 # The validator is installed on first use (pip, from PyPI) into a venv under target/ and reused
 # afterwards. Prints PASS/FAIL lines and a summary; exits 1 if any check failed.
