@@ -26,3 +26,13 @@ wait_until() {
 # ab's figures from its output file: ab_field FILE 'Failed requests'; ab_summary FILE.
 ab_field() { awk -F': *' -v k="$2" '$1 == k { sub(/ .*/, "", $2); print $2; exit }' "$1"; }
 ab_summary() { grep -E '^(Complete requests|Failed requests|Non-2xx responses|Time taken|Requests per second)|^ +\(Connect' "$1" | sed 's/^ */      ab: /'; }
+
+# N distinct free ports on 127.0.0.1, on one line (all bound at once while the kernel picks them,
+# so they differ; free again when this returns, so a test binds them soon after).
+free_loopback_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))' "$1"
+}

@@ -127,11 +127,7 @@ mapfile -t V <<<"$versions"
 
 # The image's command, for this host: --metrics-bind on loopback and a free port; options this
 # hapmaster does not take yet dropped (with their value).
-read -r HTTP SLOW SLOWFE METRICS < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
+read -r HTTP SLOW SLOWFE METRICS < <(free_loopback_ports 4)
 HELP=$("$BIN" --help 2>&1 || true)
 inspect '{{json .Config.Cmd}}' | python3 -c '
 import json, sys

@@ -31,7 +31,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 [ -x "$BIN" ] || die "no $BIN: run 'cargo build --release' first"
 [ -x "$PY" ] || die "no $PY: run tests/kubernetes/validate.sh first (it installs the venv with PyYAML)"
-for t in unshare nsenter setpriv curl timeout; do command -v "$t" >/dev/null || die "$t is needed"; done
+for t in unshare nsenter setpriv curl timeout python3; do command -v "$t" >/dev/null || die "$t is needed"; done
 
 TMP=$(mktemp -d /tmp/hm-k8s-pod.XXXXXX)
 chmod 0755 "$TMP"
@@ -44,12 +44,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Four free loopback ports, distinct (all bound at once while the kernel picks them).
-read -r HTTP SLOW SLOWFE METRICS < <("$PY" -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
+# Four free loopback ports.
+read -r HTTP SLOW SLOWFE METRICS < <(free_loopback_ports 4)
 HELP=$("$BIN" --help 2>&1 || true)
 
 # The pod, from the manifests: the container's command, probes, preStop, user; the ConfigMap's
