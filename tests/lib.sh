@@ -11,6 +11,18 @@ info() { echo "      $*"; }
 section() { printf '\n== %s\n' "$*"; }
 die() { echo "error: $*" >&2; exit 1; }
 
+# SIGKILL those of PIDS (pids this script started: children, or children of one of them) that
+# still run as such: a pid reaped and reused since by another process has another parent and is
+# left alone. The parents are looked up before any is killed (a killed parent's children move).
+kill_started() {
+    local p ppid mine=" $$ $* " ours=()
+    for p in "$@"; do
+        ppid=$(sed -n 's/.*) [A-Za-z] \([0-9]*\) .*/\1/p' "/proc/$p/stat" 2>/dev/null) || continue
+        [[ -n $ppid && $mine == *" $ppid "* ]] && ours+=("$p")
+    done
+    [ ${#ours[@]} -eq 0 ] || kill -9 "${ours[@]}" 2>/dev/null || true
+}
+
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 # Poll CMD... every 0.1 s until it succeeds or SECONDS pass.
 wait_until() {

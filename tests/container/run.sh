@@ -65,8 +65,7 @@ NAME=$PREFIX-$$
 IMG=localhost/$PREFIX-img:$$
 PIDS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    kill_started "${PIDS[@]}"
     pm rm -f --time 0 "$NAME" >/dev/null 2>&1 || true
     pm rmi "$IMG" >/dev/null 2>&1 || true
     rm -rf "$TMP"
@@ -96,7 +95,8 @@ else
         pm import - "$BASE" >"$TMP/import.log" 2>&1 || { cat "$TMP/import.log" >&2; die "podman import of $TREE failed"; }
     info "$BASE: imported from $TREE in $(($(now_ms) - t)) ms"
     # Older imports of this tree by this script: superseded.
-    pm images --format '{{.Repository}}:{{.Tag}}' "localhost/$PREFIX-base" | grep -vx "$BASE" |
+    # (grep finds none on a first import: not a failure under pipefail.)
+    pm images --format '{{.Repository}}:{{.Tag}}' "localhost/$PREFIX-base" | { grep -vx "$BASE" || true; } |
         while read -r old; do pm rmi "$old" >/dev/null 2>&1 || true; done
 fi
 if ! pm run --rm --network host "${ULIMITS[@]}" "$BASE" true >"$TMP/probe.log" 2>&1; then

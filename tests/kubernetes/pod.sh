@@ -37,8 +37,7 @@ TMP=$(mktemp -d /tmp/hm-k8s-pod.XXXXXX)
 chmod 0755 "$TMP"
 PIDS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    kill_started "${PIDS[@]}"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
