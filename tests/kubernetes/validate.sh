@@ -13,9 +13,12 @@
 # 2. What a schema cannot say, checked with the validator's own PyYAML: the ConfigMap is mounted
 #    as a directory (no subPath, which never updates) at the `-f` path hapmaster watches and has a
 #    `.cfg` key haproxy reads; the probes are `hapmaster cli` with a --timeout below the probe's;
-#    terminationGracePeriodSeconds covers the preStop wait plus the drain bound plus a margin;
-#    the metrics port, `--metrics-bind` and the prometheus.io annotations agree; the Service
-#    selects the pods and targets a named port.
+#    terminationGracePeriodSeconds covers the preStop wait plus the drain bound (--drain-timeout,
+#    with --on-sigterm soft) plus a margin; the metrics port, `--metrics-bind` and the
+#    prometheus.io annotations agree; the Service selects the pods and targets a named port;
+#    the Deployment and the repository's Containerfile agree (command = CMD, runAsUser:runAsGroup
+#    = USER, readiness = HEALTHCHECK, ports EXPOSEd, STOPSIGNAL SIGTERM, the ConfigMap's
+#    haproxy.cfg = deploy/container/haproxy.cfg).
 #
 # The validator is installed on first use (pip, from PyPI) into a venv under target/ and reused
 # afterwards. Prints PASS/FAIL lines and a summary; exits 1 if any check failed.
@@ -107,7 +110,7 @@ for f in "${FILES[@]}"; do
 done
 
 # --- What the schemas cannot say.
-"$PY" - "$DIR" >"$TMP/checks" <<'EOF' || true
+"$PY" - "$DIR" "$REPO" >"$TMP/checks" <<'EOF' || true
 import glob, os, re, shlex, sys
 import yaml
 
@@ -190,31 +193,28 @@ def probe(kind, want):
 probe("readinessProbe", lambda pc: "@1" in pc)
 probe("livenessProbe", lambda pc: not any(w.startswith("@") for w in pc[2:]))
 
-# Drain bound: grace >= preStop wait + drain + margin.
+# Drain bound: the stop signal (SIGTERM) soft-stops, --drain-timeout bounds it; grace >= preStop
+# wait + drain + margin.
 grace = spec.get("terminationGracePeriodSeconds", 30)
-m = re.search(r"^\s*hard-stop-after\s+(\S+)", cfg, re.M)
-hard_stop = seconds(m.group(1)) if m else None
-check(hard_stop is not None,
-      "haproxy.cfg sets hard-stop-after (it bounds the drain at pod stop; --drain-timeout only bounds old workers after a reload)")
 drain_opt = option(cmd, "--drain-timeout")
-drain = max(x for x in (hard_stop, seconds(drain_opt) if drain_opt else None, 0) if x is not None)
+check(drain_opt is not None, "--drain-timeout bounds the drain (of old workers after a reload, of all at the stop)")
+drain = seconds(drain_opt) if drain_opt else 0
+check(option(cmd, "--on-sigterm") == "soft",
+      "--on-sigterm soft: the kubelet's stop signal, SIGTERM, soft-stops the workers (hapmaster's default is a hard stop)")
 pre = (c.get("lifecycle") or {}).get("preStop") or {}
 if "sleep" in pre:
     wait = pre["sleep"]["seconds"]
-    soft = False
 elif "exec" in pre:
     text = " ".join(str(x) for x in pre["exec"]["command"])
     w = re.search(r"\bsleep\s+(\d+)", text)
     wait = int(w.group(1)) if w else 0
-    soft = re.search(r"\bkill\s+-(USR1|SIGUSR1|10)\s+1\b", text) is not None
 else:
-    wait, soft = 0, False
-check(wait > 0, f"preStop waits {wait} s for endpoints to be removed before the stop")
-check(soft, "preStop soft-stops hapmaster (SIGUSR1 to PID 1): the default stop signal, SIGTERM, is its hard stop")
+    wait = 0
+check(wait > 0, f"preStop waits {wait} s for endpoints to be removed before the stop signal")
 MARGIN = 5
 check(grace >= wait + drain + MARGIN,
       f"terminationGracePeriodSeconds {grace} >= preStop {wait} + drain bound {drain:g} + margin {MARGIN}")
-check(spec.get("shareProcessNamespace") is not True, "hapmaster is PID 1 (no shareProcessNamespace): preStop signals PID 1")
+check(spec.get("shareProcessNamespace") is not True, "hapmaster is PID 1 (no shareProcessNamespace): it gets the stop signal and reaps orphans")
 
 # Metrics: one port everywhere.
 bind = option(cmd, "--metrics-bind")
@@ -236,6 +236,41 @@ for s in of_kind("Service"):
     for p in s["spec"]["ports"]:
         t = p.get("targetPort", p["port"])
         check(t in ports or t in ports.values(), f"Service {s['metadata']['name']} port {p['port']} targets container port {t}")
+
+# The image (Containerfile at the repository's root) and the Deployment agree: the same command,
+# user, health check, ports and stop signal, the same default haproxy.cfg as the ConfigMap's.
+repo = sys.argv[2]
+containerfile = os.path.join(repo, "Containerfile")
+if os.path.exists(containerfile):
+    text = re.sub(r"\\\n", " ", open(containerfile).read())
+    instr = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            instr.setdefault(word.upper(), []).append(rest.strip())
+    import json
+    last = lambda k: instr.get(k, [""])[-1]
+    image_cmd = json.loads(last("CMD") or "[]")
+    check(image_cmd == cmd, f"the Deployment's command is the image's CMD {image_cmd}")
+    sc = spec.get("securityContext", {})
+    check(last("USER") == f"{sc.get('runAsUser')}:{sc.get('runAsGroup')}",
+          f"the image's USER {last('USER')} is runAsUser:runAsGroup {sc.get('runAsUser')}:{sc.get('runAsGroup')}")
+    hc = re.search(r"\bCMD\s+(\[.*\])", last("HEALTHCHECK"))
+    ready = [str(x) for x in (c.get("readinessProbe") or {}).get("exec", {}).get("command", [])]
+    check(hc is not None and json.loads(hc.group(1)) == ready, f"the image's HEALTHCHECK is the readiness probe {ready}")
+    exposed = {int(p.split("/")[0]) for e in instr.get("EXPOSE", []) for p in e.split()}
+    check(set(ports.values()) <= exposed, f"the image EXPOSEs the container ports {sorted(ports.values())} ({sorted(exposed)})")
+    check(last("STOPSIGNAL") in ("", "SIGTERM", "TERM", "15"),
+          f"the image's STOPSIGNAL is SIGTERM ('{last('STOPSIGNAL')}'), which --on-sigterm soft makes a soft stop")
+    copies = [e.split() for e in instr.get("COPY", [])]
+    into = [dst for *src, dst in copies if dst.startswith((cfg_dir or "").rstrip("/") + "/")]
+    check(bool(into), f"the image puts a configuration into -f {cfg_dir}: {into}")
+    default_cfg = os.path.join(repo, "deploy", "container", "haproxy.cfg")
+    if mount and cms and os.path.exists(default_cfg):
+        check(open(default_cfg).read() == cms[0]["data"].get("haproxy.cfg"),
+              "deploy/container/haproxy.cfg (the image's default) is the ConfigMap's haproxy.cfg")
+else:
+    check(False, f"no {containerfile}")
 print("END")
 EOF
 while IFS= read -r line; do

@@ -29,7 +29,8 @@ BIN=$REPO/target/release/hapmaster
 SUITES=${HM_SUITES:-bookworm trixie}
 AB_REQUESTS=${HM_AB_REQUESTS:-100000}
 
-die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=tests/lib.sh
+. "$REPO/tests/lib.sh"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "systemd tier: skipped: needs root (it boots systemd in a container)"
@@ -38,13 +39,6 @@ fi
 [ -x "$HARNESS" ] || die "no harness at $HARNESS (the shared/ directory beside the repository); set HM_SD_HARNESS"
 [ -x "$BIN" ] || die "no $BIN: run 'cargo build --release' first"
 for t in awk git timeout; do command -v "$t" >/dev/null || die "$t is needed"; done
-
-PASSES=0 FAILS=0 XFAILS=0
-pass() { echo "PASS: $*"; PASSES=$((PASSES + 1)); }
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-xfail() { echo "XFAIL: $*"; XFAILS=$((XFAILS + 1)); }
-info() { echo "      $*"; }
-section() { printf '\n== %s\n' "$*"; }
 
 TMP=$(mktemp -d /tmp/hm-systemd.XXXXXX)
 BOOTED=()
@@ -58,7 +52,6 @@ trap 'exit 130' INT TERM
 
 CUR= ROOT= PORT= PPORT=
 cx() { NAME=$CUR "$HARNESS" exec "$@"; }                       # run in the current container
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 prop() { cx systemctl show -p "$1" --value hapmaster.service; }
 
 # A port is taken if something listens on it (IPv4 or IPv6, any address); the network is the host's.
@@ -97,16 +90,6 @@ http_status() {
     timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "GET / HTTP/1.0\r\nHost: hm\r\n\r\n" >&3 &&
         head -1 <&3' _ "$1" 2>/dev/null | tr -d '\r' | awk '{print $2}' || true
 }
-# Poll CMD... every 0.1 s until it succeeds or SECONDS pass.
-wait_until() {
-    local secs=$1 deadline
-    shift
-    deadline=$(($(now_ms) + secs * 1000))
-    until "$@"; do
-        [ "$(now_ms)" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
 journal_cursor() { cx journalctl -u hapmaster.service -n 0 --show-cursor -q --no-pager | sed -n 's/^-- cursor: //p'; }
 journal_since() { cx journalctl -u hapmaster.service --after-cursor="$1" --no-pager -o cat; }
 
@@ -127,10 +110,6 @@ write_cfg() {
     } > "$cfg.tmp"
     mv "$cfg.tmp" "$cfg"
 }
-
-# ab summary figures from its output file.
-ab_field() { awk -F': *' -v k="$2" '$1 == k { sub(/ .*/, "", $2); print $2; exit }' "$1"; }
-ab_summary() { grep -E '^(Complete requests|Failed requests|Non-2xx responses|Time taken|Requests per second)|^ +\(Connect' "$1" | sed 's/^ */      ab: /'; }
 
 setup_suite() {
     local suite=$1 unit=$2
