@@ -12,8 +12,7 @@
 # $HM_HAPMASTER) and haproxy.
 # Rewritten for the host: `bind :PORT` lines to 127.0.0.1 and a free port, `-f` to the test's
 # directory, `--metrics-bind` to 127.0.0.1 and a free port; options this hapmaster does not take
-# yet (`--watch`, `--on-sigterm`: issue 15, other branches) are dropped with a SKIP line for
-# what needs them. A second file `zz-test.cfg` beside haproxy.cfg adds a frontend whose backend
+# (an older $HM_HAPMASTER) are dropped with a FAIL line, and what needs them is skipped. A second file `zz-test.cfg` beside haproxy.cfg adds a frontend whose backend
 # answers 8 s after it got the request, for a request in flight at the stop. Prints PASS/FAIL/SKIP lines and a
 # summary; exits 1 if any check failed. Everything it started is stopped by pid at exit.
 set -euo pipefail
@@ -111,7 +110,7 @@ mapfile -d '' READY <"$TMP/ready"
 mapfile -d '' ALIVE <"$TMP/alive"
 mapfile -d '' PRESTOP <"$TMP/prestop"
 read -r RUID RGID GRACE <"$TMP/user"
-for o in "${DROPPED[@]}"; do skip "this hapmaster does not take $o yet (issue 15): run without it"; done
+for o in "${DROPPED[@]}"; do fail "this hapmaster does not take $o, which the Deployment's command has: run without it"; done
 echo "      pod: uid $RUID gid $RGID, grace ${GRACE}s: ${CMD[*]}"
 
 # The slow backend: makes the file $TMP/got when a request arrives, answers 200 8 s later.
