@@ -68,17 +68,17 @@ impl Master<'_> {
     /// A worker starts: a first worker or a reload reads the files on disk, and that is what
     /// later changes are compared with (a replacement runs a copy: no change on disk).
     pub(super) fn watch_spawning(&mut self, kind: StartKind) {
+        let opts = self.opts;
+        let (args, change_dir) = (&opts.config_files, opts.change_dir().map(Path::new));
+        let Some(w) = self.watching.as_mut() else {
+            return;
+        };
         if matches!(kind, StartKind::Replace) {
             return;
         }
-        let opts = self.opts;
-        let (args, change_dir) = (&opts.config_files, opts.change_dir().map(Path::new));
-        let now = Fingerprint::of_args(args, change_dir);
-        if let Some(w) = self.watching.as_mut() {
-            // A directory that came back (or a link that moved) since the last comparison.
-            w.watch.sync(args, change_dir);
-            w.loaded = Some(now);
-        }
+        // A directory that came back (or a link that moved) since the last comparison.
+        w.watch.sync(args, change_dir);
+        w.loaded = Some(Fingerprint::of_args(args, change_dir));
     }
 
     /// The inotify fd is readable.
