@@ -77,6 +77,12 @@ T0=$(now_ms)
 # --- The base image: the systemd tier's bookworm tree, imported once per content of its dpkg
 # status (a package added or upgraded makes a new one).
 section "base image"
+# podman's storage and runtime at all (a host without overlay or user namespaces, a nested
+# container): a skip, said, rather than a failed import below.
+if ! pm info >"$TMP/info.log" 2>&1; then
+    tail -3 "$TMP/info.log" | sed 's/^/      /'
+    skipped "podman info fails on this host (its error is above)"
+fi
 if [ ! -x "$TREE/usr/sbin/haproxy" ]; then
     [ -x "$HARNESS" ] || die "no tree at $TREE and no harness at $HARNESS to make it (set HM_CTR_TREE or HM_SD_HARNESS)"
     info "making $TREE with $HARNESS (as the systemd tier does; 1-2 min)"
