@@ -9,13 +9,15 @@
 # tarball is checked against SHA256SUMS before it is unpacked. Each binary lands in
 # target/old-haproxy/<version>/haproxy next to a stamp file holding the tarball's sha256; a binary
 # whose stamp matches is not rebuilt. A build runs in a temp dir under target/old-haproxy and is
-# renamed into place only once it succeeded, so an interrupted build leaves nothing half-made.
+# renamed into place only once it succeeded, so an interrupted build leaves nothing half-made
+# (only a .build-* temp dir, which the next run does not use).
 # The make output goes to <version>/build.log (its tail is printed on failure). Prints one line per
 # version: the binary's path and how long the build took (or "cached").
 #   JOBS (default 2) and NICE (default 10) set make's -j and the niceness of the build.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+case $0 in */*) HERE=${0%/*} ;; *) HERE=. ;; esac
+ROOT=$(cd "$HERE/../.." && pwd)
 SRC=${HAPROXY_SRC:-$ROOT/../shared/haproxy-src}
 OUT=$ROOT/target/old-haproxy
 JOBS=${JOBS:-2}
@@ -30,12 +32,16 @@ for v in "${versions[@]}"; do
     case " ${ALL[*]} " in *" $v "*) ;; *) die "unknown version '$v' (this script builds: ${ALL[*]})" ;; esac
 done
 
-for tool in gcc make tar sha256sum; do
+for tool in gcc make tar sha256sum flock; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "$tool is missing; install a C toolchain (Debian: apt-get install build-essential)"
 done
 [ -r "$SRC/SHA256SUMS" ] || die "no $SRC/SHA256SUMS (set HAPROXY_SRC to the directory holding the haproxy tarballs)"
 mkdir -p "$OUT"
+# One build at a time (CI and a developer, or two test runs): the second waits, then finds the
+# first one's binaries cached.
+exec 9>"$OUT/.lock"
+flock 9
 
 # The sha256 SHA256SUMS lists for NAME, after checking that the file has it.
 verified_sum() {
@@ -51,6 +57,7 @@ verified_sum() {
 tmp=""
 cleanup() { [ -z "$tmp" ] || rm -rf "$tmp"; }
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
 
 for v in "${versions[@]}"; do
     name=haproxy-$v.tar.gz
