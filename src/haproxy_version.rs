@@ -1,12 +1,14 @@
 //! Which haproxy the master runs, read with `haproxy -v` before the first worker starts.
 //!
-//! Every worker gets a fragment with `stats socket ... expose-fd listeners`, and every worker
-//! after the first gets `-x`: both arrived in haproxy 1.8. An older haproxy dies on the fragment
-//! and prints its whole keyword list, which tells the operator nothing about the real cause. So
-//! the master asks the binary for its version first and refuses one it cannot run.
+//! Every worker gets a fragment with a private `stats socket`, and every worker after the first
+//! gets the held listening sockets. How depends on the version ([`Version::listener_handoff`]):
+//! `-x` and `expose-fd listeners` arrived in haproxy 1.8, and an older haproxy dies on either
+//! (printing its usage text or its whole keyword list, which tells the operator nothing about the
+//! real cause). So the master asks the binary for its version first, refuses one older than
+//! [`OLDEST`], and shapes the fragment and the worker's arguments after it.
 //!
-//! Only at start (and for `-c`): a reload that met an older binary would fail on the fragment and
-//! leave the old worker serving, and running `-v` there would make the event loop wait for it.
+//! Only at start (and for `-c`, and after an upgrade in place): running `-v` at a reload would
+//! make the event loop wait for it.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -17,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-/// The oldest haproxy hapmaster runs: `expose-fd listeners` and `-x` are from 1.8.
-pub const OLDEST: (u32, u32) = (1, 8);
+/// The oldest haproxy hapmaster runs: the oldest release it is tested with
+/// (tests/old-haproxy/build.sh). 1.5 to 1.7 have no `-x` (see [`ListenerHandoff::Preload`]), but
+/// their stats socket tells the worker's `Pid:` in `show info`, which is how the master knows a
+/// worker is ready.
+pub const OLDEST: (u32, u32) = (1, 5);
 /// `haproxy -v` answers at once; this only bounds a binary that does not.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// The banner is one line; a binary printing more than this is not answering `-v`.
@@ -39,10 +44,44 @@ impl Version {
         (self.major, self.minor) >= OLDEST
     }
 
-    /// haproxy 2.6 and later take `-x sockpair@FD` (commit 2be557f7c, v2.6-dev1): the new worker
-    /// gets the listening sockets over a socketpair of its own instead of a named socket.
-    pub fn takes_sockpair_handoff(&self) -> bool {
-        (self.major, self.minor) >= (2, 6)
+    /// How a worker of this version takes the listening sockets the master holds.
+    pub fn listener_handoff(&self) -> ListenerHandoff {
+        match (self.major, self.minor) {
+            v if v >= (2, 6) => ListenerHandoff::XSockpair,
+            v if v >= (1, 8) => ListenerHandoff::XPath,
+            _ => ListenerHandoff::Preload,
+        }
+    }
+}
+
+/// How a worker gets the listening sockets the master holds, and how the master gets a ready
+/// worker's: by version ([`Version::listener_handoff`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerHandoff {
+    /// `-x sockpair@FD` (commit 2be557f7c, v2.6-dev1): the new worker asks over a socketpair of
+    /// its own. The master takes its sockets with `_getsocks` (`expose-fd listeners`).
+    XSockpair,
+    /// `-x PATH` (1.8 to 2.5; every 1.8+ takes it): the new worker asks on a named socket. The
+    /// master takes its sockets with `_getsocks`.
+    XPath,
+    /// haproxy 1.5 to 1.7: no `-x`, no `expose-fd listeners`, no `_getsocks`. The plan is a
+    /// preload library that hands the held sockets over at each bind() (issue 16); until it
+    /// exists a worker binds its own sockets, and the master holds none of them, so a reload
+    /// is not seamless on these versions.
+    Preload,
+}
+
+impl ListenerHandoff {
+    /// By the binary's version; `-x PATH` for one that did not tell (a wrapper, a custom
+    /// build): every haproxy with `-x` takes it.
+    pub fn of(version: Option<&Version>) -> ListenerHandoff {
+        version.map_or(ListenerHandoff::XPath, Version::listener_handoff)
+    }
+
+    /// Whether a worker takes `-x` (and its stats socket `expose-fd listeners`, so that the
+    /// master can take its sockets with `_getsocks`).
+    pub fn takes_x(self) -> bool {
+        self != ListenerHandoff::Preload
     }
 }
 
@@ -94,23 +133,18 @@ impl fmt::Display for Found {
             Found::TooOld { binary, version } => write!(
                 f,
                 "{} is haproxy {}, which hapmaster cannot run: hapmaster supports haproxy {}.{} \
-                 and later (it hands the listening sockets to each worker with `-x` and \
-                 `expose-fd listeners`, which arrived in {}.{}); install a newer haproxy or \
+                 and later (older releases are not tested with it); install a newer haproxy or \
                  point --haproxy at one",
                 binary.display(),
                 version.text,
-                OLDEST.0,
-                OLDEST.1,
                 OLDEST.0,
                 OLDEST.1
             ),
             Found::Unknown { binary, why } => write!(
                 f,
-                "cannot tell which haproxy version {} is ({why}); going on, but hapmaster needs \
-                 haproxy {}.{} or later",
-                binary.display(),
-                OLDEST.0,
-                OLDEST.1
+                "cannot tell which haproxy version {} is ({why}); going on as with haproxy 1.8 \
+                 or later (workers get `-x` and `expose-fd listeners`)",
+                binary.display()
             ),
         }
     }
@@ -296,19 +330,54 @@ mod tests {
         }
     }
 
-    #[test]
-    fn supported_from_1_8() {
-        let at = |major, minor| Version {
+    fn at(major: u32, minor: u32) -> Version {
+        Version {
             major,
             minor,
-            text: String::new(),
-        };
-        assert!(!at(1, 7).is_supported());
+            text: format!("{major}.{minor}"),
+        }
+    }
+
+    #[test]
+    fn supported_from_1_5() {
+        assert!(!at(1, 4).is_supported());
         assert!(!at(0, 9).is_supported());
-        assert!(at(1, 8).is_supported());
-        assert!(at(1, 10).is_supported());
-        assert!(at(2, 0).is_supported());
-        assert!(at(3, 3).is_supported());
+        for (major, minor) in [(1, 5), (1, 6), (1, 7), (1, 8), (1, 10), (2, 0), (3, 3)] {
+            assert!(at(major, minor).is_supported(), "{major}.{minor}");
+        }
+        let v = |text| Version::of_word(text).unwrap();
+        for text in ["1.5.19", "1.6.16", "1.7.14"] {
+            assert!(v(text).is_supported(), "{text}");
+        }
+    }
+
+    #[test]
+    fn listener_handoff_at_each_boundary() {
+        use ListenerHandoff::*;
+        for (major, minor, expected) in [
+            (1, 5, Preload),
+            (1, 6, Preload),
+            (1, 7, Preload),
+            (1, 8, XPath),
+            (2, 0, XPath),
+            (2, 5, XPath),
+            (2, 6, XSockpair),
+            (3, 4, XSockpair),
+            (10, 0, XSockpair),
+        ] {
+            let handoff = at(major, minor).listener_handoff();
+            assert_eq!(handoff, expected, "{major}.{minor}");
+            assert_eq!(handoff.takes_x(), expected != Preload, "{major}.{minor}");
+        }
+        assert_eq!(
+            Version::of_word("1.7.14").unwrap().listener_handoff(),
+            Preload
+        );
+        assert_eq!(Version::of_word("1.8.0").unwrap().listener_handoff(), XPath);
+        // No version line: `-x PATH`, as before versions were read.
+        assert_eq!(ListenerHandoff::of(None), XPath);
+        assert_eq!(ListenerHandoff::of(Some(&at(1, 7))), Preload);
+        assert_eq!(ListenerHandoff::of(Some(&at(2, 6))), XSockpair);
     }
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -321,16 +390,22 @@ mod tests {
     #[test]
     fn checks_a_binary() {
         let t = temp_dir("version");
-        let old = script(t.path(), "old", "echo 'HA-Proxy version 1.7.14 2021/03/31'");
+        let old = script(t.path(), "old", "echo 'HA-Proxy version 1.4.27 2016/01/01'");
         let found = check(&old, TIMEOUT).unwrap();
-        assert!(matches!(&found, Found::TooOld { version, .. } if version.text == "1.7.14"));
+        assert!(matches!(&found, Found::TooOld { version, .. } if version.text == "1.4.27"));
         let text = found.to_string();
-        for part in [old.to_str().unwrap(), "1.7.14", "1.8 and later"] {
+        for part in [old.to_str().unwrap(), "1.4.27", "1.5 and later"] {
             assert!(text.contains(part), "{text}");
         }
 
         let new = script(t.path(), "new", "echo 'HAProxy version 2.6.12 2023/01/01'");
         assert!(matches!(check(&new, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 6));
+        let pre_x = script(
+            t.path(),
+            "pre-x",
+            "echo 'HA-Proxy version 1.7.14 2021/03/31'",
+        );
+        assert!(matches!(check(&pre_x, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 7));
 
         let odd = script(t.path(), "odd", "echo 'my proxy 1.0'; exit 3");
         let found = check(&odd, TIMEOUT).unwrap();

@@ -397,8 +397,8 @@ fn refuse_before_start(opts: &Options) -> Result<Option<Version>, String> {
 }
 
 /// After an upgrade in place the binary was checked by the first image; only its version is read
-/// again (which `-x` its workers take, the master CLI's dialect). An unknown version keeps the
-/// `-x` path every haproxy takes.
+/// again (how its workers take the held sockets, the master CLI's dialect). An unknown version
+/// keeps the `-x` path every haproxy from 1.8 on takes.
 fn handoff_version(opts: &Options) -> Option<Version> {
     use hapmaster::haproxy_version::{self, Found};
     match haproxy_version::check(&opts.haproxy, haproxy_version::TIMEOUT) {

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::haproxy_version::Version;
+use crate::haproxy_version::{ListenerHandoff, Version};
 
 /// Used when `--ready-timeout` is not given: a large config with many certificates can take a while.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,18 +56,17 @@ pub struct Options {
     /// long after the first change seen (`DEFAULT_WATCH_DELAY`). None: off.
     pub watch: Option<Duration>,
     /// What `haproxy -v` printed before the master's loop started (never from the command line):
-    /// which `-x` workers take, and the master CLI's dialect until a worker tells its version.
+    /// how workers take the held sockets (`listener_handoff`), and the master CLI's dialect
+    /// until a worker tells its version.
     /// None: not told (a wrapper, a custom build).
     pub binary_version: Option<Version>,
 }
 
 impl Options {
-    /// Whether workers take `-x sockpair@N` (haproxy 2.6 and later); else a `-x` path, which
-    /// every haproxy takes.
-    pub fn sockpair_handoff(&self) -> bool {
-        self.binary_version
-            .as_ref()
-            .is_some_and(Version::takes_sockpair_handoff)
+    /// How workers take the held listening sockets: by the binary's version; `-x PATH` when it
+    /// did not tell.
+    pub fn listener_handoff(&self) -> ListenerHandoff {
+        ListenerHandoff::of(self.binary_version.as_ref())
     }
 
     /// haproxy's `-C DIR` among the flags passed to workers (the last one wins, as in haproxy):

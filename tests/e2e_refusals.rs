@@ -240,14 +240,14 @@ fn refused_by_reload(port: u16, refused: &str, expected: impl Fn(&Path) -> Strin
 }
 
 #[test]
-fn haproxy_older_than_1_8_is_refused_before_any_worker() {
+fn haproxy_older_than_1_5_is_refused_before_any_worker() {
     let dir = TestDir::new();
     let started = dir.join("worker-started");
     let old = script(
-        &dir.join("haproxy-1.7"),
+        &dir.join("haproxy-1.4"),
         &format!(
-            "case \"$1\" in -v|-vv) echo 'HA-Proxy version 1.7.14 2021/03/31'; \
-             echo 'Copyright 2000-2021 Willy Tarreau <willy@haproxy.org>'; exit 0;; esac\n\
+            "case \"$1\" in -v|-vv) echo 'HA-Proxy version 1.4.27 2016/01/01'; \
+             echo 'Copyright 2000-2016 Willy Tarreau <willy@haproxy.org>'; exit 0;; esac\n\
              echo \"$@\" >> {}\nexit 1",
             started.display()
         ),
@@ -256,9 +256,9 @@ fn haproxy_older_than_1_8_is_refused_before_any_worker() {
     let config = http_config(&[format!("127.0.0.1:{port}")]);
     let mut hm = Hapmaster::start_in(dir, config.as_str(), &["--haproxy", old.to_str().unwrap()]);
     let log = assert_refused_before_any_worker(&mut hm, port);
-    let expected = format!("refusing to start: {} is haproxy 1.7.14", old.display());
+    let expected = format!("refusing to start: {} is haproxy 1.4.27", old.display());
     assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
-    assert!(log.contains("supports haproxy 1.8 and later"), "{log}");
+    assert!(log.contains("supports haproxy 1.5 and later"), "{log}");
     assert!(
         !started.exists(),
         "the old haproxy was started as a worker:\n{log}"

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::haproxy_version::ListenerHandoff;
 use crate::pidfile::{remove_quietly, write_atomic};
 use checks::{check_path, ensure_dir};
 pub use error::RuntimeDirError;
@@ -97,10 +98,15 @@ impl RuntimeDir {
                 .is_some_and(|n| is_worker_socket_file_name(n.as_bytes()))
     }
 
-    /// Writes the worker's private config fragment (0600: it grants admin on the socket).
-    pub fn write_fragment(&self, generation: u64) -> Result<PathBuf, RuntimeDirError> {
+    /// Writes the worker's private config fragment (0600: it grants admin on the socket), for a
+    /// worker that takes the listening sockets as `handoff` says.
+    pub fn write_fragment(
+        &self,
+        generation: u64,
+        handoff: ListenerHandoff,
+    ) -> Result<PathBuf, RuntimeDirError> {
         let path = self.worker_fragment(generation);
-        let contents = fragment_contents(generation, &self.worker_socket(generation));
+        let contents = fragment_contents(generation, &self.worker_socket(generation), handoff);
         write_atomic(&path, contents.as_bytes(), 0o600).map_err(|source| {
             RuntimeDirError::WriteFragment {
                 path: path.clone(),
@@ -430,7 +436,7 @@ mod tests {
         assert!(!rd.is_worker_socket_name(&path.join("master.sock")));
         assert!(!rd.is_worker_socket_name(Path::new("/elsewhere/worker-7.sock")));
 
-        let frag = rd.write_fragment(7).unwrap();
+        let frag = rd.write_fragment(7, ListenerHandoff::XPath).unwrap();
         assert_eq!(frag, rd.worker_fragment(7));
         assert_eq!(fs::metadata(&frag).unwrap().mode() & 0o777, 0o600);
         assert_eq!(
@@ -442,6 +448,20 @@ mod tests {
                 path.display()
             )
         );
+        // haproxy 1.5 to 1.7 refuse `expose-fd`.
+        let frag = rd.write_fragment(7, ListenerHandoff::Preload).unwrap();
+        assert_eq!(
+            fs::read_to_string(&frag).unwrap(),
+            format!(
+                "# written by hapmaster for worker generation 7; removed when the worker \
+                 exits\nglobal\n    stats socket {}/worker-7.sock mode 600 level admin\n",
+                path.display()
+            )
+        );
+        let sockpair = rd.write_fragment(7, ListenerHandoff::XSockpair).unwrap();
+        assert!(fs::read_to_string(&sockpair)
+            .unwrap()
+            .ends_with(" level admin expose-fd listeners\n"));
 
         for n in [
             "worker-7.sock",
@@ -494,7 +514,7 @@ mod tests {
         }
         let parent = temp_dir("hacheck");
         let rd = RuntimeDir::acquire(parent.path().join("rt")).unwrap();
-        let frag = rd.write_fragment(1).unwrap();
+        let frag = rd.write_fragment(1, ListenerHandoff::XSockpair).unwrap();
         let main = parent.path().join("main.cfg");
         fs::write(
             &main,

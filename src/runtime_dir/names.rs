@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::haproxy_version::ListenerHandoff;
+
 pub const LOCK_FILE: &str = "hapmaster.lock";
 pub const MASTER_SOCKET: &str = "master.sock";
 pub(super) const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
@@ -49,12 +51,19 @@ pub(super) fn first_runtime_directory(value: Option<OsString>) -> Option<PathBuf
     path.is_absolute().then_some(path)
 }
 
-/// The fragment that gives a worker a private admin socket the master can fetch listeners from.
-pub fn fragment_contents(generation: u64, socket: &Path) -> String {
+/// The fragment that gives a worker a private admin socket: the master's readiness probe asks it
+/// `show info`, and takes the worker's listeners from it with `_getsocks` where the version has
+/// `expose-fd listeners` (1.8+; 1.5 to 1.7 refuse the keyword: "unknown keyword 'expose-fd'").
+pub fn fragment_contents(generation: u64, socket: &Path, handoff: ListenerHandoff) -> String {
     format!(
         "# written by hapmaster for worker generation {generation}; removed when the worker \
-         exits\nglobal\n    stats socket {} mode 600 level admin expose-fd listeners\n",
-        socket.display()
+         exits\nglobal\n    stats socket {} mode 600 level admin{}\n",
+        socket.display(),
+        if handoff.takes_x() {
+            " expose-fd listeners"
+        } else {
+            ""
+        }
     )
 }
 

@@ -70,6 +70,7 @@ use crate::handoff::channel::Channel;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::named::NamedChannel;
 use crate::handoff::sockpair::HandoffChannel;
+use crate::haproxy_version::ListenerHandoff;
 use crate::notify::Notifier;
 use crate::options::Options;
 use crate::runtime_dir::RuntimeDir;
@@ -824,7 +825,8 @@ impl Master<'_> {
             StartKind::Replace => self.metrics.worker_replaced(),
             StartKind::Initial => {}
         }
-        let fragment = match self.runtime.write_fragment(generation) {
+        let handoff = self.opts.listener_handoff();
+        let fragment = match self.runtime.write_fragment(generation, handoff) {
             Ok(f) => f,
             Err(e) => {
                 self.push(Event::SpawnFailed {
@@ -838,7 +840,7 @@ impl Master<'_> {
         let channel = match self.handoff_channel(generation) {
             Ok(c) => c,
             Err(e) => {
-                let what = if self.opts.sockpair_handoff() {
+                let what = if handoff == ListenerHandoff::XSockpair {
                     "a socketpair".to_string()
                 } else {
                     handoff_socket.display().to_string()
@@ -873,6 +875,13 @@ impl Master<'_> {
             },
             if self.held.is_empty() {
                 String::new()
+            } else if channel.is_none() {
+                format!(
+                    ", not handing over the {} held listening sockets: {} has no `-x` \
+                     (haproxy before 1.8); it binds its own",
+                    self.held.len(),
+                    self.binary_name()
+                )
             } else {
                 format!(", handing over {} listening sockets", self.held.len())
             }
@@ -910,12 +919,14 @@ impl Master<'_> {
     }
 
     /// A channel of its own for worker `generation` when there are sockets to hand over: a
-    /// socketpair (with the worker's end) for haproxy 2.6 and later, else `handoff-<G>.sock`.
+    /// socketpair (with the worker's end) for haproxy 2.6 and later, `handoff-<G>.sock` for 1.8
+    /// to 2.5, none before 1.8 (no `-x`).
     fn handoff_channel(&self, generation: u64) -> io::Result<Option<(Channel, Option<OwnedFd>)>> {
-        if self.held.is_empty() {
+        let handoff = self.opts.listener_handoff();
+        if self.held.is_empty() || !handoff.takes_x() {
             return Ok(None);
         }
-        if self.opts.sockpair_handoff() {
+        if handoff == ListenerHandoff::XSockpair {
             let (channel, worker_end) = HandoffChannel::open()?;
             return Ok(Some((Channel::Pair(channel), Some(worker_end))));
         }

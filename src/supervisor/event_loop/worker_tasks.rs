@@ -37,6 +37,10 @@ impl Master<'_> {
         let Some(generation) = self.state.worker(pid).map(|w| w.generation) else {
             return;
         };
+        if !self.opts.listener_handoff().takes_x() {
+            self.ready_without_fetch(pid);
+            return;
+        }
         let path = self.runtime.worker_socket(generation);
         let held = Rc::clone(&self.held);
         match FetchTask::connect(&path, HANDOFF_TIMEOUT, now) {
@@ -114,6 +118,11 @@ impl Master<'_> {
                 return;
             }
         };
+        self.ready_holding(pid, set);
+    }
+
+    /// Worker `pid` is ready, with `set` to become the held set when the state commits it.
+    fn ready_holding(&mut self, pid: Pid, set: HeldSet) {
         if let Err(e) = self.fire_first_ready(pid) {
             // Dropping `set` closes the copies; the worker is stopped as a failed start.
             self.push(Event::WorkerFailed {
@@ -126,6 +135,37 @@ impl Master<'_> {
             record.fetched = Some(set);
         }
         self.push(Event::WorkerReady { pid });
+    }
+
+    /// Worker `pid` answers, but its haproxy (before 1.8) has no `_getsocks` to take its
+    /// listening sockets with: it is ready holding none of them, and the held set becomes empty
+    /// at its commit (it took none of the held sockets either: no `-x`, so a held copy would be a
+    /// socket nobody accepts on). Until hapmaster's preload library hands sockets over at each
+    /// bind() (issue 16), a reload on these versions is as seamless as haproxy's own `-sf`.
+    fn ready_without_fetch(&mut self, pid: Pid) {
+        log::warn!(
+            "worker pid {pid} is ready, but hapmaster cannot take its listening sockets: {} has \
+             no `_getsocks` (haproxy before 1.8), so the master holds none of them and reloads \
+             are not seamless (TODO: the preload library of issue 16){}",
+            self.binary_name(),
+            if self.held.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; letting go of the sockets the master held ({}), which it did not take",
+                    self.held.len()
+                )
+            }
+        );
+        self.ready_holding(pid, HeldSet::default());
+    }
+
+    /// The haproxy the workers run, for the log: "haproxy 1.7.14 (/usr/sbin/haproxy)".
+    pub(super) fn binary_name(&self) -> String {
+        match &self.opts.binary_version {
+            Some(v) => format!("haproxy {} ({})", v.text, self.opts.haproxy.display()),
+            None => self.opts.haproxy.display().to_string(),
+        }
     }
 
     /// The new worker `pid` sent (or connected) the socket it asks `_getsocks` on: serving it the
