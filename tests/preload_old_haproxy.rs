@@ -1,0 +1,308 @@
+//! The preload library (src/preload/shim.c) in a real haproxy 1.7.14, against a small test
+//! master that speaks its protocol (src/preload/wire.rs) and answers with the library's matcher:
+//! haproxy takes the held socket instead of binding (checked by the kernel's word: the inode
+//! haproxy listens on), and binds nothing when the channel fails.
+//!
+//! Needs `HAPMASTER_TEST_OLD_HAPROXY=<dir>` with `<dir>/1.7.14/haproxy`
+//! (`tests/old-haproxy/build.sh` makes `target/old-haproxy`); without it each test says
+//! "skipped" and passes.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+use hapmaster::preload::matcher::{Adoptions, SocketKey};
+use hapmaster::preload::socket_key::socket_key;
+use hapmaster::preload::wire::{decode, encode, Message, MSG_LEN};
+use hapmaster::preload::{install, ENV_FD};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+/// Where the worker finds its end of the channel (any number above haproxy's own first fds).
+const CHILD_FD: RawFd = 10;
+
+fn old_haproxy(test: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("HAPMASTER_TEST_OLD_HAPROXY") else {
+        eprintln!("{test}: skipped (set HAPMASTER_TEST_OLD_HAPROXY to a dir with 1.7.14/haproxy)");
+        return None;
+    };
+    let bin = Path::new(&dir).join("1.7.14/haproxy");
+    assert!(
+        bin.is_file(),
+        "HAPMASTER_TEST_OLD_HAPROXY is set but {} is missing: run tests/old-haproxy/build.sh",
+        bin.display()
+    );
+    Some(bin)
+}
+
+/// The test's side of the channel.
+struct Channel(OwnedFd);
+
+impl Channel {
+    /// One message and the fds that came with it, or `None` at EOF; panics after [`EVENT`].
+    fn recv(&self) -> Option<(Message, Vec<OwnedFd>)> {
+        let deadline = Instant::now() + EVENT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no message from the worker within {EVENT:?}"
+            );
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap();
+            if poll(&mut fds, ms).unwrap() > 0 {
+                break;
+            }
+        }
+        let mut buf = [0u8; MSG_LEN + 1];
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            self.0.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            // The worker exited with a message of ours unread.
+            Err(nix::errno::Errno::ECONNRESET) => return None,
+            other => other.unwrap(),
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: fds just received, owned by nothing else.
+                fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        let len = msg.bytes;
+        if len == 0 {
+            return None;
+        }
+        let message = decode(&buf[..len]).unwrap();
+        assert_eq!(fds.len(), usize::from(message.carries_fd()), "{message:?}");
+        Some((message, fds))
+    }
+
+    fn send(&self, m: &Message, fd: Option<RawFd>) {
+        let bytes = encode(m);
+        let iov = [std::io::IoSlice::new(&bytes)];
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let cmsgs = if fds.is_empty() { &[][..] } else { &cmsg[..] };
+        let n = sendmsg::<()>(
+            self.0.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        assert_eq!(n.unwrap(), MSG_LEN);
+    }
+}
+
+/// haproxy -db with the library preloaded and the channel's other end at [`CHILD_FD`]. The
+/// test's copy of that end is closed once the child has it, so the test sees EOF when it exits.
+fn spawn(bin: &Path, config: &Path, library: &Path) -> (ChildGuard, Channel) {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let raw = theirs.as_raw_fd();
+    let mut command = Command::new(bin);
+    command
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .env("LD_PRELOAD", library)
+        .env(ENV_FD, CHILD_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec. dup2 gives the child its end
+    // without CLOEXEC; when it already is CHILD_FD, dup2 does nothing, so clear the flag.
+    unsafe {
+        command.pre_exec(move || {
+            let rc = if raw == CHILD_FD {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, CHILD_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = ChildGuard(command.spawn().unwrap());
+    drop(theirs);
+    (child, Channel(ours))
+}
+
+fn write_config(dir: &TestDir, binds: &[u16]) -> PathBuf {
+    let mut text = String::from(
+        "global\n    maxconn 100\ndefaults\n    mode http\n    timeout connect 5s\n    \
+         timeout client 30s\n    timeout server 30s\nfrontend fe\n    monitor-uri /\n",
+    );
+    for port in binds {
+        text.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn inode(fd: impl AsFd) -> u64 {
+    nix::sys::stat::fstat(fd.as_fd()).unwrap().st_ino
+}
+
+/// A listening socket as a first worker leaves it: SO_REUSEADDR and SO_REUSEPORT set, so a
+/// second bind with both options at its address would succeed next to it.
+fn held_listener(port: u16) -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::ReusePort, &true).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    s.listen(128).unwrap();
+    s.into()
+}
+
+#[test]
+fn haproxy_1_7_adopts_the_held_socket_and_reports_its_own() {
+    let Some(bin) = old_haproxy("haproxy_1_7_adopts_the_held_socket_and_reports_its_own") else {
+        return;
+    };
+    let dir = TestDir::new();
+    let library = install(dir.path()).unwrap();
+    let (held_port, own_port) = (free_port(), free_port());
+    let held = held_listener(held_port);
+    let held_inode = inode(&held);
+    let held_keys = [socket_key(held.as_fd()).unwrap().unwrap()];
+    let config = write_config(&dir, &[held_port, own_port]);
+    let (mut worker, channel) = spawn(&bin, &config, &library);
+    let pid = worker.id();
+
+    let mut adoptions = Adoptions::new(held_keys.len());
+    let (mut hello, mut answers, mut new) = (None, Vec::new(), Vec::new());
+    while new.len() < 2 {
+        let Some((message, mut fds)) = channel.recv() else {
+            let _ = worker.stop(EVENT);
+            let mut stderr = String::new();
+            let _ = worker.0.stderr.take().unwrap().read_to_string(&mut stderr);
+            panic!("the worker closed the channel: {stderr}");
+        };
+        match message {
+            Message::Hello { pid } => hello = Some(pid),
+            Message::Adopt(bind) => {
+                assert_eq!(bind.pid, pid);
+                let wanted = SocketKey::from_bind(&bind).expect("an inet listener");
+                let index = adoptions.answer(&held_keys, &wanted);
+                answers.push(index);
+                match index {
+                    Some(_) => channel.send(&Message::Fd, Some(held.as_raw_fd())),
+                    None => channel.send(&Message::None, None),
+                }
+            }
+            Message::New(bind) => {
+                let key = SocketKey::from_bind(&bind).expect("an inet listener");
+                new.push((key, fds.pop().unwrap()));
+            }
+            other => panic!("the worker sent {other:?}"),
+        }
+    }
+    assert_eq!(hello, Some(pid), "HELLO first, with the worker's pid");
+    assert_eq!(
+        answers,
+        [Some(0), None],
+        "held port adopted, the other bound"
+    );
+
+    // The kernel's word: one listener at the held port, the held socket, in the worker.
+    assert_eq!(tcp_listen_inodes(held_port), [held_inode].into());
+    let own_inode = inode(&new[1].1);
+    assert_eq!(tcp_listen_inodes(own_port), [own_inode].into());
+    let in_worker = socket_inodes(pid);
+    assert!(
+        in_worker.contains(&held_inode) && in_worker.contains(&own_inode),
+        "worker {pid} holds {in_worker:?}, not {held_inode} and {own_inode}"
+    );
+    // NEW came for both, the adopted one recognisable by its inode.
+    assert_eq!(inode(&new[0].1), held_inode);
+    assert_eq!(new[0].0, held_keys[0]);
+    // The library closed the channel to haproxy's children.
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{CHILD_FD}")).unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap();
+    assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "{fdinfo}");
+    // haproxy serves on the adopted socket.
+    http_get(format!("127.0.0.1:{held_port}")).unwrap();
+    http_get(format!("127.0.0.1:{own_port}")).unwrap();
+
+    // Startup over: later binds are the worker's own. The worker exits; the held socket stays.
+    channel.send(&Message::End, None);
+    let status = worker.stop(EVENT).expect("haproxy stops on SIGTERM");
+    assert!(channel.recv().is_none(), "EOF once the worker is gone");
+    assert_eq!(
+        tcp_listen_inodes(held_port),
+        [held_inode].into(),
+        "{status}"
+    );
+}
+
+/// The channel fails before startup is over (closed before haproxy runs, or after its HELLO):
+/// haproxy fails to bind and exits; the held socket is the only one at its port throughout.
+#[test]
+fn haproxy_1_7_binds_nothing_when_the_channel_fails() {
+    let Some(bin) = old_haproxy("haproxy_1_7_binds_nothing_when_the_channel_fails") else {
+        return;
+    };
+    let dir = TestDir::new();
+    let library = install(dir.path()).unwrap();
+    for close_after_hello in [false, true] {
+        let port = free_port();
+        let held = held_listener(port);
+        let config = write_config(&dir, &[port]);
+        let (mut worker, channel) = spawn(&bin, &config, &library);
+        if close_after_hello {
+            let hello = channel.recv().map(|(m, _)| m);
+            assert_eq!(hello, Some(Message::Hello { pid: worker.id() }));
+        }
+        drop(channel);
+        let status = poll_until(EVENT, || worker.0.try_wait().unwrap()).unwrap_or_else(|| {
+            panic!(
+                "haproxy {} still runs with a failed channel; listeners at {port}: {:?} \
+                 (held: {})",
+                worker.id(),
+                tcp_listen_inodes(port),
+                inode(&held)
+            )
+        });
+        let mut stderr = String::new();
+        worker
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(!status.success(), "{status}: {stderr}");
+        assert!(stderr.contains("hapmaster preload"), "{stderr}");
+        assert_eq!(tcp_listen_inodes(port), [inode(&held)].into(), "{stderr}");
+    }
+}
