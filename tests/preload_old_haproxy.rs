@@ -11,7 +11,7 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -151,17 +151,78 @@ fn spawn(bin: &Path, config: &Path, library: &Path) -> (ChildGuard, Channel) {
     (child, Channel(ours))
 }
 
-fn write_config(dir: &TestDir, binds: &[u16]) -> PathBuf {
+/// What a worker said while it started.
+struct Startup {
+    hello: Option<u32>,
+    /// For each ADOPT, the index in `held` it was answered with (`None`: NONE).
+    answers: Vec<Option<usize>>,
+    /// Each NEW: the socket's keys and the socket.
+    new: Vec<(SocketKey, OwnedFd)>,
+}
+
+/// Plays the master while `worker` starts, until it reported `listeners` NEW sockets: answers
+/// each ADOPT from `held` with the library's own matcher.
+fn startup(
+    worker: &mut ChildGuard,
+    channel: &Channel,
+    held: &[BorrowedFd<'_>],
+    listeners: usize,
+) -> Startup {
+    let pid = worker.id();
+    let keys: Vec<SocketKey> = held
+        .iter()
+        .map(|fd| socket_key(*fd).unwrap().unwrap())
+        .collect();
+    let mut adoptions = Adoptions::new(keys.len());
+    let mut seen = Startup {
+        hello: None,
+        answers: Vec::new(),
+        new: Vec::new(),
+    };
+    while seen.new.len() < listeners {
+        let Some((message, mut fds)) = channel.recv() else {
+            let _ = worker.stop(EVENT);
+            let mut stderr = String::new();
+            let _ = worker.0.stderr.take().unwrap().read_to_string(&mut stderr);
+            panic!("the worker closed the channel: {stderr}");
+        };
+        match message {
+            Message::Hello { pid } => seen.hello = Some(pid),
+            Message::Adopt(bind) => {
+                assert_eq!(bind.pid, pid);
+                let wanted = SocketKey::from_bind(&bind).expect("a listener's address");
+                let index = adoptions.answer(&keys, &wanted);
+                seen.answers.push(index);
+                match index {
+                    Some(i) => channel.send(&Message::Fd, Some(held[i].as_raw_fd())),
+                    None => channel.send(&Message::None, None),
+                }
+            }
+            Message::New(bind) => {
+                let key = SocketKey::from_bind(&bind).expect("a listener's address");
+                seen.new.push((key, fds.pop().unwrap()));
+            }
+            other => panic!("the worker sent {other:?}"),
+        }
+    }
+    seen
+}
+
+fn write_config(dir: &TestDir, binds: &[String]) -> PathBuf {
     let mut text = String::from(
         "global\n    maxconn 100\ndefaults\n    mode http\n    timeout connect 5s\n    \
          timeout client 30s\n    timeout server 30s\nfrontend fe\n    monitor-uri /\n",
     );
-    for port in binds {
-        text.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+    for bind in binds {
+        text.push_str(&format!("    bind {bind}\n"));
     }
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn tcp(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 fn inode(fd: impl AsFd) -> u64 {
@@ -190,39 +251,15 @@ fn haproxy_1_7_adopts_the_held_socket_and_reports_its_own() {
     let (held_port, own_port) = (free_port(), free_port());
     let held = held_listener(held_port);
     let held_inode = inode(&held);
-    let held_keys = [socket_key(held.as_fd()).unwrap().unwrap()];
-    let config = write_config(&dir, &[held_port, own_port]);
+    let config = write_config(&dir, &[tcp(held_port), tcp(own_port)]);
     let (mut worker, channel) = spawn(&bin, &config, &library);
     let pid = worker.id();
 
-    let mut adoptions = Adoptions::new(held_keys.len());
-    let (mut hello, mut answers, mut new) = (None, Vec::new(), Vec::new());
-    while new.len() < 2 {
-        let Some((message, mut fds)) = channel.recv() else {
-            let _ = worker.stop(EVENT);
-            let mut stderr = String::new();
-            let _ = worker.0.stderr.take().unwrap().read_to_string(&mut stderr);
-            panic!("the worker closed the channel: {stderr}");
-        };
-        match message {
-            Message::Hello { pid } => hello = Some(pid),
-            Message::Adopt(bind) => {
-                assert_eq!(bind.pid, pid);
-                let wanted = SocketKey::from_bind(&bind).expect("an inet listener");
-                let index = adoptions.answer(&held_keys, &wanted);
-                answers.push(index);
-                match index {
-                    Some(_) => channel.send(&Message::Fd, Some(held.as_raw_fd())),
-                    None => channel.send(&Message::None, None),
-                }
-            }
-            Message::New(bind) => {
-                let key = SocketKey::from_bind(&bind).expect("an inet listener");
-                new.push((key, fds.pop().unwrap()));
-            }
-            other => panic!("the worker sent {other:?}"),
-        }
-    }
+    let Startup {
+        hello,
+        answers,
+        new,
+    } = startup(&mut worker, &channel, &[held.as_fd()], 2);
     assert_eq!(hello, Some(pid), "HELLO first, with the worker's pid");
     assert_eq!(
         answers,
@@ -241,7 +278,7 @@ fn haproxy_1_7_adopts_the_held_socket_and_reports_its_own() {
     );
     // NEW came for both, the adopted one recognisable by its inode.
     assert_eq!(inode(&new[0].1), held_inode);
-    assert_eq!(new[0].0, held_keys[0]);
+    assert_eq!(Some(&new[0].0), socket_key(held.as_fd()).unwrap().as_ref());
     // The library closed the channel to haproxy's children.
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{CHILD_FD}")).unwrap();
     let flags = fdinfo
@@ -277,7 +314,7 @@ fn haproxy_1_7_binds_nothing_when_the_channel_fails() {
     for close_after_hello in [false, true] {
         let port = free_port();
         let held = held_listener(port);
-        let config = write_config(&dir, &[port]);
+        let config = write_config(&dir, &[tcp(port)]);
         let (mut worker, channel) = spawn(&bin, &config, &library);
         if close_after_hello {
             let hello = channel.recv().map(|(m, _)| m);
@@ -305,4 +342,41 @@ fn haproxy_1_7_binds_nothing_when_the_channel_fails() {
         assert!(stderr.contains("hapmaster preload"), "{stderr}");
         assert_eq!(tcp_listen_inodes(port), [inode(&held)].into(), "{stderr}");
     }
+}
+
+/// A unix listener: haproxy binds `<path>.<pid>.tmp`, chmods it and renames it over `<path>`.
+/// With the held socket at `<path>`, the library adopts it, the rename only drops haproxy's
+/// placeholder, and `<path>` still names the held socket: same file, same listening inode.
+#[test]
+fn haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file() {
+    let Some(bin) = old_haproxy("haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file") else {
+        return;
+    };
+    let dir = TestDir::new();
+    let library = install(dir.path()).unwrap();
+    let path = dir.join("fe.sock");
+    let held = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let file = std::fs::metadata(&path).unwrap();
+    let config = write_config(&dir, &[format!("{} mode 600", path.display())]);
+    let (mut worker, channel) = spawn(&bin, &config, &library);
+    let Startup { answers, new, .. } = startup(&mut worker, &channel, &[held.as_fd()], 1);
+    assert_eq!(answers, [Some(0)]);
+    assert_eq!(inode(&new[0].1), inode(&held));
+    assert!(socket_inodes(worker.id()).contains(&inode(&held)));
+    assert_eq!(unix_listen_inodes(&path), [inode(&held)].into());
+    // Served: haproxy accepts, so it is past its startup (the rename comes after the NEW).
+    http_get(path.as_path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!((after.dev(), after.ino()), (file.dev(), file.ino()));
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["fe.sock", "haproxy.cfg", &hapmaster::preload::file_name()]
+    );
+    http_get(path.as_path()).unwrap();
 }
