@@ -380,3 +380,43 @@ fn haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file() {
     );
     http_get(path.as_path()).unwrap();
 }
+
+/// After END the worker's binds are its own: with the channel closed, a connection to a server
+/// bound to a fixed `source` port (a bind the library would refuse before END) still goes out.
+#[test]
+fn haproxy_1_7_binds_for_itself_after_end() {
+    let Some(bin) = old_haproxy("haproxy_1_7_binds_for_itself_after_end") else {
+        return;
+    };
+    let dir = TestDir::new();
+    let library = install(dir.path()).unwrap();
+    let (held_port, source_port) = (free_port(), free_port());
+    let held = held_listener(held_port);
+    let server = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    server.set_nonblocking(true).unwrap();
+    let config = write_config(&dir, &[tcp(held_port)]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "    default_backend be\nbackend be\n    source 127.0.0.1:{source_port}\n    \
+         server s1 {}\n",
+        server.local_addr().unwrap()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let (mut worker, channel) = spawn(&bin, &config, &library);
+    let Startup { answers, .. } = startup(&mut worker, &channel, &[held.as_fd()], 1);
+    assert_eq!(answers, [Some(0)]);
+    channel.send(&Message::End, None);
+    drop(channel);
+    // A request through the adopted listener (not to monitor-uri /) makes haproxy connect
+    // from the source port.
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", held_port)).unwrap();
+    std::io::Write::write_all(&mut client, b"GET /to-the-backend HTTP/1.0\r\n\r\n").unwrap();
+    let (_conn, peer) = poll_until(EVENT, || server.accept().ok()).unwrap_or_else(|| {
+        let _ = worker.stop(EVENT);
+        let mut stderr = String::new();
+        let _ = worker.0.stderr.take().unwrap().read_to_string(&mut stderr);
+        panic!("no connection from 127.0.0.1:{source_port}: {stderr}")
+    });
+    assert_eq!(peer, SocketAddr::from(([127, 0, 0, 1], source_port)));
+    assert_eq!(tcp_listen_inodes(held_port), [inode(&held)].into());
+}
