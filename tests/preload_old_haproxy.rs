@@ -12,7 +12,6 @@ mod common;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -30,6 +29,26 @@ use nix::sys::socket::{
 
 /// Where the worker finds its end of the channel (any number above haproxy's own first fds).
 const CHILD_FD: RawFd = 10;
+
+/// The haproxy 1.7 binary, a test directory and the library installed in it.
+struct Old {
+    bin: PathBuf,
+    dir: TestDir,
+    library: PathBuf,
+}
+
+impl Old {
+    fn setup(test: &str) -> Option<Old> {
+        let bin = old_haproxy(test)?;
+        let dir = TestDir::new();
+        let library = install(dir.path()).unwrap();
+        Some(Old { bin, dir, library })
+    }
+
+    fn spawn(&self, config: &Path) -> (ChildGuard, Channel) {
+        spawn(&self.bin, config, &self.library)
+    }
+}
 
 fn old_haproxy(test: &str) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("HAPMASTER_TEST_OLD_HAPROXY") else {
@@ -110,6 +129,16 @@ impl Channel {
     }
 }
 
+/// What the worker wrote to stderr, once it exited (stopped first if it still runs).
+fn stderr_of(worker: &mut ChildGuard) -> String {
+    let _ = worker.stop(EVENT);
+    let mut stderr = String::new();
+    if let Some(mut pipe) = worker.0.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    stderr
+}
+
 /// haproxy -db with the library preloaded and the channel's other end at [`CHILD_FD`]. The
 /// test's copy of that end is closed once the child has it, so the test sees EOF when it exits.
 fn spawn(bin: &Path, config: &Path, library: &Path) -> (ChildGuard, Channel) {
@@ -131,21 +160,7 @@ fn spawn(bin: &Path, config: &Path, library: &Path) -> (ChildGuard, Channel) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec. dup2 gives the child its end
-    // without CLOEXEC; when it already is CHILD_FD, dup2 does nothing, so clear the flag.
-    unsafe {
-        command.pre_exec(move || {
-            let rc = if raw == CHILD_FD {
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, CHILD_FD)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_fd(&mut command, raw, CHILD_FD);
     let child = ChildGuard(command.spawn().unwrap());
     drop(theirs);
     (child, Channel(ours))
@@ -181,10 +196,7 @@ fn startup(
     };
     while seen.new.len() < listeners {
         let Some((message, mut fds)) = channel.recv() else {
-            let _ = worker.stop(EVENT);
-            let mut stderr = String::new();
-            let _ = worker.0.stderr.take().unwrap().read_to_string(&mut stderr);
-            panic!("the worker closed the channel: {stderr}");
+            panic!("the worker closed the channel: {}", stderr_of(worker));
         };
         match message {
             Message::Hello { pid } => seen.hello = Some(pid),
@@ -243,16 +255,15 @@ fn held_listener(port: u16) -> TcpListener {
 
 #[test]
 fn haproxy_1_7_adopts_the_held_socket_and_reports_its_own() {
-    let Some(bin) = old_haproxy("haproxy_1_7_adopts_the_held_socket_and_reports_its_own") else {
+    let Some(old) = Old::setup("haproxy_1_7_adopts_the_held_socket_and_reports_its_own") else {
         return;
     };
-    let dir = TestDir::new();
-    let library = install(dir.path()).unwrap();
+    let dir = &old.dir;
     let (held_port, own_port) = (free_port(), free_port());
     let held = held_listener(held_port);
     let held_inode = inode(&held);
-    let config = write_config(&dir, &[tcp(held_port), tcp(own_port)]);
-    let (mut worker, channel) = spawn(&bin, &config, &library);
+    let config = write_config(dir, &[tcp(held_port), tcp(own_port)]);
+    let (mut worker, channel) = old.spawn(&config);
     let pid = worker.id();
 
     let Startup {
@@ -302,45 +313,68 @@ fn haproxy_1_7_adopts_the_held_socket_and_reports_its_own() {
     );
 }
 
-/// The channel fails before startup is over (closed before haproxy runs, or after its HELLO):
-/// haproxy fails to bind and exits; the held socket is the only one at its port throughout.
+/// How a test master fails a worker's startup.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// Its end is closed before haproxy runs: the library's HELLO fails.
+    ClosedBeforeStart,
+    /// Closed after the HELLO: the ADOPT fails.
+    ClosedAfterHello,
+    /// Open, but the ADOPT is never answered: the library's 10 s receive timeout.
+    NoAnswer,
+}
+
+/// The channel fails before startup is over: haproxy fails to bind and exits; the held socket
+/// (SO_REUSEPORT set, so a real bind next to it would succeed) stays the only one at its port.
 #[test]
 fn haproxy_1_7_binds_nothing_when_the_channel_fails() {
-    let Some(bin) = old_haproxy("haproxy_1_7_binds_nothing_when_the_channel_fails") else {
+    let Some(old) = Old::setup("haproxy_1_7_binds_nothing_when_the_channel_fails") else {
         return;
     };
-    let dir = TestDir::new();
-    let library = install(dir.path()).unwrap();
-    for close_after_hello in [false, true] {
+    for failure in [
+        Failure::ClosedBeforeStart,
+        Failure::ClosedAfterHello,
+        Failure::NoAnswer,
+    ] {
         let port = free_port();
         let held = held_listener(port);
-        let config = write_config(&dir, &[tcp(port)]);
-        let (mut worker, channel) = spawn(&bin, &config, &library);
-        if close_after_hello {
-            let hello = channel.recv().map(|(m, _)| m);
-            assert_eq!(hello, Some(Message::Hello { pid: worker.id() }));
-        }
-        drop(channel);
+        let config = write_config(&old.dir, &[tcp(port)]);
+        let (mut worker, channel) = old.spawn(&config);
+        // The channel while the test waits for haproxy's exit: closed, except for NoAnswer.
+        let open = match failure {
+            Failure::ClosedBeforeStart => {
+                drop(channel);
+                None
+            }
+            Failure::ClosedAfterHello => {
+                let hello = channel.recv().map(|(m, _)| m);
+                assert_eq!(hello, Some(Message::Hello { pid: worker.id() }));
+                drop(channel);
+                None
+            }
+            Failure::NoAnswer => {
+                let adopt = channel.recv().and_then(|_| channel.recv());
+                assert!(matches!(adopt, Some((Message::Adopt(_), _))), "{adopt:?}");
+                Some(channel)
+            }
+        };
         let status = poll_until(EVENT, || worker.0.try_wait().unwrap()).unwrap_or_else(|| {
             panic!(
-                "haproxy {} still runs with a failed channel; listeners at {port}: {:?} \
-                 (held: {})",
+                "{failure:?}: haproxy {} still runs; listeners at {port}: {:?} (held: {})",
                 worker.id(),
                 tcp_listen_inodes(port),
                 inode(&held)
             )
         });
-        let mut stderr = String::new();
-        worker
-            .0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(!status.success(), "{status}: {stderr}");
-        assert!(stderr.contains("hapmaster preload"), "{stderr}");
-        assert_eq!(tcp_listen_inodes(port), [inode(&held)].into(), "{stderr}");
+        drop(open);
+        let stderr = stderr_of(&mut worker);
+        assert!(!status.success(), "{failure:?}: {status}: {stderr}");
+        assert!(
+            stderr.contains("hapmaster preload"),
+            "{failure:?}: {stderr}"
+        );
+        let listeners = tcp_listen_inodes(port);
+        assert_eq!(listeners, [inode(&held)].into(), "{failure:?}: {stderr}");
     }
 }
 
@@ -349,16 +383,15 @@ fn haproxy_1_7_binds_nothing_when_the_channel_fails() {
 /// placeholder, and `<path>` still names the held socket: same file, same listening inode.
 #[test]
 fn haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file() {
-    let Some(bin) = old_haproxy("haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file") else {
+    let Some(old) = Old::setup("haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file") else {
         return;
     };
-    let dir = TestDir::new();
-    let library = install(dir.path()).unwrap();
+    let dir = &old.dir;
     let path = dir.join("fe.sock");
     let held = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let file = std::fs::metadata(&path).unwrap();
-    let config = write_config(&dir, &[format!("{} mode 600", path.display())]);
-    let (mut worker, channel) = spawn(&bin, &config, &library);
+    let config = write_config(dir, &[format!("{} mode 600", path.display())]);
+    let (mut worker, channel) = old.spawn(&config);
     let Startup { answers, new, .. } = startup(&mut worker, &channel, &[held.as_fd()], 1);
     assert_eq!(answers, [Some(0)]);
     assert_eq!(inode(&new[0].1), inode(&held));
@@ -369,15 +402,9 @@ fn haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file() {
     use std::os::unix::fs::MetadataExt;
     let after = std::fs::metadata(&path).unwrap();
     assert_eq!((after.dev(), after.ino()), (file.dev(), file.ino()));
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        ["fe.sock", "haproxy.cfg", &hapmaster::preload::file_name()]
-    );
+    let names = common::soak::dir_names(dir.path());
+    let want = ["fe.sock", "haproxy.cfg", &hapmaster::preload::file_name()];
+    assert_eq!(names, want.into_iter().map(String::from).collect());
     http_get(path.as_path()).unwrap();
 }
 
@@ -385,16 +412,15 @@ fn haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file() {
 /// bound to a fixed `source` port (a bind the library would refuse before END) still goes out.
 #[test]
 fn haproxy_1_7_binds_for_itself_after_end() {
-    let Some(bin) = old_haproxy("haproxy_1_7_binds_for_itself_after_end") else {
+    let Some(old) = Old::setup("haproxy_1_7_binds_for_itself_after_end") else {
         return;
     };
-    let dir = TestDir::new();
-    let library = install(dir.path()).unwrap();
+    let dir = &old.dir;
     let (held_port, source_port) = (free_port(), free_port());
     let held = held_listener(held_port);
     let server = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     server.set_nonblocking(true).unwrap();
-    let config = write_config(&dir, &[tcp(held_port)]);
+    let config = write_config(dir, &[tcp(held_port)]);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "    default_backend be\nbackend be\n    source 127.0.0.1:{source_port}\n    \
@@ -402,7 +428,7 @@ fn haproxy_1_7_binds_for_itself_after_end() {
         server.local_addr().unwrap()
     ));
     std::fs::write(&config, text).unwrap();
-    let (mut worker, channel) = spawn(&bin, &config, &library);
+    let (mut worker, channel) = old.spawn(&config);
     let Startup { answers, .. } = startup(&mut worker, &channel, &[held.as_fd()], 1);
     assert_eq!(answers, [Some(0)]);
     channel.send(&Message::End, None);
@@ -412,10 +438,10 @@ fn haproxy_1_7_binds_for_itself_after_end() {
     let mut client = std::net::TcpStream::connect(("127.0.0.1", held_port)).unwrap();
     std::io::Write::write_all(&mut client, b"GET /to-the-backend HTTP/1.0\r\n\r\n").unwrap();
     let (_conn, peer) = poll_until(EVENT, || server.accept().ok()).unwrap_or_else(|| {
-        let _ = worker.stop(EVENT);
-        let mut stderr = String::new();
-        let _ = worker.0.stderr.take().unwrap().read_to_string(&mut stderr);
-        panic!("no connection from 127.0.0.1:{source_port}: {stderr}")
+        panic!(
+            "no connection from 127.0.0.1:{source_port}: {}",
+            stderr_of(&mut worker)
+        )
     });
     assert_eq!(peer, SocketAddr::from(([127, 0, 0, 1], source_port)));
     assert_eq!(tcp_listen_inodes(held_port), [inode(&held)].into());
