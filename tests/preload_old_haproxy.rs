@@ -45,8 +45,9 @@ impl Old {
         Some(Old { bin, dir, library })
     }
 
+    /// haproxy in the foreground (`-db`), as hapmaster runs it.
     fn spawn(&self, config: &Path) -> (ChildGuard, Channel) {
-        spawn(&self.bin, config, &self.library)
+        spawn(&self.bin, &["-db"], config, &self.library)
     }
 }
 
@@ -141,7 +142,7 @@ fn stderr_of(worker: &mut ChildGuard) -> String {
 
 /// haproxy -db with the library preloaded and the channel's other end at [`CHILD_FD`]. The
 /// test's copy of that end is closed once the child has it, so the test sees EOF when it exits.
-fn spawn(bin: &Path, config: &Path, library: &Path) -> (ChildGuard, Channel) {
+fn spawn(bin: &Path, mode: &[&str], config: &Path, library: &Path) -> (ChildGuard, Channel) {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -152,7 +153,7 @@ fn spawn(bin: &Path, config: &Path, library: &Path) -> (ChildGuard, Channel) {
     let raw = theirs.as_raw_fd();
     let mut command = Command::new(bin);
     command
-        .arg("-db")
+        .args(mode)
         .arg("-f")
         .arg(config)
         .env("LD_PRELOAD", library)
@@ -445,4 +446,67 @@ fn haproxy_1_7_binds_for_itself_after_end() {
     });
     assert_eq!(peer, SocketAddr::from(([127, 0, 0, 1], source_port)));
     assert_eq!(tcp_listen_inodes(held_port), [inode(&held)].into());
+}
+
+/// haproxy binds before it forks (`-D` with nbproc 2): the master's END reaches one process
+/// only, and the other, finding the channel closed, must still bind for itself (its startup is
+/// over, it never asks). Each process serves one frontend whose backend has its own `source`.
+#[test]
+fn haproxy_1_7_forked_processes_bind_for_themselves() {
+    let Some(old) = Old::setup("haproxy_1_7_forked_processes_bind_for_themselves") else {
+        return;
+    };
+    let ports = free_ports(4);
+    let held: Vec<TcpListener> = ports[..2].iter().map(|&p| held_listener(p)).collect();
+    let server = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    server.set_nonblocking(true).unwrap();
+    let mut text = String::from(
+        "global\n    nbproc 2\ndefaults\n    mode http\n    timeout connect 5s\n    \
+         timeout client 30s\n    timeout server 30s\n",
+    );
+    for process in 1..=2 {
+        let (listen, source) = (ports[process - 1], ports[process + 1]);
+        text.push_str(&format!(
+            "frontend fe{process}\n    bind-process {process}\n    bind 127.0.0.1:{listen}\n    \
+             default_backend be{process}\nbackend be{process}\n    bind-process {process}\n    \
+             source 127.0.0.1:{source}\n    server s1 {}\n",
+            server.local_addr().unwrap()
+        ));
+    }
+    let config = old.dir.join("haproxy.cfg");
+    std::fs::write(&config, text).unwrap();
+    let pidfile = old.dir.join("haproxy.pid");
+    let pidfile_arg = pidfile.to_str().unwrap();
+    let (mut parent, channel) = spawn(&old.bin, &["-D", "-p", pidfile_arg], &config, &old.library);
+    let borrowed: Vec<BorrowedFd<'_>> = held.iter().map(|h| h.as_fd()).collect();
+    let Startup { answers, .. } = startup(&mut parent, &channel, &borrowed, 2);
+    assert_eq!(answers, [Some(0), Some(1)]);
+    let status = poll_until(EVENT, || parent.0.try_wait().unwrap()).expect("haproxy -D returns");
+    assert!(status.success(), "{status}: {}", stderr_of(&mut parent));
+    let pids: Vec<u32> = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    // The daemon's processes are this test's too: stopped by pid when the test ends.
+    struct Stop(Vec<u32>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                let _ = kill(pid, SIGTERM);
+            }
+        }
+    }
+    let _stop = Stop(pids);
+    channel.send(&Message::End, None);
+    drop(channel);
+    for process in 1..=2 {
+        let (listen, source) = (ports[process - 1], ports[process + 1]);
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        std::io::Write::write_all(&mut client, b"GET /to-the-backend HTTP/1.0\r\n\r\n").unwrap();
+        let (_conn, peer) = poll_until(EVENT, || server.accept().ok())
+            .unwrap_or_else(|| panic!("process {process}: no connection from port {source}"));
+        assert_eq!(peer, SocketAddr::from(([127, 0, 0, 1], source)));
+    }
 }

@@ -68,6 +68,9 @@ enum state {
 
 static enum state state = UNUSED;
 static int chan = -1;
+/* The process that said HELLO. haproxy binds its listeners before it forks (nbproc, -D): in a
+ * forked process startup is over, whether or not that process read the master's END. */
+static pid_t hello_pid;
 static int (*real_bind)(int, const struct sockaddr *, socklen_t);
 static int (*real_listen)(int, int);
 static int (*real_rename)(const char *, const char *);
@@ -149,17 +152,17 @@ static int recv_msg(struct msg *m, int *fd, int flags)
         }
     int ok = n == (ssize_t)sizeof(*m) && !(mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) && !extra &&
              m->version == WIRE_VERSION;
-    if (n == 0)
-        errno = EPIPE; /* the master closed its end */
-    else if (n > 0 && !ok)
-        errno = EPROTO;
     if (ok && fd && (m->kind == FD) == (got >= 0)) {
         *fd = got;
         return 0;
     }
     if (got >= 0)
         close(got);
-    return ok && !fd && got < 0 ? 0 : -1;
+    if (ok && !fd && got < 0)
+        return 0;
+    if (n >= 0)
+        errno = n == 0 ? EPIPE /* the master closed its end */ : EPROTO;
+    return -1;
 }
 
 /* A message the master may send without being asked: END (startup is over). Returns 1 if the
@@ -264,8 +267,16 @@ static int is_unix_tmp(const struct sockaddr *sa, socklen_t len)
     return i < n - 4 && i > 1 && un->sun_path[i - 1] == '.';
 }
 
+/* Whether startup is over in this process without the master saying so: a forked child. */
+static void check_forked(void)
+{
+    if (state == OPEN && getpid() != hello_pid)
+        state = ENDED;
+}
+
 int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
+    check_forked();
     if (state == OPEN && is_listener(fd, sa, len))
         poll_end();
     if (state == UNUSED || state == ENDED || !is_listener(fd, sa, len))
@@ -312,6 +323,7 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len)
 int listen(int fd, int backlog)
 {
     int rc = real_listen(fd, backlog);
+    check_forked();
     if (rc < 0 || state != OPEN)
         return rc;
     struct sockaddr_storage ss;
@@ -380,7 +392,8 @@ __attribute__((constructor)) static void start(void)
         broken("HAPMASTER_PRELOAD_FD is not a seqpacket socket");
         return;
     }
-    struct msg hello = {.version = WIRE_VERSION, .kind = HELLO, .pid = (uint32_t)getpid()};
+    hello_pid = getpid();
+    struct msg hello = {.version = WIRE_VERSION, .kind = HELLO, .pid = (uint32_t)hello_pid};
     if (send_msg(&hello, -1) < 0)
         broken("cannot say hello to the master");
 }
