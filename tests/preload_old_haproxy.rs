@@ -11,21 +11,18 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
+use hapmaster::preload::channel::{Incoming, PreloadChannel};
 use hapmaster::preload::matcher::{Adoptions, SocketKey};
 use hapmaster::preload::socket_key::socket_key;
-use hapmaster::preload::wire::{decode, encode, Message, MSG_LEN};
+use hapmaster::preload::wire::Message;
 use hapmaster::preload::{install, ENV_FD};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
 
 /// Where the worker finds its end of the channel (any number above haproxy's own first fds).
 const CHILD_FD: RawFd = 10;
@@ -65,68 +62,32 @@ fn old_haproxy(test: &str) -> Option<PathBuf> {
     Some(bin)
 }
 
-/// The test's side of the channel.
-struct Channel(OwnedFd);
+/// The master's side of the channel (the library's `PreloadChannel`), waited on with a deadline.
+struct Channel(PreloadChannel);
 
 impl Channel {
-    /// One message and the fds that came with it, or `None` at EOF; panics after [`EVENT`].
-    fn recv(&self) -> Option<(Message, Vec<OwnedFd>)> {
+    /// One message and the fd that came with it, or `None` at EOF; panics after [`EVENT`].
+    fn recv(&self) -> Option<(Message, Option<OwnedFd>)> {
         let deadline = Instant::now() + EVENT;
         loop {
+            match self.0.receive().unwrap() {
+                Incoming::Message(m, fd) => return Some((m, fd)),
+                Incoming::Closed => return None,
+                Incoming::Pending => {}
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
                 "no message from the worker within {EVENT:?}"
             );
-            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.0.poll_fd(), PollFlags::POLLIN)];
             let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap();
-            if poll(&mut fds, ms).unwrap() > 0 {
-                break;
-            }
+            poll(&mut fds, ms).unwrap();
         }
-        let mut buf = [0u8; MSG_LEN + 1];
-        let mut space = nix::cmsg_space!([RawFd; 4]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(
-            self.0.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            // The worker exited with a message of ours unread.
-            Err(nix::errno::Errno::ECONNRESET) => return None,
-            other => other.unwrap(),
-        };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: fds just received, owned by nothing else.
-                fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
-            }
-        }
-        let len = msg.bytes;
-        if len == 0 {
-            return None;
-        }
-        let message = decode(&buf[..len]).unwrap();
-        assert_eq!(fds.len(), usize::from(message.carries_fd()), "{message:?}");
-        Some((message, fds))
     }
 
-    fn send(&self, m: &Message, fd: Option<RawFd>) {
-        let bytes = encode(m);
-        let iov = [std::io::IoSlice::new(&bytes)];
-        let fds: Vec<RawFd> = fd.into_iter().collect();
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        let cmsgs = if fds.is_empty() { &[][..] } else { &cmsg[..] };
-        let n = sendmsg::<()>(
-            self.0.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
-        assert_eq!(n.unwrap(), MSG_LEN);
+    fn send(&self, m: &Message, fd: Option<BorrowedFd<'_>>) {
+        self.0.send(m, fd).unwrap();
     }
 }
 
@@ -143,13 +104,7 @@ fn stderr_of(worker: &mut ChildGuard) -> String {
 /// haproxy -db with the library preloaded and the channel's other end at [`CHILD_FD`]. The
 /// test's copy of that end is closed once the child has it, so the test sees EOF when it exits.
 fn spawn(bin: &Path, mode: &[&str], config: &Path, library: &Path) -> (ChildGuard, Channel) {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = PreloadChannel::open().unwrap();
     let raw = theirs.as_raw_fd();
     let mut command = Command::new(bin);
     command
@@ -196,7 +151,7 @@ fn startup(
         new: Vec::new(),
     };
     while seen.new.len() < listeners {
-        let Some((message, mut fds)) = channel.recv() else {
+        let Some((message, fd)) = channel.recv() else {
             panic!("the worker closed the channel: {}", stderr_of(worker));
         };
         match message {
@@ -207,13 +162,13 @@ fn startup(
                 let index = adoptions.answer(&keys, &wanted);
                 seen.answers.push(index);
                 match index {
-                    Some(i) => channel.send(&Message::Fd, Some(held[i].as_raw_fd())),
+                    Some(i) => channel.send(&Message::Fd, Some(held[i])),
                     None => channel.send(&Message::None, None),
                 }
             }
             Message::New(bind) => {
                 let key = SocketKey::from_bind(&bind).expect("a listener's address");
-                seen.new.push((key, fds.pop().unwrap()));
+                seen.new.push((key, fd.expect("NEW carries its socket")));
             }
             other => panic!("the worker sent {other:?}"),
         }

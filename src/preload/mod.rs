@@ -2,6 +2,7 @@
 //! asks the master at each listener bind() for the socket it holds (`shim.c`, `wire.rs`), and
 //! the master answers from its held set (`matcher.rs`).
 
+pub mod channel;
 pub mod matcher;
 pub mod socket_key;
 pub mod wire;
