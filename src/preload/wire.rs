@@ -28,7 +28,8 @@
 //! - NEW + SCM_RIGHTS(the socket) (worker, after a successful listen(2) of such a socket): its keys.
 //!   Sent for adopted sockets too; the master recognises those by inode. No answer.
 //! - END (master, when the worker is ready): startup is over; later binds (`source` of outgoing
-//!   connections) are the worker's own and are not asked about.
+//!   connections) are the worker's own and are not asked about. A process forked after the
+//!   HELLO (haproxy `-D`, nbproc) takes its startup as over too: haproxy binds before it forks.
 //!
 //! Answers carry only version and kind (the rest 0). The library fails a bind with EADDRINUSE
 //! when the channel fails before END (closed, 10 s without an answer, a malformed message).
