@@ -336,32 +336,44 @@ fn haproxy_1_7_binds_nothing_when_the_channel_fails() {
 
 /// A unix listener: haproxy binds `<path>.<pid>.tmp`, chmods it and renames it over `<path>`.
 /// With the held socket at `<path>`, the library adopts it, the rename only drops haproxy's
-/// placeholder, and `<path>` still names the held socket: same file, same listening inode.
+/// placeholder, and `<path>` still names the held socket: same file, same listening inode. A
+/// second path the master does not hold is bound, chmodded and renamed by haproxy as usual.
 #[test]
 fn haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file() {
     let Some(old) = Old::setup("haproxy_1_7_adopts_a_held_unix_socket_and_keeps_its_file") else {
         return;
     };
     let dir = &old.dir;
-    let path = dir.join("fe.sock");
+    let (path, own) = (dir.join("fe.sock"), dir.join("own.sock"));
     let held = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let file = std::fs::metadata(&path).unwrap();
-    let config = write_config(dir, &[format!("{} mode 600", path.display())]);
+    let binds = [&path, &own].map(|p| format!("{} mode 600", p.display()));
+    let config = write_config(dir, &binds);
     let (mut worker, channel) = old.spawn(&config);
-    let Startup { answers, new, .. } = startup(&mut worker, &channel, &[held.as_fd()], 1);
-    assert_eq!(answers, [Some(0)]);
+    let Startup { answers, new, .. } = startup(&mut worker, &channel, &[held.as_fd()], 2);
+    assert_eq!(answers, [Some(0), None]);
     assert_eq!(inode(&new[0].1), inode(&held));
-    assert!(socket_inodes(worker.id()).contains(&inode(&held)));
+    let own_inode = inode(&new[1].1);
+    let in_worker = socket_inodes(worker.id());
+    assert!(in_worker.contains(&inode(&held)) && in_worker.contains(&own_inode));
     assert_eq!(unix_listen_inodes(&path), [inode(&held)].into());
-    // Served: haproxy accepts, so it is past its startup (the rename comes after the NEW).
+    assert_eq!(unix_listen_inodes(&own), [own_inode].into());
+    // Served: haproxy accepts, so it is past its startup (the renames come after the NEWs).
     http_get(path.as_path()).unwrap();
-    use std::os::unix::fs::MetadataExt;
+    http_get(own.as_path()).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let after = std::fs::metadata(&path).unwrap();
     assert_eq!((after.dev(), after.ino()), (file.dev(), file.ino()));
+    let own_mode = std::fs::metadata(&own).unwrap().permissions().mode();
+    assert_eq!(own_mode & 0o777, 0o600);
     let names = common::soak::dir_names(dir.path());
-    let want = ["fe.sock", "haproxy.cfg", &hapmaster::preload::file_name()];
+    let want = [
+        "fe.sock",
+        "haproxy.cfg",
+        "own.sock",
+        &hapmaster::preload::file_name(),
+    ];
     assert_eq!(names, want.into_iter().map(String::from).collect());
-    http_get(path.as_path()).unwrap();
 }
 
 /// After END the worker's binds are its own: with the channel closed, a connection to a server
