@@ -191,7 +191,8 @@ static int getsockopt_int(int fd, int level, int name)
     return getsockopt(fd, level, name, &v, &l) == 0 ? v : 0;
 }
 
-/* The socket's keys as the master matches them (matcher.rs; socket_key.rs reads the same). */
+/* The socket's keys as the master matches them (matcher.rs; socket_key.rs reads the same).
+ * netns stays 0 without CAP_NET_ADMIN (SIOCGSKNS), on both sides alike. */
 static void describe(int fd, const struct sockaddr *sa, socklen_t len, struct msg *m)
 {
     m->addr_len = len < sizeof(m->addr) ? len : sizeof(m->addr);
