@@ -20,6 +20,7 @@ pub mod options;
 pub mod orphans;
 pub mod pidfd;
 pub mod pidfile;
+pub mod preload;
 pub mod proc_stat;
 pub mod program_section;
 pub mod refused_config;

@@ -23,24 +23,7 @@ impl HandoffChannel {
     /// A socketpair; returns the channel and the worker's end, which the spawn hands down
     /// (CLOEXEC cleared in the child only) and the master closes right after.
     pub fn open() -> io::Result<(HandoffChannel, OwnedFd)> {
-        let (master_end, worker_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )?;
-        // Only the master's end is non-blocking: haproxy's blocking sendmsg expects its own end
-        // to be, and O_NONBLOCK belongs to each end's open file description.
-        fcntl(&worker_end, FcntlArg::F_SETFL(OFlag::empty()))?;
-        // Below 3 (a master started with stdin closed), std's stdio set-up in the child would
-        // overwrite it.
-        let worker_end = if worker_end.as_raw_fd() < 3 {
-            let raw = fcntl(&worker_end, FcntlArg::F_DUPFD_CLOEXEC(3))?;
-            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-            unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
-        } else {
-            worker_end
-        };
+        let (master_end, worker_end) = worker_pair(SockType::Stream)?;
         Ok((HandoffChannel { master_end }, worker_end))
     }
 
@@ -78,6 +61,31 @@ impl HandoffChannel {
             }
         ))
     }
+}
+
+/// A socketpair for a worker: the master's end non-blocking, the worker's end blocking and at 3
+/// or above, both CLOEXEC (the spawn clears it on the worker's end in the child only).
+pub(crate) fn worker_pair(kind: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (master_end, worker_end) = socketpair(
+        AddressFamily::Unix,
+        kind,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?;
+    // Only the master's end is non-blocking: the worker's side (haproxy's sendmsg, the preload
+    // library's receive with a timeout) expects its end to block, and O_NONBLOCK belongs to each
+    // end's open file description.
+    fcntl(&worker_end, FcntlArg::F_SETFL(OFlag::empty()))?;
+    // Below 3 (a master started with stdin closed), std's stdio set-up in the child would
+    // overwrite it.
+    let worker_end = if worker_end.as_raw_fd() < 3 {
+        let raw = fcntl(&worker_end, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+        unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
+    } else {
+        worker_end
+    };
+    Ok((master_end, worker_end))
 }
 
 /// `-x` for a worker whose end of the channel is `fd` in the child.
