@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod matcher;
+pub mod session;
 pub mod socket_key;
 pub mod wire;
 

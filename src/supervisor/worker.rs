@@ -19,6 +19,16 @@ pub struct WorkerSpec<'a> {
     pub fragment: &'a Path,
     /// Where it takes the held sockets from, when the master holds any.
     pub handoff: Option<Handoff<'a>>,
+    /// haproxy before 1.8: hapmaster's preload library and the worker's end of its channel.
+    pub preload: Option<Preload<'a>>,
+}
+
+/// What a haproxy 1.5 – 1.7 worker loads to take the held sockets at bind() (`crate::preload`).
+#[derive(Clone, Copy)]
+pub struct Preload<'a> {
+    pub library: &'a Path,
+    /// Inherited at the same fd, named by `HAPMASTER_PRELOAD_FD`.
+    pub channel: BorrowedFd<'a>,
 }
 
 /// haproxy's `-x`: where a new worker asks for the listening sockets.
@@ -76,6 +86,14 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
     if let Some(Handoff::Sockpair(fd)) = spec.handoff {
         inherit(&mut command, fd.as_raw_fd());
     }
+    if let Some(preload) = spec.preload {
+        inherit(&mut command, preload.channel.as_raw_fd());
+        command.env(
+            crate::preload::ENV_FD,
+            preload.channel.as_raw_fd().to_string(),
+        );
+        command.env("LD_PRELOAD", ld_preload(preload.library));
+    }
     let child = command
         .args(worker_argv(spec))
         .stdin(Stdio::null())
@@ -95,6 +113,16 @@ pub fn spawn(spec: &WorkerSpec<'_>) -> io::Result<(Pid, OwnedFd)> {
         })?;
     let pid = Pid::try_from(child.id()).map_err(|_| io::Error::other("child pid out of range"))?;
     Ok((pid, reader))
+}
+
+/// The library first, then whatever the master's environment preloads already (a malloc, say).
+fn ld_preload(library: &Path) -> OsString {
+    let mut value = OsString::from(library);
+    if let Some(theirs) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        value.push(":");
+        value.push(theirs);
+    }
+    value
 }
 
 /// Makes the kernel send the worker SIGUSR1 (haproxy's soft stop) if the master dies, so that
@@ -174,6 +202,7 @@ mod tests {
             config_files: &files,
             fragment: &frag,
             handoff: Some(Handoff::Path(&sock)),
+            preload: None,
         };
         let argv: Vec<String> = worker_argv(&spec)
             .into_iter()

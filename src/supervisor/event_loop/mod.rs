@@ -73,6 +73,7 @@ use crate::handoff::sockpair::HandoffChannel;
 use crate::haproxy_version::ListenerHandoff;
 use crate::notify::Notifier;
 use crate::options::Options;
+use crate::preload::session::PreloadSession;
 use crate::runtime_dir::RuntimeDir;
 
 /// Bound on one `_getsocks` exchange with a worker, either direction.
@@ -82,6 +83,7 @@ mod await_reload;
 mod control;
 mod handover;
 mod last_good;
+mod preload;
 mod queue;
 mod timers;
 mod watch;
@@ -257,6 +259,7 @@ pub fn run(
         last_good: LastGood::default(),
         signal_reloads: Default::default(),
         first_ready,
+        preload_library: None,
     };
     master.adopt_passed(passed);
     let resumed = resume.is_some();
@@ -351,6 +354,8 @@ struct Master<'a> {
     signal_reloads: await_reload::SignalReloads,
     /// Until the first worker is ready (fresh start only).
     first_ready: Option<FirstReady<'a>>,
+    /// Where hapmaster's preload library was written for haproxy before 1.8, once one ran.
+    preload_library: Option<PathBuf>,
 }
 
 /// What a polled fd belongs to.
@@ -361,6 +366,8 @@ enum Token {
     Probe,
     /// A new worker's own `-x` channel.
     Handoff(Pid),
+    /// A haproxy 1.5 – 1.7 worker's preload channel.
+    Preload(Pid),
     /// A worker's task (taking its sockets, serving it the held ones) has what it waits for
     /// (stepped below in any case).
     WorkerTask,
@@ -402,6 +409,10 @@ impl Master<'_> {
             if let Some(channel) = &record.handoff {
                 tokens.push(Token::Handoff(pid));
                 fds.push(PollFd::new(channel.poll_fd(), PollFlags::POLLIN));
+            }
+            if let Some(fd) = record.preload.as_ref().and_then(|p| p.poll_fd()) {
+                tokens.push(Token::Preload(pid));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
             if let Some(fetch) = &record.fetch {
                 tokens.push(Token::WorkerTask);
@@ -487,6 +498,7 @@ impl Master<'_> {
                 // Stepped below in any case.
                 Token::Probe | Token::WorkerTask => {}
                 Token::Handoff(pid) => self.hand_over_to(pid),
+                Token::Preload(pid) => self.step_preload(pid),
                 Token::Output(pid) => {
                     if let Some(record) = self.workers.get_mut(pid) {
                         record.output.drain(pid);
@@ -725,6 +737,7 @@ impl Master<'_> {
                     record.probe = None;
                     record.fetch = None;
                     record.handoff_serve = None;
+                    record.preload = None;
                 }
                 self.send_signal(pid, Signal::Terminate);
             }
@@ -855,6 +868,13 @@ impl Master<'_> {
                 return;
             }
         };
+        let preload = match self.preload_channel(handoff) {
+            Ok(p) => p,
+            Err(e) => {
+                self.spawn_failed(generation, e);
+                return;
+            }
+        };
         if self.watching.is_some() {
             self.watch_spawning(kind);
         }
@@ -875,12 +895,10 @@ impl Master<'_> {
             },
             if self.held.is_empty() {
                 String::new()
-            } else if channel.is_none() {
+            } else if preload.is_some() {
                 format!(
-                    ", not handing over the {} held listening sockets: {} has no `-x` \
-                     (haproxy before 1.8); it binds its own",
-                    self.held.len(),
-                    self.binary_name()
+                    ", offering {} held listening sockets to its binds (preload library)",
+                    self.held.len()
                 )
             } else {
                 format!(", handing over {} listening sockets", self.held.len())
@@ -896,6 +914,12 @@ impl Master<'_> {
                 Some((_, Some(worker_end))) => Some(Handoff::Sockpair(worker_end.as_fd())),
                 Some((_, None)) => Some(Handoff::Path(&handoff_socket)),
             },
+            preload: preload
+                .as_ref()
+                .map(|(library, _, worker_end)| worker::Preload {
+                    library,
+                    channel: worker_end.as_fd(),
+                }),
         };
         let spawned = worker::spawn(&spec);
         // The worker's end is the worker's alone from here: closing ours lets the channel end
@@ -906,6 +930,8 @@ impl Master<'_> {
                 let mut record =
                     WorkerRuntime::new(generation, Output::starting(stderr), self.reloads);
                 record.handoff = channel;
+                record.preload = preload
+                    .map(|(_, channel, _)| PreloadSession::new(channel, Rc::clone(&self.held)));
                 record.probe = Some(Probe::new(
                     pid,
                     self.runtime.worker_socket(generation),

@@ -37,8 +37,10 @@ impl Master<'_> {
         let Some(generation) = self.state.worker(pid).map(|w| w.generation) else {
             return;
         };
-        if !self.opts.listener_handoff().takes_x() {
-            self.ready_without_fetch(pid);
+        if self.workers.get(pid).is_some_and(|r| r.preload.is_some())
+            || !self.opts.listener_handoff().takes_x()
+        {
+            self.ready_after_preload(pid);
             return;
         }
         let path = self.runtime.worker_socket(generation);
@@ -122,7 +124,7 @@ impl Master<'_> {
     }
 
     /// Worker `pid` is ready, with `set` to become the held set when the state commits it.
-    fn ready_holding(&mut self, pid: Pid, set: HeldSet) {
+    pub(super) fn ready_holding(&mut self, pid: Pid, set: HeldSet) {
         if let Err(e) = self.fire_first_ready(pid) {
             // Dropping `set` closes the copies; the worker is stopped as a failed start.
             self.push(Event::WorkerFailed {
@@ -135,29 +137,6 @@ impl Master<'_> {
             record.fetched = Some(set);
         }
         self.push(Event::WorkerReady { pid });
-    }
-
-    /// Worker `pid` answers, but its haproxy (before 1.8) has no `_getsocks` to take its
-    /// listening sockets with: it is ready holding none of them, and the held set becomes empty
-    /// at its commit (it took none of the held sockets either: no `-x`, so a held copy would be a
-    /// socket nobody accepts on). Until hapmaster's preload library hands sockets over at each
-    /// bind() (issue 16), a reload on these versions is as seamless as haproxy's own `-sf`.
-    fn ready_without_fetch(&mut self, pid: Pid) {
-        log::warn!(
-            "worker pid {pid} is ready, but hapmaster cannot take its listening sockets: {} has \
-             no `_getsocks` (haproxy before 1.8), so the master holds none of them and reloads \
-             are not seamless (TODO: the preload library of issue 16){}",
-            self.binary_name(),
-            if self.held.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; letting go of the sockets the master held ({}), which it did not take",
-                    self.held.len()
-                )
-            }
-        );
-        self.ready_holding(pid, HeldSet::default());
     }
 
     /// The haproxy the workers run, for the log: "haproxy 1.7.14 (/usr/sbin/haproxy)".

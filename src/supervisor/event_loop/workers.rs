@@ -33,6 +33,8 @@ pub(super) struct WorkerRuntime {
     pub handoff: Option<Channel>,
     /// Serving it the held sockets over that channel.
     pub handoff_serve: Option<HandoffServe>,
+    /// haproxy before 1.8: its preload library's conversation, from spawn until it is ready.
+    pub preload: Option<crate::preload::session::PreloadSession>,
     /// Taking its listening sockets, once it answered the probe.
     pub fetch: Option<Fetching>,
     /// Its listening sockets, fetched once it answered, until the state commits them.
@@ -53,6 +55,7 @@ impl WorkerRuntime {
             probe: None,
             handoff: None,
             handoff_serve: None,
+            preload: None,
             fetch: None,
             fetched: None,
             startup: None,
