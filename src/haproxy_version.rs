@@ -195,20 +195,25 @@ pub fn check(binary: &Path, timeout: Duration) -> Result<Found, ExecError> {
         binary: binary.to_path_buf(),
         source,
     })?;
+    Ok(match output {
+        Output::Text(t) => judge(binary, Some(&t), timeout),
+        Output::TimedOut => judge(binary, None, timeout),
+    })
+}
+
+/// What `binary -v` printed (`None`: no version line within `timeout`), judged.
+pub fn judge(binary: &Path, output: Option<&str>, timeout: Duration) -> Found {
     let unknown = |why: String| Found::Unknown {
         binary: binary.to_path_buf(),
         why,
     };
-    let text = match output {
-        Output::Text(t) => t,
-        Output::TimedOut => {
-            return Ok(unknown(format!(
-                "`-v` printed no version line within {} s",
-                timeout.as_secs()
-            )))
-        }
+    let Some(text) = output else {
+        return unknown(format!(
+            "`-v` printed no version line within {} s",
+            timeout.as_secs()
+        ));
     };
-    Ok(match parse(&text) {
+    match parse(text) {
         Some(v) if v.is_supported() => Found::Supported(v),
         Some(version) => Found::TooOld {
             binary: binary.to_path_buf(),
@@ -223,7 +228,17 @@ pub fn check(binary: &Path, timeout: Duration) -> Result<Found, ExecError> {
                 format!("`-v` printed {first:?}")
             })
         }
-    })
+    }
+}
+
+/// Whether `-v` output read so far is enough to judge: a complete version line, or more than
+/// anyone's `-v` prints.
+pub fn output_complete(buf: &[u8]) -> bool {
+    buf.len() > MAX_OUTPUT
+        || buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .is_some_and(|end| parse(&String::from_utf8_lossy(&buf[..end])).is_some())
 }
 
 enum Output {
@@ -259,11 +274,7 @@ fn read_version(mut stdout: std::process::ChildStdout, deadline: Instant) -> io:
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let complete = buf
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .is_some_and(|end| parse(&String::from_utf8_lossy(&buf[..end])).is_some());
-        if complete || buf.len() > MAX_OUTPUT {
+        if output_complete(&buf) {
             return Ok(Output::Text(String::from_utf8_lossy(&buf).into_owned()));
         }
         match stdout.read(&mut chunk) {

@@ -161,13 +161,7 @@ impl PreloadSession {
         // and never more than MAX_SOCKETS NEWs.
         self.step(MAX_SOCKETS + 16)?;
         if self.hello.is_none() {
-            return Err(format!(
-                "its {binary} did not load hapmaster's preload library {library} (LD_PRELOAD): a static \
-                 haproxy, file capabilities, setuid, an SELinux transition or a noexec runtime \
-                 directory make the loader skip it. Without it haproxy before 1.8 binds the \
-                 held ports a second time and no reload is seamless; run haproxy 1.8 or later \
-                 or a dynamically linked build without file capabilities"
-            ));
+            return Err(not_loaded(library, binary));
         }
         if !self.closed {
             if let Err(e) = self.channel.send(&Message::End, None) {
@@ -193,4 +187,16 @@ impl std::fmt::Debug for PreloadSession {
             .field("closed", &self.closed)
             .finish()
     }
+}
+
+/// Why a worker that never spoke through the library (or whose binding image did not) cannot
+/// be made ready.
+pub fn not_loaded(library: &str, binary: &str) -> String {
+    format!(
+        "its {binary} did not load hapmaster's preload library {library} (LD_PRELOAD): a static \
+         haproxy, file capabilities, setuid, an SELinux transition, a wrapper that clears \
+         LD_PRELOAD or a noexec runtime directory make the loader skip it. Without it haproxy \
+         before 1.8 binds the held ports a second time and no reload is seamless; run haproxy \
+         1.8 or later, or a dynamically linked build without file capabilities"
+    )
 }

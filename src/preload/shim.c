@@ -275,9 +275,25 @@ static void check_forked(void)
         state = ENDED;
 }
 
+/* This image binds listeners, so it is the worker (not a wrapper that execs it): neither the
+ * library nor the channel may reach haproxy's own children (external-check, Lua io.popen). */
+static void claim(void)
+{
+    static int claimed;
+    if (claimed || state == UNUSED)
+        return;
+    claimed = 1;
+    unsetenv("LD_PRELOAD");
+    unsetenv(ENV_FD);
+    if (chan >= 0 && fcntl(chan, F_SETFD, FD_CLOEXEC) < 0)
+        broken("cannot keep the channel from haproxy's children");
+}
+
 int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
     check_forked();
+    if (is_listener(fd, sa, len))
+        claim();
     if (state == OPEN && is_listener(fd, sa, len))
         poll_end();
     if (state == UNUSED || state == ENDED || !is_listener(fd, sa, len))
@@ -368,9 +384,8 @@ __attribute__((constructor)) static void start(void)
     real_listen = (int (*)(int, int))dlsym(RTLD_NEXT, "listen");
     real_rename = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
     const char *env = getenv(ENV_FD);
-    /* Neither of them must reach haproxy's own children (external-check, Lua io.popen). */
-    unsetenv("LD_PRELOAD");
-    unsetenv(ENV_FD);
+    /* Both stay for an exec (a wrapper script: `exec haproxy "$@"`) until this image binds a
+     * listener (claim()). */
     if (!env)
         return;
     state = OPEN;
@@ -386,8 +401,7 @@ __attribute__((constructor)) static void start(void)
     }
     chan = (int)n;
     struct timeval tv = {TIMEOUT_SEC, 0};
-    if (fcntl(chan, F_SETFD, FD_CLOEXEC) < 0 ||
-        getsockopt_int(chan, SOL_SOCKET, SO_TYPE) != SOCK_SEQPACKET ||
+    if (getsockopt_int(chan, SOL_SOCKET, SO_TYPE) != SOCK_SEQPACKET ||
         setsockopt(chan, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
         setsockopt(chan, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
         broken("HAPMASTER_PRELOAD_FD is not a seqpacket socket");

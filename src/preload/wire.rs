@@ -3,8 +3,9 @@
 //! Pure: no syscalls. The library's side is `shim.c`; both must agree on what follows.
 //!
 //! Channel: one `socketpair(AF_UNIX, SOCK_SEQPACKET)` per worker. The worker's end is at the fd
-//! named by `HAPMASTER_PRELOAD_FD` (with `LD_PRELOAD=<the library>`); the library sets CLOEXEC on
-//! it and removes both variables from its environment. Every message is one datagram of exactly
+//! named by `HAPMASTER_PRELOAD_FD` (with `LD_PRELOAD=<the library>`). Both survive an exec (a
+//! wrapper script that execs haproxy says HELLO too); the image that binds the first listener
+//! sets CLOEXEC on the fd and removes both variables from its environment. Every message is one datagram of exactly
 //! [`MSG_LEN`] = 176 bytes, integers in host byte order (both ends run on one machine):
 //!
 //! | offset | size | field                                                                  |

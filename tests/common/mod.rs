@@ -19,6 +19,7 @@ mod listening;
 mod load;
 mod master;
 mod notify;
+mod old_haproxy;
 mod ports;
 mod procfs;
 mod socket_holders;
@@ -29,8 +30,8 @@ mod util;
 // One namespace for the tests (`use common::*`); each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
-    configs::*, http::*, listening::*, load::*, master::*, notify::*, ports::*, procfs::*,
-    socket_holders::*, test_dir::*, transcript::*, util::*,
+    configs::*, http::*, listening::*, load::*, master::*, notify::*, old_haproxy::*, ports::*,
+    procfs::*, socket_holders::*, test_dir::*, transcript::*, util::*,
 };
 
 use std::time::Duration;

@@ -437,7 +437,7 @@ impl Master<'_> {
             .filter_map(|w| Some((w.started, self.workers.get(w.pid)?.version.clone()?)))
             .max_by_key(|(started, _)| *started)
             .map(|(_, v)| v)
-            .or_else(|| self.opts.binary_version.as_ref().map(|v| v.text.clone()))
+            .or_else(|| self.binary_version.as_ref().map(|v| v.text.clone()))
     }
 
     fn execute(&mut self, id: u64, command: &str) -> Step {

@@ -86,6 +86,7 @@ mod last_good;
 mod preload;
 mod queue;
 mod timers;
+mod version_check;
 mod watch;
 mod worker_tasks;
 mod workers;
@@ -222,10 +223,8 @@ pub fn run(
             (named.then_some(l.path.as_path()), l.listener.as_fd())
         })
         .collect();
-    super::worker_env::export(
-        opts.binary_version.as_ref(),
-        &super::worker_env::master_cli_value(&sockets),
-    );
+    let master_cli_env = super::worker_env::master_cli_value(&sockets);
+    super::worker_env::export(opts.binary_version.as_ref(), &master_cli_env);
     let mut master = Master {
         opts,
         runtime,
@@ -260,6 +259,11 @@ pub fn run(
         signal_reloads: Default::default(),
         first_ready,
         preload_library: None,
+        binary_version: opts.binary_version.clone(),
+        binary_identity: version_check::BinaryIdentity::of(&opts.haproxy),
+        version_check: None,
+        version_checks_unreaped: Vec::new(),
+        master_cli_env,
     };
     master.adopt_passed(passed);
     let resumed = resume.is_some();
@@ -356,6 +360,17 @@ struct Master<'a> {
     first_ready: Option<FirstReady<'a>>,
     /// Where hapmaster's preload library was written for haproxy before 1.8, once one ran.
     preload_library: Option<PathBuf>,
+    /// The version of the haproxy on disk, read at start and again when the file changes
+    /// (`version_check`): how new workers take the held sockets.
+    binary_version: Option<crate::haproxy_version::Version>,
+    /// The file it was read from, as it was then.
+    binary_identity: Option<version_check::BinaryIdentity>,
+    /// `haproxy -v` of a changed binary, with the spawns that wait for it.
+    version_check: Option<version_check::VersionCheck>,
+    /// Those children until the loop reaps them (they are not workers).
+    version_checks_unreaped: Vec<Pid>,
+    /// `HAPROXY_MASTER_CLI` for workers that take it.
+    master_cli_env: String,
 }
 
 /// What a polled fd belongs to.
@@ -368,6 +383,8 @@ enum Token {
     Handoff(Pid),
     /// A haproxy 1.5 – 1.7 worker's preload channel.
     Preload(Pid),
+    /// `haproxy -v` of a changed binary has output (stepped below in any case).
+    VersionCheck,
     /// A worker's task (taking its sockets, serving it the held ones) has what it waits for
     /// (stepped below in any case).
     WorkerTask,
@@ -459,6 +476,10 @@ impl Master<'_> {
                 fds.push(PollFd::new(c.fd(), c.interest()));
             }
         }
+        if let Some(check) = &self.version_check {
+            tokens.push(Token::VersionCheck);
+            fds.push(PollFd::new(check.poll_fd(), PollFlags::POLLIN));
+        }
         if let Some(w) = &self.watching {
             tokens.push(Token::Watch);
             fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
@@ -496,7 +517,7 @@ impl Master<'_> {
                 Token::Signals => self.handle_signals(),
                 Token::Listener(i) => self.accept_clients(i),
                 // Stepped below in any case.
-                Token::Probe | Token::WorkerTask => {}
+                Token::Probe | Token::WorkerTask | Token::VersionCheck => {}
                 Token::Handoff(pid) => self.hand_over_to(pid),
                 Token::Preload(pid) => self.step_preload(pid),
                 Token::Output(pid) => {
@@ -523,6 +544,7 @@ impl Master<'_> {
         let now = Instant::now();
         self.step_probes(now);
         self.step_worker_tasks(now);
+        self.step_version_check(now);
         self.step_tasks(now);
         self.run_sessions();
         self.fire_timers(now);
@@ -567,6 +589,7 @@ impl Master<'_> {
             self.metrics_http
                 .as_ref()
                 .and_then(|h| h.clients.values().map(|c| c.deadline).min()),
+            self.version_check.as_ref().map(|c| c.deadline()),
         ];
         match deadlines.into_iter().flatten().min() {
             None => PollTimeout::NONE,
@@ -635,7 +658,10 @@ impl Master<'_> {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(status) => {
-                    if let Some(pid) = status.pid() {
+                    if let Some(pid) = status
+                        .pid()
+                        .filter(|p| !self.reaped_version_check(p.as_raw()))
+                    {
                         let code = worker::exit_code(&status);
                         let status = worker::describe_wait_status(&status);
                         self.push(Event::WorkerExited {
@@ -729,7 +755,7 @@ impl Master<'_> {
 
     fn apply_action(&mut self, action: Action) {
         match action {
-            Action::Spawn { generation, kind } => self.spawn(generation, kind),
+            Action::Spawn { generation, kind } => self.spawn_when_version_known(generation, kind),
             Action::CommitSockets { pid } => self.commit_sockets(pid),
             Action::Signal { pid, signal } => self.send_signal(pid, signal),
             Action::Abort { pid } => {
@@ -820,6 +846,11 @@ impl Master<'_> {
         self.config_ready(pid);
     }
 
+    /// How new workers take the held sockets: by the version of the haproxy on disk.
+    fn listener_handoff(&self) -> ListenerHandoff {
+        ListenerHandoff::of(self.binary_version.as_ref())
+    }
+
     fn notify(&self, send: impl FnOnce(&Notifier) -> io::Result<()>) {
         if let Some(n) = self.notifier {
             if let Err(e) = send(n) {
@@ -838,7 +869,7 @@ impl Master<'_> {
             StartKind::Replace => self.metrics.worker_replaced(),
             StartKind::Initial => {}
         }
-        let handoff = self.opts.listener_handoff();
+        let handoff = self.listener_handoff();
         let fragment = match self.runtime.write_fragment(generation, handoff) {
             Ok(f) => f,
             Err(e) => {
@@ -948,7 +979,7 @@ impl Master<'_> {
     /// socketpair (with the worker's end) for haproxy 2.6 and later, `handoff-<G>.sock` for 1.8
     /// to 2.5, none before 1.8 (no `-x`).
     fn handoff_channel(&self, generation: u64) -> io::Result<Option<(Channel, Option<OwnedFd>)>> {
-        let handoff = self.opts.listener_handoff();
+        let handoff = self.listener_handoff();
         if self.held.is_empty() || !handoff.takes_x() {
             return Ok(None);
         }

@@ -88,13 +88,23 @@ impl Master<'_> {
             finished.adopted
         );
         let runtime = self.runtime;
+        let stats_socket_reported = std::cell::Cell::new(false);
         // Its private stats socket dies with it, as with a fetch.
         let set = finished.held.from_fetched(finished.sockets, |info| {
-            info.unix_path
+            let private = info
+                .unix_path
                 .as_deref()
-                .is_some_and(|p| runtime.is_worker_socket_name(p))
+                .is_some_and(|p| runtime.is_worker_socket_name(p));
+            stats_socket_reported.set(stats_socket_reported.get() || private);
+            private
         });
         match set {
+            // The proof that the image that binds is the one that loaded the library: a wrapper
+            // script that says HELLO and then execs haproxy without LD_PRELOAD reports nothing.
+            Ok(_) if !stats_socket_reported.get() => self.preload_failed(
+                pid,
+                crate::preload::session::not_loaded(&library, &self.binary_name()),
+            ),
             Ok(set) => self.ready_holding(pid, set),
             Err(e) => self.preload_failed(
                 pid,

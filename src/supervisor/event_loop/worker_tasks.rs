@@ -38,7 +38,7 @@ impl Master<'_> {
             return;
         };
         if self.workers.get(pid).is_some_and(|r| r.preload.is_some())
-            || !self.opts.listener_handoff().takes_x()
+            || !self.listener_handoff().takes_x()
         {
             self.ready_after_preload(pid);
             return;
@@ -141,7 +141,7 @@ impl Master<'_> {
 
     /// The haproxy the workers run, for the log: "haproxy 1.7.14 (/usr/sbin/haproxy)".
     pub(super) fn binary_name(&self) -> String {
-        match &self.opts.binary_version {
+        match &self.binary_version {
             Some(v) => format!("haproxy {} ({})", v.text, self.opts.haproxy.display()),
             None => self.opts.haproxy.display().to_string(),
         }

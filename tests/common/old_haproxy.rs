@@ -1,0 +1,58 @@
+//! haproxy 1.5 – 1.7 for the tests (issue 16): built by `tests/old-haproxy/build.sh` into
+//! `target/old-haproxy/<version>/haproxy`; `HAPMASTER_TEST_OLD_HAPROXY` names that directory.
+//! Without it a test that needs them prints a `skipped` line and passes.
+
+use std::path::{Path, PathBuf};
+
+pub const OLD_HAPROXY: &str = "HAPMASTER_TEST_OLD_HAPROXY";
+
+/// The body haproxy's `monitor-uri` answers with in 1.5 to 1.7 (`http-request return`, which
+/// `http_config` uses, arrived in 2.2).
+pub const MONITOR_BODY: &str = "Service ready.";
+
+/// `<dir>/<version>/haproxy`, or None (with the `skipped` line) when the variable is unset.
+pub fn old_haproxy(version: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os(OLD_HAPROXY) else {
+        eprintln!(
+            "skipped: haproxy {version}: set {OLD_HAPROXY} to the directory \
+             tests/old-haproxy/build.sh fills (target/old-haproxy)"
+        );
+        return None;
+    };
+    let binary = PathBuf::from(dir).join(version).join("haproxy");
+    assert!(
+        binary.is_file(),
+        "{OLD_HAPROXY} is set, but {} is missing: run tests/old-haproxy/build.sh {version}",
+        binary.display()
+    );
+    Some(binary)
+}
+
+/// One HTTP frontend on 127.0.0.1:`port` answering `monitor-uri /` itself, in the syntax of 1.5
+/// (which every later haproxy reads too).
+pub fn old_http_config(port: u16) -> String {
+    format!(
+        "global\n    maxconn 100\n\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    \
+         timeout server 10s\n\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    monitor-uri /\n"
+    )
+}
+
+/// `path`: a script that runs `haproxy` (after `prelude`, shell lines), replaced whole (written
+/// aside, then renamed over) so that no exec ever meets a half-written file.
+pub fn point_wrapper_with(path: &Path, prelude: &str, haproxy: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let aside = path.with_extension("new");
+    std::fs::write(
+        &aside,
+        format!("#!/bin/sh\n{prelude}exec {} \"$@\"\n", haproxy.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+pub fn point_wrapper(path: &Path, haproxy: &Path) {
+    point_wrapper_with(path, "", haproxy);
+}

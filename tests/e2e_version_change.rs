@@ -1,0 +1,115 @@
+//! The haproxy on disk changes between reloads (a package upgrade, a switched symlink): the
+//! master reads its version again before the next worker starts, and that worker takes the held
+//! sockets the way its version can: `-x` from 1.8 on, hapmaster's preload library before. The
+//! port's one listening socket stays the same through 2.6 -> 1.7 -> 2.6, under load, and a
+//! binary too old to run fails its reload while the old worker serves on (issue 16).
+//! Needs `HAPMASTER_TEST_OLD_HAPROXY` (see tests/common/old_haproxy.rs); skipped without it.
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// The `show proc` line of worker `pid`, if it lists it.
+fn proc_line(hm: &Hapmaster, pid: u32) -> Option<String> {
+    let prefix = format!("{pid} ");
+    hm.cli("show proc")
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+}
+
+/// SIGUSR2, then the new worker's pid once it serves.
+fn reload(hm: &mut Hapmaster, old: u32, what: &str) -> u32 {
+    hm.signal(SIGUSR2);
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
+    assert!(is_serving(&d), "{what}: the reload failed: {d:?}");
+    let new = worker_pid_in(&d).unwrap();
+    assert_ne!(new, old, "{what}: still the old worker");
+    new
+}
+
+fn version_of(haproxy: &Path) -> String {
+    let out = std::process::Command::new(haproxy)
+        .arg("-v")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().nth(2).unwrap().to_string()
+}
+
+#[test]
+fn a_reload_reads_the_version_of_a_changed_binary() {
+    let Some(old) = old_haproxy("1.7.14") else {
+        return;
+    };
+    let system = haproxy_path();
+    let system_version = version_of(&system);
+    let dir = TestDir::new();
+    let wrapper = dir.join("haproxy");
+    point_wrapper(&wrapper, &system);
+    let too_old = dir.join("haproxy-1.4");
+    point_wrapper_with(
+        &too_old,
+        "case \"$1\" in -v) echo 'HA-Proxy version 1.4.27 2016/01/01'; exit 0;; esac\n",
+        &system,
+    );
+    let port = free_port();
+    let target = Target::parse(&format!("127.0.0.1:{port}"));
+    let mut hm = Hapmaster::start_in(
+        dir,
+        old_http_config(port),
+        &["--haproxy", wrapper.to_str().unwrap()],
+    );
+    let mut worker = hm.wait_serving(EVENT);
+    let master = hm.pid();
+    let base = tcp4_listen_inodes(port);
+    assert_eq!(base.len(), 1, "one listening socket on {port}");
+    let load = Load::start(std::slice::from_ref(&target), 20);
+    poll_until(EVENT, || (load.ok_so_far() >= 100).then_some(()))
+        .expect("the load generator got no answers before the reloads");
+
+    let steps = [(&old, "1.7.14"), (&system, system_version.as_str())];
+    for round in 1..=2 {
+        for (binary, version) in steps {
+            let what = format!("round {round}, haproxy {version}");
+            point_wrapper(&wrapper, binary);
+            worker = reload(&mut hm, worker, &what);
+            let line = proc_line(&hm, worker).unwrap_or_else(|| hm.cli("show proc"));
+            assert!(
+                line.split_whitespace().any(|w| w == version),
+                "{what}: show proc should name {version}: {line:?}"
+            );
+            // Fails without the re-read: a 1.7 worker is given `expose-fd listeners` and `-x`
+            // and refuses to start; a 2.6 one gets the preload library and no `-x`.
+            assert_eq!(tcp4_listen_inodes(port), base, "{what}: the socket changed");
+            assert_eq!(
+                listen_holders(port, &[master, worker]),
+                [master, worker],
+                "{what}: the master and the new worker should hold the socket"
+            );
+        }
+    }
+    let log = hm.stderr();
+    assert!(
+        log.contains("is now haproxy 1.7.14") && log.contains("through hapmaster's preload"),
+        "{log}"
+    );
+
+    // A binary below 1.5: the reload fails before any worker starts, the old one serves on.
+    point_wrapper(&wrapper, &too_old);
+    hm.signal(SIGUSR2);
+    hm.wait_notify(is_reloading, EVENT);
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
+    assert!(is_reload_failed(&d), "expected a failed reload: {d:?}");
+    assert_eq!(worker_pid_in(&d), Some(worker), "{d:?}");
+    assert!(hm.stderr().contains("is haproxy 1.4.27"), "{}", hm.stderr());
+    assert_eq!(tcp4_listen_inodes(port), base);
+
+    load.wait_every_client_moved_on();
+    let report = load.stop();
+    eprintln!("load through 2.6 -> 1.7 -> 2.6 -> 1.7 -> 2.6 -> 1.4 (refused): {report}");
+    assert_eq!(report.failed, 0, "{report}");
+    point_wrapper(&wrapper, &system);
+    assert!(hm.stop().success());
+}
