@@ -112,4 +112,12 @@ fn a_reload_reads_the_version_of_a_changed_binary() {
     assert_eq!(report.failed, 0, "{report}");
     point_wrapper(&wrapper, &system);
     assert!(hm.stop().success());
+    // The preload library goes with the master's files.
+    assert!(
+        !hm.runtime_dir.exists(),
+        "{} left: {:?}",
+        hm.runtime_dir.display(),
+        std::fs::read_dir(&hm.runtime_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
 }

@@ -216,6 +216,8 @@ impl RuntimeDir {
     /// Removes master.sock, the lock file, and the directory if we created it.
     pub fn cleanup(self) {
         remove_quietly(&self.master_socket(), "master socket");
+        // Workers that still run keep it mapped; a new master writes it again.
+        self.remove_matching("preload library", names::is_preload_library_name);
         // Removed while still locked; a new master that opened the old file re-checks the
         // inode after locking (see `lock`).
         remove_quietly(&self.path.join(LOCK_FILE), "lock file");

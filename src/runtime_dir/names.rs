@@ -112,6 +112,14 @@ pub(super) fn is_worker_socket_file_name(name: &[u8]) -> bool {
 }
 
 /// What a crashed master (or its workers) may have left: never anything else of the directory.
+/// `preload-<16 hex digits>.so`: the library haproxy 1.5 – 1.7 workers load
+/// (`crate::preload::file_name`), written again by the master that needs it.
+pub(super) fn is_preload_library_name(name: &[u8]) -> bool {
+    name.strip_prefix(b"preload-")
+        .and_then(|r| r.strip_suffix(b".so"))
+        .is_some_and(|hex| hex.len() == 16 && hex.iter().all(u8::is_ascii_hexdigit))
+}
+
 pub(super) fn is_stale_file_name(name: &[u8]) -> bool {
     // Our temporary files and sockets (fs_at), left by a crash mid-write or mid-bind.
     if name == MASTER_SOCKET.as_bytes() || crate::fs_at::is_temp_name(name) {
@@ -124,7 +132,7 @@ pub(super) fn is_stale_file_name(name: &[u8]) -> bool {
             .and_then(|r| r.strip_suffix(b".tmp"))
             .is_some_and(is_digits);
     }
-    if is_handoff_socket_name(name) {
+    if is_handoff_socket_name(name) || is_preload_library_name(name) {
         return true;
     }
     match strip_worker_prefix(name) {
@@ -139,6 +147,22 @@ pub(super) fn is_stale_file_name(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preload_library_is_a_stale_file_and_only_it() {
+        let ours = crate::preload::file_name();
+        assert!(is_preload_library_name(ours.as_bytes()), "{ours}");
+        assert!(is_stale_file_name(ours.as_bytes()));
+        for other in [
+            "preload-.so",
+            "preload-0123456789abcdeg.so",
+            "preload-0123456789abcdef.so.tmp",
+            "xpreload-0123456789abcdef.so",
+            "preload-0123456789abcdef0.so",
+        ] {
+            assert!(!is_preload_library_name(other.as_bytes()), "{other}");
+        }
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
         move |name| {
