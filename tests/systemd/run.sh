@@ -15,6 +15,10 @@
 #   trixie:   systemd/hapmaster-notify-reload.service (Type=notify-reload, ExecReload=hapmaster reload
 #             --await), haproxy 3.0; then, with the container stopped, the master-CLI transcript tests
 #             run in the tree against its haproxy 3.0 (tests/transcripts/compare-in-tree.sh)
+#   bookworm-1.7: the bookworm tree and unit again, with haproxy 1.7.14 (tests/old-haproxy/build.sh,
+#             run it first) through a drop-in (EXTRAOPTS=... --haproxy), and a config in Debian 9's
+#             stock style (chroot, user haproxy, an admin socket without expose-fd): the preload
+#             library's reloads, crash and master restart (issue 16)
 #
 # Both are installed as hapmaster.service with Debian's stock /etc/haproxy/haproxy.cfg (chroot, user
 # haproxy) plus a frontend answering 200 on two free loopback ports (one below 1024). The container
@@ -26,7 +30,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")" && git rev-parse --show-toplevel 2>/dev/null) || REPO=$(cd "$(dirname "$0")/../.." && pwd)
 HARNESS=${HM_SD_HARNESS:-$REPO/../shared/tools/sd-harness.sh}
 BIN=$REPO/target/release/hapmaster
-SUITES=${HM_SUITES:-bookworm trixie}
+SUITES=${HM_SUITES:-bookworm trixie bookworm-1.7}
 AB_REQUESTS=${HM_AB_REQUESTS:-100000}
 
 # shellcheck source=tests/lib.sh
@@ -99,23 +103,40 @@ write_cfg() {
     [ -f "$cfg.stock" ] || cp "$cfg" "$cfg.stock"
     ! grep -q hm_test "$cfg.stock" || die "$cfg.stock is not Debian's stock config (it has our frontend)"
     {
-        cat "$cfg.stock"
+        if [ -n "$OLD" ]; then
+            old_stock_cfg
+        else
+            cat "$cfg.stock"
+        fi
         printf '\n# added by hapmaster tests/systemd/run.sh\nfrontend hm_test\n'
         printf '\tbind 127.0.0.1:%s\n\tbind 127.0.0.1:%s\n' "$PORT" "$PPORT"
         printf '\toption dontlog-normal\n'
         # a regex: PCRE2's JIT must work under the sandbox (it does not with MemoryDenyWriteExecute=yes)
         printf '\thttp-request deny if { path_reg ^/deny[0-9]+$ }\n'
         printf '%b' "${1:-}"
-        printf '\thttp-request return status 200 content-type text/plain string "ok\\n"\n'
+        if [ -n "$OLD" ]; then
+            printf '\tmonitor-uri /\n'                 # no `http-request return` before 2.2
+        else
+            printf '\thttp-request return status 200 content-type text/plain string "ok\\n"\n'
+        fi
     } > "$cfg.tmp"
     mv "$cfg.tmp" "$cfg"
 }
 
+# Debian 9's stock haproxy.cfg (haproxy 1.7) without its TLS lines (the test build has no OpenSSL).
+old_stock_cfg() {
+    printf 'global\n\tlog /dev/log\tlocal0\n\tlog /dev/log\tlocal1 notice\n\tchroot /var/lib/haproxy\n'
+    printf '\tstats socket /run/haproxy/admin.sock mode 660 level admin\n\tstats timeout 30s\n'
+    printf '\tuser haproxy\n\tgroup haproxy\n\tdaemon\n\n'
+    printf 'defaults\n\tlog\tglobal\n\tmode\thttp\n\toption\thttplog\n\toption\tdontlognull\n'
+    printf '\ttimeout connect 5000\n\ttimeout client  50000\n\ttimeout server  50000\n'
+}
+
 setup_suite() {
-    local suite=$1 unit=$2
-    CUR=hm-$suite ROOT=/var/lib/machines/hm-$suite
-    section "$suite: $(basename "$unit")"
-    if ! NAME=$CUR SUITE=$suite EXTRA_PKGS="haproxy apache2-utils" "$HARNESS" create > "$TMP/create-$CUR.log" 2>&1; then
+    local suite=$1 unit=$2 tree=${1%%-*}
+    CUR=hm-$tree ROOT=/var/lib/machines/hm-$tree
+    section "$suite: $(basename "$unit")${OLD:+ with haproxy $OLD}"
+    if ! NAME=$CUR SUITE=$tree EXTRA_PKGS="haproxy apache2-utils" "$HARNESS" create > "$TMP/create-$CUR.log" 2>&1; then
         tail -20 "$TMP/create-$CUR.log" >&2
         die "creating the $suite tree $ROOT failed (log above)"
     fi
@@ -133,6 +154,13 @@ setup_suite() {
     ln -sfn /opt/hapmaster/hapmaster "$ROOT/usr/sbin/hapmaster"
     rm -rf "$ROOT/etc/systemd/system/hapmaster.service.d"
     install -m 0644 "$unit" "$ROOT/etc/systemd/system/hapmaster.service"
+    rm -f "$ROOT"/usr/local/sbin/haproxy-1.*
+    if [ -n "$OLD" ]; then
+        install -m 0755 "$REPO/target/old-haproxy/$OLD/haproxy" "$ROOT/usr/local/sbin/haproxy-$OLD"
+        mkdir -p "$ROOT/etc/systemd/system/hapmaster.service.d"
+        printf '[Service]\nEnvironment="EXTRAOPTS=-S /run/haproxy-master.sock --haproxy /usr/local/sbin/haproxy-%s"\n' \
+            "$OLD" > "$ROOT/etc/systemd/system/hapmaster.service.d/old-haproxy.conf"
+    fi
     PORT=$(free_port 20000 12000)
     PPORT=$(free_port 600 424)
     write_cfg
@@ -475,10 +503,16 @@ T0=$(now_ms)
 echo "systemd tier: binary $BIN ($(stat -c %y "$BIN" | cut -d. -f1)), suites: $SUITES"
 check_units_in_step
 for suite in $SUITES; do
+    OLD=
     case $suite in
         bookworm) unit=$REPO/systemd/hapmaster.service ;;
         trixie) unit=$REPO/systemd/hapmaster-notify-reload.service ;;
-        *) die "unknown suite '$suite' (bookworm, trixie)" ;;
+        bookworm-1.7)
+            unit=$REPO/systemd/hapmaster.service OLD=1.7.14
+            [ -x "$REPO/target/old-haproxy/$OLD/haproxy" ] ||
+                die "suite $suite: no target/old-haproxy/$OLD/haproxy: run tests/old-haproxy/build.sh first"
+            ;;
+        *) die "unknown suite '$suite' (bookworm, trixie, bookworm-1.7)" ;;
     esac
     setup_suite "$suite" "$unit"
     if check_start; then
@@ -491,6 +525,9 @@ for suite in $SUITES; do
         [ "$suite" != bookworm ] || check_forking
     fi
     cx systemctl disable --quiet hapmaster.service || true
+    if [ -n "$OLD" ]; then
+        rm -rf "$ROOT/etc/systemd/system/hapmaster.service.d" "$ROOT/usr/local/sbin/haproxy-$OLD"
+    fi
     NAME=$CUR "$HARNESS" stop
     [ "$suite" != trixie ] || check_mcli_transcripts
 done
