@@ -34,6 +34,14 @@ impl PreloadChannel {
         Ok((PreloadChannel { master_end }, worker_end))
     }
 
+    /// The worker's side of a channel, for tests that play the library.
+    #[cfg(test)]
+    pub(crate) fn worker_side(worker_end: OwnedFd) -> PreloadChannel {
+        PreloadChannel {
+            master_end: worker_end,
+        }
+    }
+
     pub fn poll_fd(&self) -> BorrowedFd<'_> {
         self.master_end.as_fd()
     }

@@ -38,6 +38,7 @@ pub struct PreloadSession {
 }
 
 /// How a worker's conversation ended at readiness.
+#[derive(Debug)]
 pub struct Finished {
     pub sockets: Vec<FetchedSocket>,
     /// How many held sockets it took over.
@@ -199,4 +200,129 @@ pub fn not_loaded(library: &str, binary: &str) -> String {
          before 1.8 binds the held ports a second time and no reload is seamless; run haproxy \
          1.8 or later, or a dynamically linked build without file capabilities"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preload::socket_key::describe;
+    use std::net::TcpListener;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    fn ino(fd: BorrowedFd<'_>) -> u64 {
+        nix::sys::stat::fstat(fd).unwrap().st_ino
+    }
+
+    fn record() -> Record {
+        Record {
+            namespace: Vec::new(),
+            interface: Vec::new(),
+            options: [0; 4],
+        }
+    }
+
+    /// A session holding one listener, and the library's end of its channel.
+    fn session() -> (PreloadSession, PreloadChannel, Bind, u64) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let bind = describe(listener.as_fd()).unwrap();
+        let inode = ino(listener.as_fd());
+        let held =
+            HeldSet::from_received([(OwnedFd::from(listener), record())], |_| false).unwrap();
+        let (channel, worker_end) = PreloadChannel::open().unwrap();
+        let session = PreloadSession::new(channel, Rc::new(held));
+        (
+            session,
+            PreloadChannel::worker_side(worker_end),
+            bind,
+            inode,
+        )
+    }
+
+    fn answer(worker: &PreloadChannel) -> (Message, Option<OwnedFd>) {
+        match worker.receive().unwrap() {
+            Incoming::Message(m, fd) => (m, fd),
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_held_socket_is_handed_out_once_and_what_the_worker_listens_on_is_collected() {
+        let (mut session, worker, bind, inode) = session();
+        worker.send(&Message::Hello { pid: 7 }, None).unwrap();
+        worker.send(&Message::Adopt(bind.clone()), None).unwrap();
+        session.step(64).unwrap();
+        let (m, fd) = answer(&worker);
+        assert_eq!(m, Message::Fd);
+        let adopted = fd.unwrap();
+        assert_eq!(ino(adopted.as_fd()), inode, "not the held socket");
+        // The same address again (a second bind line for it): the worker binds for itself.
+        worker.send(&Message::Adopt(bind), None).unwrap();
+        session.step(64).unwrap();
+        assert!(matches!(answer(&worker), (Message::None, None)));
+
+        let own = TcpListener::bind("127.0.0.1:0").unwrap();
+        let own_bind = describe(own.as_fd()).unwrap();
+        let own_inode = ino(own.as_fd());
+        let adopted_bind = describe(adopted.as_fd()).unwrap();
+        worker
+            .send(&Message::New(adopted_bind), Some(adopted.as_fd()))
+            .unwrap();
+        worker
+            .send(&Message::New(own_bind), Some(own.as_fd()))
+            .unwrap();
+        // Not stepped: finish reads what the worker sent before it answered its probe.
+        let finished = session.finish("lib.so", "haproxy 1.7.14").unwrap();
+        assert_eq!(finished.adopted, 1);
+        let slots: Vec<Option<u64>> = finished
+            .sockets
+            .iter()
+            .map(|s| match &s.slot {
+                Slot::Known(i) => {
+                    assert_eq!(*i, 0);
+                    None
+                }
+                Slot::Fresh(fd) => Some(ino(fd.as_fd())),
+            })
+            .collect();
+        assert_eq!(slots, [None, Some(own_inode)]);
+        assert!(matches!(answer(&worker), (Message::End, None)));
+    }
+
+    #[test]
+    fn a_worker_that_never_said_hello_is_refused() {
+        let (mut session, worker, bind, _) = session();
+        worker.send(&Message::Adopt(bind), None).unwrap();
+        session.step(64).unwrap();
+        let _ = answer(&worker);
+        let err = session
+            .finish("/run/hm/preload-x.so", "haproxy 1.7.14")
+            .unwrap_err();
+        assert!(err.contains("did not load hapmaster's preload library /run/hm/preload-x.so"));
+        assert!(err.contains("haproxy 1.7.14"), "{err}");
+    }
+
+    #[test]
+    fn a_message_only_the_master_sends_is_a_protocol_error() {
+        let (mut session, worker, _, _) = session();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        worker.send(&Message::Fd, Some(tcp.as_fd())).unwrap();
+        let err = session.step(64).unwrap_err();
+        assert!(err.contains("which a worker never sends"), "{err}");
+    }
+
+    #[test]
+    fn a_turn_reads_at_most_its_budget() {
+        let (mut session, worker, _, _) = session();
+        for pid in 1..=5 {
+            worker.send(&Message::Hello { pid }, None).unwrap();
+        }
+        session.step(2).unwrap();
+        assert_eq!(session.hello, Some(2));
+        session.step(64).unwrap();
+        assert_eq!(session.hello, Some(5));
+        // The worker's end closed: nothing more to poll.
+        drop(worker);
+        session.step(64).unwrap();
+        assert!(session.poll_fd().is_none());
+    }
 }
