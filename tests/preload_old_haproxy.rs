@@ -144,7 +144,7 @@ fn startup(
         .iter()
         .map(|fd| socket_key(*fd).unwrap().unwrap())
         .collect();
-    let mut adoptions = Adoptions::new(keys.len());
+    let mut adoptions = Adoptions::new(&keys);
     let mut seen = Startup {
         hello: None,
         answers: Vec::new(),
@@ -159,7 +159,7 @@ fn startup(
             Message::Adopt(bind) => {
                 assert_eq!(bind.pid, pid);
                 let wanted = SocketKey::from_bind(&bind).expect("a listener's address");
-                let index = adoptions.answer(&keys, &wanted);
+                let index = adoptions.answer(&wanted);
                 seen.answers.push(index);
                 match index {
                     Some(i) => channel.send(&Message::Fd, Some(held[i])),

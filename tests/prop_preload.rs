@@ -123,7 +123,7 @@ proptest! {
         held in prop::collection::vec(key(), 0..8),
         wanted in prop::collection::vec(key(), 0..16),
     ) {
-        let mut adoptions = Adoptions::new(held.len());
+        let mut adoptions = Adoptions::new(&held);
         let mut given = vec![false; held.len()];
         for w in &wanted {
             let fits = |h: &SocketKey| {
@@ -136,7 +136,7 @@ proptest! {
                 place && h.iface == w.iface && h.v6only == w.v6only
                     && h.transparent == w.transparent && h.netns == w.netns
             };
-            match adoptions.answer(&held, w) {
+            match adoptions.answer(w) {
                 Some(i) => {
                     prop_assert!(!given[i], "socket {} given twice", i);
                     prop_assert!(fits(&held[i]), "{:?} answered {:?}", held[i], w);

@@ -5,12 +5,13 @@
 //! Pure: keys come from the wire ([`SocketKey::from_bind`]) or from a held socket through
 //! `socket_key::describe`, which reads what the library reads.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use super::wire::{Bind, FLAG_TRANSPARENT, FLAG_V6ONLY};
 
 /// Where a socket is bound.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Address {
     Inet(SocketAddrV4),
     /// Flow info is not part of an address; the scope id is (a link-local address per link).
@@ -26,7 +27,7 @@ pub enum Address {
 }
 
 /// The keys of a listening socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SocketKey {
     pub address: Address,
     pub iface: Vec<u8>,
@@ -53,20 +54,14 @@ impl SocketKey {
         })
     }
 
-    /// Whether a held socket with keys `self` can stand for the worker's `wanted`.
-    fn answers(&self, wanted: &SocketKey) -> bool {
-        let same_address = match (&self.address, &wanted.address) {
-            // Only haproxy's own temporary bind adopts, never a bind at the final name.
-            (Address::UnixPath { path: held, .. }, Address::UnixPath { path, haproxy_tmp }) => {
-                *haproxy_tmp && held == path
-            }
-            (held, wanted) => held == wanted,
-        };
-        same_address
-            && self.iface == wanted.iface
-            && self.v6only == wanted.v6only
-            && self.transparent == wanted.transparent
-            && self.netns == wanted.netns
+    /// The keys a held socket and a bind must share: a unix path without whether it was
+    /// haproxy's temporary name (a held socket still reports the name it was bound at).
+    fn lookup(&self) -> SocketKey {
+        let mut key = self.clone();
+        if let Address::UnixPath { haproxy_tmp, .. } = &mut key.address {
+            *haproxy_tmp = false;
+        }
+        key
     }
 }
 
@@ -114,31 +109,38 @@ fn haproxy_tmp_base(name: &[u8]) -> Option<&[u8]> {
     (digits > 0 && !base.is_empty()).then_some(base)
 }
 
-/// One worker's adoptions: which held sockets it was already given.
+/// One worker's adoptions: the held sockets by their keys, less those it was already given.
+/// A lookup costs one hash, whatever the number of held sockets (a worker with N listeners asks
+/// N times).
 #[derive(Debug)]
 pub struct Adoptions {
-    given: Vec<bool>,
+    /// Per lookup key, the indexes in `held` not given yet, last first (popped lowest first).
+    left: HashMap<SocketKey, Vec<usize>>,
 }
 
 impl Adoptions {
-    pub fn new(held: usize) -> Adoptions {
-        Adoptions {
-            given: vec![false; held],
+    pub fn new(held: &[SocketKey]) -> Adoptions {
+        let mut left: HashMap<SocketKey, Vec<usize>> = HashMap::new();
+        for (index, key) in held.iter().enumerate().rev() {
+            left.entry(key.lookup()).or_default().push(index);
         }
+        Adoptions { left }
     }
 
     /// The index in `held` of the socket that answers `wanted`, now given to this worker; `None`
     /// if no socket not given yet matches (the worker binds for itself).
-    pub fn answer(&mut self, held: &[SocketKey], wanted: &SocketKey) -> Option<usize> {
-        if self.given.len() < held.len() {
-            self.given.resize(held.len(), false);
+    pub fn answer(&mut self, wanted: &SocketKey) -> Option<usize> {
+        // Only haproxy's own temporary bind adopts a unix socket, never a bind at the final name.
+        if matches!(
+            wanted.address,
+            Address::UnixPath {
+                haproxy_tmp: false,
+                ..
+            }
+        ) {
+            return None;
         }
-        let index = held
-            .iter()
-            .zip(&self.given)
-            .position(|(key, &given)| !given && key.answers(wanted))?;
-        self.given[index] = true;
-        Some(index)
+        self.left.get_mut(&wanted.lookup())?.pop()
     }
 }
 
@@ -177,7 +179,7 @@ mod tests {
     #[test]
     fn each_key_must_match() {
         let held = [inet(80)];
-        let mut adoptions = Adoptions::new(1);
+        let mut adoptions = Adoptions::new(&held);
         for differ in [
             |k: &mut SocketKey| k.address = inet(81).address,
             |k: &mut SocketKey| k.iface = b"lo".to_vec(),
@@ -187,26 +189,26 @@ mod tests {
         ] {
             let mut wanted = inet(80);
             differ(&mut wanted);
-            assert_eq!(adoptions.answer(&held, &wanted), None, "{wanted:?}");
+            assert_eq!(adoptions.answer(&wanted), None, "{wanted:?}");
         }
-        assert_eq!(adoptions.answer(&held, &inet(80)), Some(0));
+        assert_eq!(adoptions.answer(&inet(80)), Some(0));
     }
 
     #[test]
     fn a_held_socket_is_given_once_per_worker() {
         let held = [inet(80), inet(81), inet(80)];
-        let mut first = Adoptions::new(held.len());
-        assert_eq!(first.answer(&held, &inet(80)), Some(0));
-        assert_eq!(first.answer(&held, &inet(80)), Some(2));
-        assert_eq!(first.answer(&held, &inet(80)), None);
-        let mut next = Adoptions::new(held.len());
-        assert_eq!(next.answer(&held, &inet(80)), Some(0));
+        let mut first = Adoptions::new(&held);
+        assert_eq!(first.answer(&inet(80)), Some(0));
+        assert_eq!(first.answer(&inet(80)), Some(2));
+        assert_eq!(first.answer(&inet(80)), None);
+        let mut next = Adoptions::new(&held);
+        assert_eq!(next.answer(&inet(80)), Some(0));
     }
 
     #[test]
     fn unix_adopts_only_haproxy_temporary_names() {
         let held = [unix(b"/run/fe.sock"), unix(b"/run/be.sock.41.tmp")];
-        let mut adoptions = Adoptions::new(held.len());
+        let mut adoptions = Adoptions::new(&held);
         for not_tmp in [
             &b"/run/fe.sock\0"[..],
             b"/run/fe.sock.tmp",
@@ -214,24 +216,18 @@ mod tests {
             b"/run/fe.sock..tmp",
             b"/run/fe.socket.12.tmp",
         ] {
-            assert_eq!(adoptions.answer(&held, &unix(not_tmp)), None);
+            assert_eq!(adoptions.answer(&unix(not_tmp)), None);
         }
-        assert_eq!(
-            adoptions.answer(&held, &unix(b"/run/be.sock.42.tmp")),
-            Some(1)
-        );
-        assert_eq!(
-            adoptions.answer(&held, &unix(b"/run/fe.sock.42.tmp\0\0")),
-            Some(0)
-        );
+        assert_eq!(adoptions.answer(&unix(b"/run/be.sock.42.tmp")), Some(1));
+        assert_eq!(adoptions.answer(&unix(b"/run/fe.sock.42.tmp\0\0")), Some(0));
     }
 
     #[test]
     fn abstract_names_match_exactly() {
         let held = [unix(b"\0name\0\0")];
-        let mut adoptions = Adoptions::new(1);
-        assert_eq!(adoptions.answer(&held, &unix(b"\0name")), None);
-        assert_eq!(adoptions.answer(&held, &unix(b"\0name\0\0")), Some(0));
+        let mut adoptions = Adoptions::new(&held);
+        assert_eq!(adoptions.answer(&unix(b"\0name")), None);
+        assert_eq!(adoptions.answer(&unix(b"\0name\0\0")), Some(0));
     }
 
     #[test]

@@ -26,8 +26,7 @@ pub struct PreloadSession {
     channel: PreloadChannel,
     /// The set the worker was started with: what its ADOPTs are answered from.
     held: Rc<HeldSet>,
-    /// Keys of the held sockets that have any, and their index in `held`.
-    keys: Vec<SocketKey>,
+    /// Index in `held` of each key `adoptions` was made from.
     key_index: Vec<usize>,
     adoptions: Adoptions,
     known: KnownSockets,
@@ -64,10 +63,9 @@ impl PreloadSession {
         }
         PreloadSession {
             channel,
-            adoptions: Adoptions::new(keys.len()),
+            adoptions: Adoptions::new(&keys),
             known: held.known(),
             held,
-            keys,
             key_index,
             hello: None,
             collected: Vec::new(),
@@ -140,7 +138,7 @@ impl PreloadSession {
     /// The held socket for the worker's bind, or NONE (it binds for itself).
     fn answer(&mut self, bind: &Bind) -> Result<(), String> {
         let found = SocketKey::from_bind(bind)
-            .and_then(|wanted| self.adoptions.answer(&self.keys, &wanted))
+            .and_then(|wanted| self.adoptions.answer(&wanted))
             .and_then(|i| self.held.iter().nth(self.key_index[i]));
         let sent = match found {
             Some(socket) => {

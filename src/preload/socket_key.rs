@@ -134,9 +134,9 @@ mod tests {
         assert!(!root || key.netns != 0, "SIOCGSKNS fails as root");
         let other_key = socket_key(other.as_fd()).unwrap().unwrap();
         let held = [key.clone()];
-        let mut adoptions = Adoptions::new(1);
-        assert_eq!(adoptions.answer(&held, &other_key), None);
-        assert_eq!(adoptions.answer(&held, &key), Some(0));
+        let mut adoptions = Adoptions::new(&held);
+        assert_eq!(adoptions.answer(&other_key), None);
+        assert_eq!(adoptions.answer(&key), Some(0));
     }
 
     #[test]
