@@ -241,6 +241,16 @@ pub fn output_complete(buf: &[u8]) -> bool {
             .is_some_and(|end| parse(&String::from_utf8_lossy(&buf[..end])).is_some())
 }
 
+/// `binary -v` with its stdout on a pipe (stdin and stderr on /dev/null).
+pub fn spawn_v(binary: &Path) -> io::Result<std::process::Child> {
+    Command::new(binary)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
 enum Output {
     Text(String),
     TimedOut,
@@ -250,12 +260,7 @@ enum Output {
 /// reaped before this returns, whatever it does: a wrapper script may leave a process behind that
 /// keeps the pipe open, so the end of the output is not awaited once the line is there.
 fn run_v(binary: &Path, timeout: Duration) -> io::Result<Output> {
-    let mut child = Command::new(binary)
-        .arg("-v")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = spawn_v(binary)?;
     let result = match child.stdout.take() {
         Some(stdout) => read_version(stdout, Instant::now() + timeout),
         None => Ok(Output::Text(String::new())),

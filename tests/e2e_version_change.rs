@@ -6,6 +6,7 @@
 //! Needs `HAPMASTER_TEST_OLD_HAPROXY` (see tests/common/old_haproxy.rs); skipped without it.
 mod common;
 
+use common::soak::reload_once;
 use common::*;
 use std::path::Path;
 
@@ -16,17 +17,6 @@ fn proc_line(hm: &Hapmaster, pid: u32) -> Option<String> {
         .lines()
         .find(|l| l.starts_with(&prefix))
         .map(str::to_string)
-}
-
-/// SIGUSR2, then the new worker's pid once it serves.
-fn reload(hm: &mut Hapmaster, old: u32, what: &str) -> u32 {
-    hm.signal(SIGUSR2);
-    hm.wait_notify(is_reloading, EVENT);
-    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
-    assert!(is_serving(&d), "{what}: the reload failed: {d:?}");
-    let new = worker_pid_in(&d).unwrap();
-    assert_ne!(new, old, "{what}: still the old worker");
-    new
 }
 
 fn version_of(haproxy: &Path) -> String {
@@ -74,7 +64,7 @@ fn a_reload_reads_the_version_of_a_changed_binary() {
         for (binary, version) in steps {
             let what = format!("round {round}, haproxy {version}");
             point_wrapper(&wrapper, binary);
-            worker = reload(&mut hm, worker, &what);
+            worker = reload_once(&mut hm, worker, &what);
             let line = proc_line(&hm, worker).unwrap_or_else(|| hm.cli("show proc"));
             assert!(
                 line.split_whitespace().any(|w| w == version),

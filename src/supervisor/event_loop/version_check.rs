@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use nix::sys::signal::{kill, Signal};
@@ -191,12 +190,7 @@ impl Master<'_> {
 
 /// `haproxy -v` with its stdout on a non-blocking pipe; stdin and stderr on /dev/null.
 fn start_check(binary: &Path) -> io::Result<(Pid, OwnedFd)> {
-    let mut child = Command::new(binary)
-        .arg("-v")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = haproxy_version::spawn_v(binary)?;
     let pid = Pid::try_from(child.id()).map_err(|_| io::Error::other("child pid out of range"))?;
     let stdout: OwnedFd = child
         .stdout
