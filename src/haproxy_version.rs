@@ -396,6 +396,24 @@ mod tests {
         assert_eq!(ListenerHandoff::of(Some(&at(2, 6))), XSockpair);
     }
 
+    /// `check`, again while exec says ETXTBSY: another test thread's child, between its fork
+    /// and its exec, may still hold the fd `script` wrote the file with (seen under load). That
+    /// child execs soon; 5 s is far more than it needs.
+    fn check_script(binary: &Path, timeout: Duration) -> Result<Found, ExecError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match check(binary, timeout) {
+                Err(e)
+                    if e.source.raw_os_error() == Some(libc::ETXTBSY)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::yield_now()
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -407,7 +425,7 @@ mod tests {
     fn checks_a_binary() {
         let t = temp_dir("version");
         let old = script(t.path(), "old", "echo 'HA-Proxy version 1.4.27 2016/01/01'");
-        let found = check(&old, TIMEOUT).unwrap();
+        let found = check_script(&old, TIMEOUT).unwrap();
         assert!(matches!(&found, Found::TooOld { version, .. } if version.text == "1.4.27"));
         let text = found.to_string();
         for part in [old.to_str().unwrap(), "1.4.27", "1.5 and later"] {
@@ -415,21 +433,25 @@ mod tests {
         }
 
         let new = script(t.path(), "new", "echo 'HAProxy version 2.6.12 2023/01/01'");
-        assert!(matches!(check(&new, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 6));
+        assert!(
+            matches!(check_script(&new, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 6)
+        );
         let pre_x = script(
             t.path(),
             "pre-x",
             "echo 'HA-Proxy version 1.7.14 2021/03/31'",
         );
-        assert!(matches!(check(&pre_x, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 7));
+        assert!(
+            matches!(check_script(&pre_x, TIMEOUT).unwrap(), Found::Supported(v) if v.minor == 7)
+        );
 
         let odd = script(t.path(), "odd", "echo 'my proxy 1.0'; exit 3");
-        let found = check(&odd, TIMEOUT).unwrap();
+        let found = check_script(&odd, TIMEOUT).unwrap();
         assert!(matches!(found, Found::Unknown { .. }), "{found:?}");
         assert!(found.to_string().contains("my proxy 1.0"), "{found}");
 
         let missing = t.path().join("missing");
-        let e = check(&missing, TIMEOUT).unwrap_err();
+        let e = check_script(&missing, TIMEOUT).unwrap_err();
         assert!(e.to_string().contains("cannot execute"), "{e}");
     }
 
@@ -446,7 +468,7 @@ mod tests {
                 sleeper.display()
             ),
         );
-        let found = check(&wrapper, TIMEOUT).unwrap();
+        let found = check_script(&wrapper, TIMEOUT).unwrap();
         assert!(
             matches!(found, Found::Supported(ref v) if v.minor == 8),
             "{found:?}"
@@ -462,7 +484,7 @@ mod tests {
         }
 
         let silent = script(t.path(), "silent", "exec sleep 600");
-        let found = check(&silent, Duration::from_millis(200)).unwrap();
+        let found = check_script(&silent, Duration::from_millis(200)).unwrap();
         assert!(matches!(found, Found::Unknown { .. }), "{found:?}");
         assert!(found.to_string().contains("within"), "{found}");
     }
