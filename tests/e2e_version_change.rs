@@ -2,8 +2,9 @@
 //! master reads its version again before the next worker starts, and that worker takes the held
 //! sockets the way its version can: `-x` from 1.8 on, hapmaster's preload library before. The
 //! port's one listening socket stays the same through 2.6 -> 1.7 -> 2.6, under load, and a
-//! binary too old to run fails its reload while the old worker serves on (issue 16).
-//! Needs `HAPMASTER_TEST_OLD_HAPROXY` (see tests/common/old_haproxy.rs); skipped without it.
+//! binary too old to run fails its reload while the old worker serves on (issue 16). And the
+//! master CLI with 1.5, 1.6 and 1.7 workers answers as with 1.8+ (`show proc`, `show listeners`,
+//! a synchronous `reload`). Needs `HAPMASTER_TEST_OLD_HAPROXY` (see tests/common/old_haproxy.rs); skipped without it.
 mod common;
 
 use common::soak::reload_once;
@@ -110,4 +111,75 @@ fn a_reload_reads_the_version_of_a_changed_binary() {
         std::fs::read_dir(&hm.runtime_dir)
             .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
+}
+
+/// The master CLI with haproxy 1.5 to 1.7 as on 1.8+: `show proc` names the version, `show
+/// listeners` lists the held socket (the worker's, by inode), `reload` answers once the new worker
+/// serves (`Success=1`) or the reload failed (`Success=0` with haproxy's ALERT), and the held
+/// socket is the one listening throughout.
+fn master_cli_as_on_1_8(version: &str) {
+    let Some(haproxy) = old_haproxy(version) else {
+        return;
+    };
+    let port = free_port();
+    let config = old_http_config(port);
+    let mut hm = Hapmaster::start(config.as_str(), &["--haproxy", haproxy.to_str().unwrap()]);
+    let first = hm.wait_serving(EVENT);
+    let base = tcp4_listen_inodes(port);
+    assert_eq!(base.len(), 1);
+    let inode = *base.iter().next().unwrap();
+    let listeners = hm.cli("show listeners");
+    let line = listeners
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{port}")))
+        .unwrap_or_else(|| panic!("show listeners has no 127.0.0.1:{port}:\n{listeners}"));
+    assert!(
+        line.split_whitespace().any(|w| w == inode.to_string()),
+        "show listeners should name inode {inode}: {line:?}"
+    );
+    let answer = hm.cli("reload");
+    assert!(answer.starts_with("Success=1\n"), "{answer}");
+    let d = hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(first), EVENT);
+    let second = worker_pid_in(&d).unwrap();
+    let proc = hm.cli("show proc");
+    let line = proc
+        .lines()
+        .find(|l| l.starts_with(&format!("{second} ")))
+        .unwrap_or_else(|| panic!("{proc}"));
+    assert!(line.split_whitespace().any(|w| w == version), "{line:?}");
+    assert_eq!(
+        tcp4_listen_inodes(port),
+        base,
+        "the reload changed the socket"
+    );
+
+    hm.write_config(&format!("{config}    this_is_not_a_keyword 42\n"));
+    let answer = hm.cli("reload");
+    assert!(
+        answer.starts_with("Success=0\n") && answer.contains("this_is_not_a_keyword"),
+        "{answer}"
+    );
+    let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
+    assert!(is_reload_failed(&d), "{d:?}");
+    assert_eq!(
+        tcp4_listen_inodes(port),
+        base,
+        "the failed reload changed the socket"
+    );
+    assert!(hm.stop().success());
+}
+
+#[test]
+fn master_cli_with_haproxy_1_5_19() {
+    master_cli_as_on_1_8("1.5.19");
+}
+
+#[test]
+fn master_cli_with_haproxy_1_6_16() {
+    master_cli_as_on_1_8("1.6.16");
+}
+
+#[test]
+fn master_cli_with_haproxy_1_7_14() {
+    master_cli_as_on_1_8("1.7.14");
 }
