@@ -14,10 +14,14 @@
 //! - a port added at a reload is held (it outlives a worker SIGKILL), and a port removed is
 //!   closed once the old worker is gone;
 //! - a unix socket keeps its inode and its mode 600 across reloads, and no `*.tmp` is left;
-//! - a haproxy that does not load the library (LD_PRELOAD unset by a wrapper) is refused at the
-//!   reload, and the second socket it bound goes with it;
-//! - an upgrade in place that finds the binary switched from the system haproxy (1.8+, `-x`) to
-//!   1.7 and back: each next worker takes over the same socket, by either mechanism.
+//! - a haproxy that does not load the library (LD_PRELOAD unset by a wrapper script) is refused:
+//!   at the start hapmaster exits with an error; at a reload the reload fails, the old worker
+//!   keeps serving, and the second socket the refused worker bound goes with it;
+//! - (1.7.14 only) an upgrade in place that finds the binary switched from the system haproxy
+//!   (1.8+, `-x`) to 1.7 and back: each next worker takes over the same socket, by either mechanism, under load.
+//!
+//! Workers started through a wrapper script (`#!/bin/sh` + `exec haproxy`) load the library
+//! too: the shell loads it first, and it waits for the first listener bind to open its channel.
 
 mod common;
 
@@ -462,12 +466,39 @@ fn haproxy_1_7_14_unix_bind_keeps_inode_and_mode() {
     unix_bind_keeps_inode_and_mode("1.7.14");
 }
 
+const NO_PRELOAD: &str = "did not load hapmaster's preload library";
+
+/// A first worker that did not load the preload library: hapmaster exits with an error saying
+/// so, and leaves nothing listening.
+fn start_without_preload_fails(old: &Path) {
+    let dir = TestDir::new();
+    let wrapper = dir.join("haproxy");
+    point_wrapper_without_preload(&wrapper, old);
+    let port = free_port();
+    let mut hm = Hapmaster::start_in(
+        dir,
+        old_http_config(port),
+        &["--haproxy", wrapper.to_str().unwrap()],
+    );
+    let status = hm
+        .wait_exit(EVENT)
+        .unwrap_or_else(|| panic!("hapmaster should exit: {}", hm.stderr()));
+    assert!(!status.success(), "{status}: {}", hm.stderr());
+    assert!(hm.stderr().contains(NO_PRELOAD), "{}", hm.stderr());
+    assert_eq!(
+        tcp4_listen_inodes(port),
+        Default::default(),
+        "nothing should listen on {port} once hapmaster exited"
+    );
+}
+
 /// A worker that did not load the preload library bound its ports next to the held ones: its
 /// reload fails with a message saying why, and its sockets go with it.
 fn without_preload_is_refused(version: &str) {
     let Some(old) = old_haproxy(version) else {
         return;
     };
+    start_without_preload_fails(&old);
     let dir = TestDir::new();
     let wrapper = dir.join("haproxy");
     point_wrapper(&wrapper, &old);
@@ -489,11 +520,7 @@ fn without_preload_is_refused(version: &str) {
     let d = hm.wait_notify(|d| has_line(d, "READY=1"), EVENT);
     assert!(is_reload_failed(&d), "expected STATUS=Reload failed: {d:?}");
     assert_eq!(worker_pid_in(&d), Some(worker), "{d:?}");
-    let said = poll_until(EVENT, || {
-        hm.stderr()
-            .contains("did not load hapmaster's preload library")
-            .then_some(())
-    });
+    let said = poll_until(EVENT, || hm.stderr().contains(NO_PRELOAD).then_some(()));
     assert!(said.is_some(), "{}", hm.stderr());
     // Once the refused worker is gone, its own socket is gone with it. (Until then its socket,
     // bound next to the held one with SO_REUSEPORT, takes a share of the new connections, and
