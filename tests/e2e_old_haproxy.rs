@@ -28,7 +28,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::soak::{count_kind, reload_once, wait_only_child};
+use common::soak::{assert_only_cut_in_flight, reload_once, wait_only_child};
 use common::*;
 
 const OLD_HAPROXY: &str = "HAPMASTER_TEST_OLD_HAPROXY";
@@ -278,18 +278,7 @@ fn reloads_and_crash_under_load(version: &str) {
         "haproxy {version}: {RELOADS} reloads paced {PACE:?} took {reloads_took:.1?}, \
          {served_by_reloads} requests served and 0 failed until the crash; load in all: {report}"
     );
-    assert_eq!(
-        count_kind(&report.by_kind, FailKind::Refused),
-        0,
-        "connections were refused although the master holds the socket: {report}"
-    );
-    // The killed worker's connections are reset or cut short; nothing else may fail.
-    let in_flight = count_kind(&report.by_kind, FailKind::Reset)
-        + count_kind(&report.by_kind, FailKind::ShortResponse);
-    assert_eq!(
-        report.failed, in_flight,
-        "failures other than in-flight requests cut by the kill: {report}"
-    );
+    assert_only_cut_in_flight(&report);
     assert!(
         report.failed <= CLIENTS,
         "more failures than requests in flight at the kill: {report}"
