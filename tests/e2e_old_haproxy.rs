@@ -10,7 +10,8 @@
 //! - reloads under load: 20 reloads paced 100 ms apart under 20 clients fail no request, and each
 //!   new worker listens on the socket the master holds (one inode throughout, so no
 //!   `SO_REUSEPORT` double bind); a broken configuration's reload fails and the old worker keeps
-//!   serving; a SIGKILLed worker is replaced with no connect refused; a stop exits 0;
+//!   serving; a SIGKILLed worker is replaced with no connect refused; a stop exits 0 and
+//!   removes the runtime directory, the preload library with it;
 //! - a port added at a reload is held (it outlives a worker SIGKILL), and a port removed is
 //!   closed once the old worker is gone;
 //! - a unix socket keeps its inode and its mode 600 across reloads, and no `*.tmp` is left;
@@ -25,45 +26,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::soak::{assert_only_cut_in_flight, reload_once, wait_only_child};
 use common::*;
 
-const OLD_HAPROXY: &str = "HAPMASTER_TEST_OLD_HAPROXY";
-
-/// The body haproxy's `monitor-uri` answers with in 1.5 to 1.7 (`http-request return`, which
-/// `http_config` uses, arrived in 2.2). The answer is an `HTTP/1.0 200`, which the load
-/// generator counts as served.
-const MONITOR_BODY: &str = "Service ready.";
-
 const CLIENTS: usize = 20;
 const RELOADS: u32 = 20;
 const PACE: Duration = Duration::from_millis(100);
-
-/// `<dir>/<version>/haproxy`, or None (with the `skipped` line) when the variable is unset.
-fn old_haproxy(version: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os(OLD_HAPROXY) else {
-        eprintln!(
-            "skipped: haproxy {version}: set {OLD_HAPROXY} to the directory \
-             tests/old-haproxy/build.sh fills (target/old-haproxy)"
-        );
-        return None;
-    };
-    let binary = PathBuf::from(dir).join(version).join("haproxy");
-    assert!(
-        binary.is_file(),
-        "{OLD_HAPROXY} is set, but {} is missing: run tests/old-haproxy/build.sh {version}",
-        binary.display()
-    );
-    Some(binary)
-}
-
-/// One HTTP frontend on 127.0.0.1:`port` answering `monitor-uri /` itself, in the syntax of 1.5.
-fn old_http_config(port: u16) -> String {
-    old_http_config_binds(&[format!("127.0.0.1:{port}")])
-}
 
 /// [`old_http_config`] with these `bind` lines.
 fn old_http_config_binds(binds: &[String]) -> String {
@@ -95,15 +66,6 @@ fn serves(port: u16) -> Result<String, String> {
 /// Panics unless 127.0.0.1:`port` answers.
 fn assert_serves(port: u16, what: &str) {
     assert_eq!(serves(port).map(|_| ()), Ok(()), "{what}: port {port}");
-}
-
-/// The `show proc` line of worker `pid`, if it lists it.
-fn proc_line(hm: &Hapmaster, pid: u32) -> Option<String> {
-    let proc = hm.cli("show proc");
-    let prefix = format!("{pid} ");
-    proc.lines()
-        .find(|l| l.starts_with(&prefix))
-        .map(str::to_string)
 }
 
 /// Panics unless `show proc` lists worker `pid` with `version`.
@@ -155,28 +117,10 @@ fn maps_preload(pid: u32) -> bool {
         .any(|l| l.contains("/preload-") && l.ends_with(".so"))
 }
 
-/// `path`: a script with this body, replaced whole (written aside, then renamed over) so that
-/// no exec ever meets a half-written file.
-fn write_wrapper(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let aside = path.with_extension("new");
-    std::fs::write(&aside, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&aside, path).unwrap();
-}
-
-/// `path`: a script that runs `haproxy`.
-fn point_wrapper(path: &Path, haproxy: &Path) {
-    write_wrapper(path, &format!("exec {} \"$@\"", haproxy.display()));
-}
-
 /// `path`: a script that runs `haproxy` without hapmaster's preload library, as a loader that
 /// ignores LD_PRELOAD (setuid, file capabilities, a static build) would.
 fn point_wrapper_without_preload(path: &Path, haproxy: &Path) {
-    write_wrapper(
-        path,
-        &format!("unset LD_PRELOAD\nexec {} \"$@\"", haproxy.display()),
-    );
+    point_wrapper_with(path, "unset LD_PRELOAD\n", haproxy);
 }
 
 /// 20 reloads under load, a broken configuration's reload, a SIGKILL under load, a stop.
@@ -288,6 +232,15 @@ fn reloads_and_crash_under_load(version: &str) {
 
     let status = hm.stop();
     assert!(status.success(), "hapmaster exit: {status}");
+    // The preload library goes with the master's other runtime files, and so the directory
+    // hapmaster made.
+    assert!(
+        !hm.runtime_dir.exists(),
+        "{} is left: {:?}",
+        hm.runtime_dir.display(),
+        std::fs::read_dir(&hm.runtime_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
 }
 
 #[test]
@@ -538,19 +491,6 @@ fn haproxy_1_6_16_without_preload_is_refused() {
 #[test]
 fn haproxy_1_7_14_without_preload_is_refused() {
     without_preload_is_refused("1.7.14");
-}
-
-/// The version `haproxy -v` names, as `show proc` shows it.
-fn version_of(haproxy: &Path) -> String {
-    let out = std::process::Command::new(haproxy)
-        .arg("-v")
-        .output()
-        .unwrap_or_else(|e| panic!("{} -v: {e}", haproxy.display()));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("{} -v: {text:?}", haproxy.display()))
-        .to_string()
 }
 
 /// An upgrade in place finds the binary switched from the system haproxy (1.8+: `-x`) to 1.7.14
