@@ -9,25 +9,6 @@ mod common;
 
 use common::soak::reload_once;
 use common::*;
-use std::path::Path;
-
-/// The `show proc` line of worker `pid`, if it lists it.
-fn proc_line(hm: &Hapmaster, pid: u32) -> Option<String> {
-    let prefix = format!("{pid} ");
-    hm.cli("show proc")
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-}
-
-fn version_of(haproxy: &Path) -> String {
-    let out = std::process::Command::new(haproxy)
-        .arg("-v")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace().nth(2).unwrap().to_string()
-}
 
 #[test]
 fn a_reload_reads_the_version_of_a_changed_binary() {

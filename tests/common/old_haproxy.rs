@@ -56,3 +56,25 @@ pub fn point_wrapper_with(path: &Path, prelude: &str, haproxy: &Path) {
 pub fn point_wrapper(path: &Path, haproxy: &Path) {
     point_wrapper_with(path, "", haproxy);
 }
+
+/// The `show proc` line of worker `pid`, if hapmaster's master CLI lists it.
+pub fn proc_line(hm: &super::Hapmaster, pid: u32) -> Option<String> {
+    let prefix = format!("{pid} ");
+    hm.cli("show proc")
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+}
+
+/// The version `haproxy -v` names (its third word), as `show proc` shows it.
+pub fn version_of(haproxy: &Path) -> String {
+    let out = std::process::Command::new(haproxy)
+        .arg("-v")
+        .output()
+        .unwrap_or_else(|e| panic!("{} -v: {e}", haproxy.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("{} -v: {text:?}", haproxy.display()))
+        .to_string()
+}

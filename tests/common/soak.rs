@@ -192,3 +192,20 @@ pub fn count_kind(by_kind: &[(FailKind, usize)], kind: FailKind) -> usize {
         .map(|(_, n)| n)
         .sum()
 }
+
+/// Panics unless every failure in `report` is a request a SIGKILLed worker cut in flight (reset,
+/// or closed before the response was complete): no connect refused, since the master holds the
+/// socket, and no timeout or bad answer, since the replacement serves what queued meanwhile.
+pub fn assert_only_cut_in_flight(report: &LoadReport) {
+    assert_eq!(
+        count_kind(&report.by_kind, FailKind::Refused),
+        0,
+        "connections were refused although the master holds the socket: {report}"
+    );
+    let in_flight = count_kind(&report.by_kind, FailKind::Reset)
+        + count_kind(&report.by_kind, FailKind::ShortResponse);
+    assert_eq!(
+        report.failed, in_flight,
+        "failures other than in-flight requests cut by the kill: {report}"
+    );
+}
