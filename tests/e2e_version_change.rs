@@ -122,11 +122,7 @@ fn master_cli_as_on_1_8(version: &str) {
     assert!(answer.starts_with("Success=1\n"), "{answer}");
     let d = hm.wait_notify(|d| is_serving(d) && worker_pid_in(d) != Some(first), EVENT);
     let second = worker_pid_in(&d).unwrap();
-    let proc = hm.cli("show proc");
-    let line = proc
-        .lines()
-        .find(|l| l.starts_with(&format!("{second} ")))
-        .unwrap_or_else(|| panic!("{proc}"));
+    let line = proc_line(&hm, second).unwrap_or_else(|| panic!("{}", hm.cli("show proc")));
     assert!(line.split_whitespace().any(|w| w == version), "{line:?}");
     assert_eq!(
         tcp4_listen_inodes(port),
