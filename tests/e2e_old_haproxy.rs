@@ -19,10 +19,12 @@
 //!   at the start hapmaster exits with an error; at a reload the reload fails, the old worker
 //!   keeps serving, and the second socket the refused worker bound goes with it;
 //! - (1.7.14 only) an upgrade in place that finds the binary switched from the system haproxy
-//!   (1.8+, `-x`) to 1.7 and back: each next worker takes over the same socket, by either mechanism, under load.
+//!   (1.8+, `-x`) to 1.7 and back: each next worker takes over the same socket, by either
+//!   mechanism, under load.
 //!
 //! Workers started through a wrapper script (`#!/bin/sh` + `exec haproxy`) load the library
-//! too: the shell loads it first, and it waits for the first listener bind to open its channel.
+//! too: the shell loads it first, and `LD_PRELOAD` and the channel stay for its exec until the
+//! image that binds the first listener (haproxy) takes them out of its environment.
 
 mod common;
 
