@@ -7,8 +7,9 @@
 //! real cause). So the master asks the binary for its version first, refuses one older than
 //! [`OLDEST`], and shapes the fragment and the worker's arguments after it.
 //!
-//! Only at start (and for `-c`, and after an upgrade in place): running `-v` at a reload would
-//! make the event loop wait for it.
+//! [`check`] runs `-v` and waits (at start, for `-c`, after an upgrade in place); the event loop
+//! runs it again through [`spawn_v`], [`output_complete`] and [`judge`] without waiting when the
+//! binary changed on disk (`supervisor::event_loop::version_check`).
 
 use std::fmt;
 use std::io::{self, Read};
@@ -64,10 +65,9 @@ pub enum ListenerHandoff {
     /// `-x PATH` (1.8 to 2.5; every 1.8+ takes it): the new worker asks on a named socket. The
     /// master takes its sockets with `_getsocks`.
     XPath,
-    /// haproxy 1.5 to 1.7: no `-x`, no `expose-fd listeners`, no `_getsocks`. The plan is a
-    /// preload library that hands the held sockets over at each bind() (issue 16); until it
-    /// exists a worker binds its own sockets, and the master holds none of them, so a reload
-    /// is not seamless on these versions.
+    /// haproxy 1.5 to 1.7: no `-x`, no `expose-fd listeners`, no `_getsocks`. The worker loads
+    /// hapmaster's preload library (`crate::preload`), which takes the held socket at each
+    /// listener bind() and reports the worker's listening sockets to the master.
     Preload,
 }
 
