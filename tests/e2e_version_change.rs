@@ -160,3 +160,47 @@ fn master_cli_with_haproxy_1_6_16() {
 fn master_cli_with_haproxy_1_7_14() {
     master_cli_as_on_1_8("1.7.14");
 }
+
+/// A changed binary whose `-v` never answers holds up only the spawn that waits for it: the
+/// master still answers its CLI, stops on SIGTERM, and the hung `-v` does not outlive it.
+/// Fails without `end_version_checks`: the `-v` process was left running after the master exited.
+#[test]
+fn a_hung_version_check_ends_with_the_master() {
+    let dir = TestDir::new();
+    let wrapper = dir.join("haproxy");
+    point_wrapper(&wrapper, &haproxy_path());
+    let v_pid = dir.join("v.pid");
+    let port = free_port();
+    let mut hm = Hapmaster::start_in(
+        dir,
+        http_config(&[format!("127.0.0.1:{port}")]),
+        &["--haproxy", wrapper.to_str().unwrap()],
+    );
+    let worker = hm.wait_serving(EVENT);
+    point_wrapper_with(
+        &wrapper,
+        &format!(
+            "case \"$1\" in -v) echo $$ > {}; exec sleep 600;; esac\n",
+            v_pid.display()
+        ),
+        &haproxy_path(),
+    );
+    hm.signal(SIGUSR2);
+    hm.wait_notify(is_reloading, EVENT);
+    let check = poll_until(EVENT, || {
+        std::fs::read_to_string(&v_pid)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    })
+    .expect("the master did not run the changed binary's -v");
+    assert!(pid_alive(check), "-v pid {check}");
+    // The loop is not held up: the CLI answers while the check runs.
+    assert!(hm.cli("show proc").contains(&worker.to_string()));
+    assert_eq!(http_get(format!("127.0.0.1:{port}")).unwrap(), HELLO);
+    assert!(hm.stop().success());
+    let gone = poll_until(EVENT, || (!pid_alive(check)).then_some(()));
+    assert!(
+        gone.is_some(),
+        "the hung -v (pid {check}) outlived the master"
+    );
+}

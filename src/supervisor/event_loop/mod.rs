@@ -281,6 +281,7 @@ pub fn run(
     while master.exit.is_none() {
         master.turn();
     }
+    master.end_version_checks();
     // Every worker is gone: no copy is anyone's any more.
     master.sweep_config_copies();
     master.abandon_reloads();

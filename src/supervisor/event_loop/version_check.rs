@@ -180,6 +180,15 @@ impl Master<'_> {
         crate::supervisor::worker_env::export(self.binary_version.as_ref(), &self.master_cli_env);
     }
 
+    /// The master exits: a `haproxy -v` that has not ended (a hung binary) must not outlive it.
+    /// Not reaped yet, so each pid is still that child's.
+    pub(super) fn end_version_checks(&mut self) {
+        self.version_check = None;
+        for pid in self.version_checks_unreaped.drain(..) {
+            let _ = kill(NixPid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
     /// A child the loop reaped: true if it was a version check's (nothing else to do then).
     pub(super) fn reaped_version_check(&mut self, pid: Pid) -> bool {
         let before = self.version_checks_unreaped.len();
