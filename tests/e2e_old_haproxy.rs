@@ -500,28 +500,23 @@ fn haproxy_1_7_14_without_preload_is_refused() {
 /// master holds, and no request fails.
 #[test]
 fn an_upgrade_in_place_switching_to_1_7_and_back_keeps_the_socket() {
-    let Some(old) = old_haproxy("1.7.14") else {
+    let Some(mut on) = start_on_wrapper() else {
         return;
     };
-    let system = haproxy_path();
-    let system_version = version_of(&system);
-    let dir = TestDir::new();
-    let wrapper = dir.join("haproxy");
-    point_wrapper(&wrapper, &system);
-    let port = free_port();
-    let target = Target::parse(&format!("127.0.0.1:{port}"));
-    let mut hm = Hapmaster::start_in(
-        dir,
-        old_http_config(port),
-        &["--haproxy", wrapper.to_str().unwrap()],
-    );
+    let mut worker = on.hm.wait_serving(EVENT);
+    let load = on.load(CLIENTS);
+    let OnWrapper {
+        mut hm,
+        wrapper,
+        old,
+        system,
+        system_version,
+        port,
+        ..
+    } = on;
     let master = hm.pid();
-    let mut worker = hm.wait_serving(EVENT);
     assert_proc_version(&hm, worker, &system_version);
     let base = held_listener(port, &[master, worker], "first worker");
-    let load = Load::start(std::slice::from_ref(&target), CLIENTS);
-    poll_until(EVENT, || (load.ok_so_far() >= 100).then_some(()))
-        .expect("the load generator got no answers before the upgrades");
 
     for (binary, version) in [(&old, "1.7.14"), (&system, system_version.as_str())] {
         point_wrapper(&wrapper, binary);

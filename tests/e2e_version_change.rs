@@ -12,34 +12,29 @@ use common::*;
 
 #[test]
 fn a_reload_reads_the_version_of_a_changed_binary() {
-    let Some(old) = old_haproxy("1.7.14") else {
+    let Some(mut on) = start_on_wrapper() else {
         return;
     };
-    let system = haproxy_path();
-    let system_version = version_of(&system);
-    let dir = TestDir::new();
-    let wrapper = dir.join("haproxy");
-    point_wrapper(&wrapper, &system);
-    let too_old = dir.join("haproxy-1.4");
+    let mut worker = on.hm.wait_serving(EVENT);
+    let load = on.load(20);
+    let OnWrapper {
+        mut hm,
+        wrapper,
+        old,
+        system,
+        system_version,
+        port,
+        ..
+    } = on;
+    let too_old = hm.dir().join("haproxy-1.4");
     point_wrapper_with(
         &too_old,
         "case \"$1\" in -v) echo 'HA-Proxy version 1.4.27 2016/01/01'; exit 0;; esac\n",
         &system,
     );
-    let port = free_port();
-    let target = Target::parse(&format!("127.0.0.1:{port}"));
-    let mut hm = Hapmaster::start_in(
-        dir,
-        old_http_config(port),
-        &["--haproxy", wrapper.to_str().unwrap()],
-    );
-    let mut worker = hm.wait_serving(EVENT);
     let master = hm.pid();
     let base = tcp4_listen_inodes(port);
     assert_eq!(base.len(), 1, "one listening socket on {port}");
-    let load = Load::start(std::slice::from_ref(&target), 20);
-    poll_until(EVENT, || (load.ok_so_far() >= 100).then_some(()))
-        .expect("the load generator got no answers before the reloads");
 
     let steps = [(&old, "1.7.14"), (&system, system_version.as_str())];
     for round in 1..=2 {

@@ -219,6 +219,12 @@ impl HeldSet {
         self.sockets.is_empty()
     }
 
+    /// The socket at `index` of the held order (what a fetch's known slots and the preload
+    /// matcher's answers name).
+    pub fn get(&self, index: usize) -> Option<&HeldSocket> {
+        self.sockets.get(index)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &HeldSocket> {
         self.sockets.iter()
     }

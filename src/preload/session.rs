@@ -118,7 +118,7 @@ impl PreloadSession {
                 }
                 let slot = self.known.classify(fd);
                 let record = match &slot {
-                    Slot::Known(index) => self.held.iter().nth(*index).map(|s| s.record.clone()),
+                    Slot::Known(index) => self.held.get(*index).map(|s| s.record.clone()),
                     Slot::Fresh(_) => None,
                 }
                 .unwrap_or_else(|| Record {
@@ -139,7 +139,7 @@ impl PreloadSession {
     fn answer(&mut self, bind: &Bind) -> Result<(), String> {
         let found = SocketKey::from_bind(bind)
             .and_then(|wanted| self.adoptions.answer(&wanted))
-            .and_then(|i| self.held.iter().nth(self.key_index[i]));
+            .and_then(|i| self.held.get(self.key_index[i]));
         let sent = match found {
             Some(socket) => {
                 self.adopted += 1;

@@ -78,3 +78,50 @@ pub fn version_of(haproxy: &Path) -> String {
         .unwrap_or_else(|| panic!("{} -v: {text:?}", haproxy.display()))
         .to_string()
 }
+
+/// hapmaster started on a wrapper script (`<dir>/haproxy`) that runs the system haproxy, serving
+/// [`old_http_config`] on a free port, with haproxy 1.7.14 at hand to point the wrapper at.
+pub struct OnWrapper {
+    pub hm: super::Hapmaster,
+    pub wrapper: PathBuf,
+    pub old: PathBuf,
+    pub system: PathBuf,
+    pub system_version: String,
+    pub port: u16,
+    pub target: super::Target,
+}
+
+/// None (with the `skipped` line) without the 1.7.14 build.
+pub fn start_on_wrapper() -> Option<OnWrapper> {
+    let old = old_haproxy("1.7.14")?;
+    let system = super::haproxy_path();
+    let system_version = version_of(&system);
+    let dir = super::TestDir::new();
+    let wrapper = dir.join("haproxy");
+    point_wrapper(&wrapper, &system);
+    let port = super::free_port();
+    let hm = super::Hapmaster::start_in(
+        dir,
+        old_http_config(port),
+        &["--haproxy", wrapper.to_str().unwrap()],
+    );
+    Some(OnWrapper {
+        hm,
+        wrapper,
+        old,
+        system,
+        system_version,
+        port,
+        target: super::Target::parse(&format!("127.0.0.1:{port}")),
+    })
+}
+
+impl OnWrapper {
+    /// `clients` non-keep-alive clients on the port, once they have been answered 100 times.
+    pub fn load(&self, clients: usize) -> super::Load {
+        let load = super::Load::start(std::slice::from_ref(&self.target), clients);
+        super::poll_until(super::EVENT, || (load.ok_so_far() >= 100).then_some(()))
+            .expect("the load generator got no answers");
+        load
+    }
+}

@@ -962,6 +962,7 @@ impl Master<'_> {
                 let mut record =
                     WorkerRuntime::new(generation, Output::starting(stderr), self.reloads);
                 record.handoff = channel;
+                record.takes = handoff;
                 record.preload = preload
                     .map(|(_, channel, _)| PreloadSession::new(channel, Rc::clone(&self.held)));
                 record.probe = Some(Probe::new(

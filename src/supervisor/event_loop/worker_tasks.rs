@@ -37,9 +37,7 @@ impl Master<'_> {
         let Some(generation) = self.state.worker(pid).map(|w| w.generation) else {
             return;
         };
-        if self.workers.get(pid).is_some_and(|r| r.preload.is_some())
-            || !self.listener_handoff().takes_x()
-        {
+        if self.workers.get(pid).is_some_and(|r| !r.takes.takes_x()) {
             self.ready_after_preload(pid);
             return;
         }

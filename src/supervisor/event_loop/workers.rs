@@ -19,6 +19,7 @@ use crate::handoff::channel::Channel;
 use crate::handoff::fetch::FetchTask;
 use crate::handoff::listeners::HeldSet;
 use crate::handoff::serve::ServeTask;
+use crate::haproxy_version::ListenerHandoff;
 use crate::supervisor::output::Output;
 use crate::supervisor::probe::Probe;
 use crate::supervisor::state::{Generation, Pid};
@@ -33,6 +34,9 @@ pub(super) struct WorkerRuntime {
     pub handoff: Option<Channel>,
     /// Serving it the held sockets over that channel.
     pub handoff_serve: Option<HandoffServe>,
+    /// How it was started to take the held sockets (its binary's version then): how the master
+    /// takes its sockets once it answers, whatever the binary on disk is by then.
+    pub takes: ListenerHandoff,
     /// haproxy before 1.8: its preload library's conversation, from spawn until it is ready.
     pub preload: Option<crate::preload::session::PreloadSession>,
     /// Taking its listening sockets, once it answered the probe.
@@ -55,6 +59,7 @@ impl WorkerRuntime {
             probe: None,
             handoff: None,
             handoff_serve: None,
+            takes: ListenerHandoff::XPath,
             preload: None,
             fetch: None,
             fetched: None,
